@@ -1,0 +1,333 @@
+"""The SiT backbone: a DiT-style transformer with adaLN-Zero conditioning on time and class.
+
+The whole network is in this file, in reading order: embedding layers, the transformer block and
+final layer, the model, the fixed 2D sin-cos position embedding, and the size table.
+
+Parameter names and shapes are those of the official SiT and DiT checkpoints, so their state dicts
+load with ``load_state_dict`` unchanged. The model is called as ``model(x, t, y)`` with ``x`` of
+shape (B, C, H, W), ``t`` a float tensor of shape (B,) in [0, 1] (0 = noise, 1 = data) and ``y``
+integer class labels of shape (B,) (``None``, or the label ``num_classes``, means "no class").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation of token features x (B, N, D) by per-sample shift and scale (B, D)."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+#################################################################################
+#                      Embedding layers for time and class                      #
+#################################################################################
+
+
+class TimestepEmbedder(nn.Module):
+    """Embeds continuous time t into a vector: sinusoids of 256 frequencies, then a 2-layer MLP.
+
+    The sinusoidal features are [cos(t f_i), sin(t f_i)] with f_i = exp(-ln(10000) i / 128),
+    i = 0..127, as in the official code, so pretrained weights see the features they were trained on.
+    """
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, max_period: float = 10000.0):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
+        self.frequency_embedding_size = frequency_embedding_size
+        self.max_period = max_period
+
+    def timestep_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        # Built on the fly in float32 (128 numbers): a buffer would be cast along with the model to bf16.
+        half = self.frequency_embedding_size // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t[:, None].float() * freqs[None]
+        embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if self.frequency_embedding_size % 2:
+            embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+        return embedding
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t_freq = self.timestep_embedding(t).to(self.mlp[0].weight.dtype)
+        return self.mlp(t_freq)
+
+
+class LabelEmbedder(nn.Module):
+    """Embeds class labels; row ``num_classes`` of the table is the null class used for guidance.
+
+    During training each label is replaced by the null class with probability ``dropout_prob``
+    (classifier-free guidance dropout).
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+
+    def token_drop(self, labels: torch.Tensor, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if force_drop_ids is None:
+            drop_ids = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+        else:
+            drop_ids = force_drop_ids == 1
+        return torch.where(drop_ids, torch.full_like(labels, self.num_classes), labels)
+
+    def forward(self, labels: torch.Tensor, train: bool, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if (train and self.dropout_prob > 0) or force_drop_ids is not None:
+            labels = self.token_drop(labels, force_drop_ids)
+        return self.embedding_table(labels)
+
+
+class PatchEmbed(nn.Module):
+    """Splits an image into non-overlapping p x p patches and projects each to a token."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+#################################################################################
+#                                 Core SiT Model                                #
+#################################################################################
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection, through PyTorch's SDPA kernel."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, hidden_size * 3, bias=True)
+        self.proj = nn.Linear(hidden_size, hidden_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP with tanh-approximated GELU."""
+
+    def __init__(self, hidden_size: int, mlp_hidden_size: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, mlp_hidden_size, bias=True)
+        self.fc2 = nn.Linear(mlp_hidden_size, hidden_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SiTBlock(nn.Module):
+    """Transformer block whose LayerNorms are modulated by the conditioning c (adaLN-Zero).
+
+    x = x + gate_msa * Attn(modulate(LN(x), shift_msa, scale_msa))
+    x = x + gate_mlp * MLP(modulate(LN(x), shift_mlp, scale_mlp))
+    with the six modulation vectors a linear function of SiLU(c), initialised to zero.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """Modulated LayerNorm and a linear map from each token to its p x p x C_out patch."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class SiT(nn.Module):
+    """Scalable Interpolant Transformer.
+
+    Args:
+        input_size: height and width of the (latent) image; must be divisible by ``patch_size``.
+        patch_size: side of the square patches that become tokens.
+        in_channels: channels of the input (4 for Stable Diffusion VAE latents).
+        hidden_size, depth, num_heads, mlp_ratio: transformer width, number of blocks, heads, MLP ratio.
+        class_dropout_prob: probability of replacing a label by the null class while training.
+        num_classes: number of classes; the label table has one more row, the null class.
+            With ``num_classes=0`` the model is unconditional (every input gets the null class).
+        learn_sigma: keep the official checkpoints' extra ``in_channels`` output channels (their
+            learned variance); they are computed but dropped from the output.
+
+    Example:
+        >>> model = SiT_models["SiT-S/2"](input_size=32, num_classes=1000)
+        >>> out = model(torch.randn(2, 4, 32, 32), torch.rand(2), torch.tensor([1, 2]))  # (2, 4, 32, 32)
+    """
+
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.1,
+        num_classes: int = 1000,
+        learn_sigma: bool = True,
+    ):
+        super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
+        self.input_size = input_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.learn_sigma = learn_sigma
+        self.num_classes = num_classes
+        self.num_heads = num_heads
+
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        num_patches = (input_size // patch_size) ** 2
+        # Fixed (not trained) sin-cos embedding; a parameter only because official checkpoints store it as one.
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
+        self.blocks = nn.ModuleList([SiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Every initialisation decision, in one place."""
+
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+
+        grid_size = self.input_size // self.patch_size
+        pos_embed = get_2d_sincos_pos_embed(self.pos_embed.shape[-1], grid_size)
+        self.pos_embed.data.copy_(pos_embed.unsqueeze(0))
+
+        # Patch embedding initialised like a linear layer (xavier over the flattened kernel).
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+
+        # adaLN-Zero: every block starts as the identity and the output starts at zero.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, p*p*C) tokens -> (B, C, H, W) image, patches laid out row by row."""
+        c, p = self.out_channels, self.patch_size
+        h = w = int(x.shape[1] ** 0.5)
+        x = x.reshape(x.shape[0], h, w, p, p, c)
+        x = torch.einsum("nhwpqc->nchpwq", x)
+        return x.reshape(x.shape[0], c, h * p, w * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the model output (velocity, score or noise, per the transport) for x at times t."""
+        if y is None:
+            y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        x = self.x_embedder(x) + self.pos_embed.to(x.dtype)
+        c = self.t_embedder(t) + self.y_embedder(y, self.training)
+        for block in self.blocks:
+            x = block(x, c)
+        x = self.unpatchify(self.final_layer(x, c))
+        if self.learn_sigma:
+            x = x[:, : self.in_channels]
+        return x
+
+
+#################################################################################
+#                          Fixed sin-cos position embedding                     #
+#################################################################################
+
+
+def get_1d_sincos_pos_embed(embed_dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """[sin(pos * w_i), cos(pos * w_i)] with w_i = 10000^(-i / (embed_dim / 2)); shape (len(pos), embed_dim)."""
+    if embed_dim % 2:
+        raise ValueError(f"embed_dim {embed_dim} must be even")
+    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0))
+    out = positions.reshape(-1).double()[:, None] * omega[None]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
+    """2D embedding of a grid_size x grid_size grid, (grid_size**2, embed_dim), rows then columns.
+
+    The first half of each vector encodes the column index and the second half the row index,
+    the layout the official checkpoints were trained with.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim {embed_dim} must be divisible by 4")
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    emb_cols = get_1d_sincos_pos_embed(embed_dim // 2, cols)
+    emb_rows = get_1d_sincos_pos_embed(embed_dim // 2, rows)
+    return torch.cat([emb_cols, emb_rows], dim=1).float()
+
+
+#################################################################################
+#                                   SiT Configs                                 #
+#################################################################################
+
+# name -> (depth, hidden_size, num_heads); every size comes with patch sizes 2, 4 and 8.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "XL": (28, 1152, 16),
+    "L": (24, 1024, 16),
+    "B": (12, 768, 12),
+    "S": (12, 384, 6),
+}
+
+
+def _constructor(depth: int, hidden_size: int, num_heads: int, patch_size: int):
+    def build(**kwargs) -> SiT:
+        return SiT(depth=depth, hidden_size=hidden_size, num_heads=num_heads, patch_size=patch_size, **kwargs)
+
+    return build
+
+
+SiT_models: dict[str, Callable[..., SiT]] = {
+    f"SiT-{size}/{patch}": _constructor(*SIZES[size], patch) for size in SIZES for patch in (2, 4, 8)
+}

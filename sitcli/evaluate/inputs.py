@@ -1,0 +1,238 @@
+"""What `sit fid` reads and writes: image folders, image .npz files, statistics .npz files.
+
+An input is recognised by its content, not its name:
+
+- a directory: every image file below it (recursively) whose suffix is one of
+  ``IMAGE_EXTENSIONS``, in sorted path order;
+- a .npz holding ``arr_0``: uint8 images of shape (N, H, W, 3), the format of the ADM
+  evaluator's sample and reference batches. An uncompressed (``np.savez``) file is
+  memory-mapped, so 50,000 images are never all in memory; a compressed one is loaded whole;
+- a .npz holding ``mu`` and ``sigma``: precomputed statistics, as pytorch-fid writes them
+  (optionally ``mu_s`` and ``sigma_s`` for sFID, as the ADM reference batches hold them).
+
+Decoding is pytorch-fid's: ``PIL.Image.open(path).convert("RGB")``, then uint8 -> float / 255.
+Decoding runs in DataLoader worker processes; images travel as uint8 (4x less than float).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sitcli.errors import InputError
+
+IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
+STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+
+
+@dataclass
+class Source:
+    """One input of `sit fid`, opened and checked but not yet decoded."""
+
+    path: Path
+    kind: str  # "folder" | "images_npz" | "stats_npz"
+    num_images: int | None = None
+    files: list[Path] = field(default_factory=list)
+    npz: "_NpzImages | None" = None
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def open_source(path: str | Path) -> Source:
+    """Recognise and check an input; raises ``InputError`` with a one-line reason."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix[1:].lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise InputError(
+                f"no images found in folder {path} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, recursively)"
+            )
+        return Source(path, "folder", len(files), files=files)
+    if not path.exists():
+        raise InputError(f"{path} does not exist; give an image folder or an .npz file")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path} is neither a folder nor an .npz file")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")}
+    except (zipfile.BadZipFile, OSError) as err:
+        raise InputError(f"cannot read {path} as .npz ({err})") from None
+    if "arr_0" in names:
+        # ADM reference batches hold images and statistics; the images win, so every metric
+        # is computed with this network rather than mixed with another tool's statistics.
+        npz = _NpzImages(path)
+        return Source(path, "images_npz", npz.shape[0], npz=npz)
+    if {"mu", "sigma"} <= names:
+        return Source(path, "stats_npz", stats=read_stats(path))
+    raise InputError(
+        f"{path} holds {sorted(names) or 'no arrays'}; expected arr_0 (uint8 images N x H x W x 3) or mu and sigma"
+    )
+
+
+def read_stats(path: str | Path) -> dict[str, np.ndarray]:
+    """``mu``/``sigma`` (and ``mu_s``/``sigma_s`` when present) from a statistics .npz, checked."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stats = {k: np.asarray(f[k], dtype=np.float64) for k in STATS_KEYS if k in f.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise InputError(f"cannot read statistics from {path} ({err})") from None
+    for mu_key, sigma_key in (("mu", "sigma"), ("mu_s", "sigma_s")):
+        if mu_key not in stats:
+            continue
+        mu, sigma = stats[mu_key], stats.get(sigma_key)
+        d = mu.shape[0] if mu.ndim == 1 else -1
+        if sigma is None or d < 1 or sigma.shape != (d, d):
+            shape = None if sigma is None else sigma.shape
+            raise InputError(f"{path}: {mu_key} has shape {mu.shape} but {sigma_key} {shape}; expected (d,) and (d, d)")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise InputError(f"{path}: {mu_key}/{sigma_key} contain NaN or inf; recompute the statistics")
+    return stats
+
+
+class _NpzImages:
+    """Lazy access to ``arr_0`` of an .npz, memory-mapped when stored uncompressed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._array: np.ndarray | None = None
+        self.offset: int | None = None
+        try:
+            with zipfile.ZipFile(path) as zf:
+                info = zf.getinfo("arr_0.npy")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    self.shape, fortran, self.dtype = read_header(f)
+                    header_len = f.tell()
+            if info.compress_type == zipfile.ZIP_STORED and not fortran and not info.flag_bits & 0x1:
+                with open(path, "rb") as raw:
+                    raw.seek(info.header_offset + 26)
+                    name_len, extra_len = struct.unpack("<HH", raw.read(4))
+                self.offset = info.header_offset + 30 + name_len + extra_len + header_len
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
+            raise InputError(f"cannot read arr_0 from {path} ({err})") from None
+        shape = tuple(self.shape)
+        if self.dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or shape[0] == 0:
+            raise InputError(
+                f"{path}: arr_0 is {self.dtype} of shape {shape}; expected uint8 images of shape (N, H, W, 3)"
+            )
+
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            if self.offset is not None:
+                self._array = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=tuple(self.shape))
+            else:
+                with np.load(self.path, allow_pickle=False) as f:
+                    self._array = f["arr_0"]
+        return self._array
+
+    def __getstate__(self) -> dict:
+        # Worker processes reopen the map instead of receiving a pickled copy of the images.
+        return {**self.__dict__, "_array": None}
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Items are ``(index, uint8 tensor (3, H, W) or None, error message or None)``.
+
+    A file that cannot be decoded is reported, not raised: an exception raised in a worker
+    process reaches the caller with a multi-line traceback in its message.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return int(self.source.num_images or 0)
+
+    def __getitem__(self, i: int):
+        if self.source.kind == "images_npz":
+            image = np.ascontiguousarray(self.source.npz.array()[i].transpose(2, 0, 1))
+            return i, torch.from_numpy(image), None
+        path = self.source.files[i]
+        try:
+            with Image.open(path) as img:
+                rgb = np.asarray(img.convert("RGB"))
+        except Exception as err:  # PIL raises many types for broken files
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            return i, None, f"cannot read image {path} ({reason}); remove or re-save it"
+        return i, torch.from_numpy(rgb.transpose(2, 0, 1).copy()), None
+
+
+@dataclass
+class Batch:
+    """Decoded images: one uint8 tensor (B, 3, H, W), or a list when sizes differ."""
+
+    images: torch.Tensor | list[torch.Tensor]
+    error: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _collate(items: list) -> Batch:
+    errors = [err for _, _, err in items if err is not None]
+    if errors:
+        return Batch([], errors[0])
+    images = [img for _, img, _ in items]
+    if all(img.shape == images[0].shape for img in images):
+        return Batch(torch.stack(images))
+    return Batch(images)
+
+
+def default_num_workers() -> int:
+    """pytorch-fid's default: one decoding process per available CPU, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(8, cpus)
+
+
+def image_batches(source: Source, batch_size: int, num_workers: int, pin_memory: bool = False):
+    """A DataLoader over the images of a folder or images .npz, in input order."""
+    return torch.utils.data.DataLoader(
+        ImageDataset(source),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+    )
+
+
+def _atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Write through a temporary file in the destination folder, then rename over ``path``."""
+    path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_stats(path: str | Path, stats: dict[str, np.ndarray]) -> Path:
+    """Write statistics as pytorch-fid reads them (``mu``, ``sigma``; plus ``mu_s``, ``sigma_s``)."""
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
+    return _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON."""
+    return _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")

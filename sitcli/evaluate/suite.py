@@ -1,0 +1,321 @@
+"""`sit fid` as a library call: read the inputs, run Inception once per input, compute the metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from sitcli.errors import InputError
+from sitcli.evaluate import inception, inputs, metrics as M
+from sitcli.evaluate.statistics import GaussianStats, SplitScore
+
+METRICS = ("fid", "is", "sfid", "pr", "kid")
+ProgressFn = Callable[[str, int, int], None]
+"""Called as ``progress(label, images_done, images_total)`` before the first and after each batch."""
+
+
+def parse_metrics(spec: str | Iterable[str]) -> tuple[str, ...]:
+    """``"fid,is"`` or ``["fid", "is"]`` or ``"all"`` -> known metric names, in ``METRICS`` order."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip().lower() for n in names if n.strip()]
+    if "all" in names:
+        return METRICS
+    unknown = sorted(set(names) - set(METRICS))
+    if unknown:
+        raise InputError(f"unknown metric {', '.join(unknown)}; choose from {','.join(METRICS)} or all")
+    return tuple(m for m in METRICS if m in names)
+
+
+@dataclass
+class Summary:
+    """What one input contributes to the metrics."""
+
+    label: str
+    source: inputs.Source
+    count: int | None = None
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # mu, sigma, mu_s, sigma_s
+    pool: np.ndarray | None = None  # (N, 2048) float32, kept only for precision/recall and KID
+    inception_score: tuple[float, float] | None = None
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def _summarise(
+    source: inputs.Source,
+    label: str,
+    net: inception.FIDInceptionV3,
+    device: torch.device,
+    *,
+    gaussian: bool,
+    spatial: bool,
+    keep_pool: bool,
+    is_splits: int | None,
+    batch_size: int,
+    num_workers: int,
+    progress: ProgressFn | None,
+) -> Summary:
+    """One pass of Inception over an image source, accumulating only what is asked for."""
+    total = int(source.num_images)
+    outputs = {"pool"} if (gaussian or keep_pool) else set()
+    if spatial:
+        outputs.add("spatial")
+    if is_splits:
+        outputs.add("logits")
+    pool_stats = GaussianStats(inception.POOL_DIM, device) if gaussian else None
+    spatial_stats = GaussianStats(inception.SPATIAL_DIM, device) if spatial else None
+    score = SplitScore(total, is_splits) if is_splits else None
+    kept: list[np.ndarray] = []
+    done = 0
+    if progress:
+        progress(label, 0, total)
+    loader = inputs.image_batches(source, batch_size, num_workers, pin_memory=device.type == "cuda")
+    with torch.inference_mode(), inception.full_fp32():
+        for batch in loader:
+            if batch.error:
+                raise InputError(batch.error)
+            if isinstance(batch.images, list):
+                # Mixed sizes: Inception resizes each image to 299x299 anyway, so do it per image.
+                feats = [net(img[None].to(device).float() / 255, outputs) for img in batch.images]
+                out = {k: torch.cat([f[k] for f in feats]) for k in outputs}
+            else:
+                images = batch.images.to(device, non_blocking=True).float() / 255
+                out = net(images, outputs)
+            if pool_stats:
+                pool_stats.update(out["pool"])
+            if spatial_stats:
+                spatial_stats.update(out["spatial"])
+            if score:
+                score.update(out["logits"])
+            if keep_pool:
+                kept.append(out["pool"].float().cpu().numpy())
+            done += len(batch)
+            if progress:
+                progress(label, done, total)
+    summary = Summary(label, source, count=done)
+    if pool_stats:
+        summary.stats.update(mu=pool_stats.mean(), sigma=pool_stats.covariance())
+    if spatial_stats:
+        summary.stats.update(mu_s=spatial_stats.mean(), sigma_s=spatial_stats.covariance())
+    if keep_pool:
+        summary.pool = np.concatenate(kept)
+    if score:
+        summary.inception_score = score.result()
+    return summary
+
+
+def _needs(sources: dict[str, inputs.Source], wanted: Sequence[str], samples: str, saving: bool) -> dict[str, set[str]]:
+    """Which features each input must provide: gaussian, spatial, pool, is."""
+    needs: dict[str, set[str]] = {label: set() for label in sources}
+    for label in sources:
+        if "fid" in wanted:
+            needs[label].add("gaussian")
+        if "sfid" in wanted:
+            needs[label].add("spatial")
+        if "pr" in wanted or "kid" in wanted:
+            needs[label].add("pool")
+    if "is" in wanted:
+        needs[samples].add("is")
+    if saving:
+        needs["A"] |= {"gaussian", "spatial"}
+    return needs
+
+
+def _check(label: str, source: inputs.Source, needs: set[str], wanted: Sequence[str], is_splits: int, pr_k: int) -> None:
+    """Refuse, before any image is decoded, what an input cannot provide."""
+    where = f"{label} ({source.path})"
+    if source.kind == "stats_npz":
+        if needs & {"pool", "is"}:
+            what = [m for m in ("is", "pr", "kid") if m in wanted]
+            raise InputError(f"{', '.join(what)} need images, but {where} holds only statistics")
+        if "spatial" in needs and "mu_s" not in source.stats:
+            raise InputError(
+                f"{where} has no sFID statistics (mu_s, sigma_s); recompute them with "
+                f"`sit fid IMAGES --save-stats OUT.npz`"
+            )
+        return
+    n = source.num_images
+    if needs & {"gaussian", "spatial"} and n < 2:
+        raise InputError(f"{where} has {n} image; a covariance needs at least 2")
+    if "is" in needs and n < is_splits:
+        raise InputError(f"the Inception Score with {is_splits} splits needs at least {is_splits} images; {where} has {n}")
+    if "pr" in wanted and n <= pr_k:
+        raise InputError(f"precision/recall with k={pr_k} need more than {pr_k} images; {where} has {n}")
+    if "kid" in wanted and n < 2:
+        raise InputError(f"KID needs at least 2 images per input; {where} has {n}")
+
+
+def _describe(summary: Summary) -> dict:
+    return {
+        "path": str(summary.source.path),
+        "kind": summary.source.kind,
+        "num_images": summary.count if summary.count is not None else summary.source.num_images,
+    }
+
+
+def evaluate(
+    a: str | Path,
+    b: str | Path | None = None,
+    metrics: str | Sequence[str] = ("fid",),
+    *,
+    save_stats: str | Path | None = None,
+    inception_weights: str | Path | None = None,
+    batch_size: int = 50,
+    num_workers: int | None = None,
+    device: str | torch.device | None = None,
+    is_splits: int = 10,
+    pr_k: int = 3,
+    pr_subset: int | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 2020,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Compare a reference set ``a`` with a sample set ``b`` (the order of the ADM evaluator).
+
+    Each of ``a``, ``b`` is an image folder, an images .npz (``arr_0``) or a statistics .npz
+    (``mu``, ``sigma``); see ``sitcli.evaluate.inputs``. ``metrics`` is any of:
+
+    - ``fid``: Fréchet distance of 2048-d pool features (pytorch-fid's number);
+    - ``sfid``: the same on the 2023-d spatial features of the ADM evaluator (Mixed_6d 1x1 branch,
+      first 7 channels; see ``FIDInceptionV3``);
+    - ``is``: Inception Score of the samples (``b``, or ``a`` when it is the only input),
+      ``is_splits`` splits, reported as mean and standard deviation;
+    - ``pr``: improved precision (samples inside the reference manifold) and recall (reference
+      inside the sample manifold), ``pr_k`` nearest neighbours, on at most ``pr_subset`` random
+      images of each set (default: all, as the ADM evaluator);
+    - ``kid``: KID mean and standard deviation over ``kid_subsets`` subsets of ``kid_subset_size``.
+
+    ``save_stats`` writes ``a``'s statistics (``mu``, ``sigma``, ``mu_s``, ``sigma_s``) for reuse;
+    ``b`` may then be omitted. Every image input is read once, and only the features a metric
+    needs are kept: mean and covariance stream in float64; pool features are held (N x 2048
+    float32) only for ``pr`` and ``kid``.
+
+    Returns ``{"metrics": {name: value}, "inputs": {...}, "settings": {...}, "warnings": [...]}``
+    with metric names ``fid, sfid, is, is_std, precision, recall, kid, kid_std``.
+    """
+    wanted = parse_metrics(metrics)
+    for name, value, least in (("batch_size", batch_size, 1), ("is_splits", is_splits, 1), ("pr_k", pr_k, 1),
+                               ("kid_subsets", kid_subsets, 1), ("kid_subset_size", kid_subset_size, 2)):
+        if value < least:
+            raise InputError(f"{name} must be at least {least}, got {value}")
+    if pr_subset is not None and pr_subset <= pr_k:
+        raise InputError(f"pr_subset must be larger than pr_k={pr_k}, got {pr_subset}")
+    if num_workers is not None and num_workers < 0:
+        raise InputError(f"num_workers must be 0 or more, got {num_workers}")
+    pair_metrics = [m for m in wanted if m != "is"]
+    if b is None and pair_metrics:
+        raise InputError(f"{', '.join(pair_metrics)} compare two inputs; give a second input B")
+    if b is None and not wanted and save_stats is None:
+        raise InputError("nothing to do: give a second input, --metrics, or --save-stats")
+    # pytorch-fid recognises a statistics file by its .npz suffix only.
+    if save_stats is not None and Path(save_stats).suffix.lower() != ".npz":
+        raise InputError(f"--save-stats {save_stats}: name the file *.npz")
+
+    sources = {"A": inputs.open_source(a)}
+    if b is not None:
+        sources["B"] = inputs.open_source(b)
+    samples = "B" if b is not None else "A"
+    if save_stats is not None and sources["A"].kind == "stats_npz":
+        raise InputError(f"A ({sources['A'].path}) already holds statistics; --save-stats needs images")
+
+    needs = _needs(sources, wanted, samples, save_stats is not None)
+    for label, source in sources.items():
+        _check(label, source, needs[label], wanted, is_splits, pr_k)
+
+    dev = _resolve_device(device)
+    workers = inputs.default_num_workers() if num_workers is None else num_workers
+    summaries: dict[str, Summary] = {}
+    net = None
+    started = time.perf_counter()
+    for label, source in sources.items():
+        if source.kind == "stats_npz" or not needs[label]:
+            summaries[label] = Summary(label, source, stats=source.stats)
+            continue
+        if net is None:
+            net = inception.load_inception(inception_weights, dev)
+        summaries[label] = _summarise(
+            source, label, net, dev,
+            gaussian="gaussian" in needs[label],
+            spatial="spatial" in needs[label],
+            keep_pool="pool" in needs[label],
+            is_splits=is_splits if "is" in needs[label] else None,
+            batch_size=batch_size,
+            num_workers=workers,
+            progress=progress,
+        )
+    feature_seconds = time.perf_counter() - started
+
+    results: dict[str, float] = {}
+    warnings: list[str] = []
+    if b is not None:
+        sa, sb = summaries["A"], summaries["B"]
+        for metric, mu, sigma in (("fid", "mu", "sigma"), ("sfid", "mu_s", "sigma_s")):
+            if metric not in wanted:
+                continue
+            da, db = sa.stats[mu].shape[0], sb.stats[mu].shape[0]
+            if da != db:
+                raise InputError(
+                    f"{metric}: A has {da}-d statistics but B has {db}-d; compute both with the same "
+                    f"network and layer (FID uses the 2048-d pool features)"
+                )
+            results[metric] = M.frechet_distance(sa.stats[mu], sa.stats[sigma], sb.stats[mu], sb.stats[sigma])
+            few = [f"{s.label} has {s.count}" for s in (sa, sb) if s.count is not None and s.count <= da]
+            if few:
+                warnings.append(
+                    f"{metric}: {' and '.join(few)} images for {da}-d features, so covariances are singular "
+                    f"and the value is biased; use more than {da} images (50,000 is standard)"
+                )
+        rng = np.random.default_rng(seed)
+        if "pr" in wanted:
+            ref, fake = sa.pool, sb.pool
+            if pr_subset is not None:
+                ref = ref[np.sort(rng.choice(len(ref), min(pr_subset, len(ref)), replace=False))]
+                fake = fake[np.sort(rng.choice(len(fake), min(pr_subset, len(fake)), replace=False))]
+            results["precision"], results["recall"] = M.precision_recall(ref, fake, pr_k, device=dev)
+        if "kid" in wanted:
+            results["kid"], results["kid_std"], used = M.kernel_inception_distance(
+                sa.pool, sb.pool, kid_subsets, kid_subset_size, seed=seed, device=dev
+            )
+            if used < kid_subset_size:
+                warnings.append(f"kid: subsets of {used} images (the smaller input), not {kid_subset_size}")
+    if "is" in wanted:
+        results["is"], results["is_std"] = summaries[samples].inception_score
+
+    saved = None
+    if save_stats is not None:
+        saved = str(inputs.save_stats(save_stats, {k: summaries["A"].stats[k] for k in inputs.STATS_KEYS}))
+
+    return {
+        "metrics": results,
+        "inputs": {label: _describe(s) for label, s in summaries.items()},
+        "settings": {
+            "device": str(dev),
+            "batch_size": batch_size,
+            "num_workers": workers,
+            "inception_weights": str(inception.find_inception_weights(inception_weights)) if net is not None else None,
+            "is_splits": is_splits,
+            "pr_k": pr_k,
+            "pr_subset": pr_subset,
+            "kid_subsets": kid_subsets,
+            "kid_subset_size": kid_subset_size,
+            "seed": seed,
+            "feature_seconds": round(feature_seconds, 3),
+        },
+        "saved_stats": saved,
+        "warnings": warnings,
+    }

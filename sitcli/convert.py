@@ -1,0 +1,329 @@
+"""`sit convert`: checkpoints between sit, the official SiT/DiT code and diffusers; DiT under sit's samplers.
+
+    from sitcli.convert import convert, load_for_sampling
+    result = convert("DiT-XL-2-256x256.pt", "dit-xl-diffusers", dst_format="diffusers")
+    print(result.deviation)                      # diffusers' DiT vs the original network, measured
+    model, transport, info = load_for_sampling("DiT-XL-2-256x256.pt")   # for sample_ode / sample_sde
+
+Formats (``--from`` / ``--to``):
+    sit        a sit run folder, a checkpoint folder inside one, or a .safetensors weights file
+    official   the official SiT code's .pt (raw state dict, or training checkpoint {model, ema, opt, args})
+    dit        the DiT code's .pt: the same layout, trained as a DDPM (``sitcli.transport.ddpm``)
+    diffusers  a diffusers model folder: diffusers' ``DiTTransformer2DModel`` or sitcli's
+               ``SiTTransformer2DModel`` (``sitcli.diffusers_sit``), or a pipeline folder holding one
+
+Weights are copied, never recomputed, so every round trip returns the same tensors bit for bit
+(the one exception: diffusers' DiT class does not store ``pos_embed``; it is rebuilt from its
+formula, and the deviation report says if the source's differed). Nothing at DST is touched until
+the result is complete: it is written to a hidden folder beside DST and renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sitcli.errors import InputError
+from sitcli.formats import Checkpoint, build_model
+from sitcli.formats.diffusers import load_diffusers_model, model_folder, read_diffusers, write_diffusers
+from sitcli.formats.official import read_official, write_official
+from sitcli.formats.sitrun import TRANSPORT_KEYS, is_sit_source, read_sit, write_sit
+
+FORMATS = ("sit", "official", "dit", "diffusers")
+DIFFUSERS_CLASSES = ("auto", "sit", "dit")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclasses.dataclass
+class Deviation:
+    """How far a diffusers model's output is from sit's on the same weights and inputs.
+
+    ``max_abs`` is over the prediction channels of a fixed random batch; ``rel`` divides it by the
+    largest |sit output|. ``time_features`` is the largest difference of the 256 sinusoidal
+    timestep features alone, ``pos_embed`` that of the position table (None where both are sit's).
+    """
+
+    diffusers_class: str
+    inputs: str
+    max_abs: float
+    rel: float
+    time_features: float
+    pos_embed: float | None
+
+    def __str__(self) -> str:
+        if self.max_abs == 0:
+            return f"{self.diffusers_class} reproduces sit exactly (max |diff| = 0 on {self.inputs})"
+        text = (f"{self.diffusers_class} deviates from sit by max |diff| = {self.max_abs:.3g} "
+                f"({self.rel:.3g} of max |output|) on {self.inputs}")
+        if self.time_features:
+            text += (f"; its timestep features differ by up to {self.time_features:.3g} (frequencies "
+                     f"exp(-ln(1e4) i/127) where sit uses i/128)")
+        if self.pos_embed:
+            text += f"; position tables differ by up to {self.pos_embed:.3g}"
+        return text
+
+
+@dataclasses.dataclass
+class ConvertResult:
+    src: Path
+    dst: Path
+    src_format: str
+    dst_format: str
+    kind: str
+    arch: dict[str, Any]
+    weights: str
+    deviation: Deviation | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+#################################################################################
+#                                    Reading                                    #
+#################################################################################
+
+
+def read_checkpoint(path: str | Path, src_format: str | None = None, num_heads: int | None = None) -> Checkpoint:
+    """Any supported checkpoint as a ``Checkpoint``; ``src_format=None`` detects the format."""
+    path = Path(path)
+    if src_format is not None and src_format not in FORMATS:
+        raise InputError(f"--from {src_format!r} is not a format: choose one of {', '.join(FORMATS)}")
+    if not path.exists():
+        raise InputError(f"{path} does not exist: pass a checkpoint file or folder")
+    if path.is_dir():
+        if src_format in ("official", "dit"):
+            raise InputError(f"--from {src_format} expects a .pt file, but {path} is a folder")
+        if src_format in (None, "diffusers") and model_folder(path) is not None:
+            return read_diffusers(path)
+        if src_format in (None, "sit") and is_sit_source(path):
+            return read_sit(path, num_heads)
+        wanted = {"diffusers": "a diffusers model folder", "sit": "a sit run or checkpoint folder"}
+        raise InputError(f"{path} is not {wanted.get(src_format, 'a sit run, checkpoint or diffusers folder')}")
+    if src_format == "diffusers":
+        raise InputError(f"--from diffusers expects a folder, but {path} is a file")
+    if path.suffix == ".safetensors":
+        if src_format not in (None, "sit"):
+            raise InputError(f"{path} is a safetensors file, not an official .pt: drop --from or pass --from sit")
+        return read_sit(path, num_heads)
+    if src_format == "sit":
+        raise InputError(f"--from sit expects a run folder, checkpoint folder or .safetensors file, not {path.name}")
+    kind = {"official": "sit", "dit": "dit"}.get(src_format or "")
+    return read_official(path, kind, num_heads)
+
+
+#################################################################################
+#                                    Converting                                 #
+#################################################################################
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    src_format: str | None = None,
+    dst_format: str | None = None,
+    use: str = "ema",
+    diffusers_class: str = "auto",
+    num_heads: int | None = None,
+    overwrite: bool = False,
+    check: bool = True,
+) -> ConvertResult:
+    """Convert ``src`` to ``dst_format`` at ``dst``.
+
+    Args:
+        use: "ema" (default) or "model": the weight set taken from a training checkpoint or run
+            for formats holding one set; a sit run keeps both.
+        diffusers_class: for ``--to diffusers``: "dit" (diffusers' DiTTransformer2DModel), "sit"
+            (sitcli's SiTTransformer2DModel), or "auto": dit for DiT weights, sit for SiT weights.
+        num_heads: attention heads, needed only when the hidden size is not in the size table.
+        overwrite: replace an existing ``dst``.
+        check: when either side is diffusers, measure its output against sit's (``Deviation``).
+    """
+    src, dst = Path(src), Path(dst)
+    if diffusers_class not in DIFFUSERS_CLASSES:
+        raise InputError(f"--diffusers-class {diffusers_class!r}: choose auto, sit or dit")
+    dst_format = _target_format(dst, dst_format)
+    _check_destination(src, dst, overwrite)
+    ckpt = read_checkpoint(src, src_format, num_heads)
+    if dst_format == "dit" and ckpt.kind != "dit":
+        raise InputError(f"{src} holds SiT weights, not DiT ones: write them with --to official")
+    result = ConvertResult(src, dst, ckpt.format, dst_format, ckpt.kind, ckpt.arch, ckpt.used(use))
+    if diffusers_class == "auto":
+        diffusers_class = "dit" if ckpt.kind == "dit" else "sit"
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
+    try:
+        staged = staging / dst.name
+        if dst_format == "sit":
+            write_sit(ckpt, staged)
+            if "model" not in ckpt.weights or "ema" not in ckpt.weights:
+                result.weights = "the one set (as both model and ema)"
+            else:
+                result.weights = "model and ema"
+        elif dst_format in ("official", "dit"):
+            write_official(ckpt.state_dict(use), staged)
+            result.notes.extend(_name_notes(dst, ckpt.kind))
+        else:
+            write_diffusers(ckpt, staged, use, diffusers_class)
+            if diffusers_class == "dit" and ckpt.kind == "sit":
+                result.notes.append(
+                    "diffusers' DiTTransformer2DModel is fed sit's time t in [0, 1] as `timestep` here; its DiT "
+                    "pipelines and schedulers (integer DDPM steps) do not apply to SiT weights"
+                )
+        if check and "diffusers" in (ckpt.format, dst_format):
+            diffusers_model = load_diffusers_model(staged if dst_format == "diffusers" else src)
+            result.deviation = measure_deviation(ckpt, use, diffusers_model)
+        _commit(staged, dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _target_format(dst: Path, dst_format: str | None) -> str:
+    if dst_format is None:
+        if dst.suffix in (".pt", ".pth"):
+            return "official"
+        raise InputError(f"cannot tell the target format from {dst.name}: pass --to sit, official, dit or diffusers")
+    if dst_format not in FORMATS:
+        raise InputError(f"--to {dst_format!r} is not a format: choose one of {', '.join(FORMATS)}")
+    return dst_format
+
+
+def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    if src.exists() and dst.exists() and src.resolve() == dst.resolve():
+        raise InputError(f"DST {dst} is the source itself: pick another destination")
+    if dst.exists() and src.exists() and src.resolve().is_relative_to(dst.resolve()):
+        raise InputError(f"DST {dst} contains the source: pick another destination")
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
+        raise InputError(f"{dst} already exists: pass --overwrite to replace it, or pick another destination")
+
+
+def _commit(staged: Path, dst: Path) -> None:
+    """Move the finished result to ``dst`` in one rename; an old ``dst`` is set aside first and
+    put back if the rename fails, so ``dst`` is always either the old or the new result."""
+    if staged.is_file() and (dst.is_file() or not dst.exists()):
+        os.replace(staged, dst)
+        return
+    old = None
+    if dst.exists() or dst.is_symlink():
+        old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.old-")) / dst.name
+        os.rename(dst, old)
+    try:
+        os.rename(staged, dst)
+    except BaseException:
+        if old is not None:
+            os.rename(old, dst)
+        raise
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)
+
+
+def _name_notes(dst: Path, kind: str) -> list[str]:
+    prefix = "DiT-" if kind == "dit" else "SiT-"
+    if dst.name.lower().startswith(prefix.lower()):
+        return []
+    flag = "--from dit" if kind == "dit" else "--from official"
+    return [f"SiT and DiT files share one layout: name the file {prefix}... or pass {flag} when reading it back"]
+
+
+#################################################################################
+#                           Measuring diffusers against sit                     #
+#################################################################################
+
+
+@torch.no_grad()
+def measure_deviation(ckpt: Checkpoint, use: str, diffusers_model: torch.nn.Module, batch: int = 4, seed: int = 0) -> Deviation:
+    """Run sit and the diffusers model on one fixed random batch (float32) and compare outputs.
+
+    Times are those the weights were trained with: DiT timesteps 0..999 (fed as integers to
+    diffusers' DiT class, as its pipelines do) or sit times in [0, 1].
+    """
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    state_dict = {k: v.float() for k, v in ckpt.state_dict(use).items()}
+    sit = build_model(ckpt.arch, state_dict)
+    if diffusers_model.dtype != torch.float32:
+        diffusers_model = diffusers_model.float()
+    diffusers_model.eval()
+    arch, gen = ckpt.arch, torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, arch["in_channels"], arch["input_size"], arch["input_size"], generator=gen)
+    y = torch.arange(batch) % max(arch["num_classes"], 1)
+    if ckpt.kind == "dit":
+        steps = ckpt.transport.get("num_timesteps", 1000)
+        t = torch.linspace(0, steps - 1, batch).round()
+        inputs = f"{batch} inputs at DiT timesteps {t.long().tolist()}"
+    else:
+        t = torch.linspace(0, 1, batch)
+        inputs = f"{batch} inputs at sit times {[round(v, 3) for v in t.tolist()]}"
+    is_dit_class = type(diffusers_model).__name__ != "SiTTransformer2DModel"
+    timestep = t.long() if (is_dit_class and ckpt.kind == "dit") else t
+    expected = sit(x, t, y)
+    got = diffusers_model(x, timestep=timestep, class_labels=y).sample[:, : arch["in_channels"]]
+    max_abs = (got - expected).abs().max().item()
+    time_features, pos_embed = 0.0, None
+    if is_dit_class:
+        theirs = get_timestep_embedding(timestep, 256, flip_sin_to_cos=True, downscale_freq_shift=1)
+        time_features = (theirs - sit.t_embedder.timestep_embedding(t)).abs().max().item()
+        pos_embed = (diffusers_model.pos_embed.pos_embed - state_dict["pos_embed"]).abs().max().item()
+    return Deviation(type(diffusers_model).__name__, inputs, max_abs, max_abs / max(expected.abs().max().item(), 1e-30),
+                     time_features, pos_embed)
+
+
+#################################################################################
+#                                   Sampling                                    #
+#################################################################################
+
+
+def load_for_sampling(
+    path: str | Path,
+    use: str = "ema",
+    src_format: str | None = None,
+    num_heads: int | None = None,
+    sample_eps: float | None = None,
+) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """A model callable ``model(x, t, y=...)`` in sit's time, its ``Transport``, and facts about it.
+
+    Works for every format ``read_checkpoint`` reads. A DiT checkpoint comes back wrapped in
+    ``DiscreteTimestepModel`` (sit time -> DiT timestep, learned-sigma channels dropped) with the
+    DDPM transport (``dit_transport``), so ``sample_ode`` / ``sample_sde`` run it unchanged.
+    ``info`` holds kind, arch, in_channels, input_size, num_classes, learn_sigma, image_size,
+    latent_scale, vae, transport settings, weights used and source.
+    """
+    from sitcli.transport import Transport
+    from sitcli.transport.ddpm import DiscreteTimestepModel, dit_transport
+
+    ckpt = read_checkpoint(path, src_format, num_heads)
+    model: torch.nn.Module = build_model(ckpt.arch, ckpt.state_dict(use)).requires_grad_(False)
+    settings = dict(ckpt.transport)
+    if sample_eps is not None:
+        settings["sample_eps"] = sample_eps
+    if ckpt.kind == "dit":
+        model = DiscreteTimestepModel(model, settings["num_timesteps"])
+        transport = dit_transport(settings["num_timesteps"], settings["beta_start"], settings["beta_end"],
+                                  sample_eps=settings.get("sample_eps"))
+    else:
+        transport = Transport(**{k: v for k, v in settings.items() if k in TRANSPORT_KEYS})
+    arch, latent = ckpt.arch, ckpt.arch["in_channels"] == 4
+    info = {
+        "kind": ckpt.kind, "format": ckpt.format, "source": ckpt.source, "weights": ckpt.used(use),
+        "arch": dict(arch), "transport": settings, **{k: arch[k] for k in ("in_channels", "input_size", "num_classes", "learn_sigma")},
+        "image_size": ckpt.extra.get("image_size") or arch["input_size"] * (8 if latent else 1),
+        "latent_scale": ckpt.extra.get("latent_scale") or (0.18215 if latent else None),
+        "vae": ckpt.extra.get("vae"),
+    }
+    return model, transport, info
+
+
+def describe(arch: dict[str, Any]) -> str:
+    """One line naming an architecture, e.g. "SiT-XL/2 layout: 28 blocks, hidden 1152, 16 heads, ..."."""
+    from sitcli.formats.sitrun import registry_name
+
+    name = registry_name(arch) or "custom"
+    return (f"{name} layout: {arch['depth']} blocks, hidden {arch['hidden_size']}, {arch['num_heads']} heads, patch "
+            f"{arch['patch_size']}, input {arch['in_channels']}x{arch['input_size']}x{arch['input_size']}, "
+            f"{arch['num_classes']} classes, learn_sigma={arch['learn_sigma']}")
+

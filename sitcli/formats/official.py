@@ -1,0 +1,154 @@
+"""The official SiT and DiT code's .pt files, read without executing pickled code.
+
+Two shapes exist: a raw state dict (the published ``SiT-XL-2-256x256.pt``, ``DiT-XL-2-256x256.pt``)
+and a training checkpoint ``{"model", "ema", "opt", "args"}`` whose ``args`` is the training script's
+``argparse.Namespace``. Both are pickles. They are read with ``torch.load(weights_only=True)``,
+PyTorch's restricted unpickler (tensors, numbers, strings, containers), with exactly one class added
+to its allow-list, ``argparse.Namespace``; a file that needs anything else is refused before any of
+it runs. The SiT and DiT layouts are identical, so which one a raw file holds is told by its name
+(``SiT-…`` / ``DiT-…``) or by ``--from``; a training checkpoint tells by its ``args``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sitcli.errors import InputError
+from sitcli.formats import (
+    DIT_TRANSPORT,
+    SIT_DEFAULT_TRANSPORT,
+    Checkpoint,
+    StateDict,
+    heads_from_model_name,
+    infer_architecture,
+    strip_prefixes,
+)
+
+ALLOWED_CLASSES = [argparse.Namespace]
+TRAINING_KEYS = ("model", "ema")
+# Official SiT training flags -> sit Transport settings.
+PATH_TYPES = {"linear": "linear", "gvp": "gvp", "vp": "vp"}
+
+
+def safe_load(path: Path) -> Any:
+    """``torch.load`` restricted to tensors, plain containers and ``argparse.Namespace``."""
+    try:
+        with torch.serialization.safe_globals(ALLOWED_CLASSES):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found:
+            raise InputError(
+                f"{path}: refused to load: the pickle asks for {found.group(1)}, which is not on the allow-list "
+                f"(tensors, plain containers, argparse.Namespace); nothing in it was run. Re-save the weights as "
+                f"a plain state dict or safetensors from code you trust"
+            ) from None
+        raise InputError(f"{path} is not a PyTorch checkpoint (it cannot be unpickled safely): check the path") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds (struct.error, KeyError, ...) on non-checkpoints
+        raise InputError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}): check the path") from None
+
+
+def classify(obj: Any) -> str:
+    """"raw" for a state dict, "training" for {"model"/"ema", ...}, else "" (not a checkpoint)."""
+    if not isinstance(obj, dict) or not obj:
+        return ""
+    if any(k in obj for k in TRAINING_KEYS) and all(isinstance(obj.get(k, {}), dict) for k in TRAINING_KEYS):
+        return "training"
+    if all(isinstance(k, str) for k in obj) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return "raw"
+    return ""
+
+
+def kind_from_name(path: Path) -> str | None:
+    """"sit" or "dit" when the file name says so (SiT-XL-2-256x256.pt, DiT-B-4.pt, ...), else None."""
+    match = re.match(r"(sit|dit)[-_]", path.name.lower())
+    return match.group(1) if match else None
+
+
+def read_official(path: Path, kind: str | None = None, num_heads: int | None = None) -> Checkpoint:
+    """Read an official SiT (``kind="sit"``) or DiT (``kind="dit"``) .pt file.
+
+    ``kind=None`` decides from the training args or the file name and refuses when neither tells.
+    """
+    obj = safe_load(path)
+    shape = classify(obj)
+    if not shape:
+        raise InputError(
+            f"{path} is a pickle but not a SiT/DiT checkpoint: expected a state dict of tensors or a training "
+            f"checkpoint {{'model', 'ema', 'opt', 'args'}}, got {_summary(obj)}"
+        )
+    args = vars(obj.get("args")) if shape == "training" and isinstance(obj.get("args"), argparse.Namespace) else {}
+    if kind is None:
+        kind = _kind_from_args(args) or kind_from_name(path)
+        if kind is None:
+            raise InputError(
+                f"{path}: SiT and DiT files have the same layout and neither its name nor its contents tell which "
+                f"this is: pass --from official (SiT) or --from dit"
+            )
+    if shape == "training":
+        weights = {k: strip_prefixes(obj[k]) for k in TRAINING_KEYS if isinstance(obj.get(k), dict) and obj[k]}
+        if not weights:
+            raise InputError(f"{path}: a training checkpoint with empty 'model' and 'ema' weights")
+    else:
+        weights = {"ema": strip_prefixes(obj)}
+    if num_heads is None:
+        num_heads = heads_from_model_name(args.get("model"))
+    first = next(iter(weights.values()))
+    arch = infer_architecture(first, num_heads, where=str(path))
+    for name, state_dict in weights.items():
+        if set(state_dict) != set(first):
+            raise InputError(f"{path}: its {name!r} weights have different keys from its other weights")
+    if args.get("image_size") and args["image_size"] // 8 != arch["input_size"]:
+        raise InputError(
+            f"{path}: args.image_size={args['image_size']} implies latents of {args['image_size'] // 8}, but the "
+            f"position embedding is for {arch['input_size']}: the file is inconsistent"
+        )
+    transport = dict(DIT_TRANSPORT) if kind == "dit" else _sit_transport(args)
+    what = "training checkpoint" if shape == "training" else "weights"
+    return Checkpoint(weights, arch, kind, transport, source=f"{path} ({'DiT' if kind == 'dit' else 'SiT'} {what})",
+                      format="dit" if kind == "dit" else "official")
+
+
+def write_official(state_dict: StateDict, path: Path) -> None:
+    """Save a raw state dict as the published files are: ``torch.save`` of name -> tensor."""
+    torch.save({k: v.detach().contiguous() for k, v in state_dict.items()}, path)
+
+
+def _kind_from_args(args: dict) -> str | None:
+    model = str(args.get("model", ""))
+    if model.startswith("DiT"):
+        return "dit"
+    if model.startswith("SiT") or "path_type" in args:
+        return "sit"
+    return None
+
+
+def _sit_transport(args: dict) -> dict[str, Any]:
+    """sit Transport settings from the official SiT training flags (defaults: linear, velocity)."""
+    transport = dict(SIT_DEFAULT_TRANSPORT)
+    if "path_type" in args:
+        path_type = str(args["path_type"]).lower()
+        if path_type not in PATH_TYPES:
+            raise InputError(f"unknown official path_type {args['path_type']!r}: expected Linear, GVP or VP")
+        transport["interpolant"] = PATH_TYPES[path_type]
+    if args.get("prediction"):
+        transport["prediction"] = str(args["prediction"]).lower()
+    if args.get("loss_weight"):
+        transport["loss_weight"] = str(args["loss_weight"]).lower()
+    for key in ("train_eps", "sample_eps"):
+        if args.get(key) is not None:
+            transport[key] = float(args[key])
+    return transport
+
+
+def _summary(obj: Any) -> str:
+    if isinstance(obj, dict):
+        keys = ", ".join(repr(k) for k in list(obj)[:4])
+        return f"a dict with keys {keys}" if keys else "an empty dict"
+    return f"a {type(obj).__name__}"

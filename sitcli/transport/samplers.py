@@ -1,0 +1,194 @@
+"""Samplers: carry N(0, I) noise at t = 0 to data at t = 1 with a trained model.
+
+Both take any callable ``model(x, t, **model_kwargs)`` (t of shape (B,)), convert its output with
+the transport, and return ``(samples, nfe)`` where nfe counts model evaluations (a guided model
+counts one per call). Samples keep the dtype and device of ``x0``.
+
+ODE (probability flow):  dX = v(X, t) dt,   solved by torchdiffeq on a fixed grid or adaptively.
+SDE:                     dX = [v(X, t) + w(t) s(X, t)] dt + sqrt(2 w(t)) dW,   see ``diffusion``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import torch
+from torchdiffeq import odeint
+
+import sitcli.transport.tsit5  # noqa: F401  (registers method "tsit5" with torchdiffeq)
+from sitcli.errors import InputError
+from sitcli.transport.diffusion import check_diffusion_coefficient, diffusion_coefficient
+from sitcli.transport.transport import Transport
+
+# sit name -> (torchdiffeq name, model evaluations per step)
+FIXED_GRID_METHODS = {"euler": ("euler", 1), "heun": ("heun2", 2), "midpoint": ("midpoint", 2), "rk4": ("rk4", 4)}
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "tsit5")
+SDE_METHODS = ("euler", "heun")
+LAST_STEPS = ("mean", "tweedie", "euler", "none")
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+
+class CountingModel:
+    """Calls ``model(x, t, **kwargs)`` with t broadcast to shape (B,) and counts the calls."""
+
+    def __init__(self, model: Callable, model_kwargs: dict | None):
+        self.model = model
+        self.model_kwargs = model_kwargs or {}
+        self.nfe = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        self.nfe += 1
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        return self.model(x, t, **self.model_kwargs).to(x.dtype), t
+
+
+def _grad_mode(x0: torch.Tensor):
+    # Sampling builds no graph unless the caller asked for gradients through x0.
+    return contextlib.nullcontext() if x0.requires_grad else torch.no_grad()
+
+
+def sample_ode(
+    transport: Transport,
+    model: Callable,
+    x0: torch.Tensor,
+    method: str = "heun",
+    steps: int = 50,
+    atol: float = 1e-6,
+    rtol: float = 1e-3,
+    model_kwargs: dict | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Integrate the probability-flow ODE from noise x0 at t0 to data at t1.
+
+    Args:
+        method: fixed grid "euler" | "heun" | "midpoint" | "rk4" (``steps`` steps, so nfe is
+            steps x 1, 2, 2, 4), or adaptive "dopri5" | "dopri8" | "bosh3" | "tsit5" (``atol``,
+            ``rtol``; ``steps`` ignored).
+    Returns:
+        (samples, nfe).
+    """
+    counter = CountingModel(model, model_kwargs)
+
+    def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        output, t_batch = counter(x, t)
+        return transport.velocity(output, x, t_batch)
+
+    t0, t1 = transport.sample_interval()
+    with _grad_mode(x0):
+        if method in FIXED_GRID_METHODS:
+            grid = transport.time_grid(t0, t1, steps, device=x0.device, dtype=x0.dtype)
+            solver, _ = FIXED_GRID_METHODS[method]
+            options = {"grid_constructor": lambda *_: grid}
+            x = odeint(velocity, x0, grid[[0, -1]], method=solver, options=options)[-1]
+        elif method in ADAPTIVE_METHODS:
+            if transport.num_timesteps is not None:
+                raise InputError(
+                    f"adaptive ODE method {method!r} steps off the discrete time grid: use euler, heun, midpoint or rk4"
+                )
+            times = torch.tensor([t0, t1], device=x0.device, dtype=x0.dtype)
+            # step_t makes the solver land on t1 instead of stepping past it and interpolating back,
+            # so the model is never evaluated outside [t0, t1].
+            options = {"step_t": times[1:]}
+            x = odeint(velocity, x0, times, method=method, atol=atol, rtol=rtol, options=options)[-1]
+        else:
+            methods = ", ".join([*FIXED_GRID_METHODS, *ADAPTIVE_METHODS])
+            raise InputError(f"unknown ODE method {method!r}: choose one of {methods}")
+    return x, counter.nfe
+
+
+def standard_normal_like(x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+    """N(0, I) noise shaped like x; with a list of generators, row i is drawn from generator i,
+    so a sample's noise does not depend on the batch it is drawn in."""
+    if generator is None or isinstance(generator, torch.Generator):
+        device = x.device if generator is None else generator.device
+        return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    rows = [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
+    return torch.stack(rows).to(x.device)
+
+
+def sample_sde(
+    transport: Transport,
+    model: Callable,
+    x0: torch.Tensor,
+    method: str = "euler",
+    steps: int = 250,
+    w: str = "sigma",
+    w_norm: float = 1.0,
+    last_step: str | None = "mean",
+    last_step_size: float = 0.04,
+    generator: Generator = None,
+    model_kwargs: dict | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Integrate dX = [v + w(t) s] dt + sqrt(2 w(t)) dW from noise x0 at t0 to data.
+
+    One model output gives both v and s, so an Euler-Maruyama step costs one evaluation and a
+    Heun step two (its second evaluation is skipped where sigma_t = 0, where the score is undefined).
+
+    Args:
+        method: "euler" (Euler-Maruyama) or "heun" (stochastic Heun: noise first, then a Heun step).
+        steps: number of steps, counting the last step: with ``last_step`` the SDE takes
+            steps - 1 steps from t0 to 1 - last_step_size and then the last step to t = 1;
+            with ``last_step="none"`` it takes ``steps`` steps from t0 to t1.
+        w, w_norm: the diffusion coefficient (``diffusion.DIFFUSION_COEFFICIENTS``) and its scale.
+        last_step: "mean" (a drift step without noise), "tweedie" (the posterior mean E[x1 | x]),
+            "euler" (a probability-flow ODE step), or "none".
+        generator: a torch.Generator, or one per sample row (per-sample seeds).
+    Returns:
+        (samples, nfe).
+    """
+    w = check_diffusion_coefficient(w)
+    last_step = "none" if last_step is None else str(last_step).lower()
+    if method not in SDE_METHODS:
+        raise InputError(f"unknown SDE method {method!r}: choose euler or heun")
+    if last_step not in LAST_STEPS:
+        raise InputError(f"unknown last step {last_step!r}: choose one of {', '.join(LAST_STEPS)}")
+    if w_norm < 0:
+        raise InputError(f"w_norm={w_norm} is negative: the diffusion coefficient must be >= 0")
+
+    t0, t1 = transport.sample_interval(sde=True, w=w)
+    if last_step != "none":
+        t1 = 1.0 - last_step_size
+        if not t0 < t1 < 1:
+            raise InputError(f"last_step_size={last_step_size} must lie in (0, {1 - t0:g}): e.g. 0.04")
+        if steps < 2:
+            raise InputError("steps must be >= 2 with a last step (one SDE step plus the last step)")
+    grid = transport.time_grid(t0, t1, steps - 1 if last_step != "none" else steps, device=x0.device, dtype=x0.dtype)
+
+    interpolant = transport.interpolant
+    counter = CountingModel(model, model_kwargs)
+
+    def drift(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        output, t_batch = counter(x, t)
+        v = transport.velocity(output, x, t_batch)
+        return v + diffusion_coefficient(w, interpolant, t, w_norm) * transport.score(output, x, t_batch)
+
+    def noise_scale(t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(2 * diffusion_coefficient(w, interpolant, t, w_norm) * h)
+
+    x = x0
+    with _grad_mode(x0):
+        for t, t_next in zip(grid[:-1], grid[1:]):
+            h = t_next - t
+            if method == "euler":
+                x = x + drift(x, t) * h + noise_scale(t, h) * standard_normal_like(x, generator)
+            else:
+                x_hat = x + noise_scale(t, h) * standard_normal_like(x, generator)
+                k1 = drift(x_hat, t)
+                x = x_hat + h * k1
+                if float(interpolant.sigma(t_next)) > 0:
+                    x = x_hat + h / 2 * (k1 + drift(x, t_next))
+        if last_step != "none":
+            t = grid[-1]
+            h = 1 - t
+            if last_step == "mean":
+                x = x + drift(x, t) * h
+            else:
+                output, t_batch = counter(x, t)
+                if last_step == "tweedie":
+                    x = transport.data(output, x, t_batch)
+                else:
+                    x = x + transport.velocity(output, x, t_batch) * h
+    return x, counter.nfe

@@ -1,0 +1,180 @@
+"""`Transport`: one choice of interpolant, model prediction, loss weight and time.
+
+It knows which times are safe for its combination. The formulas in ``objectives`` divide by
+alpha_t (zero at t = 0 for linear and GVP) when a score or noise model is turned into a velocity,
+by sigma_t (zero at t = 1) when anything is turned into a score, and the VP path's sigma'_t is
+infinite at t = 1. Where a combination touches such an end, time is kept ``eps`` away from it:
+
+    noise end (t = 0) is kept off when alpha_0 = 0 and the model is not a velocity model
+                      (or, when sampling, the SDE uses the SBDM diffusion, infinite there);
+    data end  (t = 1) is kept off for VP, for score and noise models, and for the likelihood
+                      loss weight (1 / eta_t is infinite there).
+
+By default only the singular ends are moved in, by 1e-3 (1e-5 when training VP); a ``train_eps`` or
+``sample_eps`` that is given moves both ends in by that much. Either may be given without the other.
+An explicit 0 where an end is singular is refused with a message saying so.
+
+Discrete time (``num_timesteps=T``): training draws t from the T-point grid spanning the training
+interval, and fixed-grid samplers step on points of that grid.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from sitcli.errors import InputError
+from sitcli.transport import objectives
+from sitcli.transport.diffusion import check_diffusion_coefficient
+from sitcli.transport.interpolants import Interpolant, get_interpolant
+
+
+class Transport:
+    """The transport between N(0, I) at t = 0 and the data at t = 1.
+
+    Args:
+        interpolant: "linear", "gvp", "vp", or an ``Interpolant`` instance.
+        prediction: what the model outputs: "velocity", "score" or "noise".
+        loss_weight: None, "velocity" or "likelihood" (see ``objectives``).
+        train_eps: distance kept from singular ends of [0, 1] while training (None = default).
+        sample_eps: the same while sampling and computing likelihoods (None = default).
+        num_timesteps: None for continuous time, or T >= 2 for a T-point time grid.
+
+    Example:
+        >>> tr = Transport("linear", "velocity")
+        >>> loss = tr.training_loss(model, x1, {"y": y})      # (B,)
+    """
+
+    def __init__(
+        self,
+        interpolant: str | Interpolant = "linear",
+        prediction: str = "velocity",
+        loss_weight: str | None = None,
+        train_eps: float | None = None,
+        sample_eps: float | None = None,
+        num_timesteps: int | None = None,
+    ):
+        self.interpolant = get_interpolant(interpolant)
+        self.prediction = objectives.check_prediction(prediction)
+        self.loss_weight = objectives.check_loss_weight(loss_weight)
+        for name, value in (("train_eps", train_eps), ("sample_eps", sample_eps)):
+            if value is not None and not 0 <= value < 0.5:
+                raise InputError(f"{name}={value} is out of range: pass a value in [0, 0.5), e.g. 1e-3")
+        if num_timesteps is not None and (int(num_timesteps) != num_timesteps or num_timesteps < 2):
+            raise InputError(f"num_timesteps={num_timesteps} is invalid: pass an integer >= 2, or omit it")
+        self.train_eps = train_eps
+        self.sample_eps = sample_eps
+        self.num_timesteps = None if num_timesteps is None else int(num_timesteps)
+        self._train_interval = self._interval(train_eps, training=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"Transport(interpolant={self.interpolant!r}, prediction={self.prediction!r}, "
+            f"loss_weight={self.loss_weight!r}, train_eps={self.train_eps}, sample_eps={self.sample_eps}, "
+            f"num_timesteps={self.num_timesteps})"
+        )
+
+    # ---------------------------------------------------------------- time intervals
+
+    def singular_ends(self, training: bool = False, w: str | None = None) -> tuple[bool, bool]:
+        """(noise end, data end): whether t = 0 and t = 1 must be avoided for this use."""
+        not_velocity = self.prediction != "velocity"
+        noise_end = self.interpolant.singular_at_noise_end() and (not_velocity or w == "SBDM")
+        data_end = self.interpolant.singular_at_data_end() or not_velocity
+        if training and self.loss_weight == "likelihood":
+            data_end = True
+        return noise_end, data_end
+
+    def _interval(self, eps: float | None, training: bool, w: str | None = None) -> tuple[float, float]:
+        noise_end, data_end = self.singular_ends(training, w)
+        if eps is None:
+            default = 1e-5 if (training and self.interpolant.name == "vp") else 1e-3
+            return (default if noise_end else 0.0), (1 - default if data_end else 1.0)
+        if eps == 0 and (noise_end or data_end):
+            name = "train_eps" if training else "sample_eps"
+            end = "t = 0 (noise)" if noise_end else "t = 1 (data)"
+            why = "w=SBDM" if (noise_end and w == "SBDM" and self.prediction == "velocity") else (
+                f"prediction={self.prediction}, loss_weight={self.loss_weight}")
+            raise InputError(
+                f"{name}=0 is not allowed for the {self.interpolant.name} interpolant with {why}: it is singular "
+                f"at {end}; pass {name} > 0 (e.g. 1e-3) or leave it unset for the default"
+            )
+        return eps, 1 - eps
+
+    def train_interval(self) -> tuple[float, float]:
+        """[t0, t1] from which training times are drawn."""
+        return self._train_interval
+
+    def sample_interval(self, sde: bool = False, w: str | None = None) -> tuple[float, float]:
+        """[t0, t1] over which samplers and the likelihood integrate (before any SDE last step)."""
+        w = check_diffusion_coefficient(w) if (sde and w is not None) else None
+        return self._interval(self.sample_eps, training=False, w=w)
+
+    # ---------------------------------------------------------------- discrete time
+
+    def timestep_grid(self, device=None, dtype=torch.float32) -> torch.Tensor | None:
+        """The T training times (discrete time), or None in continuous time."""
+        if self.num_timesteps is None:
+            return None
+        t0, t1 = self._train_interval
+        return torch.linspace(t0, t1, self.num_timesteps, device=device, dtype=dtype)
+
+    def time_grid(self, t0: float, t1: float, steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        """steps + 1 increasing times from t0 to t1; in discrete time, snapped to the training grid."""
+        if steps < 1:
+            raise InputError(f"steps={steps} is invalid: pass at least 1 step")
+        times = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
+        if self.num_timesteps is not None:
+            grid = self.timestep_grid(dtype=torch.float64)
+            times = grid[(times[:, None] - grid[None]).abs().argmin(dim=1)]
+            if not bool((times[1:] > times[:-1]).all()):
+                raise InputError(
+                    f"{steps} steps do not fit on the {self.num_timesteps}-point time grid between t={t0:g} "
+                    f"and t={t1:g}: use fewer steps or more --num-timesteps"
+                )
+        return times.to(device=device, dtype=dtype)
+
+    def sample_time(
+        self, batch: int, device=None, dtype=torch.float32, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Training times, shape (batch,): uniform on [t0, t1], or on the grid in discrete time."""
+        t0, t1 = self._train_interval
+        if self.num_timesteps is not None:
+            index = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
+            return self.timestep_grid(device=device, dtype=dtype)[index]
+        return t0 + (t1 - t0) * torch.rand(batch, device=device, dtype=dtype, generator=generator)
+
+    # ---------------------------------------------------------------- training
+
+    def training_loss(
+        self,
+        model: Callable,
+        x1: torch.Tensor,
+        model_kwargs: dict | None = None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Per-sample loss, shape (B,), for data x1; t and noise are drawn unless given."""
+        if t is None:
+            t = self.sample_time(x1.shape[0], device=x1.device, dtype=x1.dtype, generator=generator)
+        if noise is None:
+            noise = torch.randn(x1.shape, device=x1.device, dtype=x1.dtype, generator=generator)
+        return objectives.training_loss(
+            self.interpolant, self.prediction, self.loss_weight, model, x1, noise, t, model_kwargs
+        )
+
+    # ---------------------------------------------------------------- conversions of the model output
+
+    def velocity(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return objectives.predicted_velocity(self.interpolant, self.prediction, output, x, t)
+
+    def score(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return objectives.predicted_score(self.interpolant, self.prediction, output, x, t)
+
+    def noise(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return objectives.predicted_noise(self.interpolant, self.prediction, output, x, t)
+
+    def data(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return objectives.predicted_data(self.interpolant, self.prediction, output, x, t)

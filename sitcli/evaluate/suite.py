@@ -170,7 +170,7 @@ def _describe(summary: Summary) -> dict:
 def evaluate(
     a: str | Path,
     b: str | Path | None = None,
-    metrics: str | Sequence[str] = ("fid",),
+    metrics: str | Sequence[str] | None = None,
     *,
     save_stats: str | Path | None = None,
     inception_weights: str | Path | None = None,
@@ -188,7 +188,8 @@ def evaluate(
     """Compare a reference set ``a`` with a sample set ``b`` (the order of the ADM evaluator).
 
     Each of ``a``, ``b`` is an image folder, an images .npz (``arr_0``) or a statistics .npz
-    (``mu``, ``sigma``); see ``sitcli.evaluate.inputs``. ``metrics`` is any of:
+    (``mu``, ``sigma``); see ``sitcli.evaluate.inputs``. ``metrics`` (default: ``fid`` when there
+    are two inputs, none otherwise) is any of:
 
     - ``fid``: Fréchet distance of 2048-d pool features (pytorch-fid's number);
     - ``sfid``: the same on the 2023-d spatial features of the ADM evaluator (Mixed_6d 1x1 branch,
@@ -208,7 +209,7 @@ def evaluate(
     Returns ``{"metrics": {name: value}, "inputs": {...}, "settings": {...}, "warnings": [...]}``
     with metric names ``fid, sfid, is, is_std, precision, recall, kid, kid_std``.
     """
-    wanted = parse_metrics(metrics)
+    wanted = parse_metrics(metrics if metrics is not None else ("fid",) if b is not None else ())
     for name, value, least in (("batch_size", batch_size, 1), ("is_splits", is_splits, 1), ("pr_k", pr_k, 1),
                                ("kid_subsets", kid_subsets, 1), ("kid_subset_size", kid_subset_size, 2)):
         if value < least:

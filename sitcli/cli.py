@@ -39,16 +39,152 @@ def _not_yet(name: str) -> None:
     raise typer.Exit(2)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
-    """Train a SiT model (not implemented yet)."""
-    _not_yet("train")
+@app.command()
+@_user_errors
+def train(
+    data: str | None = typer.Option(None, "--data", help="'digits' (built in, the default), an image folder with one sub-folder per class, or a latent cache from `sit cache-latents`."),
+    out: str | None = typer.Option(None, "--out", help="Run folder to create (default runs/<data name>); an existing run is refused unless you --resume it."),
+    resume: str | None = typer.Option(None, "--resume", help="Continue this run folder from its newest complete checkpoint (settings come from its config.json; --steps may be raised)."),
+    model: str | None = typer.Option(None, "--model", help="SiT-{Ti,S,B,L,XL}/{2,4,8} (default: SiT-Ti/2 on digits, SiT-XL/2 otherwise)."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Side of the center-cropped images (default: 8 on digits, 256 otherwise)."),
+    vae: str | None = typer.Option(None, "--vae", help="Local diffusers AutoencoderKL folder: train in its latent space (a latent cache records its own)."),
+    interpolant: str | None = typer.Option(None, "--interpolant", help="linear | gvp | vp (default linear)."),
+    prediction: str | None = typer.Option(None, "--prediction", "--pred", help="What the model predicts: velocity | score | noise (default velocity)."),
+    loss_weight: str | None = typer.Option(None, "--loss-weight", help="none | velocity | likelihood (default none)."),
+    train_eps: float | None = typer.Option(None, "--train-eps", help="Keep training times this far from singular ends (default: per interpolant)."),
+    sample_eps: float | None = typer.Option(None, "--sample-eps", help="The same for sampling and likelihoods."),
+    num_timesteps: int | None = typer.Option(None, "--num-timesteps", help="Discrete time: train on this many grid points (default continuous)."),
+    lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-4; 2e-3 on digits)."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0)."),
+    ema_decay: float | None = typer.Option(None, "--ema-decay", help="EMA decay per step (default 0.9999; 0.999 on digits)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size over all ranks (default 256; 128 on digits)."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps (default 400000; 3000 on digits)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Passes over the data, instead of --steps."),
+    grad_clip: float | None = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value (default off)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only, with a gradient scaler)."),
+    compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for initialisation, data order and noise (default 0)."),
+    num_workers: int | None = typer.Option(None, "--num-workers", help="Data-loading processes per rank (default 4; 0 on digits)."),
+    threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads per rank (default: torch's; 1 on digits, whose tiny matrices gain nothing from more)."),
+    log_every: int | None = typer.Option(None, "--log-every", help="Steps between log.csv rows."),
+    ckpt_every: int | None = typer.Option(None, "--ckpt-every", help="Steps between checkpoints (one is always written at the end)."),
+    sample_every: int | None = typer.Option(None, "--sample-every", help="Steps between EMA sample grids (0: none)."),
+    class_dropout_prob: float | None = typer.Option(None, "--class-dropout-prob", help="Label dropout for classifier-free guidance (default 0.1)."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+) -> None:
+    """Train a SiT model; run it under `torchrun --nproc_per_node=K -m sitcli train ...` for DDP."""
+    given = {k: v for k, v in locals().items() if k not in ("resume", "device") and v is not None}
+    from sitcli.train import TrainConfig, TrainingDiverged, resume_config
+    from sitcli.train import train as run_training
+
+    if resume is not None and out is not None and out.rstrip("/") != resume.rstrip("/"):
+        raise InputError(f"--out {out} and --resume {resume} name different folders; drop --out when resuming")
+    config = resume_config(resume, given) if resume is not None else TrainConfig(**given)
+    try:
+        result = run_training(config, resume=resume is not None, device=device)
+    except TrainingDiverged as err:
+        console.print(f"[bold red]stopped:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if result.interrupted:
+        console.print(f"interrupted at step {result.step}; saved {result.checkpoint}. Continue with: sit train --resume {result.run}", highlight=False)
+        raise typer.Exit(130)
+    console.print(f"trained {result.run} to step {result.step}; checkpoint {result.checkpoint}", highlight=False)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sample() -> None:
-    """Sample images from a trained SiT model (not implemented yet)."""
-    _not_yet("sample")
+@app.command()
+@_user_errors
+def sample(
+    ckpt: str = typer.Option(..., "--ckpt", help="A run folder (newest checkpoint), a checkpoint folder, or a weights file (then also --model)."),
+    out: str | None = typer.Option(None, "--out", help="Folder for the PNGs (default <run>/samples); re-running into it draws only missing indices."),
+    model: str | None = typer.Option(None, "--model", help="Architecture of a bare weights file, e.g. SiT-XL/2."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
+    sampler: str = typer.Option("ode", "--sampler", help="ode (probability flow) | sde."),
+    method: str | None = typer.Option(None, "--method", help="ODE: euler|heun|midpoint|rk4 (fixed grid) or dopri5|dopri8|bosh3|tsit5 (adaptive), default heun; SDE: euler|heun, default euler."),
+    steps: int | None = typer.Option(None, "--steps", help="Steps of a fixed-grid solver (default 50 ODE, 250 SDE)."),
+    atol: float = typer.Option(1e-6, "--atol", help="Absolute tolerance of adaptive ODE solvers."),
+    rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of adaptive ODE solvers."),
+    w: str = typer.Option("sigma", "--w", help="SDE diffusion coefficient w(t) in dX = [v + w s] dt + sqrt(2 w) dW: constant|SBDM|sigma|linear|decreasing|increasing-decreasing. The official code's 'diffusion form'; the SiT paper's w_t is 2 w(t)."),
+    w_norm: float = typer.Option(1.0, "--w-norm", help="Scale of w(t)."),
+    last_step: str = typer.Option("mean", "--last-step", help="SDE last step: mean|tweedie|euler|none."),
+    last_step_size: float = typer.Option(0.04, "--last-step-size", help="Length in time of the SDE last step."),
+    cfg_scale: float = typer.Option(1.0, "--cfg-scale", help="Classifier-free guidance scale (1 = none)."),
+    cfg_interval: tuple[float, float] = typer.Option((0.0, 1.0), "--cfg-interval", help="Guide only for LO <= t <= HI (t = 0 noise, 1 data)."),
+    cfg_channels: str = typer.Option("all", "--cfg-channels", help="all, or 3 to guide the first 3 latent channels like the official checkpoints' numbers."),
+    num: int = typer.Option(64, "--num", help="Number of images (indices 0..num-1)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass per rank (does not change the images)."),
+    seed: int = typer.Option(0, "--seed", help="Base seed; image i uses its own seed derived from (seed, i)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only)."),
+    class_labels: str | None = typer.Option(None, "--class-labels", help="One label for all (3) or a comma list cycled over indices (1,4,7); default uniform random (see labels.csv)."),
+    npz: bool = typer.Option(False, "--npz", help="Also write OUT/samples.npz (arr_0: N x H x W x 3 uint8, the ADM evaluator format)."),
+    grid: str | None = typer.Option(None, "--grid", help="Also write a grid of the first 100 images to this PNG."),
+    vae: str | None = typer.Option(None, "--vae", help="VAE folder for a latent model (default: the one the run was trained with)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a .pt weights file that needs full unpickling (only for files you trust)."),
+    threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads (default: the run's --threads setting)."),
+    interpolant: str | None = typer.Option(None, "--interpolant", help="For a bare weights file: linear|gvp|vp (default linear)."),
+    prediction: str | None = typer.Option(None, "--prediction", "--pred", help="For a bare weights file: velocity|score|noise (default velocity)."),
+    sample_eps: float | None = typer.Option(None, "--sample-eps", help="For a bare weights file: keep away from singular ends by this much."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+) -> None:
+    """Sample images from a trained SiT model, one PNG per index; shards over ranks under torchrun."""
+    from sitcli.sample import SampleConfig
+    from sitcli.sample import sample as run_sampling
+
+    config = SampleConfig(
+        ckpt=ckpt, out=out, model=model, ema=ema, sampler=sampler, method=method, steps=steps, atol=atol, rtol=rtol,
+        w=w, w_norm=w_norm, last_step=last_step, last_step_size=last_step_size, cfg_scale=cfg_scale,
+        cfg_interval=cfg_interval, cfg_channels=cfg_channels, num=num, batch_size=batch_size, seed=seed,
+        precision=precision, class_labels=class_labels, npz=npz, grid=grid, vae=vae, trust_pickle=trust_pickle,
+        threads=threads, interpolant=interpolant, prediction=prediction, sample_eps=sample_eps,
+    )
+    result = run_sampling(config, device=device)
+    console.print(
+        f"{result.new} new images in {result.out} ({result.total} in all); NFE per sample {result.nfe_per_sample:.1f}; "
+        f"{result.images_per_s:.1f} images/s", highlight=False)
+    for path in (result.npz, result.grid):
+        if path is not None:
+            console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+@_user_errors
+def nll(
+    ckpt: str = typer.Option(..., "--ckpt", help="A pixel-space run folder, checkpoint folder, or weights file."),
+    data: str | None = typer.Option(None, "--data", help="Data to score (default: the run's training data)."),
+    limit: int | None = typer.Option(1000, "--limit", help="Score this many images (a seeded random subset)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per likelihood solve."),
+    method: str = typer.Option("dopri5", "--method", help="ODE method (adaptive: dopri5|dopri8|bosh3|tsit5; fixed: euler|heun|midpoint|rk4)."),
+    atol: float = typer.Option(1e-5, "--atol", help="Absolute tolerance."),
+    rtol: float = typer.Option(1e-5, "--rtol", help="Relative tolerance."),
+    divergence: str | None = typer.Option(None, "--divergence", help="exact | hutchinson (default: exact up to 1024 dimensions)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the subset, the dequantization noise and Hutchinson probes."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+) -> None:
+    """Bits per dimension of a data set under a trained model (ODE likelihood, uniform dequantization)."""
+    from sitcli.nll import nll as run_nll
+
+    result = run_nll(ckpt, data, limit, batch_size, method, atol, rtol, divergence, seed, ema, precision, device)
+    typer.echo(f"{result.bits_per_dim:.4f} ± {result.std_error:.4f} bits/dim over {result.num} images ({result.dims} dimensions)")
+
+
+@app.command("cache-latents")
+@_user_errors
+def cache_latents(
+    data: str = typer.Option(..., "--data", help="Image folder with one sub-folder per class."),
+    vae: str = typer.Option(..., "--vae", help="Local diffusers AutoencoderKL folder."),
+    out: str = typer.Option(..., "--out", help="Folder for the cache; then train with `sit train --data OUT`."),
+    image_size: int = typer.Option(256, "--image-size", help="Side of the center-cropped images."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per VAE forward pass."),
+    num_workers: int = typer.Option(4, "--num-workers", help="Image-decoding processes."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the VAE posterior samples."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+) -> None:
+    """Encode an image folder once with the VAE (each image and its mirror image) for fast latent training."""
+    from sitcli.autoencoder import cache_latents as run_cache
+
+    path = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device)
+    console.print(f"latent cache written to {path}; train with: sit train --data {path}", highlight=False)
 
 
 @app.command()
@@ -56,7 +192,7 @@ def sample() -> None:
 def fid(
     a: str = typer.Argument(..., metavar="A", help="Reference set: image folder, images .npz (arr_0, N x H x W x 3 uint8) or stats .npz (mu, sigma)."),
     b: str | None = typer.Argument(None, metavar="B", help="Sample set, same kinds. Optional with --save-stats, or with --metrics is alone."),
-    metrics: str = typer.Option("fid", "--metrics", "-m", help="Comma list of fid, is, sfid, pr, kid, or 'all'."),
+    metrics: str | None = typer.Option(None, "--metrics", "-m", help="Comma list of fid, is, sfid, pr, kid, or 'all' (default: fid, or none with one input)."),
     save_stats: str | None = typer.Option(None, "--save-stats", help="Write A's statistics (mu, sigma, mu_s, sigma_s) to this .npz for reuse."),
     inception_weights: str | None = typer.Option(
         None, "--inception-weights",

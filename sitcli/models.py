@@ -318,6 +318,8 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "L": (24, 1024, 16),
     "B": (12, 768, 12),
     "S": (12, 384, 6),
+    # Not in the paper: a tiny size for CPU runs (the digits quickstart) and tests.
+    "Ti": (4, 96, 4),
 }
 
 

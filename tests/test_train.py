@@ -1,0 +1,157 @@
+"""sitcli/train.py and `sit train`: exact resume, Ctrl-C, non-finite loss, and refusals of bad input."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import hashlib
+import json
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from sitcli import checkpoint
+from sitcli.cli import app
+from sitcli.train import TrainConfig, TrainingDiverged, resume_config, train
+from sitcli.transport import Transport
+
+TINY = dict(data="digits", model="SiT-Ti/4", batch_size=16, lr=1e-3, log_every=2, ckpt_every=2, sample_every=0)
+
+
+def tiny(tmp_path, name="run", **kw) -> TrainConfig:
+    return TrainConfig(out=str(tmp_path / name), **{**TINY, **kw})
+
+
+def final_state(run):
+    ckpt = checkpoint.latest_checkpoint(run)
+    state = checkpoint.load_checkpoint(ckpt)
+    return ckpt.name, state
+
+
+def assert_same_state(a, b):
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for pa, pb in zip(a["optimizer"]["optimizer"]["state"].values(), b["optimizer"]["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert a["state"]["step"] == b["state"]["step"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    train(tiny(tmp_path, "straight", steps=6), progress=False)
+    train(tiny(tmp_path, "halves", steps=3), progress=False)
+    result = train(resume_config(tmp_path / "halves", {"steps": 6}), resume=True, progress=False)
+    assert result.step == 6
+    name_a, a = final_state(tmp_path / "straight")
+    name_b, b = final_state(tmp_path / "halves")
+    assert name_a == name_b == "0000006"
+    assert_same_state(a, b)
+    log = (tmp_path / "halves" / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log[1:]] == ["2", "3", "4", "6"]  # 3 is the end of the first half
+    assert (tmp_path / "halves" / "loss.png").is_file()
+    config = json.loads((tmp_path / "halves" / "config.json").read_text())
+    assert config["steps"] == 6 and config["model"] == "SiT-Ti/4" and config["num_classes"] == 10
+
+
+def test_ctrl_c_saves_and_resume_matches_straight_run(tmp_path, monkeypatch):
+    original = Transport.training_loss
+    calls = {"n": 0}
+
+    def interrupt_on_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers; the step still completes
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Transport, "training_loss", interrupt_on_third)
+    result = train(tiny(tmp_path, "interrupted", steps=4, ckpt_every=100), progress=False)
+    assert result.interrupted and result.step == 3 and result.checkpoint.name == "0000003"
+    monkeypatch.setattr(Transport, "training_loss", original)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    train(resume_config(tmp_path / "interrupted"), resume=True, progress=False)
+    train(tiny(tmp_path, "straight", steps=4, ckpt_every=100), progress=False)
+    assert_same_state(final_state(tmp_path / "interrupted")[1], final_state(tmp_path / "straight")[1])
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    original = Transport.training_loss
+    calls = {"n": 0}
+
+    def nan_on_third(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(Transport, "training_loss", nan_on_third)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="non-finite.*step 3.*0000002"):
+        train(tiny(tmp_path, steps=6), progress=False)
+    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["0000002"]
+    weights = run / "checkpoints" / "0000002" / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert all(torch.isfinite(v).all() for v in load_file(weights).values())
+    assert digest == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    result = train(tiny(tmp_path, steps=None, epochs=1, batch_size=600, ckpt_every=100), progress=False)
+    assert result.step == 1797 // 600
+
+
+runner = CliRunner()
+
+
+def sit(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = sit("train", "--out", run, "--model", "SiT-Ti/4", "--steps", 2, "--batch-size", 16, "--ckpt-every", 1,
+                 "--sample-every", 2, "--log-every", 1)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_cli_run_folder(finished_run):
+    assert (finished_run / "samples" / "0000002.png").is_file()
+    assert [p.name for p in checkpoint.list_checkpoints(finished_run)] == ["0000001", "0000002"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "{run}"], "already a run"),
+    (["--resume", "{run}"], "already finished"),
+    (["--resume", "{run}", "--steps", 4, "--lr", 0.5], "keeps its settings"),
+    (["--resume", "{run}", "--out", "{tmp}/other"], "different folders"),
+    (["--resume", "{tmp}"], "not a sit run"),
+    (["--out", "{tmp}/new", "--model", "SiT-Q/2"], "unknown model"),
+    (["--out", "{tmp}/new", "--interpolant", "cosine"], "interpolant"),
+    (["--out", "{tmp}/new", "--data", "{tmp}/missing"], "does not exist"),
+    (["--out", "{tmp}/new", "--precision", "fp16", "--device", "cpu"], "CUDA"),
+    (["--out", "{tmp}/new", "--model", "SiT-Ti/8", "--image-size", 12], "divisible by its patch size"),
+])
+def test_cli_refuses_bad_input_without_writing(finished_run, tmp_path, args, message):
+    before = sorted(str(p) for p in finished_run.rglob("*"))
+    result = sit("train", *[str(a).format(run=finished_run, tmp=tmp_path) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert sorted(str(p) for p in finished_run.rglob("*")) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_refuses_foreign_run_and_non_empty_out(tmp_path):
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text(json.dumps({"lr": 1}))
+    result = sit("train", "--resume", tmp_path / "foreign")
+    assert result.exit_code == 2 and "not a sit training config" in " ".join(result.output.split())
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    result = sit("train", "--out", tmp_path / "full")
+    assert result.exit_code == 2 and "not an empty folder" in result.output

@@ -30,10 +30,10 @@ from typing import Any
 import torch
 
 from sitcli.errors import InputError
-from sitcli.formats import Checkpoint, build_model
+from sitcli.formats import DIT_TRANSPORT, Checkpoint, build_model
 from sitcli.formats.diffusers import load_diffusers_model, model_folder, read_diffusers, write_diffusers
 from sitcli.formats.official import read_official, write_official
-from sitcli.formats.sitrun import TRANSPORT_KEYS, is_sit_source, read_sit, write_sit
+from sitcli.formats.sitrun import TRANSPORT_KEYS, is_sit_source, read_sit, registry_name, run_config, write_sit
 
 FORMATS = ("sit", "official", "dit", "diffusers")
 DIFFUSERS_CLASSES = ("auto", "sit", "dit")
@@ -236,11 +236,14 @@ def _name_notes(dst: Path, kind: str) -> list[str]:
 
 
 @torch.no_grad()
-def measure_deviation(ckpt: Checkpoint, use: str, diffusers_model: torch.nn.Module, batch: int = 4, seed: int = 0) -> Deviation:
+def measure_deviation(
+    ckpt: Checkpoint, use: str, diffusers_model: torch.nn.Module, batch: int = 3, seed: int = 0
+) -> Deviation:
     """Run sit and the diffusers model on one fixed random batch (float32) and compare outputs.
 
     Times are those the weights were trained with: DiT timesteps 0..999 (fed as integers to
-    diffusers' DiT class, as its pipelines do) or sit times in [0, 1].
+    diffusers' DiT class, as its pipelines do) or sit times in [0, 1]. The batch is small because
+    on a CPU the two forward passes of an XL model are most of a conversion's time.
     """
     from diffusers.models.embeddings import get_timestep_embedding
 
@@ -278,6 +281,25 @@ def measure_deviation(ckpt: Checkpoint, use: str, diffusers_model: torch.nn.Modu
 #################################################################################
 
 
+def is_foreign_checkpoint(path: str | Path) -> bool:
+    """Whether ``--ckpt path`` needs ``load_for_sampling`` rather than a plain sit run loader: a
+    pickled .pt/.pth/.bin/.ckpt file (official SiT or DiT), a diffusers folder, or a sit run or
+    checkpoint converted from DiT (config ``interpolant: "ddpm"``)."""
+    from sitcli import checkpoint
+
+    path = Path(path)
+    if path.is_file():
+        if path.suffix in PICKLE_SUFFIXES:
+            return True
+        path = path.parent
+    if path.is_dir() and model_folder(path) is not None:
+        return True
+    for run in (path, path.parent.parent):
+        if checkpoint.is_run(run):
+            return checkpoint.read_config(run).get("interpolant") == DIT_TRANSPORT["interpolant"]
+    return False
+
+
 def load_for_sampling(
     path: str | Path,
     use: str = "ema",
@@ -291,7 +313,8 @@ def load_for_sampling(
     ``DiscreteTimestepModel`` (sit time -> DiT timestep, learned-sigma channels dropped) with the
     DDPM transport (``dit_transport``), so ``sample_ode`` / ``sample_sde`` run it unchanged.
     ``info`` holds kind, arch, in_channels, input_size, num_classes, learn_sigma, image_size,
-    latent_scale, vae, transport settings, weights used and source.
+    latent_scale, vae, transport settings, weights used and source, and ``config``: the
+    ``TrainConfig`` dict a converted run of it would have (None for architectures outside the table).
     """
     from sitcli.transport import Transport
     from sitcli.transport.ddpm import DiscreteTimestepModel, dit_transport
@@ -310,18 +333,18 @@ def load_for_sampling(
     arch, latent = ckpt.arch, ckpt.arch["in_channels"] == 4
     info = {
         "kind": ckpt.kind, "format": ckpt.format, "source": ckpt.source, "weights": ckpt.used(use),
-        "arch": dict(arch), "transport": settings, **{k: arch[k] for k in ("in_channels", "input_size", "num_classes", "learn_sigma")},
+        "arch": dict(arch), "transport": settings,
+        **{k: arch[k] for k in ("in_channels", "input_size", "num_classes", "learn_sigma")},
         "image_size": ckpt.extra.get("image_size") or arch["input_size"] * (8 if latent else 1),
         "latent_scale": ckpt.extra.get("latent_scale") or (0.18215 if latent else None),
         "vae": ckpt.extra.get("vae"),
+        "config": run_config(ckpt, str(path)) if registry_name(arch) else None,
     }
     return model, transport, info
 
 
 def describe(arch: dict[str, Any]) -> str:
     """One line naming an architecture, e.g. "SiT-XL/2 layout: 28 blocks, hidden 1152, 16 heads, ..."."""
-    from sitcli.formats.sitrun import registry_name
-
     name = registry_name(arch) or "custom"
     return (f"{name} layout: {arch['depth']} blocks, hidden {arch['hidden_size']}, {arch['num_heads']} heads, patch "
             f"{arch['patch_size']}, input {arch['in_channels']}x{arch['input_size']}x{arch['input_size']}, "

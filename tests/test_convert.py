@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sitcli.cli import app
-from sitcli.convert import convert, load_for_sampling, read_checkpoint
+from sitcli.convert import convert, is_foreign_checkpoint, load_for_sampling, read_checkpoint
 from sitcli.errors import InputError
 from sitcli.models import SiT
 from sitcli.transport.ddpm import DiscreteTimestepModel
@@ -180,6 +180,10 @@ def test_official_to_sit_run_and_back_is_bit_exact(tmp_path):
         convert(tmp_path / "run", tmp_path / f"back-{use}.pt", use=use)
         assert_same(torch.load(tmp_path / f"back-{use}.pt", weights_only=True), expected)
     assert read_checkpoint(tmp_path / "run").transport["interpolant"] == "vp"
+    # a weights file inside the run still finds the run's config (architecture and transport)
+    single = read_checkpoint(folder / "model.safetensors")
+    assert single.transport["prediction"] == "noise" and single.used("ema") == "model"
+    assert_same(single.state_dict(), model)
 
 
 def test_dit_to_sit_run_keeps_the_ddpm_transport(tmp_path):
@@ -246,6 +250,21 @@ def test_load_for_sampling_wraps_a_dit_file(tmp_path):
     torch.save(random_weights(learn_sigma=False), tmp_path / "SiT-tiny.pt")
     model, transport, info = load_for_sampling(tmp_path / "SiT-tiny.pt", num_heads=2, sample_eps=0.01)
     assert isinstance(model, SiT) and transport.interpolant.name == "linear" and transport.sample_eps == 0.01
+
+
+def test_which_checkpoints_need_the_conversion_loader(tmp_path):
+    torch.save(random_weights(**TI), tmp_path / "DiT-Ti-4.pt")
+    torch.save(random_weights(**TI), tmp_path / "SiT-Ti-4.pt")
+    convert(tmp_path / "DiT-Ti-4.pt", tmp_path / "dit-run", dst_format="sit")
+    convert(tmp_path / "SiT-Ti-4.pt", tmp_path / "sit-run", dst_format="sit")
+    convert(tmp_path / "SiT-Ti-4.pt", tmp_path / "hf", dst_format="diffusers", check=False)
+    assert is_foreign_checkpoint(tmp_path / "DiT-Ti-4.pt") and is_foreign_checkpoint(tmp_path / "hf")
+    assert is_foreign_checkpoint(tmp_path / "dit-run") and is_foreign_checkpoint(tmp_path / "dit-run/checkpoints/0000000")
+    assert not is_foreign_checkpoint(tmp_path / "sit-run")
+    assert not is_foreign_checkpoint(tmp_path / "sit-run/checkpoints/0000000/ema.safetensors")
+    model, transport, info = load_for_sampling(tmp_path / "dit-run")
+    assert isinstance(model, DiscreteTimestepModel) and info["config"]["model"] == "SiT-Ti/4"
+    assert info["config"]["interpolant"] == "ddpm" and info["latent_scale"] == 0.18215
 
 
 def test_cli_reports_and_exit_codes(tmp_path):

@@ -89,7 +89,9 @@ def heads_from_model_name(name: str | None) -> int | None:
     return SIZES[match.group(1)][2] if match else None
 
 
-def infer_architecture(state_dict: StateDict, num_heads: int | None = None, where: str = "checkpoint") -> dict[str, Any]:
+def infer_architecture(
+    state_dict: StateDict, num_heads: int | None = None, where: str = "checkpoint"
+) -> dict[str, Any]:
     """SiT constructor arguments from the shapes of an official-names state dict.
 
     hidden size, patch size and input channels come from ``x_embedder.proj.weight`` (D, C, p, p);
@@ -101,7 +103,8 @@ def infer_architecture(state_dict: StateDict, num_heads: int | None = None, wher
     """
     def need(key: str, ndim: int) -> torch.Tensor:
         if key not in state_dict:
-            raise InputError(f"{where} is not a SiT/DiT state dict: it has no {key!r} (found e.g. {_some_keys(state_dict)})")
+            found = _some_keys(state_dict)
+            raise InputError(f"{where} is not a SiT/DiT state dict: it has no {key!r} (found e.g. {found})")
         value = state_dict[key]
         if not isinstance(value, torch.Tensor) or value.dim() != ndim:
             raise InputError(f"{where}: {key!r} should be a {ndim}-d tensor, got {_describe(value)}")

@@ -53,7 +53,11 @@ _PER_BLOCK = {  # official blocks.N.<a> -> transformer_blocks.N.<b>
     "mlp.fc1": "ff.net.0.proj",
     "mlp.fc2": "ff.net.2",
 }
-_TOP = {"x_embedder.proj": "pos_embed.proj", "final_layer.adaLN_modulation.1": "proj_out_1", "final_layer.linear": "proj_out_2"}
+_TOP = {
+    "x_embedder.proj": "pos_embed.proj",
+    "final_layer.adaLN_modulation.1": "proj_out_1",
+    "final_layer.linear": "proj_out_2",
+}
 
 
 #################################################################################
@@ -64,7 +68,10 @@ _TOP = {"x_embedder.proj": "pos_embed.proj", "final_layer.adaLN_modulation.1": "
 def dit_config(arch: dict[str, Any]) -> dict[str, Any]:
     """``DiTTransformer2DModel`` arguments for a SiT/DiT architecture (refused where it has no equivalent)."""
     if arch["mlp_ratio"] != 4:
-        raise InputError(f"DiTTransformer2DModel has a fixed MLP ratio of 4, this model has {arch['mlp_ratio']}: use --diffusers-class sit")
+        raise InputError(
+            f"DiTTransformer2DModel has a fixed MLP ratio of 4, this model has {arch['mlp_ratio']}: "
+            f"use --diffusers-class sit"
+        )
     return dict(
         num_attention_heads=arch["num_heads"],
         attention_head_dim=arch["hidden_size"] // arch["num_heads"],
@@ -117,7 +124,8 @@ def from_dit_state_dict(state_dict: StateDict, arch: dict[str, Any], where: str)
                     if not torch.equal(copy, copies[0]):
                         diff = (copy.float() - copies[0].float()).abs().max().item()
                         raise InputError(
-                            f"{where}: block {n}'s copy of the {a.split('.')[0]} differs from block 0's (max {diff:.3g}); "
+                            f"{where}: block {n}'s copy of the {a.split('.')[0]} differs from block 0's "
+                            f"(max {diff:.3g}); "
                             f"SiT/DiT share one embedder, so this model has no SiT/DiT equivalent"
                         )
                 out[f"{a}.{p}"] = copies[0]
@@ -130,7 +138,9 @@ def from_dit_state_dict(state_dict: StateDict, arch: dict[str, Any], where: str)
                 parts = [state_dict[f"{block}.attn1.{name}.{p}"] for name in ("to_q", "to_k", "to_v")]
                 out[f"blocks.{n}.attn.qkv.{p}"] = torch.cat(parts, dim=0)
     except KeyError as err:
-        raise InputError(f"{where}: the weights have no {err.args[0]!r}; it is not a DiTTransformer2DModel of its config") from None
+        raise InputError(
+            f"{where}: the weights have no {err.args[0]!r}; it is not a DiTTransformer2DModel of its config"
+        ) from None
     dtype = out["x_embedder.proj.weight"].dtype
     grid = arch["input_size"] // arch["patch_size"]
     out["pos_embed"] = get_2d_sincos_pos_embed(arch["hidden_size"], grid).unsqueeze(0).to(dtype)
@@ -196,7 +206,8 @@ def read_diffusers(path: Path) -> Checkpoint:
         check_layout(state_dict, arch, str(folder))
         kind = record.get("kind", "dit")  # diffusers' DiT class holds DiT weights unless sit wrote otherwise
     transport = record.get("transport") or dict(DIT_TRANSPORT if kind == "dit" else SIT_DEFAULT_TRANSPORT)
-    return Checkpoint({"ema": state_dict}, arch, kind, transport, source=f"{folder} (diffusers {config['_class_name']})",
+    source = f"{folder} (diffusers {config['_class_name']})"
+    return Checkpoint({"ema": state_dict}, arch, kind, transport, source=source,
                       format="diffusers", extra=record.get("extra", {}))
 
 
@@ -241,7 +252,8 @@ def load_diffusers_model(path: Path) -> torch.nn.Module:
 
 
 def _read_weights(folder: Path) -> StateDict:
-    single, index, pickled = folder / f"{WEIGHTS}.safetensors", folder / f"{WEIGHTS}.safetensors.index.json", folder / f"{WEIGHTS}.bin"
+    single, index = folder / f"{WEIGHTS}.safetensors", folder / f"{WEIGHTS}.safetensors.index.json"
+    pickled = folder / f"{WEIGHTS}.bin"
     try:
         if single.is_file():
             return load_file(single)

@@ -49,7 +49,9 @@ def safe_load(path: Path) -> Any:
                 f"(tensors, plain containers, argparse.Namespace); nothing in it was run. Re-save the weights as "
                 f"a plain state dict or safetensors from code you trust"
             ) from None
-        raise InputError(f"{path} is not a PyTorch checkpoint (it cannot be unpickled safely): check the path") from None
+        raise InputError(
+            f"{path} is not a PyTorch checkpoint (it cannot be unpickled safely): check the path"
+        ) from None
     except Exception as err:  # noqa: BLE001 - torch raises many kinds (struct.error, KeyError, ...) on non-checkpoints
         raise InputError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}): check the path") from None
 
@@ -89,7 +91,7 @@ def read_official(path: Path, kind: str | None = None, num_heads: int | None = N
         if kind is None:
             raise InputError(
                 f"{path}: SiT and DiT files have the same layout and neither its name nor its contents tell which "
-                f"this is: pass --from official (SiT) or --from dit"
+                f"this is: name it SiT-....pt or DiT-....pt, or pass --from official (SiT) or --from dit"
             )
     if shape == "training":
         weights = {k: strip_prefixes(obj[k]) for k in TRAINING_KEYS if isinstance(obj.get(k), dict) and obj[k]}

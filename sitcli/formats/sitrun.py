@@ -37,9 +37,9 @@ def is_sit_source(path: Path) -> bool:
 def read_sit(path: Path, num_heads: int | None = None) -> Checkpoint:
     """Both weight sets of a run's newest checkpoint (or of the given checkpoint folder or file)."""
     config, folder = {}, None
-    if path.is_file():
-        weights = {"ema": _load(path)}
-        run = path.parent.parent if checkpoint.is_run(path.parent.parent) else None
+    if path.is_file():  # e.g. RUN/checkpoints/0001000/ema.safetensors
+        weights = {"model" if path.name == checkpoint.WEIGHT_FILES[0] else "ema": _load(path)}
+        run = path.parents[2] if len(path.parents) > 2 and checkpoint.is_run(path.parents[2]) else None
     elif checkpoint.is_run(path):
         folder, run = checkpoint.latest_checkpoint(path), path
         if folder is None:
@@ -47,7 +47,8 @@ def read_sit(path: Path, num_heads: int | None = None) -> Checkpoint:
     else:
         folder, run = path, path.parent.parent if checkpoint.is_run(path.parent.parent) else None
     if folder is not None:
-        weights = {name.split(".")[0]: _load(folder / name) for name in checkpoint.WEIGHT_FILES if (folder / name).is_file()}
+        names = [name for name in checkpoint.WEIGHT_FILES if (folder / name).is_file()]
+        weights = {name.split(".")[0]: _load(folder / name) for name in names}
         if not weights:
             raise InputError(f"{folder} holds no {' or '.join(checkpoint.WEIGHT_FILES)}: it is not a sit checkpoint")
     if run is not None:
@@ -122,7 +123,8 @@ def write_sit(ckpt: Checkpoint, path: Path) -> None:
     config = run_config(ckpt, str(path))
     ema = ckpt.state_dict("ema")
     model = ckpt.weights.get("model", ema)
-    checkpoint.save_checkpoint(path, 0, model, ema, optimizer={}, rng={}, state={"step": 0, "converted_from": ckpt.source})
+    state = {"step": 0, "converted_from": ckpt.source}
+    checkpoint.save_checkpoint(path, 0, model, ema, optimizer={}, rng={}, state=state)
     (path / checkpoint.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 

@@ -91,6 +91,8 @@ def test_wrapper_feeds_dit_timesteps_and_drops_sigma_channels():
     assert torch.equal(out, 2 * x)
     assert torch.allclose(seen["s"], torch.tensor([999.0, 499.0, 0.0]), atol=1e-3)
     assert seen["y"].tolist() == [1, 2, 3]
+    wrapped(x, t, torch.tensor([4, 5, 6]))  # labels passed positionally, as model(x, t, y)
+    assert seen["y"].tolist() == [4, 5, 6]
     module = DiscreteTimestepModel(torch.nn.Linear(2, 2))
     assert len(list(module.parameters())) == 2  # a wrapped module moves with .to() and .eval()
 

@@ -153,8 +153,8 @@ class DiscreteTimestepModel(nn.Module):
         self.model = model
         self.num_timesteps = int(num_timesteps)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
-        out = self.model(x, timestep_from_time(t, self.num_timesteps), **kwargs)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = self.model(x, timestep_from_time(t, self.num_timesteps), *args, **kwargs)
         return out[:, : x.shape[1]]
 
 

@@ -1,0 +1,284 @@
+"""`sit fid` against pytorch-fid with the same random Inception weights, and its errors via the CLI.
+
+Inception at 299x299 costs ~0.1-0.3 s per image on a small CPU, so the real network sees only
+two folders of 4 images, once through pytorch-fid and once through `sit fid` (module fixtures).
+"""
+
+import json
+import math
+import os
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from sitcli.cli import app
+from sitcli.evaluate import inception, inputs
+from sitcli.evaluate.metrics import frechet_distance, kernel_inception_distance, precision_recall
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception")
+pytorch_fid_score = pytest.importorskip("pytorch_fid.fid_score")
+
+runner = CliRunner()
+
+
+def random_inception_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under pytorch-fid's key names, scaled so activations neither vanish nor explode.
+
+    He-normal convolutions and batch-norm statistics near identity keep every layer at unit
+    scale; the last block's batch-norm gain of ~0.15 brings pool features to ~0.1-0.3, the
+    range of the real network's, so FID values are of a realistic size.
+    """
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, ref in inception.FIDInceptionV3().state_dict().items():
+        if key.endswith("conv.weight"):
+            state[key] = torch.randn(ref.shape, generator=g) * math.sqrt(2.0 / ref[0].numel())
+        elif key.endswith("bn.weight"):
+            state[key] = (0.5 + torch.rand(ref.shape, generator=g)) * (0.15 if key.startswith("Mixed_7c") else 1.0)
+        elif key.endswith(("bn.bias", "running_mean")):
+            state[key] = 0.1 * torch.randn(ref.shape, generator=g)
+        elif key.endswith("running_var"):
+            state[key] = 0.5 + torch.rand(ref.shape, generator=g)
+        elif key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(0)
+        elif key == "fc.weight":
+            state[key] = torch.randn(ref.shape, generator=g)
+        else:
+            state[key] = 0.1 * torch.randn(ref.shape, generator=g)
+    return state
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    state = random_inception_state()
+    path = tmp_path_factory.mktemp("weights") / inception.PYTORCH_FID_FILE
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A: noisy mid-grey images in png/jpg/webp; B: brighter, smoother png images. 4 each, 40x56."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    for i, ext in enumerate(["png", "png", "jpg", "webp"]):
+        img = np.clip(rng.normal(128, 60, (40, 56, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "a" / f"{i:03d}.{ext}", **({"lossless": True} if ext == "webp" else {}))
+    for i in range(4):
+        base = np.linspace(0, 1, 56)[None, :, None] * rng.uniform(100, 255, (1, 1, 3))
+        img = np.clip(base + 60 + rng.normal(0, 15, (40, 56, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "b" / f"{i:03d}.png")
+    return root / "a", root / "b"
+
+
+@pytest.fixture(scope="module")
+def reference(weights, folders):
+    """pytorch-fid's own pipeline on both folders, with hooks recording its per-image features."""
+    _, state = weights
+    with mock.patch.object(pytorch_fid_inception, "load_state_dict_from_url", return_value=state):
+        model = pytorch_fid_inception.InceptionV3([3])
+    recorded = {"pool": [], "spatial": []}
+    model.register_forward_hook(lambda m, i, out: recorded["pool"].append(out[0].flatten(1).clone()))
+    mixed_6d = model.blocks[2][6]  # block 2 runs Mixed_5b, 5c, 5d, 6a, 6b, 6c, 6d, 6e
+    mixed_6d.branch1x1.register_forward_hook(lambda m, i, out: recorded["spatial"].append(out.clone()))
+    out = {}
+    for label, folder in zip("AB", folders):
+        recorded["pool"].clear()
+        recorded["spatial"].clear()
+        mu, sigma = pytorch_fid_score.compute_statistics_of_path(str(folder), model, 2, 2048, "cpu", 0)
+        out[label] = {
+            "mu": mu,
+            "sigma": sigma,
+            "pool": torch.cat(recorded["pool"]).double().numpy(),
+            "spatial": torch.cat(recorded["spatial"])[:, :7].permute(0, 2, 3, 1).flatten(1).double().numpy(),
+        }
+    out["fid"] = pytorch_fid_score.calculate_frechet_distance(out["A"]["mu"], out["A"]["sigma"], out["B"]["mu"], out["B"]["sigma"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_run(weights, folders, tmp_path_factory):
+    """`sit fid A B --metrics all` once; batches of 3 and 1 exercise the streamed statistics."""
+    out = tmp_path_factory.mktemp("out")
+    args = [
+        "fid", str(folders[0]), str(folders[1]), "--metrics", "all", "--is-splits", "2", "--kid-subsets", "3",
+        "--batch-size", "3", "--num-workers", "0", "--device", "cpu", "--inception-weights", str(weights[0]),
+        "--save-stats", str(out / "a.npz"), "--json", str(out / "r.json"),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result, json.loads((out / "r.json").read_text()), out / "a.npz"
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- agreement with pytorch-fid
+
+
+def test_features_match_pytorch_fid(weights, folders, reference):
+    net = inception.load_inception(weights[0])
+    source = inputs.open_source(folders[0])
+    batches = [b.images for b in inputs.image_batches(source, 2, num_workers=0)]
+    with torch.inference_mode():
+        ours = [net(x.float() / 255, ("pool", "spatial", "logits")) for x in batches]
+    pool = torch.cat([o["pool"] for o in ours]).double().numpy()
+    spatial = torch.cat([o["spatial"] for o in ours]).double().numpy()
+    logits = torch.cat([o["logits"] for o in ours]).double().numpy()
+    theirs = reference["A"]
+    assert pool.shape == (4, 2048) and spatial.shape == (4, 2023)
+    assert theirs["pool"].std() > 0.05 and theirs["spatial"].std() > 0.05  # not a degenerate network
+    np.testing.assert_allclose(pool, theirs["pool"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(spatial, theirs["spatial"], rtol=0, atol=1e-4)
+    # IS logits are the classifier without its bias (see FIDInceptionV3).
+    np.testing.assert_allclose(logits, theirs["pool"] @ weights[1]["fc.weight"].double().numpy().T, rtol=1e-5, atol=1e-4)
+
+
+def test_fid_matches_pytorch_fid(cli_run, reference):
+    _, result, _ = cli_run
+    assert reference["fid"] > 1.0  # the two folders differ, so a wrong answer would show
+    assert result["metrics"]["fid"] == pytest.approx(reference["fid"], abs=1e-3)
+
+
+def test_saved_statistics_match_pytorch_fid(cli_run, reference):
+    _, _, stats = cli_run
+    with np.load(stats) as f:
+        np.testing.assert_allclose(f["mu"], reference["A"]["mu"], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(f["sigma"], reference["A"]["sigma"], rtol=0, atol=1e-5)
+        spatial = reference["A"]["spatial"]
+        np.testing.assert_allclose(f["mu_s"], spatial.mean(0), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(f["sigma_s"], np.cov(spatial, rowvar=False), rtol=0, atol=1e-5)
+
+
+def test_other_metrics_equal_their_formulas_on_pytorch_fid_features(cli_run, reference, weights):
+    _, result, _ = cli_run
+    m, a, b = result["metrics"], reference["A"], reference["B"]
+    sfid = frechet_distance(a["spatial"].mean(0), np.cov(a["spatial"], rowvar=False),
+                            b["spatial"].mean(0), np.cov(b["spatial"], rowvar=False))
+    assert m["sfid"] == pytest.approx(sfid, rel=1e-5)
+    # Inception Score of B, 2 splits of 2 images, written out.
+    logits = b["pool"] @ weights[1]["fc.weight"].double().numpy().T
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    scores = [np.exp(np.sum(s * (np.log(s) - np.log(s.mean(0))), 1).mean()) for s in (p[:2], p[2:])]
+    assert m["is"] == pytest.approx(np.mean(scores), rel=1e-4)
+    assert m["is_std"] == pytest.approx(np.std(scores), rel=1e-3, abs=1e-6)
+    assert (m["precision"], m["recall"]) == precision_recall(a["pool"], b["pool"], k=3)
+    kid, kid_std, _ = kernel_inception_distance(a["pool"], b["pool"], subsets=3, subset_size=1000, seed=2020)
+    assert m["kid"] == pytest.approx(kid, rel=1e-4) and m["kid_std"] == pytest.approx(kid_std, rel=1e-3, abs=1e-7)
+
+
+def test_cli_prints_table_and_writes_json(cli_run, folders):
+    result, data, stats = cli_run
+    for row in ("FID", "sFID", "Inception Score", "Precision", "Recall", "KID"):
+        assert row in result.output
+    assert "singular" in result.output  # 4 images cannot give a full-rank 2048-d covariance
+    assert data["inputs"]["A"] == {"path": str(folders[0]), "kind": "folder", "num_images": 4}
+    assert data["saved_stats"] == str(stats) and data["settings"]["batch_size"] == 3
+
+
+def test_statistics_files_as_inputs(cli_run, reference, tmp_path):
+    _, result, stats = cli_run
+    theirs_b = tmp_path / "b_pytorch_fid.npz"
+    np.savez_compressed(theirs_b, mu=reference["B"]["mu"], sigma=reference["B"]["sigma"])  # as pytorch-fid writes
+    res = runner.invoke(app, ["fid", str(stats), str(theirs_b), "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    fid = json.loads((tmp_path / "r.json").read_text())["metrics"]["fid"]
+    assert fid == pytest.approx(reference["fid"], abs=1e-3)
+    res = runner.invoke(app, ["fid", str(stats), str(stats), "-m", "fid,sfid", "--json", str(tmp_path / "same.json")])
+    same = json.loads((tmp_path / "same.json").read_text())["metrics"]
+    assert abs(same["fid"]) < 1e-6 and abs(same["sfid"]) < 1e-6
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def test_weights_are_found_in_the_torch_hub_cache(monkeypatch, tmp_path, weights):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(weights[1], cache / inception.PYTORCH_FID_FILE)
+    assert inception.find_inception_weights() == cache / inception.PYTORCH_FID_FILE
+    net = inception.load_inception()
+    assert torch.equal(net.Mixed_7c.branch_pool.conv.weight, weights[1]["Mixed_7c.branch_pool.conv.weight"])
+
+
+def test_torch_fidelity_weight_file_is_accepted(monkeypatch, tmp_path, weights):
+    # torch-fidelity stores the same tensors without batch-norm counters, under its own file name.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    fidelity = {k: v for k, v in weights[1].items() if not k.endswith("num_batches_tracked")}
+    torch.save(fidelity, cache / inception.TORCH_FIDELITY_FILE)
+    assert inception.find_inception_weights().name == inception.TORCH_FIDELITY_FILE
+    reference = inception.load_inception(weights[0]).state_dict()
+    for variant in (fidelity, {"state_dict": {"module." + k: v for k, v in fidelity.items()}}):
+        torch.save(variant, tmp_path / "w.pth")
+        loaded = inception.load_inception(tmp_path / "w.pth").state_dict()
+        assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+
+
+def test_missing_weights_error_names_file_url_and_folder(monkeypatch, tmp_path, folders):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    line = _one_line_error(runner.invoke(app, ["fid", str(folders[0]), str(folders[1])]))
+    assert inception.PYTORCH_FID_FILE in line and inception.PYTORCH_FID_URL in line
+    assert str(tmp_path / "hub" / "checkpoints") in line
+
+
+def test_wrong_weights_file_is_refused(tmp_path, folders):
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "w.pth")
+    args = ["fid", str(folders[0]), str(folders[1]), "--inception-weights", str(tmp_path / "w.pth")]
+    assert "is not FID Inception-v3 weights" in _one_line_error(runner.invoke(app, args))
+
+
+# ----------------------------------------------------------------------------- bad inputs through the CLI
+
+
+def test_empty_folder(tmp_path, folders):
+    (tmp_path / "empty").mkdir()
+    assert "no images found" in _one_line_error(runner.invoke(app, ["fid", str(tmp_path / "empty"), str(folders[1])]))
+
+
+def test_unreadable_image(tmp_path, weights, folders):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bad / "ok.png")
+    (bad / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    args = ["fid", str(bad), str(folders[1]), "--inception-weights", str(weights[0]), "--num-workers", "0"]
+    line = _one_line_error(runner.invoke(app, args))
+    assert "broken.png" in line and "cannot read image" in line
+
+
+def test_mismatched_statistics_dimensions(tmp_path):
+    np.savez(tmp_path / "a.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    np.savez(tmp_path / "b.npz", mu=np.zeros(64), sigma=np.eye(64))
+    line = _one_line_error(runner.invoke(app, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz")]))
+    assert "2048-d" in line and "64-d" in line
+
+
+def test_too_few_images_for_a_covariance(tmp_path, folders):
+    (tmp_path / "one").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "one" / "x.png")
+    line = _one_line_error(runner.invoke(app, ["fid", str(tmp_path / "one"), str(folders[1])]))
+    assert "covariance needs at least 2" in line
+
+
+def test_metric_that_needs_images_with_statistics_input(tmp_path, folders):
+    np.savez(tmp_path / "s.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    line = _one_line_error(runner.invoke(app, ["fid", str(folders[0]), str(tmp_path / "s.npz"), "-m", "fid,kid"]))
+    assert "kid need images" in line
+
+
+def test_unknown_metric(folders):
+    assert "unknown metric" in _one_line_error(runner.invoke(app, ["fid", str(folders[0]), str(folders[1]), "-m", "fdi"]))

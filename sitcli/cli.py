@@ -215,6 +215,7 @@ def fid(
 
     sFID: the ADM evaluator's spatial features (Mixed_6d 1x1 branch, first 7 channels, 17x17). IS: of B, from the 1008-way logits. Precision/recall: k=3 neighbours; precision is B inside A's manifold. KID: unbiased polynomial-kernel MMD over random subsets.
     """
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
@@ -237,7 +238,7 @@ def fid(
             kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, progress=progress,
         )
     for line in result["warnings"]:
-        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     m = result["metrics"]
     rows = [
         ("FID", "fid", None), ("sFID", "sfid", None), ("Inception Score", "is", "is_std"),
@@ -251,14 +252,14 @@ def fid(
             table.add_row(title, f"{m[key]:.6g}" + (f" ± {m[spread]:.2g}" if spread else ""))
     for label, info in result["inputs"].items():
         count = f", {info['num_images']} images" if info["num_images"] is not None else ""
-        table.add_row(f"[dim]{label}[/]", f"[dim]{info['path']} ({info['kind']}{count})[/]")
+        table.add_row(f"[dim]{label}[/]", f"[dim]{escape(info['path'])} ({info['kind']}{count})[/]")
     Console().print(table)
     if result["saved_stats"]:
-        console.print(f"statistics of A written to {result['saved_stats']}", highlight=False)
+        console.print(f"statistics of A written to {result['saved_stats']}", highlight=False, markup=False)
     if json_out:
         from sitcli.evaluate.inputs import write_json
 
-        console.print(f"results written to {write_json(json_out, result)}", highlight=False)
+        console.print(f"results written to {write_json(json_out, result)}", highlight=False, markup=False)
 
 
 @app.command()

@@ -99,7 +99,8 @@ def reference(weights, folders):
             "pool": torch.cat(recorded["pool"]).double().numpy(),
             "spatial": torch.cat(recorded["spatial"])[:, :7].permute(0, 2, 3, 1).flatten(1).double().numpy(),
         }
-    out["fid"] = pytorch_fid_score.calculate_frechet_distance(out["A"]["mu"], out["A"]["sigma"], out["B"]["mu"], out["B"]["sigma"])
+    a, b = out["A"], out["B"]
+    out["fid"] = pytorch_fid_score.calculate_frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
     return out
 
 
@@ -142,7 +143,8 @@ def test_features_match_pytorch_fid(weights, folders, reference):
     np.testing.assert_allclose(pool, theirs["pool"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(spatial, theirs["spatial"], rtol=0, atol=1e-4)
     # IS logits are the classifier without its bias (see FIDInceptionV3).
-    np.testing.assert_allclose(logits, theirs["pool"] @ weights[1]["fc.weight"].double().numpy().T, rtol=1e-5, atol=1e-4)
+    fc = weights[1]["fc.weight"].double().numpy()
+    np.testing.assert_allclose(logits, theirs["pool"] @ fc.T, rtol=1e-5, atol=1e-4)
 
 
 def test_fid_matches_pytorch_fid(cli_run, reference):
@@ -281,4 +283,5 @@ def test_metric_that_needs_images_with_statistics_input(tmp_path, folders):
 
 
 def test_unknown_metric(folders):
-    assert "unknown metric" in _one_line_error(runner.invoke(app, ["fid", str(folders[0]), str(folders[1]), "-m", "fdi"]))
+    result = runner.invoke(app, ["fid", str(folders[0]), str(folders[1]), "-m", "fdi"])
+    assert "unknown metric" in _one_line_error(result)

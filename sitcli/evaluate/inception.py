@@ -335,7 +335,9 @@ def load_inception(path: str | Path | None = None, device: str | torch.device = 
     try:
         raw = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a file that is not a checkpoint
-        raise InputError(f"cannot read Inception weights {file} ({type(err).__name__}); is it a .pth state dict?") from None
+        raise InputError(
+            f"cannot read Inception weights {file} ({type(err).__name__}); is it a .pth state dict?"
+        ) from None
     if not isinstance(raw, Mapping):
         raise InputError(f"Inception weights {file} hold a {type(raw).__name__}, not a state dict")
     state = canonical_state_dict(raw)

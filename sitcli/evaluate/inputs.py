@@ -110,8 +110,10 @@ class _NpzImages:
                 info = zf.getinfo("arr_0.npy")
                 with zf.open(info) as f:
                     version = np.lib.format.read_magic(f)
-                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                    self.shape, fortran, self.dtype = read_header(f)
+                    if version == (1, 0):
+                        self.shape, fortran, self.dtype = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        self.shape, fortran, self.dtype = np.lib.format.read_array_header_2_0(f)
                     header_len = f.tell()
             if info.compress_type == zipfile.ZIP_STORED and not fortran and not info.flag_bits & 0x1:
                 with open(path, "rb") as raw:
@@ -129,7 +131,9 @@ class _NpzImages:
     def array(self) -> np.ndarray:
         if self._array is None:
             if self.offset is not None:
-                self._array = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=tuple(self.shape))
+                self._array = np.memmap(
+                    self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=tuple(self.shape)
+                )
             else:
                 with np.load(self.path, allow_pickle=False) as f:
                     self._array = f["arr_0"]

@@ -135,7 +135,9 @@ def _needs(sources: dict[str, inputs.Source], wanted: Sequence[str], samples: st
     return needs
 
 
-def _check(label: str, source: inputs.Source, needs: set[str], wanted: Sequence[str], is_splits: int, pr_k: int) -> None:
+def _check(
+    label: str, source: inputs.Source, needs: set[str], wanted: Sequence[str], is_splits: int, pr_k: int
+) -> None:
     """Refuse, before any image is decoded, what an input cannot provide."""
     where = f"{label} ({source.path})"
     if source.kind == "stats_npz":
@@ -152,7 +154,9 @@ def _check(label: str, source: inputs.Source, needs: set[str], wanted: Sequence[
     if needs & {"gaussian", "spatial"} and n < 2:
         raise InputError(f"{where} has {n} image; a covariance needs at least 2")
     if "is" in needs and n < is_splits:
-        raise InputError(f"the Inception Score with {is_splits} splits needs at least {is_splits} images; {where} has {n}")
+        raise InputError(
+            f"the Inception Score with {is_splits} splits needs at least {is_splits} images; {where} has {n}"
+        )
     if "pr" in wanted and n <= pr_k:
         raise InputError(f"precision/recall with k={pr_k} need more than {pr_k} images; {where} has {n}")
     if "kid" in wanted and n < 2:

@@ -86,9 +86,11 @@ def train(
         console.print(f"[bold red]stopped:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     if result.interrupted:
-        console.print(f"interrupted at step {result.step}; saved {result.checkpoint}. Continue with: sit train --resume {result.run}", highlight=False)
+        if result.is_main:
+            console.print(f"interrupted at step {result.step}; saved {result.checkpoint}. Continue with: sit train --resume {result.run}", highlight=False)
         raise typer.Exit(130)
-    console.print(f"trained {result.run} to step {result.step}; checkpoint {result.checkpoint}", highlight=False)
+    if result.is_main:
+        console.print(f"trained {result.run} to step {result.step}; checkpoint {result.checkpoint}", highlight=False)
 
 
 @app.command()
@@ -137,6 +139,8 @@ def sample(
         threads=threads, interpolant=interpolant, prediction=prediction, sample_eps=sample_eps,
     )
     result = run_sampling(config, device=device)
+    if not result.is_main:
+        return
     console.print(
         f"{result.new} new images in {result.out} ({result.total} in all); NFE per sample {result.nfe_per_sample:.1f}; "
         f"{result.images_per_s:.1f} images/s", highlight=False)
@@ -148,11 +152,13 @@ def sample(
 @app.command()
 @_user_errors
 def nll(
-    ckpt: str = typer.Option(..., "--ckpt", help="A pixel-space run folder, checkpoint folder, or weights file."),
+    ckpt: str = typer.Option(..., "--ckpt", help="A pixel-space run folder, checkpoint folder, or weights file (then also --model)."),
+    model: str | None = typer.Option(None, "--model", help="Architecture of a bare weights file, e.g. SiT-S/2."),
     data: str | None = typer.Option(None, "--data", help="Data to score (default: the run's training data)."),
     limit: int | None = typer.Option(1000, "--limit", help="Score this many images (a seeded random subset)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per likelihood solve."),
     method: str = typer.Option("dopri5", "--method", help="ODE method (adaptive: dopri5|dopri8|bosh3|tsit5; fixed: euler|heun|midpoint|rk4)."),
+    steps: int = typer.Option(100, "--steps", help="Steps of a fixed-grid method."),
     atol: float = typer.Option(1e-5, "--atol", help="Absolute tolerance."),
     rtol: float = typer.Option(1e-5, "--rtol", help="Relative tolerance."),
     divergence: str | None = typer.Option(None, "--divergence", help="exact | hutchinson (default: exact up to 1024 dimensions)."),
@@ -164,7 +170,7 @@ def nll(
     """Bits per dimension of a data set under a trained model (ODE likelihood, uniform dequantization)."""
     from sitcli.nll import nll as run_nll
 
-    result = run_nll(ckpt, data, limit, batch_size, method, atol, rtol, divergence, seed, ema, precision, device)
+    result = run_nll(ckpt, data, limit, batch_size, method, steps, atol, rtol, divergence, seed, ema, precision, device, model=model)
     typer.echo(f"{result.bits_per_dim:.4f} ± {result.std_error:.4f} bits/dim over {result.num} images ({result.dims} dimensions)")
 
 

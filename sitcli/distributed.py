@@ -2,7 +2,8 @@
 
 Under ``torchrun`` (one or many nodes) the environment holds RANK, WORLD_SIZE and LOCAL_RANK; the
 process group uses NCCL when CUDA is available and gloo otherwise. Without torchrun everything
-here degrades to a single process and no process group is created.
+here degrades to a single process and no process group is created. A program that already set up
+a process group (to run several jobs in one launch) keeps it: the jobs join and leave it as is.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class Dist:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # created the process group here (so teardown destroys it)
 
     @property
     def is_main(self) -> bool:
@@ -41,13 +43,15 @@ def setup(device: str | None = None) -> Dist:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    owns = world_size > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
-    return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+    return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, owns_group=owns)
 
 
-def teardown() -> None:
-    if dist.is_initialized():
+def teardown(d: Dist) -> None:
+    """Destroy the process group if ``setup`` created it; a caller's own group is left alone."""
+    if d.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sitcli.data import open_dataset
@@ -48,6 +49,7 @@ def nll(
     limit: int | None = 1000,
     batch_size: int = 64,
     method: str = "dopri5",
+    steps: int = 100,
     atol: float = 1e-5,
     rtol: float = 1e-5,
     divergence: str | None = None,
@@ -56,13 +58,17 @@ def nll(
     precision: str = "fp32",
     device: str | None = None,
     progress: bool = True,
+    model: str | None = None,
 ) -> NLLResult:
     """Mean bits/dim of ``limit`` images (a seeded random subset) of ``data`` (default: the run's data).
 
-    ``divergence`` None picks "exact" up to 1,024 dimensions and "hutchinson" above.
+    ``steps`` is for fixed-grid methods; ``divergence`` None picks "exact" up to 1,024 dimensions and "hutchinson" above. ``model`` names
+    the architecture of a bare weights file (as for ``sit sample``).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg, _ = load_trained(ckpt, ema=ema)
+    net, cfg, _ = load_trained(ckpt, model, ema=ema)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if cfg.latent_scale is not None:
         raise InputError("sit nll measures pixel-space models; this one works in a VAE latent space")
     data = data or cfg.data
@@ -78,17 +84,17 @@ def nll(
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=g)[: limit or len(dataset)].tolist()
     transport = cfg.transport()
-    fn = _autocast_model(model.to(dev), precision, dev)
+    fn = _autocast_model(net.to(dev), precision, dev)
     bpd = []
     bar = Progress(TextColumn("[bold]nll[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[bpd]}"),
-                   TimeRemainingColumn(), disable=not progress)
+                   TimeRemainingColumn(), console=Console(stderr=True), disable=not progress)
     with bar:
         task = bar.add_task("nll", total=len(order), bpd="")
         for start in range(0, len(order), batch_size):
             x, y = dataset.__getitems__([(i, False) for i in order[start : start + batch_size]])
             x = dequantize(x, g).to(dev)
             kwargs = {"y": y.to(dev)} if cfg.num_classes > 0 else {}
-            log_p = log_likelihood(transport, fn, x, method=method, atol=atol, rtol=rtol, divergence=divergence,
+            log_p = log_likelihood(transport, fn, x, method=method, atol=atol, rtol=rtol, divergence=divergence, steps=steps,
                                    generator=g if divergence == "hutchinson" else None, model_kwargs=kwargs)
             bpd.append(bits_per_dim(log_p.double().cpu(), dims))
             mean = torch.cat(bpd).mean().item()

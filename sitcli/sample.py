@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sitcli import checkpoint, distributed
@@ -255,6 +256,7 @@ class SampleResult:
     images_per_s: float
     npz: Path | None = None
     grid: Path | None = None
+    is_main: bool = True  # rank 0 (the one that reports)
 
 
 def sample(cfg: SampleConfig, progress: bool = True, device: str | None = None) -> SampleResult:
@@ -265,7 +267,7 @@ def sample(cfg: SampleConfig, progress: bool = True, device: str | None = None) 
         return _sample(cfg, progress, dist)
     finally:
         torch.set_num_threads(threads)
-        distributed.teardown()
+        distributed.teardown(dist)
 
 
 def _sample(cfg: SampleConfig, progress: bool, dist: distributed.Dist) -> SampleResult:
@@ -306,7 +308,7 @@ def _sample(cfg: SampleConfig, progress: bool, dist: distributed.Dist) -> Sample
     mine = todo[dist.rank :: dist.world_size]
     nfe_total, batches_done, drawn, seconds = 0, 0, 0, 0.0
     bar = Progress(TextColumn("[bold]sample[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   disable=not (progress and dist.is_main))
+                   console=Console(stderr=True), disable=not (progress and dist.is_main))
     with bar:
         task = bar.add_task("sample", total=len(mine))
         for start in range(0, len(mine), cfg.batch_size):
@@ -330,7 +332,7 @@ def _sample(cfg: SampleConfig, progress: bool, dist: distributed.Dist) -> Sample
     stats = distributed.all_reduce_sum(torch.tensor([float(nfe_total), float(batches_done), float(drawn), seconds]))
     nfe_total, batches_done, drawn, seconds = stats.tolist()
     result = SampleResult(out, int(drawn), cfg.num, nfe_total / max(batches_done, 1),
-                          drawn / max(seconds / dist.world_size, 1e-9))
+                          drawn / max(seconds / dist.world_size, 1e-9), is_main=dist.is_main)
     if dist.is_main and (cfg.npz or cfg.grid):
         images = np.stack([np.asarray(_read_png(p)) for p in names])
         if images.ndim == 3:

@@ -40,7 +40,9 @@ PRESETS: dict[str, dict] = {
                   num_workers=4, threads=0, log_every=100, ckpt_every=50_000, sample_every=10_000),
 }
 # Settings that may change when a run is resumed; every other one is fixed by the run's config.json.
-RESUMABLE = {"steps", "epochs", "log_every", "ckpt_every", "sample_every", "num_workers", "threads", "precision", "compile"}
+# (lr and grad_clip so that a diverged run can go on from its last good checkpoint more gently.)
+RESUMABLE = {"steps", "epochs", "lr", "grad_clip", "log_every", "ckpt_every", "sample_every", "num_workers", "threads",
+             "precision", "compile"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -122,6 +124,7 @@ class TrainResult:
     step: int
     checkpoint: Path | None
     interrupted: bool = False
+    is_main: bool = True  # rank 0 (the one that reports)
 
 
 #################################################################################
@@ -208,7 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         return _train(cfg, resume, progress, dist)
     finally:
         torch.set_num_threads(threads)
-        distributed.teardown()
+        distributed.teardown(dist)
 
 
 def _train(cfg: TrainConfig, resume: bool, progress: bool, dist: distributed.Dist) -> TrainResult:
@@ -256,6 +259,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, dist: distributed.Dis
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"]["optimizer"])
+        for group in opt.param_groups:  # --lr may have been changed for the resumed run
+            group["lr"] = cfg.lr
         if scaler is not None and state["optimizer"].get("scaler"):
             scaler.load_state_dict(state["optimizer"]["scaler"])
         _set_rng(state["rng"], noise, dist)
@@ -306,12 +311,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, dist: distributed.Dis
             loss_sum, stop_votes = distributed.all_reduce_sum(
                 torch.stack([loss.detach().float(), torch.tensor(float(stop.requested), device=loss.device)])).tolist()
             if not math.isfinite(loss_sum):
-                last = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was written"
-                raise TrainingDiverged(
-                    f"the loss became non-finite ({loss_sum}) at step {step + 1}{last}. Lower --lr, add --grad-clip "
-                    f"or use --precision fp32, then --resume {run}" if last_ckpt else
-                    f"the loss became non-finite ({loss_sum}) at step {step + 1}{last}. Lower --lr, add --grad-clip "
-                    "or use --precision fp32, and start again with a new --out")
+                then = f"the last good checkpoint is {last_ckpt}; go on from it with --resume {run} and a lower --lr, " \
+                       "--grad-clip or --precision fp32" if last_ckpt else "no checkpoint was written; start again " \
+                       "with a new --out and a lower --lr, --grad-clip or --precision fp32"
+                raise TrainingDiverged(f"the loss became non-finite ({loss_sum}) at step {step + 1}; {then}")
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -335,10 +338,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, dist: distributed.Dis
                 preview.save(ema, step)
             if stop_votes > 0:
                 last_ckpt = save(step)
-                return TrainResult(run, step, last_ckpt, interrupted=True)
+                return TrainResult(run, step, last_ckpt, interrupted=True, is_main=dist.is_main)
     if preview is not None and step % cfg.sample_every and step == cfg.steps:
         preview.save(ema, step)
-    return TrainResult(run, step, last_ckpt)
+    return TrainResult(run, step, last_ckpt, is_main=dist.is_main)
 
 
 @torch.no_grad()

@@ -96,6 +96,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert all(torch.isfinite(v).all() for v in load_file(weights).values())
     assert digest == hashlib.sha256(weights.read_bytes()).hexdigest()
+    monkeypatch.setattr(Transport, "training_loss", original)
+    # What the message advises: go on from the last good checkpoint with a lower learning rate.
+    resumed = train(resume_config(run, {"lr": 1e-4}), resume=True, progress=False)
+    assert resumed.step == 6 and json.loads((run / "config.json").read_text())["lr"] == 1e-4
+    assert checkpoint.load_checkpoint(resumed.checkpoint)["optimizer"]["optimizer"]["param_groups"][0]["lr"] == 1e-4
 
 
 def test_epochs_set_the_number_of_steps(tmp_path):
@@ -127,7 +132,7 @@ def test_cli_run_folder(finished_run):
 @pytest.mark.parametrize("args, message", [
     (["--out", "{run}"], "already a run"),
     (["--resume", "{run}"], "already finished"),
-    (["--resume", "{run}", "--steps", 4, "--lr", 0.5], "keeps its settings"),
+    (["--resume", "{run}", "--steps", 4, "--interpolant", "vp"], "keeps its settings"),
     (["--resume", "{run}", "--out", "{tmp}/other"], "different folders"),
     (["--resume", "{tmp}"], "not a sit run"),
     (["--out", "{tmp}/new", "--model", "SiT-Q/2"], "unknown model"),

@@ -1,0 +1,119 @@
+"""sitcli/sample.py and `sit sample`: per-index seeds, resumable folders, labels, outputs, refusals."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from sitcli.cli import app
+from sitcli.errors import InputError
+from sitcli.models import SiT_models
+from sitcli.sample import SampleConfig, labels_and_noise, make_grid, sample
+from sitcli.train import TrainConfig, train
+
+runner = CliRunner()
+
+
+def sit(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample") / "run"
+    train(TrainConfig(data="digits", out=str(out), model="SiT-Ti/4", batch_size=16, steps=3, lr=3e-3,
+                      log_every=1, ckpt_every=3, sample_every=0), progress=False)
+    return out
+
+
+def pngs(folder):
+    return {p.name: np.asarray(Image.open(p), dtype=np.int16) for p in sorted(folder.glob("*.png"))}
+
+
+def assert_same_images(a, b):
+    assert a.keys() == b.keys()
+    for name in a:  # equal up to float rounding of different batch shapes
+        assert np.abs(a[name] - b[name]).max() <= 1, name
+
+
+@pytest.mark.parametrize("sampler", ["ode", "sde"])
+def test_images_depend_on_index_only(run, tmp_path, sampler):
+    common = dict(ckpt=str(run), sampler=sampler, steps=4, num=5, cfg_scale=1.5)
+    sample(SampleConfig(out=str(tmp_path / "a"), batch_size=5, **common), progress=False)
+    sample(SampleConfig(out=str(tmp_path / "b"), batch_size=2, **common), progress=False)
+    first = pngs(tmp_path / "a")
+    assert len(first) == 5 and first["000000.png"].shape == (8, 8)
+    assert_same_images(first, pngs(tmp_path / "b"))
+    # A restart draws only what is missing, and draws the same images.
+    for name in ("000001.png", "000004.png"):
+        (tmp_path / "a" / name).unlink()
+    result = sample(SampleConfig(out=str(tmp_path / "a"), batch_size=3, **common), progress=False)
+    assert result.new == 2 and result.total == 5
+    assert_same_images(first, pngs(tmp_path / "a"))
+
+
+def test_class_labels_and_noise_per_index():
+    labels, noise = labels_and_noise(0, [0, 1, 2, 3], (1, 2, 2), 10, "1,7")
+    assert labels.tolist() == [1, 7, 1, 7]
+    random_labels, same_noise = labels_and_noise(0, [2, 3], (1, 2, 2), 10, None)
+    assert torch.equal(same_noise, noise[2:])  # the labels setting does not move the noise
+    assert all(0 <= v < 10 for v in random_labels.tolist())
+    with pytest.raises(InputError, match="out of range"):
+        labels_and_noise(0, [0], (1,), 10, "10")
+
+
+def test_cli_outputs_npz_grid_and_labels(run, tmp_path):
+    out = tmp_path / "s"
+    result = sit("sample", "--ckpt", run, "--out", out, "--num", 6, "--steps", 3, "--class-labels", 3, "--npz",
+                 "--grid", tmp_path / "grid.png", "--batch-size", 4)
+    assert result.exit_code == 0, result.output
+    assert "NFE per sample 6.0" in result.output and "images/s" in result.output
+    arr = np.load(out / "samples.npz")["arr_0"]
+    assert arr.shape == (6, 8, 8, 3) and arr.dtype == np.uint8
+    assert (out / "labels.csv").read_text().splitlines()[1:] == [f"{i},3" for i in range(6)]
+    assert Image.open(tmp_path / "grid.png").size[0] >= 3 * 32
+
+
+def test_cli_refuses_a_folder_made_with_other_settings(run, tmp_path):
+    out = tmp_path / "s"
+    assert sit("sample", "--ckpt", run, "--out", out, "--num", 2, "--steps", 2).exit_code == 0
+    before = pngs(out)
+    result = sit("sample", "--ckpt", run, "--out", out, "--num", 2, "--steps", 3)
+    assert result.exit_code == 2 and "steps differ" in result.output
+    assert_same_images(before, pngs(out))
+
+
+def test_bare_weights_file_needs_the_right_model(run, tmp_path):
+    weights = run / "checkpoints" / "0000003" / "ema.safetensors"
+    loose = tmp_path / "w.safetensors"
+    loose.write_bytes(weights.read_bytes())
+    assert sit("sample", "--ckpt", loose, "--out", tmp_path / "x").exit_code == 2
+    result = sit("sample", "--ckpt", loose, "--model", "SiT-S/4", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "different architecture" in " ".join(result.output.split())
+    result = sit("sample", "--ckpt", loose, "--model", "SiT-Ti/4", "--out", tmp_path / "ok", "--num", 2, "--steps", 2)
+    assert result.exit_code == 0, result.output
+    assert_same_images(pngs(tmp_path / "ok"), {k: v for k, v in pngs(_ref(run, tmp_path)).items()})
+
+
+def _ref(run, tmp_path):
+    out = tmp_path / "ref"
+    sample(SampleConfig(ckpt=str(run), out=str(out), num=2, steps=2), progress=False)
+    return out
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    model = SiT_models["SiT-Ti/2"](input_size=8, in_channels=1, num_classes=10)
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    result = sit("sample", "--ckpt", tmp_path / "w.safetensors", "--model", "SiT-Ti/4", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "different architecture" in " ".join(result.output.split())
+
+
+def test_make_grid_upscales_small_images():
+    grid = make_grid(np.zeros((10, 8, 8, 1), dtype=np.uint8), ncol=5)
+    assert grid.size == (5 * 34 + 2, 2 * 34 + 2)

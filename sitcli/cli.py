@@ -45,7 +45,7 @@ def train(
     data: str | None = typer.Option(None, "--data", help="'digits' (built in, the default), an image folder with one sub-folder per class, or a latent cache from `sit cache-latents`."),
     out: str | None = typer.Option(None, "--out", help="Run folder to create (default runs/<data name>); an existing run is refused unless you --resume it."),
     resume: str | None = typer.Option(None, "--resume", help="Continue this run folder from its newest complete checkpoint (settings come from its config.json; --steps may be raised)."),
-    model: str | None = typer.Option(None, "--model", help="SiT-{Ti,S,B,L,XL}/{2,4,8} (default: SiT-Ti/2 on digits, SiT-XL/2 otherwise)."),
+    model: str | None = typer.Option(None, "--model", help="SiT-{Ti,S,B,L,XL}/{2,4,8} (default: SiT-Ti/4 on digits, SiT-XL/2 otherwise)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Side of the center-cropped images (default: 8 on digits, 256 otherwise)."),
     vae: str | None = typer.Option(None, "--vae", help="Local diffusers AutoencoderKL folder: train in its latent space (a latent cache records its own)."),
     interpolant: str | None = typer.Option(None, "--interpolant", help="linear | gvp | vp (default linear)."),
@@ -54,11 +54,11 @@ def train(
     train_eps: float | None = typer.Option(None, "--train-eps", help="Keep training times this far from singular ends (default: per interpolant)."),
     sample_eps: float | None = typer.Option(None, "--sample-eps", help="The same for sampling and likelihoods."),
     num_timesteps: int | None = typer.Option(None, "--num-timesteps", help="Discrete time: train on this many grid points (default continuous)."),
-    lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-4; 2e-3 on digits)."),
+    lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-4; 1e-3 on digits)."),
     weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0)."),
-    ema_decay: float | None = typer.Option(None, "--ema-decay", help="EMA decay per step (default 0.9999; 0.999 on digits)."),
+    ema_decay: float | None = typer.Option(None, "--ema-decay", help="EMA decay per step (default 0.9999; 0.995 on digits)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size over all ranks (default 256; 128 on digits)."),
-    steps: int | None = typer.Option(None, "--steps", help="Training steps (default 400000; 3000 on digits)."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps (default 400000; 2000 on digits)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Passes over the data, instead of --steps."),
     grad_clip: float | None = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value (default off)."),
     precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only, with a gradient scaler)."),
@@ -96,7 +96,7 @@ def train(
 @app.command()
 @_user_errors
 def sample(
-    ckpt: str = typer.Option(..., "--ckpt", help="A run folder (newest checkpoint), a checkpoint folder, or a weights file (then also --model)."),
+    ckpt: str = typer.Option(..., "--ckpt", help="A run folder (newest checkpoint), a checkpoint folder, a .safetensors weights file (then also --model), or anything `sit convert` reads (official SiT/DiT .pt, diffusers folder)."),
     out: str | None = typer.Option(None, "--out", help="Folder for the PNGs (default <run>/samples); re-running into it draws only missing indices."),
     model: str | None = typer.Option(None, "--model", help="Architecture of a bare weights file, e.g. SiT-XL/2."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
@@ -120,7 +120,6 @@ def sample(
     npz: bool = typer.Option(False, "--npz", help="Also write OUT/samples.npz (arr_0: N x H x W x 3 uint8, the ADM evaluator format)."),
     grid: str | None = typer.Option(None, "--grid", help="Also write a grid of the first 100 images to this PNG."),
     vae: str | None = typer.Option(None, "--vae", help="VAE folder for a latent model (default: the one the run was trained with)."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a .pt weights file that needs full unpickling (only for files you trust)."),
     threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads (default: the run's --threads setting)."),
     interpolant: str | None = typer.Option(None, "--interpolant", help="For a bare weights file: linear|gvp|vp (default linear)."),
     prediction: str | None = typer.Option(None, "--prediction", "--pred", help="For a bare weights file: velocity|score|noise (default velocity)."),
@@ -135,8 +134,7 @@ def sample(
         ckpt=ckpt, out=out, model=model, ema=ema, sampler=sampler, method=method, steps=steps, atol=atol, rtol=rtol,
         w=w, w_norm=w_norm, last_step=last_step, last_step_size=last_step_size, cfg_scale=cfg_scale,
         cfg_interval=cfg_interval, cfg_channels=cfg_channels, num=num, batch_size=batch_size, seed=seed,
-        precision=precision, class_labels=class_labels, npz=npz, grid=grid, vae=vae, trust_pickle=trust_pickle,
-        threads=threads, interpolant=interpolant, prediction=prediction, sample_eps=sample_eps,
+        precision=precision, class_labels=class_labels, npz=npz, grid=grid, vae=vae, threads=threads, interpolant=interpolant, prediction=prediction, sample_eps=sample_eps,
     )
     result = run_sampling(config, device=device)
     if not result.is_main:

@@ -66,7 +66,8 @@ def nll(
     the architecture of a bare weights file (as for ``sit sample``).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    net, cfg, _ = load_trained(ckpt, model, ema=ema)
+    trained = load_trained(ckpt, model, ema=ema)
+    cfg, transport = trained.config, trained.transport
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.latent_scale is not None:
@@ -83,8 +84,7 @@ def nll(
     divergence = divergence or ("exact" if dims <= 1024 else "hutchinson")
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=g)[: limit or len(dataset)].tolist()
-    transport = cfg.transport()
-    fn = _autocast_model(net.to(dev), precision, dev)
+    fn = _autocast_model(trained.model.to(dev), precision, dev)
     bpd = []
     bar = Progress(TextColumn("[bold]nll[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[bpd]}"),
                    TimeRemainingColumn(), console=Console(stderr=True), disable=not progress)

@@ -26,7 +26,8 @@ from sitcli.errors import InputError
 from sitcli.guidance import ClassifierFreeGuidance
 from sitcli.models import SiT_models
 from sitcli.train import TrainConfig
-from sitcli.transport import sample_ode, sample_sde
+from sitcli.transport import ADAPTIVE_METHODS, FIXED_GRID_METHODS, LAST_STEPS, SDE_METHODS, Transport, sample_ode, sample_sde
+from sitcli.transport.diffusion import check_diffusion_coefficient
 
 SETTINGS_FILE = "sample.json"
 # Settings that do not change any image: they may differ when a folder is filled in several runs.
@@ -61,7 +62,6 @@ class SampleConfig:
     npz: bool = False
     grid: str | None = None
     vae: str | None = None
-    trust_pickle: bool = False
     threads: int | None = None  # torch intra-op threads; None: the run's setting, 0: torch's default
     # Only for a bare weights file (a run's config.json fixes them):
     interpolant: str | None = None
@@ -78,6 +78,15 @@ class SampleConfig:
             raise InputError("--num and --batch-size must be at least 1")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise InputError(f"unknown precision {self.precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
+        methods = [*FIXED_GRID_METHODS, *ADAPTIVE_METHODS] if self.sampler == "ode" else list(SDE_METHODS)
+        if self.method not in methods:
+            raise InputError(f"unknown {self.sampler.upper()} method {self.method!r}; choose one of {', '.join(methods)}")
+        if self.sampler == "sde":
+            self.w = check_diffusion_coefficient(self.w)
+            if self.last_step not in LAST_STEPS:
+                raise InputError(f"unknown --last-step {self.last_step!r}; choose one of {', '.join(LAST_STEPS)}")
+        if self.cfg_channels != "all" and not (str(self.cfg_channels).isdigit() and int(self.cfg_channels) > 0):
+            raise InputError(f"--cfg-channels {self.cfg_channels!r}: pass 'all' or a number of channels such as 3")
 
 
 #################################################################################
@@ -85,16 +94,36 @@ class SampleConfig:
 #################################################################################
 
 
-def load_trained(
-    ckpt: str, model: str | None = None, ema: bool = True, trust_pickle: bool = False, **transport: object
-) -> tuple[torch.nn.Module, TrainConfig, Path]:
-    """A model ready for inference, the settings it was trained with, and the weights file read.
+@dataclass
+class Trained:
+    """A model ready for inference with what sampling needs to know about it."""
 
-    ``ckpt`` is a run folder (newest checkpoint), a checkpoint folder, or a bare weights file; the
-    last needs ``model`` and takes ``transport`` settings (interpolant, prediction, sample_eps) as given.
+    model: torch.nn.Module  # called as model(x, t, y) in sit's time (t = 0 noise, 1 data)
+    config: TrainConfig  # the settings it was trained with (shapes, classes, latent space)
+    transport: Transport
+    weights: Path  # the file or folder the weights came from
+
+
+def load_trained(ckpt: str, model: str | None = None, ema: bool = True, **transport: object) -> Trained:
+    """Load ``ckpt`` for inference: a run folder (newest checkpoint), a checkpoint folder, a bare
+    .safetensors file (needs ``model``; ``transport`` settings interpolant / prediction / sample_eps
+    apply to it), or what ``sit convert`` reads (official SiT/DiT .pt files, diffusers folders,
+    runs converted from DiT), through ``convert.load_for_sampling``.
     """
-    weights, run = checkpoint.resolve_weights(ckpt, ema)
+    from sitcli.convert import is_foreign_checkpoint, load_for_sampling
+
     transport = {k: v for k, v in transport.items() if v is not None}
+    if Path(ckpt).exists() and is_foreign_checkpoint(ckpt):
+        net, tr, info = load_for_sampling(ckpt, use="ema" if ema else "model", sample_eps=transport.get("sample_eps"))
+        if info["config"] is not None:
+            cfg = TrainConfig.from_dict(info["config"], source=str(ckpt))
+        else:  # an architecture outside the size table: only the shapes matter here
+            cfg = TrainConfig(data="external", **{k: info[k] for k in ("in_channels", "input_size", "num_classes",
+                                                                       "image_size", "latent_scale", "vae")})
+        if model is not None and info["config"] is not None and model != cfg.model:
+            raise InputError(f"{ckpt} holds a {cfg.model}, not a {model}; drop --model")
+        return Trained(net.eval(), cfg, tr, Path(ckpt))
+    weights, run = checkpoint.resolve_weights(ckpt, ema)
     if run is not None:
         cfg = TrainConfig.from_dict(checkpoint.read_config(run), source=f"{run}/{checkpoint.CONFIG}")
         for name, value in [("model", model), *transport.items()]:
@@ -102,7 +131,7 @@ def load_trained(
                 raise InputError(f"{run} was trained with {name}={getattr(cfg, name)}; drop --{name.replace('_', '-')} {value}")
     elif model is None:
         raise InputError(f"--ckpt {ckpt} is a bare weights file; pass --model (e.g. SiT-XL/2) to say its architecture")
-    state = checkpoint.load_weights(weights, trust_pickle)
+    state = checkpoint.load_weights(weights)
     if run is None:
         cfg = config_from_state_dict(state, model, str(weights), **transport)
     net = cfg.build_model()
@@ -112,7 +141,7 @@ def load_trained(
             f"{weights} does not match {cfg.model} (missing {len(missing)} tensors, e.g. {missing[:1]}; "
             f"unexpected {len(unexpected)}, e.g. {unexpected[:1]}); pass the --model it was trained as"
         )
-    return net.eval().requires_grad_(False), cfg, weights
+    return Trained(net.eval().requires_grad_(False), cfg, cfg.transport(), weights)
 
 
 def config_from_state_dict(state: dict[str, torch.Tensor], model: str, source: str, **settings: object) -> TrainConfig:
@@ -273,12 +302,12 @@ def sample(cfg: SampleConfig, progress: bool = True, device: str | None = None) 
 def _sample(cfg: SampleConfig, progress: bool, dist: distributed.Dist) -> SampleResult:
     if cfg.precision == "fp16" and dist.device.type != "cuda":
         raise InputError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
-    model, tcfg, weights = load_trained(cfg.ckpt, cfg.model, cfg.ema, cfg.trust_pickle, interpolant=cfg.interpolant,
-                               prediction=cfg.prediction, sample_eps=cfg.sample_eps)
-    transport = tcfg.transport()
+    trained = load_trained(cfg.ckpt, cfg.model, cfg.ema, interpolant=cfg.interpolant, prediction=cfg.prediction,
+                           sample_eps=cfg.sample_eps)
+    tcfg, transport = trained.config, trained.transport
     if cfg.threads if cfg.threads is not None else tcfg.threads:
         torch.set_num_threads(cfg.threads if cfg.threads is not None else tcfg.threads)
-    model = model.to(dist.device)
+    model = trained.model.to(dist.device)
     vae = open_vae(tcfg, cfg.vae, dist.device)
     conditional = tcfg.num_classes > 0
     if not conditional and (cfg.cfg_scale != 1.0 or cfg.class_labels):
@@ -292,7 +321,7 @@ def _sample(cfg: SampleConfig, progress: bool, dist: distributed.Dist) -> Sample
     out = Path(cfg.out or _default_out(cfg.ckpt))
     settings = {k: v for k, v in asdict(cfg).items() if k not in FREE_SETTINGS}
     settings["cfg_interval"] = list(settings["cfg_interval"])
-    settings["ckpt"] = str(weights.resolve())  # images from another checkpoint must not share the folder
+    settings["ckpt"] = str(trained.weights.resolve())  # images from another checkpoint must not share the folder
     _check_folder(out, settings)
     width = max(6, len(str(cfg.num - 1)))
     names = [out / f"{i:0{width}d}.png" for i in range(cfg.num)]

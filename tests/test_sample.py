@@ -117,3 +117,27 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 def test_make_grid_upscales_small_images():
     grid = make_grid(np.zeros((10, 8, 8, 1), dtype=np.uint8), ncol=5)
     assert grid.size == (5 * 34 + 2, 2 * 34 + 2)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "rk45"], "unknown ODE method"),
+    (["--sampler", "sde", "--w", "cubic"], "diffusion coefficient"),
+    (["--sampler", "sde", "--last-step", "jump"], "last-step"),
+    (["--cfg-channels", "two"], "cfg-channels"),
+    (["--class-labels", "a,b"], "comma list"),
+])
+def test_cli_refuses_bad_sampling_flags_before_writing(run, tmp_path, args, message):
+    result = sit("sample", "--ckpt", run, "--out", tmp_path / "x", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_official_pt_file_samples_like_the_run(run, tmp_path):
+    # What `sit convert` reads (here an official-style .pt holding the EMA state dict) samples directly.
+    from safetensors.torch import load_file
+
+    state = load_file(run / "checkpoints" / "0000003" / "ema.safetensors")
+    torch.save(state, tmp_path / "SiT-tiny.pt")  # the name tells SiT from DiT
+    result = sit("sample", "--ckpt", tmp_path / "SiT-tiny.pt", "--out", tmp_path / "pt", "--num", 2, "--steps", 2)
+    assert result.exit_code == 0, result.output
+    assert_same_images(pngs(tmp_path / "pt"), pngs(_ref(run, tmp_path)))

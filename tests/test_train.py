@@ -103,6 +103,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert checkpoint.load_checkpoint(resumed.checkpoint)["optimizer"]["optimizer"]["param_groups"][0]["lr"] == 1e-4
 
 
+def test_bf16_autocast_trains(tmp_path):
+    result = train(tiny(tmp_path, steps=2, precision="bf16"), progress=False)
+    weights = checkpoint.load_checkpoint(result.checkpoint)["model"]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())  # fp32 master weights
+
+
 def test_epochs_set_the_number_of_steps(tmp_path):
     result = train(tiny(tmp_path, steps=None, epochs=1, batch_size=600, ckpt_every=100), progress=False)
     assert result.step == 1797 // 600
@@ -140,6 +146,7 @@ def test_cli_run_folder(finished_run):
     (["--out", "{tmp}/new", "--data", "{tmp}/missing"], "does not exist"),
     (["--out", "{tmp}/new", "--precision", "fp16", "--device", "cpu"], "CUDA"),
     (["--out", "{tmp}/new", "--model", "SiT-Ti/8", "--image-size", 12], "divisible by its patch size"),
+    (["--out", "{tmp}/new", "--vae", "{tmp}"], "drop --vae"),
 ])
 def test_cli_refuses_bad_input_without_writing(finished_run, tmp_path, args, message):
     before = sorted(str(p) for p in finished_run.rglob("*"))

@@ -136,7 +136,11 @@ def sample(
         cfg_interval=cfg_interval, cfg_channels=cfg_channels, num=num, batch_size=batch_size, seed=seed,
         precision=precision, class_labels=class_labels, npz=npz, grid=grid, vae=vae, threads=threads, interpolant=interpolant, prediction=prediction, sample_eps=sample_eps,
     )
-    result = run_sampling(config, device=device)
+    try:
+        result = run_sampling(config, device=device)
+    except KeyboardInterrupt:  # every finished image is already on disk
+        console.print("interrupted; run the same command again to draw the missing images", highlight=False)
+        raise typer.Exit(130) from None
     if not result.is_main:
         return
     console.print(

@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sitcli import checkpoint, distributed
-from sitcli.data import to_uint8
 from sitcli.errors import InputError
 from sitcli.guidance import ClassifierFreeGuidance
+from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
 from sitcli.models import SiT_models
 from sitcli.train import TrainConfig
 from sitcli.transport import ADAPTIVE_METHODS, FIXED_GRID_METHODS, LAST_STEPS, SDE_METHODS, Transport, sample_ode, sample_sde
@@ -223,55 +223,6 @@ def parse_class_labels(class_labels: str | None, num_classes: int) -> list[int]:
 
 
 #################################################################################
-#                                     Images                                    #
-#################################################################################
-
-
-def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 2, min_cell: int = 32):
-    """uint8 (N, H, W, C) -> a PIL image of the images in rows of ``ncol``, upscaled (nearest) so
-    each cell is at least ``min_cell`` pixels."""
-    from PIL import Image
-
-    n, h, w, c = images.shape
-    ncol = ncol or math.ceil(math.sqrt(n))
-    nrow = math.ceil(n / ncol)
-    scale = max(1, math.ceil(min_cell / h))
-    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
-    h, w = h * scale, w * scale
-    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, dtype=np.uint8)
-    for k in range(n):
-        r, q = divmod(k, ncol)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = images[k]
-    return Image.fromarray(grid[..., 0] if c == 1 else grid)
-
-
-def to_pil(image: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-
-
-def to_images(x: torch.Tensor, cfg: TrainConfig, vae) -> np.ndarray:
-    """Model-space samples -> uint8 (B, H, W, C), decoding latents with the VAE."""
-    if cfg.latent_scale is not None:
-        from sitcli.autoencoder import decode
-
-        x = decode(vae, x)
-    return to_uint8(x).numpy()
-
-
-def open_vae(cfg: TrainConfig, vae: str | None, device: torch.device):
-    if cfg.latent_scale is None:
-        return None
-    from sitcli.autoencoder import load_vae
-
-    path = vae or cfg.vae
-    if path is None:
-        raise InputError("this model works in a VAE latent space; pass --vae with a local diffusers AutoencoderKL folder")
-    return load_vae(path, device)
-
-
-#################################################################################
 #                                    The job                                    #
 #################################################################################
 
@@ -363,7 +314,7 @@ def _sample(cfg: SampleConfig, progress: bool, dist: distributed.Dist) -> Sample
     result = SampleResult(out, int(drawn), cfg.num, nfe_total / max(batches_done, 1),
                           drawn / max(seconds / dist.world_size, 1e-9), is_main=dist.is_main)
     if dist.is_main and (cfg.npz or cfg.grid):
-        images = np.stack([np.asarray(_read_png(p)) for p in names])
+        images = np.stack([np.asarray(read_png(p)) for p in names])
         if images.ndim == 3:
             images = images[..., None]
         if cfg.npz:
@@ -393,13 +344,6 @@ def _check_folder(out: Path, settings: dict) -> None:
             raise InputError(f"{out} holds samples drawn with other settings ({', '.join(changed)} differ); pick a new --out")
     elif out.is_dir() and any(out.iterdir()):
         raise InputError(f"--out {out} exists, is not empty and holds no {SETTINGS_FILE}; pick a new --out")
-
-
-def _read_png(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.copy()
 
 
 class TrainingPreview:

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from sitcli.cli import app
 from sitcli.errors import InputError
 from sitcli.models import SiT_models
-from sitcli.sample import SampleConfig, labels_and_noise, make_grid, sample
+from sitcli.images import make_grid
+from sitcli.sample import SampleConfig, labels_and_noise, sample
 from sitcli.train import TrainConfig, train
 
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""Latent space end to end with a tiny random AutoencoderKL: cache, train, preview, sample."""
+"""Image folders and latent space end to end (a tiny random AutoencoderKL): cache, train, preview, sample."""
 
 import os
 
@@ -77,3 +77,10 @@ def test_missing_vae_is_a_clear_error(folders, tmp_path):
     result = sit("train", "--data", folders / "images", "--vae", tmp_path / "novae", "--image-size", 16, "--out", tmp_path / "run")
     assert result.exit_code == 2 and "no VAE at" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_train_on_pixels_of_an_image_folder_with_loader_workers(folders, tmp_path):
+    result = sit("train", "--data", folders / "images", "--image-size", 8, "--out", tmp_path / "run", "--model", "SiT-Ti/4",
+                 "--steps", 2, "--batch-size", 4, "--sample-every", 2, "--num-workers", 1)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "run" / "samples" / "0000002.png").mode == "RGB"

@@ -1,7 +1,7 @@
 """Run folders and checkpoints: atomic writes, safe loading, finding the newest complete checkpoint.
 
-A run folder holds ``config.json`` (the training settings), ``log.csv``, ``loss.png``, sample
-grids, and ``checkpoints/NNNNNNN/`` with
+A run folder holds ``config.json`` (the training settings), ``log.csv``, ``loss.png``, EMA sample
+grids ``grids/NNNNNNN.png``, and ``checkpoints/NNNNNNN/`` with
 
     model.safetensors, ema.safetensors   weights (fp32), official SiT parameter names
     optimizer.pt                         AdamW state, loadable with torch.load(weights_only=True)

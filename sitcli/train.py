@@ -281,7 +281,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, dist: distributed.Dis
         net = torch.compile(net)
     transport = cfg.transport()
     data = batches(dataset, cfg.batch_size, cfg.seed, dist.rank, dist.world_size, step, cfg.num_workers)
-    preview = TrainingPreview(cfg, run / "samples", vae) if dist.is_main and cfg.sample_every else None
+    preview = TrainingPreview(cfg, run / "grids", vae) if dist.is_main and cfg.sample_every else None
     autocast = torch.autocast(dist.device.type, dtype=torch.float16 if cfg.precision == "fp16" else torch.bfloat16,
                               enabled=cfg.precision != "fp32")
 

@@ -131,8 +131,12 @@ def finished_run(tmp_path_factory):
 
 
 def test_cli_run_folder(finished_run):
-    assert (finished_run / "samples" / "0000002.png").is_file()
+    assert (finished_run / "grids" / "0000002.png").is_file()
     assert [p.name for p in checkpoint.list_checkpoints(finished_run)] == ["0000001", "0000002"]
+    # `sit sample` on the run, with no --out, writes next to the grids in <run>/samples.
+    result = sit("sample", "--ckpt", finished_run, "--num", 2, "--steps", 2)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (finished_run / "samples").glob("*.png")) == ["000000.png", "000001.png"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -56,7 +56,7 @@ def test_cache_train_and_sample_in_latent_space(folders, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert (config["in_channels"], config["input_size"], config["image_size"]) == (4, 8, 16)
     assert config["vae"] == str((folders / "vae").resolve()) and config["num_classes"] == 2
-    assert Image.open(run / "samples" / "0000002.png").mode == "RGB"  # the preview is decoded
+    assert Image.open(run / "grids" / "0000002.png").mode == "RGB"  # the preview is decoded
 
     result = sit("sample", "--ckpt", run, "--out", tmp_path / "s", "--num", 2, "--steps", 2)
     assert result.exit_code == 0, result.output
@@ -83,4 +83,4 @@ def test_train_on_pixels_of_an_image_folder_with_loader_workers(folders, tmp_pat
     result = sit("train", "--data", folders / "images", "--image-size", 8, "--out", tmp_path / "run", "--model", "SiT-Ti/4",
                  "--steps", 2, "--batch-size", 4, "--sample-every", 2, "--num-workers", 1)
     assert result.exit_code == 0, result.output
-    assert Image.open(tmp_path / "run" / "samples" / "0000002.png").mode == "RGB"
+    assert Image.open(tmp_path / "run" / "grids" / "0000002.png").mode == "RGB"

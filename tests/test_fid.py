@@ -267,6 +267,13 @@ def test_mismatched_statistics_dimensions(tmp_path):
     assert "2048-d" in line and "64-d" in line
 
 
+def test_mismatched_dimensions_are_refused_before_any_image_is_decoded(monkeypatch, tmp_path, folders):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no weights: loading the network would fail differently
+    np.savez(tmp_path / "b.npz", mu=np.zeros(768), sigma=np.eye(768))
+    line = _one_line_error(runner.invoke(app, ["fid", str(folders[0]), str(tmp_path / "b.npz")]))
+    assert "A has 2048-d statistics but B has 768-d" in line
+
+
 def test_too_few_images_for_a_covariance(tmp_path, folders):
     (tmp_path / "one").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "one" / "x.png")

@@ -163,6 +163,19 @@ def _check(
         raise InputError(f"KID needs at least 2 images per input; {where} has {n}")
 
 
+def _check_dimensions(sources: dict[str, inputs.Source], wanted: Sequence[str]) -> None:
+    """FID between statistics of different layers is meaningless: refuse it before any decoding."""
+    for metric, key, own in (("FID", "mu", inception.POOL_DIM), ("sFID", "mu_s", inception.SPATIAL_DIM)):
+        if metric.lower() not in wanted:
+            continue
+        dims = {label: s.stats[key].shape[0] if s.kind == "stats_npz" else own for label, s in sources.items()}
+        if dims["A"] != dims["B"]:
+            raise InputError(
+                f"{metric}: A has {dims['A']}-d statistics but B has {dims['B']}-d; compute both with the same "
+                f"network and layer ({metric} uses {own}-d features)"
+            )
+
+
 def _describe(summary: Summary) -> dict:
     return {
         "path": str(summary.source.path),
@@ -241,6 +254,8 @@ def evaluate(
     needs = _needs(sources, wanted, samples, save_stats is not None)
     for label, source in sources.items():
         _check(label, source, needs[label], wanted, is_splits, pr_k)
+    if b is not None:
+        _check_dimensions(sources, wanted)
 
     dev = _resolve_device(device)
     workers = inputs.default_num_workers() if num_workers is None else num_workers
@@ -272,12 +287,7 @@ def evaluate(
         for metric, mu, sigma in (("fid", "mu", "sigma"), ("sfid", "mu_s", "sigma_s")):
             if metric not in wanted:
                 continue
-            da, db = sa.stats[mu].shape[0], sb.stats[mu].shape[0]
-            if da != db:
-                raise InputError(
-                    f"{metric}: A has {da}-d statistics but B has {db}-d; compute both with the same "
-                    f"network and layer (FID uses the 2048-d pool features)"
-                )
+            da = sa.stats[mu].shape[0]
             results[metric] = M.frechet_distance(sa.stats[mu], sa.stats[sigma], sb.stats[mu], sb.stats[sigma])
             few = [f"{s.label} has {s.count}" for s in (sa, sb) if s.count is not None and s.count <= da]
             if few:

@@ -390,6 +390,8 @@ class _StopRequest:
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
+                if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. SIGINT under nohup: the caller chose to ignore it
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
                 pass

@@ -68,10 +68,14 @@ def test_ctrl_c_saves_and_resume_matches_straight_run(tmp_path, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Transport, "training_loss", interrupt_on_third)
-    result = train(tiny(tmp_path, "interrupted", steps=4, ckpt_every=100), progress=False)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (nohup would ignore SIGINT)
+    try:
+        result = train(tiny(tmp_path, "interrupted", steps=4, ckpt_every=100), progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, outer)
     assert result.interrupted and result.step == 3 and result.checkpoint.name == "0000003"
     monkeypatch.setattr(Transport, "training_loss", original)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
     train(resume_config(tmp_path / "interrupted"), resume=True, progress=False)
     train(tiny(tmp_path, "straight", steps=4, ckpt_every=100), progress=False)

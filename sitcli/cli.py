@@ -8,6 +8,7 @@ from typing import Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sitcli.errors import InputError
 
@@ -28,15 +29,10 @@ def _user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except InputError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-def _not_yet(name: str) -> None:
-    console.print(f"[bold red]error:[/] `sit {name}` is not implemented yet in this version.", highlight=False)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -108,7 +104,7 @@ def sample(
     steps: int | None = typer.Option(None, "--steps", help="Steps of a fixed-grid solver (default 50 ODE, 250 SDE)."),
     atol: float = typer.Option(1e-6, "--atol", help="Absolute tolerance of adaptive ODE solvers."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of adaptive ODE solvers."),
-    w: str = typer.Option("sigma", "--w", help="SDE diffusion coefficient w(t) in dX = [v + w s] dt + sqrt(2 w) dW: constant|SBDM|sigma|linear|decreasing|increasing-decreasing. The official code's 'diffusion form'; the SiT paper's w_t is 2 w(t)."),
+    w: str = typer.Option("sigma", "--w", help="SDE diffusion coefficient w(t) in dX = \\[v + w s] dt + sqrt(2 w) dW: constant|SBDM|sigma|linear|decreasing|increasing-decreasing. The official code's 'diffusion form'; the SiT paper's w_t is 2 w(t)."),
     w_norm: float = typer.Option(1.0, "--w-norm", help="Scale of w(t)."),
     last_step: str = typer.Option("mean", "--last-step", help="SDE last step: mean|tweedie|euler|none."),
     last_step_size: float = typer.Option(0.04, "--last-step-size", help="Length in time of the SDE last step."),

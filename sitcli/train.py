@@ -309,8 +309,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, dist: distributed.Dis
                 from sitcli.autoencoder import encode
 
                 x = encode(vae, x, noise)
-            with autocast:
-                loss = transport.training_loss(net, x, {"y": y}, generator=noise).mean()
+            loss = step_loss(net, transport, x, y, noise, autocast)
             # One small all-reduce per step: every rank learns the mean loss and whether to stop.
             loss_sum, stop_votes = distributed.all_reduce_sum(
                 torch.stack([loss.detach().float(), torch.tensor(float(stop.requested), device=loss.device)])).tolist()
@@ -319,20 +318,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, dist: distributed.Dis
                        "--grad-clip or --precision fp32" if last_ckpt else "no checkpoint was written; start again " \
                        "with a new --out and a lower --lr, --grad-clip or --precision fp32"
                 raise TrainingDiverged(f"the loss became non-finite ({loss_sum}) at step {step + 1}; {then}")
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            update_ema(ema, model, cfg.ema_decay)
+            step_update(loss, model, ema, opt, cfg.ema_decay, cfg.grad_clip, scaler)
             step += 1
 
             log.step(step, loss_sum / dist.world_size, x.shape[0] * dist.world_size)
@@ -346,6 +332,40 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, dist: distributed.Dis
     if preview is not None and step % cfg.sample_every and step == cfg.steps:
         preview.save(ema, step)
     return TrainResult(run, step, last_ckpt, is_main=dist.is_main)
+
+
+def step_loss(net: torch.nn.Module, transport: Transport, x: torch.Tensor, y: torch.Tensor,
+              noise: torch.Generator | None, autocast) -> torch.Tensor:
+    """The first half of a training step: the mean training loss of the batch (x, y) under ``autocast``.
+
+    For the linear interpolant and velocity prediction this is mean |net(x_t, t, y) - (x1 - eps)|^2
+    with x_t = t x1 + (1 - t) eps; ``Transport.training_loss`` holds every other combination.
+    """
+    with autocast:
+        return transport.training_loss(net, x, {"y": y}, generator=noise).mean()
+
+
+def step_update(loss: torch.Tensor, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
+                ema_decay: float, grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
+    """The second half: backward, optional gradient clipping, optimiser step, EMA update.
+
+    Split from ``step_loss`` so that the loop can check the loss (and stop requests) across ranks
+    before any weight changes; the benchmarks time the two halves together as sit's training step.
+    """
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    else:
+        loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    update_ema(ema, model, ema_decay)
 
 
 @torch.no_grad()

@@ -1,0 +1,89 @@
+"""Benchmark, not a test: achieved model FLOP/s of a SiT forward against plain matmul FLOP/s.
+
+    python examples/benchmarks/flops.py [--model SiT-B/2] [--batch-size 8] [--size 2048] [--iters 5]
+        [--threads 0] [--device cpu]
+
+Model FLOPs are counted, not estimated: ``torch.utils.flop_counter.FlopCounterMode`` over one
+forward (it counts matmuls, convolutions and attention, 2 FLOPs per multiply-add; elementwise
+ops are not counted, so the figure is the useful "model FLOPs" of MFU). Achieved model FLOP/s =
+counted FLOPs / median forward time (under ``torch.inference_mode``; bf16 under autocast).
+The ceiling is the same machine's plain ``torch.mm`` of two n x n matrices, 2 n^3 / time, in the
+same dtype. Utilisation = model FLOP/s / matmul FLOP/s. Everything runs in one process, one after
+the other, so the ratio holds even on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sitcli.models import SiT_models
+
+
+def _median_time(fn, iters: int, device: str) -> float:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    fn()  # warm-up: allocator, kernels, oneDNN primitive cache
+    times = []
+    for _ in range(iters):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_flops(n: int, dtype: torch.dtype, iters: int, device: str) -> float:
+    """FLOP/s of C = A B for n x n matrices: 2 n^3 / median time."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / _median_time(lambda: torch.mm(a, b, out=out), iters, device)
+
+
+def model_flops(model: torch.nn.Module, batch_size: int, bf16: bool, iters: int, device: str) -> tuple[float, float]:
+    """(counted forward FLOPs, achieved FLOP/s) of ``model`` on a batch of 32x32x4 latents."""
+    x = torch.randn(batch_size, 4, model.input_size, model.input_size, device=device)
+    t = torch.rand(batch_size, device=device)
+    y = torch.randint(0, model.num_classes, (batch_size,), device=device)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+
+    def forward() -> None:
+        with torch.inference_mode(), autocast:
+            model(x, t, y)
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        forward()
+    flops = counter.get_total_flops()
+    return flops, flops / _median_time(forward, iters, device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="SiT-B/2")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", type=int, default=2048, help="n of the n x n reference matmul")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0: torch's default")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = SiT_models[args.model](input_size=32, in_channels=4, num_classes=1000, learn_sigma=True).to(args.device)
+    model.eval()
+    print(f"{args.model}, batch {args.batch_size}, 32x32x4 latents, {args.device}, {torch.get_num_threads()} threads")
+    print("| dtype | forward GFLOP | model TFLOP/s | matmul TFLOP/s | utilisation |\n|---|---|---|---|---|")
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        flops, achieved = model_flops(model, args.batch_size, dtype == torch.bfloat16, args.iters, args.device)
+        peak = matmul_flops(args.size, dtype, args.iters, args.device)
+        print(f"| {name} | {flops / 1e9:.1f} | {achieved / 1e12:.3f} | {peak / 1e12:.3f} | {achieved / peak:.0%} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Benchmark, not a test: training-step images/s and peak memory of SiT on 32x32x4 latents.
+
+    python examples/benchmarks/train_speed.py [--models SiT-S/2,SiT-B/2] [--batch-size 8] [--iters 6]
+        [--warmup 2] [--threads 0] [--device cpu] [--compile]
+
+Variants, each in a fresh subprocess so that its peak memory is its own:
+
+- ``plain fp32``: a reference loop written here with nothing from sit but the model:
+  x_t = t x1 + (1 - t) eps, loss = mean |model(x_t, t, y) - (x1 - eps)|^2, AdamW step, EMA update;
+- ``sit fp32``: sit's own training step, ``train.step_loss`` + ``train.step_update`` (the two
+  halves of the loop in ``sit train``), with the optimiser ``sit train`` builds (AdamW, defaults);
+- ``sit bf16``: the same under bf16 autocast (``--precision bf16``);
+- ``sit fp32 foreach`` / ``sit fp32 fused``: AdamW with ``foreach=True`` / ``fused=True``;
+- ``sit fp32 compile`` / ``sit bf16 compile`` (only with ``--compile``): ``torch.compile`` of the
+  model (``--compile``); build time is reported separately and not in images/s. On a CPU the first
+  compile of a B/2 forward + backward takes minutes, which is why it is behind a flag.
+
+Every step is timed after ``--warmup`` untimed steps; images/s = batch size / median step time.
+Peak memory: on CPU ``ru_maxrss`` of the subprocess (it includes the ~0.3 GB of an imported
+torch, printed as "base"), on CUDA ``torch.cuda.max_memory_allocated``. Variants run one after the
+other on the same machine in one invocation, so their ratios hold even where absolute figures
+depend on the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = ("plain fp32", "sit fp32", "sit bf16", "sit fp32 foreach", "sit fp32 fused")
+COMPILED = ("sit fp32 compile", "sit bf16 compile")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _child(variant: str, model_name: str, batch_size: int, iters: int, warmup: int, device: str) -> dict:
+    import torch
+
+    from sitcli.models import SiT_models
+    from sitcli.train import step_loss, step_update
+    from sitcli.transport import Transport
+
+    base = _rss_mb()
+    torch.manual_seed(0)
+    model = SiT_models[model_name](input_size=32, in_channels=4, num_classes=1000, learn_sigma=True).to(device)
+    model.train()
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt_kwargs = {"foreach": True} if "foreach" in variant else {"fused": True} if "fused" in variant else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, **opt_kwargs)
+    decay = 0.9999
+    x1 = torch.randn(batch_size, 4, 32, 32, device=device)
+    y = torch.randint(0, 1000, (batch_size,), device=device)
+    transport = Transport("linear", "velocity", None, None, None, None)
+    noise = torch.Generator(device).manual_seed(0)
+    bf16 = "bf16" in variant
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+    net = model
+    if "compile" in variant:
+        net = torch.compile(model)
+
+    def plain_step() -> None:
+        t = torch.rand(batch_size, device=device)
+        eps = torch.randn_like(x1)
+        tb = t.view(-1, 1, 1, 1)
+        x_t = tb * x1 + (1 - tb) * eps
+        loss = (model(x_t, t, y) - (x1 - eps)).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+
+    def sit_step() -> None:
+        step_update(step_loss(net, transport, x1, y, noise, autocast), model, ema, opt, decay)
+
+    step = plain_step if variant.startswith("plain") else sit_step
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    start = time.perf_counter()
+    step()  # the first step builds a compiled model
+    sync()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        step()
+    times = []
+    for _ in range(iters):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else _rss_mb()
+    return {"images_per_s": batch_size / statistics.median(times), "first_step_s": first, "peak_mb": peak,
+            "base_mb": 0.0 if device.startswith("cuda") else base}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="SiT-S/2,SiT-B/2")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0: torch's default")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build on a CPU)")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the variants")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        spec = json.loads(args.child)
+        print(json.dumps(_child(spec["variant"], spec["model"], args.batch_size, args.iters, max(args.warmup, 1),
+                                args.device)))
+        return
+
+    variants = args.variants.split(",") if args.variants else [*VARIANTS, *(COMPILED if args.compile else ())]
+    common = ["--batch-size", str(args.batch_size), "--iters", str(args.iters), "--warmup", str(args.warmup),
+              "--threads", str(args.threads), "--device", args.device]
+    for model in args.models.split(","):
+        results = {}
+        for variant in variants:
+            spec = json.dumps({"variant": variant, "model": model})
+            done = subprocess.run([sys.executable, __file__, "--child", spec, *common], capture_output=True, text=True)
+            if done.returncode:
+                print(f"{model} {variant}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                continue
+            results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+        ref = results.get("sit fp32", {}).get("images_per_s")
+        print(f"\n{model}, batch {args.batch_size}, 32x32x4 latents, {args.device}, median of {args.iters} steps")
+        print(f"| variant | images/s | vs sit fp32 | first step (s) | peak MB (base) |\n|---|---|---|---|---|")
+        for variant, r in results.items():
+            ratio = f"{r['images_per_s'] / ref:.2f}x" if ref else "-"
+            print(f"| {variant} | {r['images_per_s']:.2f} | {ratio} | {r['first_step_s']:.1f} | "
+                  f"{r['peak_mb']:.0f} ({r['base_mb']:.0f}) |")
+
+
+if __name__ == "__main__":
+    main()

@@ -42,7 +42,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from sitcli.transport.interpolants import Interpolant
+from sitcli.transport.interpolants import VariancePreserving
 from sitcli.transport.transport import Transport
 
 DIT_NUM_TIMESTEPS = 1000
@@ -60,7 +60,7 @@ def time_from_timestep(s: torch.Tensor | float, num_timesteps: int = DIT_NUM_TIM
     return 1 - (s + 1) / num_timesteps
 
 
-class DDPMInterpolant(Interpolant):
+class DDPMInterpolant(VariancePreserving):
     """DDPM's discrete linear-beta VP chain, continued to real time (formulas in the module docstring).
 
     Args:
@@ -101,37 +101,16 @@ class DDPMInterpolant(Interpolant):
         s = s.double()
         return (s + 1) * math.log(self._b) + math.lgamma(self._c + 1) - torch.lgamma(self._c - s)
 
-    def _log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
         return 0.5 * self.log_abar(timestep_from_time(t.double(), self.num_timesteps))
-
-    def alpha(self, t):
-        return torch.exp(self._log_alpha(t)).to(t.dtype)
-
-    def sigma(self, t):
-        # -expm1(2 log alpha) = 1 - abar without cancellation near t = 1.
-        return torch.sqrt(-torch.expm1(2 * self._log_alpha(t))).to(t.dtype)
 
     def d_log_alpha(self, t):
         # d/dt (1/2 log abar(s(t))) with ds/dt = -N.
         s = timestep_from_time(t.double(), self.num_timesteps)
         return (-0.5 * self.num_timesteps * (math.log(self._b) + torch.digamma(self._c - s))).to(t.dtype)
 
-    def d_alpha(self, t):
-        return self.d_log_alpha(t) * self.alpha(t)
-
-    def d_sigma(self, t):
-        # sigma sigma' = -alpha alpha'  (alpha^2 + sigma^2 = 1)
-        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
-
-    def eta(self, t):
-        # alpha'/alpha (sigma^2 + alpha^2) = alpha'/alpha: finite everywhere, no sigma' needed.
-        return self.d_log_alpha(t)
-
     def singular_at_noise_end(self) -> bool:
         return False
-
-    def singular_at_data_end(self) -> bool:
-        return True
 
     def __repr__(self) -> str:
         return (

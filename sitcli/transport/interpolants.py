@@ -106,7 +106,40 @@ class GVP(Interpolant):
         return -math.pi / 2 * torch.sin(t * math.pi / 2)
 
 
-class VP(Interpolant):
+class VariancePreserving(Interpolant):
+    """A path with alpha_t^2 + sigma_t^2 = 1 given through log alpha_t and its derivative:
+
+        sigma_t = sqrt(1 - alpha_t^2),   sigma'_t = -alpha_t alpha'_t / sigma_t,   eta_t = alpha'_t / alpha_t.
+
+    sigma'_t is infinite at t = 1 (sigma_1 = 0); eta is computed without it, so it stays finite.
+    Subclasses define ``log_alpha`` and ``d_log_alpha``.
+    """
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def alpha(self, t):
+        return torch.exp(self.log_alpha(t)).to(t.dtype)
+
+    def sigma(self, t):
+        # -expm1(2 log alpha) = 1 - alpha^2 without cancellation near t = 1.
+        return torch.sqrt(-torch.expm1(2 * self.log_alpha(t))).to(t.dtype)
+
+    def d_alpha(self, t):
+        return self.d_log_alpha(t) * self.alpha(t)
+
+    def d_sigma(self, t):
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+    def eta(self, t):
+        # alpha'/alpha sigma^2 + alpha alpha' = alpha'/alpha (sigma^2 + alpha^2) = alpha'/alpha.
+        return self.d_log_alpha(t)
+
+    def singular_at_data_end(self) -> bool:
+        return True
+
+
+class VP(VariancePreserving):
     """The variance-preserving path of score-based diffusion with a linear beta schedule:
 
         log alpha_t = -(1 - t)^2 (beta_max - beta_min) / 4 - (1 - t) beta_min / 2,
@@ -125,32 +158,11 @@ class VP(Interpolant):
         s = 1 - t
         return -(s**2) * (self.beta_max - self.beta_min) / 4 - s * self.beta_min / 2
 
-    def alpha(self, t):
-        return torch.exp(self.log_alpha(t))
-
-    def sigma(self, t):
-        # -expm1(2 log alpha) = 1 - alpha^2 without cancellation near t = 1.
-        return torch.sqrt(-torch.expm1(2 * self.log_alpha(t)))
-
     def d_log_alpha(self, t):
         return (1 - t) * (self.beta_max - self.beta_min) / 2 + self.beta_min / 2
 
-    def d_alpha(self, t):
-        return self.d_log_alpha(t) * self.alpha(t)
-
-    def d_sigma(self, t):
-        # sigma sigma' = -alpha alpha'  (from alpha^2 + sigma^2 = 1)
-        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
-
-    def eta(self, t):
-        # alpha'/alpha (sigma^2 + alpha^2) = alpha'/alpha, finite everywhere, computed without sigma'.
-        return self.d_log_alpha(t)
-
     def singular_at_noise_end(self) -> bool:
         return False
-
-    def singular_at_data_end(self) -> bool:
-        return True
 
     def __repr__(self) -> str:
         return f"VP(beta_min={self.beta_min}, beta_max={self.beta_max})"

@@ -1,9 +1,9 @@
 """Benchmark, not a test: training-step images/s and peak memory of SiT on 32x32x4 latents.
 
     python examples/benchmarks/train_speed.py [--models SiT-S/2,SiT-B/2] [--batch-size 8] [--iters 6]
-        [--warmup 2] [--threads 0] [--device cpu] [--compile]
+        [--threads 0] [--device cpu] [--compile] [--variants ...] [--no-memory]
 
-Variants, each in a fresh subprocess so that its peak memory is its own:
+Variants:
 
 - ``plain fp32``: a reference loop written here with nothing from sit but the model:
   x_t = t x1 + (1 - t) eps, loss = mean |model(x_t, t, y) - (x1 - eps)|^2, AdamW step, EMA update;
@@ -15,11 +15,11 @@ Variants, each in a fresh subprocess so that its peak memory is its own:
   model (``--compile``); build time is reported separately and not in images/s. On a CPU the first
   compile of a B/2 forward + backward takes minutes, which is why it is behind a flag.
 
-Every step is timed after ``--warmup`` untimed steps; images/s = batch size / median step time.
-Peak memory: on CPU ``ru_maxrss`` of the subprocess (it includes the ~0.3 GB of an imported
-torch, printed as "base"), on CUDA ``torch.cuda.max_memory_allocated``. Variants run one after the
-other on the same machine in one invocation, so their ratios hold even where absolute figures
-depend on the load.
+Timing: all variants share one model in one process (each has its own optimiser) and take turns
+step by step after one untimed step each, so that a change in the machine's load hits all of them
+alike; images/s = batch size / fastest step (the median in brackets). Peak memory: each variant
+alone for two steps in a fresh subprocess; on CPU ``ru_maxrss`` (it includes the ~0.7 GB of an imported
+torch, printed as "base"), on CUDA ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -41,65 +42,90 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _child(variant: str, model_name: str, batch_size: int, iters: int, warmup: int, device: str) -> dict:
+def _steps(variants: list[str], model_name: str, batch_size: int, device: str) -> dict:
+    """One step function per variant; all share one model and EMA (each has its own optimiser)."""
     import torch
 
     from sitcli.models import SiT_models
     from sitcli.train import step_loss, step_update
     from sitcli.transport import Transport
 
-    base = _rss_mb()
     torch.manual_seed(0)
     model = SiT_models[model_name](input_size=32, in_channels=4, num_classes=1000, learn_sigma=True).to(device)
     model.train()
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt_kwargs = {"foreach": True} if "foreach" in variant else {"fused": True} if "fused" in variant else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, **opt_kwargs)
     decay = 0.9999
     x1 = torch.randn(batch_size, 4, 32, 32, device=device)
     y = torch.randint(0, 1000, (batch_size,), device=device)
     transport = Transport("linear", "velocity", None, None, None, None)
     noise = torch.Generator(device).manual_seed(0)
-    bf16 = "bf16" in variant
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
-    net = model
-    if "compile" in variant:
-        net = torch.compile(model)
+    compiled = None
 
-    def plain_step() -> None:
-        t = torch.rand(batch_size, device=device)
-        eps = torch.randn_like(x1)
-        tb = t.view(-1, 1, 1, 1)
-        x_t = tb * x1 + (1 - tb) * eps
-        loss = (model(x_t, t, y) - (x1 - eps)).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1 - decay)
+    def make(variant: str):
+        nonlocal compiled
+        opt_kwargs = {"foreach": True} if "foreach" in variant else {"fused": True} if "fused" in variant else {}
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, **opt_kwargs)
+        autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled="bf16" in variant)
+        net = model
+        if "compile" in variant:
+            compiled = compiled or torch.compile(model)
+            net = compiled
 
-    def sit_step() -> None:
-        step_update(step_loss(net, transport, x1, y, noise, autocast), model, ema, opt, decay)
+        def plain_step() -> None:
+            t = torch.rand(batch_size, device=device)
+            eps = torch.randn_like(x1)
+            tb = t.view(-1, 1, 1, 1)
+            x_t = tb * x1 + (1 - tb) * eps
+            loss = (model(x_t, t, y) - (x1 - eps)).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), model.parameters()):
+                    p_ema.lerp_(p, 1 - decay)
 
-    step = plain_step if variant.startswith("plain") else sit_step
+        def sit_step() -> None:
+            step_update(step_loss(net, transport, x1, y, noise, autocast), model, ema, opt, decay)
+
+        return plain_step if variant.startswith("plain") else sit_step
+
+    return {variant: make(variant) for variant in variants}
+
+
+def _time_interleaved(variants: list[str], model_name: str, batch_size: int, iters: int, device: str) -> dict:
+    """Step times, variants taking turns step by step, so that a change of load hits all of them alike."""
+    import torch
+
+    steps = _steps(variants, model_name, batch_size, device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    start = time.perf_counter()
-    step()  # the first step builds a compiled model
-    sync()
-    first = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        step()
-    times = []
-    for _ in range(iters):
-        sync()
+    first, times = {}, {v: [] for v in variants}
+    for variant, step in steps.items():
         start = time.perf_counter()
-        step()
+        step()  # the first step builds a compiled model and warms caches
         sync()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else _rss_mb()
-    return {"images_per_s": batch_size / statistics.median(times), "first_step_s": first, "peak_mb": peak,
-            "base_mb": 0.0 if device.startswith("cuda") else base}
+        first[variant] = time.perf_counter() - start
+    for _ in range(iters):
+        for variant, step in steps.items():
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times[variant].append(time.perf_counter() - start)
+    return {v: {"images_per_s": batch_size / min(times[v]), "median_images_per_s": batch_size / statistics.median(times[v]),
+                "first_step_s": first[v]} for v in variants}
+
+
+def _peak_memory(variant: str, model_name: str, batch_size: int, device: str) -> dict:
+    """Peak memory of two steps of one variant alone (run in a fresh subprocess)."""
+    import torch
+
+    base = _rss_mb()
+    step = _steps([variant], model_name, batch_size, device)[variant]
+    step()
+    step()
+    if device.startswith("cuda"):
+        return {"peak_mb": torch.cuda.max_memory_allocated() / 2**20, "base_mb": 0.0}
+    return {"peak_mb": _rss_mb(), "base_mb": base}
 
 
 def main() -> None:
@@ -107,42 +133,43 @@ def main() -> None:
     parser.add_argument("--models", default="SiT-S/2,SiT-B/2")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--iters", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0: torch's default")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build on a CPU)")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the variants")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory subprocesses")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child is not None:
-        import torch
+    import torch
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child is not None:
         spec = json.loads(args.child)
-        print(json.dumps(_child(spec["variant"], spec["model"], args.batch_size, args.iters, max(args.warmup, 1),
-                                args.device)))
+        print(json.dumps(_peak_memory(spec["variant"], spec["model"], args.batch_size, args.device)))
         return
 
     variants = args.variants.split(",") if args.variants else [*VARIANTS, *(COMPILED if args.compile else ())]
-    common = ["--batch-size", str(args.batch_size), "--iters", str(args.iters), "--warmup", str(args.warmup),
-              "--threads", str(args.threads), "--device", args.device]
+    common = ["--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device]
     for model in args.models.split(","):
-        results = {}
-        for variant in variants:
+        results = _time_interleaved(variants, model, args.batch_size, args.iters, args.device)
+        for variant in variants if not args.no_memory else ():
             spec = json.dumps({"variant": variant, "model": model})
             done = subprocess.run([sys.executable, __file__, "--child", spec, *common], capture_output=True, text=True)
             if done.returncode:
-                print(f"{model} {variant}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                print(f"{model} {variant}: memory run failed\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
-            results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-        ref = results.get("sit fp32", {}).get("images_per_s")
-        print(f"\n{model}, batch {args.batch_size}, 32x32x4 latents, {args.device}, median of {args.iters} steps")
-        print(f"| variant | images/s | vs sit fp32 | first step (s) | peak MB (base) |\n|---|---|---|---|---|")
+            results[variant].update(json.loads(done.stdout.strip().splitlines()[-1]))
+        ref = results["sit fp32"] if "sit fp32" in results else None
+        print(f"\n{model}, batch {args.batch_size}, 32x32x4 latents, {args.device}, {torch.get_num_threads()} threads, "
+              f"best (median) of {args.iters} interleaved steps, load average {os.getloadavg()[0]:.1f}")
+        print("| variant | images/s | vs sit fp32 | first step (s) | peak MB (base) |\n|---|---|---|---|---|")
         for variant, r in results.items():
-            ratio = f"{r['images_per_s'] / ref:.2f}x" if ref else "-"
-            print(f"| {variant} | {r['images_per_s']:.2f} | {ratio} | {r['first_step_s']:.1f} | "
-                  f"{r['peak_mb']:.0f} ({r['base_mb']:.0f}) |")
+            ratio = (f"{r['images_per_s'] / ref['images_per_s']:.2f}x "
+                     f"({r['median_images_per_s'] / ref['median_images_per_s']:.2f}x)") if ref else "-"
+            memory = f"{r['peak_mb']:.0f} ({r['base_mb']:.0f})" if "peak_mb" in r else "-"
+            print(f"| {variant} | {r['images_per_s']:.2f} ({r['median_images_per_s']:.2f}) | {ratio} | "
+                  f"{r['first_step_s']:.1f} | {memory} |", flush=True)
 
 
 if __name__ == "__main__":

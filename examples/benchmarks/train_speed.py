@@ -1,7 +1,7 @@
 """Benchmark, not a test: training-step images/s and peak memory of SiT on 32x32x4 latents.
 
     python examples/benchmarks/train_speed.py [--models SiT-S/2,SiT-B/2] [--batch-size 8] [--iters 6]
-        [--threads 0] [--device cpu] [--compile] [--variants ...] [--no-memory]
+        [--threads 0] [--device cpu] [--compile] [--variants ...] [--only timing|memory]
 
 Variants:
 
@@ -18,7 +18,7 @@ Variants:
 Timing: all variants share one model in one process (each has its own optimiser) and take turns
 step by step after one untimed step each, so that a change in the machine's load hits all of them
 alike; images/s = batch size / fastest step (the median in brackets). Peak memory: each variant
-alone for two steps in a fresh subprocess; on CPU ``ru_maxrss`` (it includes the ~0.7 GB of an imported
+alone for two steps in a fresh subprocess; on CPU its peak resident set (VmHWM) (it includes the ~0.7 GB of an imported
 torch, printed as "base"), on CUDA ``torch.cuda.max_memory_allocated``.
 """
 
@@ -39,7 +39,12 @@ COMPILED = ("sit fp32 compile", "sit bf16 compile")
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """Peak resident memory of this process in MiB."""
+    try:  # VmHWM starts afresh at exec; ru_maxrss would carry over the forking parent's peak
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def _steps(variants: list[str], model_name: str, batch_size: int, device: str) -> dict:
@@ -137,7 +142,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build on a CPU)")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the variants")
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory subprocesses")
+    parser.add_argument("--only", choices=("timing", "memory"), default=None, help="run one half of the benchmark")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
@@ -152,8 +157,11 @@ def main() -> None:
     variants = args.variants.split(",") if args.variants else [*VARIANTS, *(COMPILED if args.compile else ())]
     common = ["--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device]
     for model in args.models.split(","):
-        results = _time_interleaved(variants, model, args.batch_size, args.iters, args.device)
-        for variant in variants if not args.no_memory else ():
+        if args.only == "memory":
+            results = {v: {} for v in variants}
+        else:
+            results = _time_interleaved(variants, model, args.batch_size, args.iters, args.device)
+        for variant in variants if args.only != "timing" else ():
             spec = json.dumps({"variant": variant, "model": model})
             done = subprocess.run([sys.executable, __file__, "--child", spec, *common], capture_output=True, text=True)
             if done.returncode:
@@ -165,11 +173,13 @@ def main() -> None:
               f"best (median) of {args.iters} interleaved steps, load average {os.getloadavg()[0]:.1f}")
         print("| variant | images/s | vs sit fp32 | first step (s) | peak MB (base) |\n|---|---|---|---|---|")
         for variant, r in results.items():
-            ratio = (f"{r['images_per_s'] / ref['images_per_s']:.2f}x "
-                     f"({r['median_images_per_s'] / ref['median_images_per_s']:.2f}x)") if ref else "-"
+            speed, ratio, first = "-", "-", "-"
+            if "images_per_s" in r:
+                speed, first = f"{r['images_per_s']:.2f} ({r['median_images_per_s']:.2f})", f"{r['first_step_s']:.1f}"
+                ratio = (f"{r['images_per_s'] / ref['images_per_s']:.2f}x "
+                         f"({r['median_images_per_s'] / ref['median_images_per_s']:.2f}x)")
             memory = f"{r['peak_mb']:.0f} ({r['base_mb']:.0f})" if "peak_mb" in r else "-"
-            print(f"| {variant} | {r['images_per_s']:.2f} ({r['median_images_per_s']:.2f}) | {ratio} | "
-                  f"{r['first_step_s']:.1f} | {memory} |", flush=True)
+            print(f"| {variant} | {speed} | {ratio} | {first} | {memory} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ official default; its NFE depends on the field, not on ``--steps``), and the SDE
 with w = sigma and the "mean" last step (``--steps`` steps counting the last one). Each with the
 plain conditional model and with ``ClassifierFreeGuidance`` (one batched forward of 2B rows per
 call, counted as one NFE). NFE is the samplers' own count; images/s = batch / wall time of one
-``sample_*`` call. Expected: euler and SDE 250 NFE, heun 500 (its last step is one evaluation
-fewer where torchdiffeq skips it: heun2 on a fixed grid evaluates twice per step).
+``sample_*`` call. Expected at 250 steps: ODE euler and the SDE 250 NFE (one per step, the last
+step included), ODE heun 500 (two per step).
 
 A freshly initialised SiT outputs exactly zero (adaLN-Zero), which would make dopri5 take the
 fewest possible steps; every weight is perturbed with N(0, 0.02^2) noise so that the field is a

@@ -19,7 +19,9 @@ Variants:
 
 Timing: all variants share one model in one process (each has its own optimiser) and take turns
 step by step after one untimed step each, so that a change in the machine's load hits all of them
-alike; images/s = batch size / fastest step (the median in brackets). Peak memory: each variant
+alike; images/s = batch size / fastest step (the median in brackets). On a shared machine wall
+time swings with the other jobs; images/CPU-s = batch size / median CPU time of this process per
+step (all its threads), which other jobs disturb far less (OpenMP spin-waits are counted in it). Peak memory: each variant
 alone for two steps in a fresh subprocess; on CPU its peak resident set (VmHWM) (it includes the ~0.7 GB of an imported
 torch, printed as "base"), on CUDA ``torch.cuda.max_memory_allocated``.
 """
@@ -106,7 +108,7 @@ def _time_interleaved(variants: list[str], model_name: str, batch_size: int, ite
 
     steps = _steps(variants, model_name, batch_size, device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    first, times = {}, {v: [] for v in variants}
+    first, times, cpu = {}, {v: [] for v in variants}, {v: [] for v in variants}
     for variant, step in steps.items():
         start = time.perf_counter()
         step()  # the first step builds a compiled model and warms caches
@@ -115,12 +117,13 @@ def _time_interleaved(variants: list[str], model_name: str, batch_size: int, ite
     for _ in range(iters):
         for variant, step in steps.items():
             sync()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
             sync()
             times[variant].append(time.perf_counter() - start)
+            cpu[variant].append(time.process_time() - start_cpu)
     return {v: {"images_per_s": batch_size / min(times[v]), "median_images_per_s": batch_size / statistics.median(times[v]),
-                "first_step_s": first[v]} for v in variants}
+                "images_per_cpu_s": batch_size / statistics.median(cpu[v]), "first_step_s": first[v]} for v in variants}
 
 
 def _peak_memory(variant: str, model_name: str, batch_size: int, device: str) -> dict:
@@ -174,15 +177,18 @@ def main() -> None:
         ref = results["sit fp32"] if "sit fp32" in results else None
         print(f"\n{model}, batch {args.batch_size}, 32x32x4 latents, {args.device}, {torch.get_num_threads()} threads, "
               f"best (median) of {args.iters} interleaved steps, load average {os.getloadavg()[0]:.1f}")
-        print("| variant | images/s | vs sit fp32 | first step (s) | peak MB (base) |\n|---|---|---|---|---|")
+        print("| variant | images/s | vs sit fp32 | images/CPU-s | vs sit fp32 | first step (s) | peak MB (base) |\n"
+              "|---|---|---|---|---|---|---|")
         for variant, r in results.items():
-            speed, ratio, first = "-", "-", "-"
+            speed, ratio, cpu, cpu_ratio, first = "-", "-", "-", "-", "-"
             if "images_per_s" in r:
                 speed, first = f"{r['images_per_s']:.2f} ({r['median_images_per_s']:.2f})", f"{r['first_step_s']:.1f}"
                 ratio = (f"{r['images_per_s'] / ref['images_per_s']:.2f}x "
                          f"({r['median_images_per_s'] / ref['median_images_per_s']:.2f}x)")
+                cpu = f"{r['images_per_cpu_s']:.2f}"
+                cpu_ratio = f"{r['images_per_cpu_s'] / ref['images_per_cpu_s']:.2f}x"
             memory = f"{r['peak_mb']:.0f} ({r['base_mb']:.0f})" if "peak_mb" in r else "-"
-            print(f"| {variant} | {speed} | {ratio} | {first} | {memory} |", flush=True)
+            print(f"| {variant} | {speed} | {ratio} | {cpu} | {cpu_ratio} | {first} | {memory} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,16 +6,15 @@
 Model FLOPs are counted, not estimated: ``torch.utils.flop_counter.FlopCounterMode`` over one
 forward (it counts matmuls, convolutions and attention, 2 FLOPs per multiply-add; elementwise
 ops are not counted, so the figure is the useful "model FLOPs" of MFU). Achieved model FLOP/s =
-counted FLOPs / median forward time (under ``torch.inference_mode``; bf16 under autocast).
+counted FLOPs / fastest forward time (under ``torch.inference_mode``; bf16 under autocast).
 The ceiling is the same machine's plain ``torch.mm`` of two n x n matrices, 2 n^3 / time, in the
-same dtype. Utilisation = model FLOP/s / matmul FLOP/s. Everything runs in one process, one after
-the other, so the ratio holds even on a loaded machine.
+same dtype. Utilisation = model FLOP/s / matmul FLOP/s. Forward and matmul take turns call by
+call in one process, so the ratio holds even on a loaded machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -24,33 +23,35 @@ from torch.utils.flop_counter import FlopCounterMode
 from sitcli.models import SiT_models
 
 
-def _median_time(fn, iters: int, device: str) -> float:
+def _best_times(fns: list, iters: int, device: str) -> list[float]:
+    """Fastest of ``iters`` timed calls of each function, the functions taking turns call by call,
+    so that a change of load on a shared machine hits all of them alike."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    fn()  # warm-up: allocator, kernels, oneDNN primitive cache
-    times = []
+    for fn in fns:
+        fn()  # warm-up: allocator, kernels, oneDNN primitive cache
+    best = [float("inf")] * len(fns)
     for _ in range(iters):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
-def matmul_flops(n: int, dtype: torch.dtype, iters: int, device: str) -> float:
-    """FLOP/s of C = A B for n x n matrices: 2 n^3 / median time."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / _median_time(lambda: torch.mm(a, b, out=out), iters, device)
+def measure(model: torch.nn.Module, batch_size: int, n: int, dtype: torch.dtype, iters: int, device: str) -> tuple[float, float, float]:
+    """(counted forward FLOPs, model FLOP/s, matmul FLOP/s) of ``model`` on 32x32x4 latents in ``dtype``.
 
-
-def model_flops(model: torch.nn.Module, batch_size: int, bf16: bool, iters: int, device: str) -> tuple[float, float]:
-    """(counted forward FLOPs, achieved FLOP/s) of ``model`` on a batch of 32x32x4 latents."""
+    Matmul FLOP/s of C = A B for n x n matrices: 2 n^3 / time.
+    """
     x = torch.randn(batch_size, 4, model.input_size, model.input_size, device=device)
     t = torch.rand(batch_size, device=device)
     y = torch.randint(0, model.num_classes, (batch_size,), device=device)
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
 
     def forward() -> None:
         with torch.inference_mode(), autocast:
@@ -60,7 +61,8 @@ def model_flops(model: torch.nn.Module, batch_size: int, bf16: bool, iters: int,
     with counter:
         forward()
     flops = counter.get_total_flops()
-    return flops, flops / _median_time(forward, iters, device)
+    model_time, mm_time = _best_times([forward, lambda: torch.mm(a, b, out=out)], iters, device)
+    return flops, flops / model_time, 2 * n**3 / mm_time
 
 
 def main() -> None:
@@ -80,8 +82,7 @@ def main() -> None:
     print(f"{args.model}, batch {args.batch_size}, 32x32x4 latents, {args.device}, {torch.get_num_threads()} threads")
     print("| dtype | forward GFLOP | model TFLOP/s | matmul TFLOP/s | utilisation |\n|---|---|---|---|---|")
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        flops, achieved = model_flops(model, args.batch_size, dtype == torch.bfloat16, args.iters, args.device)
-        peak = matmul_flops(args.size, dtype, args.iters, args.device)
+        flops, achieved, peak = measure(model, args.batch_size, args.size, dtype, args.iters, args.device)
         print(f"| {name} | {flops / 1e9:.1f} | {achieved / 1e12:.3f} | {peak / 1e12:.3f} | {achieved / peak:.0%} |")
 
 

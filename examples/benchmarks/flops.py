@@ -80,10 +80,10 @@ def main() -> None:
     model = SiT_models[args.model](input_size=32, in_channels=4, num_classes=1000, learn_sigma=True).to(args.device)
     model.eval()
     print(f"{args.model}, batch {args.batch_size}, 32x32x4 latents, {args.device}, {torch.get_num_threads()} threads")
-    print("| dtype | forward GFLOP | model TFLOP/s | matmul TFLOP/s | utilisation |\n|---|---|---|---|---|")
+    print("| dtype | forward GFLOP | model GFLOP/s | matmul GFLOP/s | utilisation |\n|---|---|---|---|---|")
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         flops, achieved, peak = measure(model, args.batch_size, args.size, dtype, args.iters, args.device)
-        print(f"| {name} | {flops / 1e9:.1f} | {achieved / 1e12:.3f} | {peak / 1e12:.3f} | {achieved / peak:.0%} |")
+        print(f"| {name} | {flops / 1e9:.1f} | {achieved / 1e9:.1f} | {peak / 1e9:.1f} | {achieved / peak:.0%} |")
 
 
 if __name__ == "__main__":

@@ -252,9 +252,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, dist: distributed.Dis
     torch.manual_seed(cfg.seed)
     model = cfg.build_model().to(dist.device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    # foreach: one kernel per op over all parameters instead of a Python loop over them (the CPU
-    # default); the same arithmetic, so fp32 results are bit-for-bit those of the plain loop.
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     rank_seed = cfg.seed * dist.world_size + dist.rank
     torch.manual_seed(rank_seed)  # the model's label dropout draws from the global RNG
@@ -265,8 +263,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, dist: distributed.Dis
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"]["optimizer"])
-        for group in opt.param_groups:  # --lr may have been changed; older checkpoints saved foreach=None
-            group["lr"], group["foreach"] = cfg.lr, True
+        for group in opt.param_groups:  # --lr may have been changed for the resumed run
+            group["lr"] = cfg.lr
         if scaler is not None and state["optimizer"].get("scaler"):
             scaler.load_state_dict(state["optimizer"]["scaler"])
         _set_rng(state["rng"], noise, dist)

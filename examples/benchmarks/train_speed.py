@@ -175,12 +175,13 @@ def main() -> None:
             results[variant].update(json.loads(done.stdout.strip().splitlines()[-1]))
         ref = results["sit fp32"] if "sit fp32" in results else None
         print(f"\n{model}, batch {args.batch_size}, 32x32x4 latents, {args.device}, {torch.get_num_threads()} threads, "
-              f"best (median) of {args.iters} interleaved steps, load average {os.getloadavg()[0]:.1f}")
+              + (f"best (median) of {args.iters} interleaved steps, " if args.only != "memory" else "")
+              + f"load average {os.getloadavg()[0]:.1f}")
         print("| variant | images/s | vs sit fp32 | images/CPU-s | vs sit fp32 | first step (s) | peak MB (base) |\n"
               "|---|---|---|---|---|---|---|")
         for variant, r in results.items():
             speed, ratio, cpu, cpu_ratio, first = "-", "-", "-", "-", "-"
-            if "images_per_s" in r:
+            if "images_per_s" in r and ref:
                 speed, first = f"{r['images_per_s']:.2f} ({r['median_images_per_s']:.2f})", f"{r['first_step_s']:.1f}"
                 ratio = (f"{r['images_per_s'] / ref['images_per_s']:.2f}x "
                          f"({r['median_images_per_s'] / ref['median_images_per_s']:.2f}x)")

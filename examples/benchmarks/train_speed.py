@@ -181,11 +181,12 @@ def main() -> None:
               "|---|---|---|---|---|---|---|")
         for variant, r in results.items():
             speed, ratio, cpu, cpu_ratio, first = "-", "-", "-", "-", "-"
-            if "images_per_s" in r and ref:
+            if "images_per_s" in r:
                 speed, first = f"{r['images_per_s']:.2f} ({r['median_images_per_s']:.2f})", f"{r['first_step_s']:.1f}"
+                cpu = f"{r['images_per_cpu_s']:.2f}"
+            if "images_per_s" in r and ref:
                 ratio = (f"{r['images_per_s'] / ref['images_per_s']:.2f}x "
                          f"({r['median_images_per_s'] / ref['median_images_per_s']:.2f}x)")
-                cpu = f"{r['images_per_cpu_s']:.2f}"
                 cpu_ratio = f"{r['images_per_cpu_s'] / ref['images_per_cpu_s']:.2f}x"
             memory = f"{r['peak_mb']:.0f} ({r['base_mb']:.0f})" if "peak_mb" in r else "-"
             print(f"| {variant} | {speed} | {ratio} | {cpu} | {cpu_ratio} | {first} | {memory} |", flush=True)

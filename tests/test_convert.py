@@ -17,34 +17,15 @@ from sitcli.convert import convert, is_foreign_checkpoint, load_for_sampling, re
 from sitcli.errors import InputError
 from sitcli.models import SiT
 from sitcli.transport.ddpm import DiscreteTimestepModel
+from tiny_sit import TINY, assert_same, random_sit
 
-TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=5)
 TI = dict(input_size=8, patch_size=4, in_channels=4, hidden_size=96, depth=4, num_heads=4, num_classes=3)  # SiT-Ti/4
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_weights(seed: int = 0, **arch) -> dict[str, torch.Tensor]:
-    """A SiT state dict with every trainable tensor random (adaLN-Zero would make outputs 0)."""
-    torch.manual_seed(seed)
-    model = SiT(**{**TINY, **arch})
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name != "pos_embed":
-                p.normal_(0, 0.2)
-    return model.state_dict()
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert set(a) == set(b)
-    for key in a:
-        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    return random_sit(seed, **arch).state_dict()
 
 
 def training_checkpoint(path, model_name="SiT-XL/2", arch=TINY, **args):

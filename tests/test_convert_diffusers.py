@@ -15,33 +15,9 @@ from safetensors.torch import load_file, save_file
 from sitcli.convert import convert, read_checkpoint
 from sitcli.diffusers_sit import SiTTransformer2DModel
 from sitcli.errors import InputError
-from sitcli.models import SiT
+from tiny_sit import TINY, assert_same, random_sit
 
-TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=5)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def random_sit(seed: int = 0, **arch) -> SiT:
-    torch.manual_seed(seed)
-    model = SiT(**{**TINY, **arch})
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name != "pos_embed":
-                p.normal_(0, 0.2)
-    return model.eval()
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert set(a) == set(b)
-    for key in a:
-        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(arch=TINY, n=3):

@@ -24,13 +24,7 @@ from sitcli.transport.ddpm import (
 N = 1000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine run ~20x faster without intra-op threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def chain() -> tuple[torch.Tensor, torch.Tensor]:

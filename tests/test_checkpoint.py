@@ -57,6 +57,22 @@ def test_atomic_write_replaces_whole_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "grid.png"
+    checkpoint.write_json(target, {"old": 1})
+
+    class Exploding:
+        def save(self, path, format=None):
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        checkpoint.atomic_save_image(target, Exploding())
+    assert '"old": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
 def test_weights_files_load_safely(tmp_path):
     sd = {"w": torch.ones(2)}
     torch.save(sd, tmp_path / "plain.pt")

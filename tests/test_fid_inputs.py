@@ -143,20 +143,6 @@ def test_save_stats_is_atomic_and_readable(tmp_path):
     assert os.listdir(tmp_path) == ["stats.npz"]
 
 
-def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
-    target = tmp_path / "r.json"
-    inputs.write_json(target, {"old": 1})
-
-    def explode(f):
-        f.write(b"partial")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        inputs._atomic_write(target, explode)
-    assert target.read_text().strip().startswith('{\n  "old": 1')
-    assert os.listdir(tmp_path) == ["r.json"]
-
-
 # ----------------------------------------------------------------------------- evaluate() with a stand-in network
 
 

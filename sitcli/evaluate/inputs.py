@@ -16,19 +16,18 @@ Decoding runs in DataLoader worker processes; images travel as uint8 (4x less th
 
 from __future__ import annotations
 
-import json
 import os
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from sitcli import checkpoint
 from sitcli.errors import InputError
 
 IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
@@ -213,30 +212,23 @@ def image_batches(source: Source, batch_size: int, num_workers: int, pin_memory:
     )
 
 
-def _atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Write through a temporary file in the destination folder, then rename over ``path``."""
+def _writable(path: str | Path) -> Path:
+    """The output path, refused when its folder does not exist (nothing is created behind the user)."""
     path = Path(path).expanduser()
     if not path.parent.is_dir():
         raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
 def save_stats(path: str | Path, stats: dict[str, np.ndarray]) -> Path:
-    """Write statistics as pytorch-fid reads them (``mu``, ``sigma``; plus ``mu_s``, ``sigma_s``)."""
-    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
-    return _atomic_write(path, lambda f: np.savez(f, **arrays))
+    """Write statistics atomically as pytorch-fid reads them (``mu``, ``sigma``; plus ``mu_s``, ``sigma_s``)."""
+    path = _writable(path)
+    checkpoint.atomic_save_npz(path, **{k: np.asarray(v, dtype=np.float64) for k, v in stats.items()})
+    return path
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON."""
-    return _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")
+    """Write ``obj`` atomically as indented JSON."""
+    path = _writable(path)
+    checkpoint.write_json(path, obj)
+    return path

@@ -291,7 +291,9 @@ def convert(
     from sitcli.convert import convert as run_convert
     from sitcli.convert import describe
 
-    result = run_convert(src, dst, src_format, dst_format, use, diffusers_class, num_heads, overwrite, check)
+    # Large models take minutes (reading, writing, and the diffusers check forward): show that work goes on.
+    with console.status(f"converting {escape(str(src))}", spinner="dots"):
+        result = run_convert(src, dst, src_format, dst_format, use, diffusers_class, num_heads, overwrite, check)
     kind = "DiT (DDPM, noise prediction)" if result.kind == "dit" else "SiT"
     console.print(f"read {result.src} as {result.src_format}: {kind} weights, {describe(result.arch)}", highlight=False, soft_wrap=True)
     console.print(f"wrote {result.dst} as {result.dst_format} ({result.weights} weights)", highlight=False, soft_wrap=True)

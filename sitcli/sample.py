@@ -41,6 +41,7 @@ class SampleConfig:
     ckpt: str
     out: str | None = None  # default: <run>/samples
     model: str | None = None  # only for a bare weights file
+    src_format: str | None = None  # format of ckpt (sit convert's --from); None: detected
     ema: bool = True
     sampler: str = "ode"
     method: str | None = None  # ode: heun; sde: euler
@@ -104,17 +105,20 @@ class Trained:
     weights: Path  # the file or folder the weights came from
 
 
-def load_trained(ckpt: str, model: str | None = None, ema: bool = True, **transport: object) -> Trained:
+def load_trained(ckpt: str, model: str | None = None, ema: bool = True, src_format: str | None = None,
+                 **transport: object) -> Trained:
     """Load ``ckpt`` for inference: a run folder (newest checkpoint), a checkpoint folder, a bare
     .safetensors file (needs ``model``; ``transport`` settings interpolant / prediction / sample_eps
     apply to it), or what ``sit convert`` reads (official SiT/DiT .pt files, diffusers folders,
-    runs converted from DiT), through ``convert.load_for_sampling``.
+    runs converted from DiT), through ``convert.load_for_sampling``; ``src_format`` names the
+    format (official | dit | diffusers | sit) where it cannot be detected.
     """
     from sitcli.convert import is_foreign_checkpoint, load_for_sampling
 
     transport = {k: v for k, v in transport.items() if v is not None}
-    if Path(ckpt).exists() and is_foreign_checkpoint(ckpt):
-        net, tr, info = load_for_sampling(ckpt, use="ema" if ema else "model", sample_eps=transport.get("sample_eps"))
+    if Path(ckpt).exists() and (src_format not in (None, "sit") or is_foreign_checkpoint(ckpt)):
+        net, tr, info = load_for_sampling(ckpt, use="ema" if ema else "model", src_format=src_format,
+                                          sample_eps=transport.get("sample_eps"))
         if info["config"] is not None:
             cfg = TrainConfig.from_dict(info["config"], source=str(ckpt))
         else:  # an architecture outside the size table: only the shapes matter here
@@ -253,7 +257,7 @@ def sample(cfg: SampleConfig, progress: bool = True, device: str | None = None) 
 def _sample(cfg: SampleConfig, progress: bool, dist: distributed.Dist) -> SampleResult:
     if cfg.precision == "fp16" and dist.device.type != "cuda":
         raise InputError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
-    trained = load_trained(cfg.ckpt, cfg.model, cfg.ema, interpolant=cfg.interpolant, prediction=cfg.prediction,
+    trained = load_trained(cfg.ckpt, cfg.model, cfg.ema, cfg.src_format, interpolant=cfg.interpolant, prediction=cfg.prediction,
                            sample_eps=cfg.sample_eps)
     tcfg, transport = trained.config, trained.transport
     if cfg.threads if cfg.threads is not None else tcfg.threads:

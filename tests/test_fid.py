@@ -147,6 +147,29 @@ def test_features_match_pytorch_fid(weights, folders, reference):
     np.testing.assert_allclose(logits, theirs["pool"] @ fc.T, rtol=1e-5, atol=1e-4)
 
 
+def test_fast_network_is_folded_channels_last_and_matches_pytorch_fid(weights, folders, reference):
+    net = inception.optimize_for_inference(inception.load_inception(weights[0]))
+    convs = [m for m in net.modules() if isinstance(m, inception.BasicConv2d)]
+    assert all(isinstance(m.bn, torch.nn.Identity) and m.conv.bias is not None for m in convs)
+    assert net.Conv2d_1a_3x3.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    source = inputs.open_source(folders[0])
+    first_two = next(iter(inputs.image_batches(source, 2, num_workers=0))).images
+    with torch.inference_mode():
+        ours = {k: v.double().numpy() for k, v in net(first_two.float() / 255, ("pool", "spatial")).items()}
+    np.testing.assert_allclose(ours["pool"], reference["A"]["pool"][:2], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ours["spatial"], reference["A"]["spatial"][:2], rtol=0, atol=1e-4)
+
+
+def test_fast_cli_fid_matches_pytorch_fid(weights, folders, reference, tmp_path):
+    args = ["fid", str(folders[0]), str(folders[1]), "--fast", "--num-workers", "0", "--device", "cpu",
+            "--inception-weights", str(weights[0]), "--json", str(tmp_path / "r.json")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["settings"]["fast"] is True
+    assert report["metrics"]["fid"] == pytest.approx(reference["fid"], abs=1e-3)
+
+
 def test_fid_matches_pytorch_fid(cli_run, reference):
     _, result, _ = cli_run
     assert reference["fid"] > 1.0  # the two folders differ, so a wrong answer would show

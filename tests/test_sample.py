@@ -142,3 +142,16 @@ def test_official_pt_file_samples_like_the_run(run, tmp_path):
     result = sit("sample", "--ckpt", tmp_path / "SiT-tiny.pt", "--out", tmp_path / "pt", "--num", 2, "--steps", 2)
     assert result.exit_code == 0, result.output
     assert_same_images(pngs(tmp_path / "pt"), pngs(_ref(run, tmp_path)))
+
+
+def test_pt_file_whose_name_does_not_tell_sit_from_dit_samples_with_from(run, tmp_path):
+    from safetensors.torch import load_file
+
+    torch.save(load_file(run / "checkpoints" / "0000003" / "ema.safetensors"), tmp_path / "weights.pt")
+    result = sit("sample", "--ckpt", tmp_path / "weights.pt", "--out", tmp_path / "x", "--num", 2, "--steps", 2)
+    assert result.exit_code == 2 and "--from official" in result.output, result.output
+    assert not (tmp_path / "x").exists()
+    result = sit("sample", "--ckpt", tmp_path / "weights.pt", "--from", "official", "--out", tmp_path / "pt",
+                 "--num", 2, "--steps", 2)
+    assert result.exit_code == 0, result.output
+    assert_same_images(pngs(tmp_path / "pt"), pngs(_ref(run, tmp_path)))

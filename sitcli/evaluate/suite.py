@@ -200,6 +200,7 @@ def evaluate(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 2020,
+    fast: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict:
     """Compare a reference set ``a`` with a sample set ``b`` (the order of the ADM evaluator).
@@ -217,6 +218,10 @@ def evaluate(
       inside the sample manifold), ``pr_k`` nearest neighbours, on at most ``pr_subset`` random
       images of each set (default: all, as the ADM evaluator);
     - ``kid``: KID mean and standard deviation over ``kid_subsets`` subsets of ``kid_subset_size``.
+
+    ``fast`` folds Inception's batch norms into its convolutions and runs it channels-last
+    (``inception.optimize_for_inference``): ~1.5x on CPU, features within float32 round-off of
+    the plain network; off by default so statistics stay bit-for-bit pytorch-fid's.
 
     ``save_stats`` writes ``a``'s statistics (``mu``, ``sigma``, ``mu_s``, ``sigma_s``) for reuse;
     ``b`` may then be omitted. Every image input is read once, and only the features a metric
@@ -268,6 +273,8 @@ def evaluate(
             continue
         if net is None:
             net = inception.load_inception(inception_weights, dev)
+            if fast:
+                inception.optimize_for_inference(net)
         summaries[label] = _summarise(
             source, label, net, dev,
             gaussian="gaussian" in needs[label],
@@ -329,6 +336,7 @@ def evaluate(
             "kid_subsets": kid_subsets,
             "kid_subset_size": kid_subset_size,
             "seed": seed,
+            "fast": fast,
             "feature_seconds": round(feature_seconds, 3),
         },
         "saved_stats": saved,

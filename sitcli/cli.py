@@ -98,6 +98,7 @@ def sample(
     ckpt: str = typer.Option(..., "--ckpt", help="A run folder (newest checkpoint), a checkpoint folder, a .safetensors weights file (then also --model), or anything `sit convert` reads (official SiT/DiT .pt, diffusers folder)."),
     out: str | None = typer.Option(None, "--out", help="Folder for the PNGs (default <run>/samples); re-running into it draws only missing indices."),
     model: str | None = typer.Option(None, "--model", help="Architecture of a bare weights file, e.g. SiT-XL/2."),
+    src_format: str | None = typer.Option(None, "--from", help="Format of --ckpt where it cannot be told: official (SiT .pt) | dit | diffusers | sit (default: detected, as in `sit convert`)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
     sampler: str = typer.Option("ode", "--sampler", help="ode (probability flow) | sde."),
     method: str | None = typer.Option(None, "--method", help="ODE: euler|heun|midpoint|rk4 (fixed grid) or dopri5|dopri8|bosh3|tsit5 (adaptive), default heun; SDE: euler|heun, default euler."),
@@ -130,7 +131,7 @@ def sample(
     from sitcli.sample import sample as run_sampling
 
     config = SampleConfig(
-        ckpt=ckpt, out=out, model=model, ema=ema, sampler=sampler, method=method, steps=steps, atol=atol, rtol=rtol,
+        ckpt=ckpt, out=out, model=model, src_format=src_format, ema=ema, sampler=sampler, method=method, steps=steps, atol=atol, rtol=rtol,
         w=w, w_norm=w_norm, last_step=last_step, last_step_size=last_step_size, cfg_scale=cfg_scale,
         cfg_interval=cfg_interval, cfg_channels=cfg_channels, num=num, batch_size=batch_size, seed=seed,
         precision=precision, class_labels=class_labels, npz=npz, grid=grid, vae=vae, threads=threads, interpolant=interpolant, prediction=prediction, sample_eps=sample_eps,

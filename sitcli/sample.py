@@ -59,6 +59,7 @@ class SampleConfig:
     batch_size: int = 64
     seed: int = 0
     precision: str = "fp32"
+    compile: bool = False  # torch.compile the model (fused kernels; float round-off differences)
     class_labels: str | None = None  # "3", "1,4,7" (cycled), or None for uniform random labels
     npz: bool = False
     grid: str | None = None
@@ -263,6 +264,8 @@ def _sample(cfg: SampleConfig, progress: bool, dist: distributed.Dist) -> Sample
     if cfg.threads if cfg.threads is not None else tcfg.threads:
         torch.set_num_threads(cfg.threads if cfg.threads is not None else tcfg.threads)
     model = trained.model.to(dist.device)
+    if cfg.compile:
+        model = torch.compile(model)
     vae = open_vae(tcfg, cfg.vae, dist.device)
     conditional = tcfg.num_classes > 0
     if not conditional and (cfg.cfg_scale != 1.0 or cfg.class_labels):

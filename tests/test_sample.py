@@ -4,6 +4,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +157,10 @@ def test_pt_file_whose_name_does_not_tell_sit_from_dit_samples_with_from(run, tm
                  "--num", 2, "--steps", 2)
     assert result.exit_code == 0, result.output
     assert_same_images(pngs(tmp_path / "pt"), pngs(_ref(run, tmp_path)))
+
+
+def test_compiled_model_draws_the_same_images(run, tmp_path):
+    result = sit("sample", "--ckpt", run, "--out", tmp_path / "c", "--num", 2, "--steps", 2, "--compile")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "c" / "sample.json").read_text())["compile"] is True
+    assert_same_images(pngs(tmp_path / "c"), pngs(_ref(run, tmp_path)))

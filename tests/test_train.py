@@ -113,6 +113,22 @@ def test_bf16_autocast_trains(tmp_path):
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())  # fp32 master weights
 
 
+def test_fused_adamw_matches_the_default_optimiser_to_round_off_and_resumes(tmp_path, monkeypatch):
+    built = []
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **kw: built.append(kw.get("fused")) or adamw(*a, **kw))
+    train(tiny(tmp_path, "default", steps=4), progress=False)
+    train(tiny(tmp_path, "fused", steps=2, fused_adamw=True), progress=False)
+    assert built == [None, True]
+    # resuming switches it off and on again: the optimiser state is the same either way
+    train(resume_config(tmp_path / "fused", {"steps": 4, "fused_adamw": False}), resume=True, progress=False)
+    _, default = final_state(tmp_path / "default")
+    _, fused = final_state(tmp_path / "fused")
+    for name, value in default["model"].items():
+        torch.testing.assert_close(fused["model"][name], value, rtol=0, atol=1e-5)
+    assert json.loads((tmp_path / "fused" / "config.json").read_text())["fused_adamw"] is False
+
+
 def test_epochs_set_the_number_of_steps(tmp_path):
     result = train(tiny(tmp_path, steps=None, epochs=1, batch_size=600, ckpt_every=100), progress=False)
     assert result.step == 1797 // 600

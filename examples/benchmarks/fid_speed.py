@@ -1,11 +1,12 @@
 """Benchmark, not a test: images/s and peak memory of `sit fid` against pytorch-fid on one folder.
 
-    python examples/benchmarks/fid_speed.py FOLDER [--make 200] [--weights PATH] [--batch-size 50]
-        [--num-workers 2] [--device cpu] [--repeats 1]
+    python examples/benchmarks/fid_speed.py FOLDER [--make 1000] [--sizes 200] [--weights PATH]
+        [--batch-size 50] [--num-workers 2] [--device cpu] [--repeats 1]
 
-Both tools do the same job, the one `--save-stats` does: statistics (mean, covariance of the
-2048-d pool features) of every image in FOLDER, written to an .npz. Each run is a fresh
-subprocess, so its figures are its own:
+Three runs do the same job, the one `--save-stats` does: pytorch-fid, `sit fid` (bit-for-bit the
+plain network) and `sit fid --fast` (batch norm folded, channels-last) compute statistics (mean,
+covariance of the 2048-d pool features) of every image in FOLDER and write them to an .npz.
+Each run is a fresh subprocess, so its figures are its own:
 
 - wall time: from before the network is built until the .npz is written (model build, image
   decoding, Inception, statistics); images/s = images / wall time;
@@ -15,7 +16,8 @@ subprocess, so its figures are its own:
 `sit` also accumulates the 2023-d sFID statistics while saving (it always stores them); that is
 included in its time. pytorch-fid holds every activation (N x 2048 float64, 16 KB per image);
 `sit` holds fixed float64 sums (2048^2 + 2023^2 doubles, ~64 MB) whatever N is, so at a few
-hundred images its peak can be the larger one; the difference reverses around 4,000 images.
+hundred images its peak can be the larger one. ``--sizes`` also runs every tool on the first N
+images and prints how peak memory grows per 1,000 images.
 
 Without --weights and without pytorch-fid's file in the torch hub cache, random weights are
 written to a temporary file: speed and memory do not depend on the weight values.
@@ -41,11 +43,11 @@ def _child(tool: str, folder: str, weights: str, out: str, batch_size: int, num_
     import torch
 
     start = time.perf_counter()
-    if tool == "sit":
+    if tool in ("sit", "sit --fast"):
         from sitcli.evaluate import evaluate
 
         result = evaluate(folder, save_stats=out, inception_weights=weights, batch_size=batch_size,
-                          num_workers=num_workers, device=device)
+                          num_workers=num_workers, device=device, fast=tool == "sit --fast")
         count = result["inputs"]["A"]["num_images"]
     else:
         from unittest import mock
@@ -97,15 +99,39 @@ def _random_weights(path: Path) -> None:
     torch.save(state, path)
 
 
+TOOLS = ("pytorch-fid", "sit", "sit --fast")
+
+
+def _subset(folder: Path, n: int, root: Path) -> Path:
+    """A folder of links to the first n images of folder (both tools read links as files)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if n > len(files):
+        raise SystemExit(f"--sizes {n}: {folder} has only {len(files)} images")
+    sub = root / f"first-{n}"
+    sub.mkdir()
+    for p in files[:n]:
+        (sub / p.name).symlink_to(p.resolve())
+    return sub
+
+
+def _run(tool: str, folder: Path, weights: Path, out: Path, args) -> dict:
+    cmd = [sys.executable, __file__, str(folder), "--weights", str(weights), "--batch-size", str(args.batch_size),
+           "--num-workers", str(args.num_workers), "--device", args.device, "--child", tool, str(out)]
+    line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--make", type=int, default=0, help="first write this many random 64x64 PNGs to FOLDER")
+    parser.add_argument("--sizes", default="", help="comma list of image counts to also run on (the first N "
+                        "images of FOLDER), to show how peak memory grows with N")
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per tool, alternating order; best time is kept")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per tool, rotating the order; best time is kept")
     parser.add_argument("--child", nargs=2, metavar=("TOOL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -115,6 +141,10 @@ def main() -> None:
         return
     if args.make:
         _make_images(args.folder, args.make)
+    import numpy as np
+
+    from sitcli.evaluate.metrics import frechet_distance
+
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights
         if weights is None:
@@ -125,37 +155,45 @@ def main() -> None:
                 weights = Path(tmp) / "random_inception.pth"
                 _random_weights(weights)
                 print(f"(no Inception weights found: using random weights in {weights})")
-        runs: dict[str, list[dict]] = {"pytorch-fid": [], "sit": []}
-        for r in range(args.repeats):
-            order = ["pytorch-fid", "sit"] if r % 2 == 0 else ["sit", "pytorch-fid"]
-            for tool in order:
-                out = str(Path(tmp) / f"{tool}.npz")
-                cmd = [sys.executable, __file__, str(args.folder), "--weights", str(weights), "--batch-size",
-                       str(args.batch_size), "--num-workers", str(args.num_workers), "--device", args.device,
-                       "--child", tool, out]
-                line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-                runs[tool].append(json.loads(line))
-                last = runs[tool][-1]
-                print(f"  run {r + 1} {tool:12s} {last['wall_s']:8.2f} s  {last['peak_rss_mb']:8.1f} MB")
+        folders = [_subset(args.folder, int(n), Path(tmp)) for n in args.sizes.split(",") if n] + [args.folder]
+        best: dict[tuple[str, int], dict] = {}
+        agreement = {}
+        for folder in folders:
+            for r in range(args.repeats):
+                order = TOOLS[r % len(TOOLS):] + TOOLS[:r % len(TOOLS)]
+                for tool in order:
+                    run = _run(tool, folder, weights, Path(tmp) / f"{tool}.npz", args)
+                    print(f"  {run['images']:6d} images, run {r + 1}: {tool:12s} {run['wall_s']:8.2f} s "
+                          f"{run['peak_rss_mb']:8.1f} MB")
+                    key = (tool, run["images"])
+                    if key not in best or run["wall_s"] < best[key]["wall_s"]:
+                        best[key] = run
+            with np.load(Path(tmp) / "pytorch-fid.npz") as p:
+                for tool in TOOLS[1:]:
+                    with np.load(Path(tmp) / f"{tool}.npz") as s:
+                        agreement[tool] = (float(np.abs(s["mu"] - p["mu"]).max()),
+                                           float(np.abs(s["sigma"] - p["sigma"]).max()),
+                                           frechet_distance(s["mu"], s["sigma"], p["mu"], p["sigma"]))
 
-        import numpy as np
-
-        from sitcli.evaluate.metrics import frechet_distance
-
-        with np.load(Path(tmp) / "sit.npz") as s, np.load(Path(tmp) / "pytorch-fid.npz") as p:
-            mu_diff = float(np.abs(s["mu"] - p["mu"]).max())
-            fid_between = frechet_distance(s["mu"], s["sigma"], p["mu"], p["sigma"])
-
-    best = {tool: min(rs, key=lambda r: r["wall_s"]) for tool, rs in runs.items()}
-    n = best["sit"]["images"]
-    print(f"\n{n} images from {args.folder}, batch {args.batch_size}, {args.num_workers} workers, {args.device}")
-    print(f"{'tool':12s} {'images/s':>10s} {'peak RSS MB':>12s}")
-    for tool, r in best.items():
-        print(f"{tool:12s} {r['images'] / r['wall_s']:10.2f} {r['peak_rss_mb']:12.1f}")
-    speed = (n / best["sit"]["wall_s"]) / (best["pytorch-fid"]["images"] / best["pytorch-fid"]["wall_s"])
-    memory = best["sit"]["peak_rss_mb"] / best["pytorch-fid"]["peak_rss_mb"]
-    print(f"sit / pytorch-fid: speed x{speed:.2f}, peak memory x{memory:.2f}")
-    print(f"agreement: max |mu difference| {mu_diff:.2e}, FID between the two statistics {fid_between:.2e}")
+    sizes = sorted({n for _, n in best})
+    print(f"\nbatch {args.batch_size}, {args.num_workers} workers, {args.device}; best of {args.repeats}")
+    print(f"{'images':>7s} {'tool':12s} {'images/s':>9s} {'x pytorch-fid':>14s} {'peak RSS MB':>12s} {'x pytorch-fid':>14s}")
+    for n in sizes:
+        ref = best[("pytorch-fid", n)]
+        for tool in TOOLS:
+            r = best[(tool, n)]
+            speed = (n / r["wall_s"]) / (n / ref["wall_s"])
+            print(f"{n:7d} {tool:12s} {n / r['wall_s']:9.2f} {speed:14.2f} {r['peak_rss_mb']:12.1f} "
+                  f"{r['peak_rss_mb'] / ref['peak_rss_mb']:14.2f}")
+    if len(sizes) > 1:
+        lo, hi = sizes[0], sizes[-1]
+        print(f"peak memory growth from {lo} to {hi} images, MB per 1,000 images:")
+        for tool in TOOLS:
+            grow = (best[(tool, hi)]["peak_rss_mb"] - best[(tool, lo)]["peak_rss_mb"]) / (hi - lo) * 1000
+            print(f"  {tool:12s} {grow:8.1f}")
+    for tool, (mu_diff, sigma_diff, fid_between) in agreement.items():
+        print(f"{tool} vs pytorch-fid ({sizes[-1]} images): max |mu difference| {mu_diff:.2e}, max |sigma "
+              f"difference| {sigma_diff:.2e}, FID between the two statistics {fid_between:.2e}")
 
 
 if __name__ == "__main__":

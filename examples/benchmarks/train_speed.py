@@ -77,7 +77,8 @@ def _steps(variants: list[str], model_name: str, batch_size: int, device: str) -
         autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled="bf16" in variant)
         net = model
         if "compile" in variant:
-            compiled = compiled or torch.compile(model)
+            if compiled is None:  # a compiled module has no truth value (it forwards __len__)
+                compiled = torch.compile(model)
             net = compiled
 
         def plain_step() -> None:

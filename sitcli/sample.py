@@ -26,7 +26,7 @@ from sitcli.guidance import ClassifierFreeGuidance
 from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
 from sitcli.models import SiT_models
 from sitcli.train import TrainConfig
-from sitcli.transport import ADAPTIVE_METHODS, FIXED_GRID_METHODS, LAST_STEPS, SDE_METHODS, Transport, sample_ode, sample_sde
+from sitcli.transport import ADAPTIVE_METHODS, FIXED_GRID_METHODS, LAST_STEPS, MULTISTEP_METHODS, SDE_METHODS, Transport, sample_ode, sample_sde
 from sitcli.transport.diffusion import check_diffusion_coefficient
 
 SETTINGS_FILE = "sample.json"
@@ -80,7 +80,7 @@ class SampleConfig:
             raise InputError("--num and --batch-size must be at least 1")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise InputError(f"unknown precision {self.precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
-        methods = [*FIXED_GRID_METHODS, *ADAPTIVE_METHODS] if self.sampler == "ode" else list(SDE_METHODS)
+        methods = [*FIXED_GRID_METHODS, *MULTISTEP_METHODS, *ADAPTIVE_METHODS] if self.sampler == "ode" else list(SDE_METHODS)
         if self.method not in methods:
             raise InputError(f"unknown {self.sampler.upper()} method {self.method!r}; choose one of {', '.join(methods)}")
         if self.sampler == "sde":

@@ -12,6 +12,7 @@ from sitcli.transport.samplers import (
     ADAPTIVE_METHODS,
     FIXED_GRID_METHODS,
     LAST_STEPS,
+    MULTISTEP_METHODS,
     SDE_METHODS,
     sample_ode,
     sample_sde,
@@ -22,5 +23,5 @@ __all__ = [
     "Transport", "sample_ode", "sample_sde", "log_likelihood", "GaussianMixture",
     "Interpolant", "Linear", "GVP", "VP", "INTERPOLANTS", "get_interpolant",
     "PREDICTIONS", "LOSS_WEIGHTS", "DIFFUSION_COEFFICIENTS", "diffusion_coefficient",
-    "FIXED_GRID_METHODS", "ADAPTIVE_METHODS", "SDE_METHODS", "LAST_STEPS",
+    "FIXED_GRID_METHODS", "MULTISTEP_METHODS", "ADAPTIVE_METHODS", "SDE_METHODS", "LAST_STEPS",
 ]

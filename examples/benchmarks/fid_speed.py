@@ -19,6 +19,11 @@ included in its time. pytorch-fid holds every activation (N x 2048 float64, 16 K
 hundred images its peak can be the larger one. ``--sizes`` also runs every tool on the first N
 images and prints how peak memory grows per 1,000 images.
 
+``--memory-trace`` runs only sit's pipeline (decoding workers, streamed statistics) with a
+stand-in for Inception that returns random features at once, and prints the resident memory
+every 1,000 images: thousands of images in a minute, to see whether anything grows with N
+(point FOLDER at a folder of links to repeat a small set).
+
 Without --weights and without pytorch-fid's file in the torch hub cache, random weights are
 written to a temporary file: speed and memory do not depend on the weight values.
 With --make N, N random 64x64 PNGs are written to FOLDER first (it must not exist).
@@ -102,6 +107,29 @@ def _random_weights(path: Path) -> None:
 TOOLS = ("pytorch-fid", "sit", "sit --fast")
 
 
+def _memory_trace(folder: str, batch_size: int, num_workers: int) -> None:
+    import torch
+
+    from sitcli.evaluate import inception, inputs, suite
+
+    def resident_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    class StandIn(torch.nn.Module):
+        def forward(self, images, outputs):
+            n = images.shape[0]
+            return {"pool": torch.randn(n, inception.POOL_DIM), "spatial": torch.randn(n, inception.SPATIAL_DIM)}
+
+    def progress(label: str, done: int, total: int) -> None:
+        if done % 1000 == 0 or done == total:
+            print(f"{done:7d} images  resident {resident_mb():7.0f} MB", flush=True)
+
+    suite._summarise(inputs.open_source(folder), "A", StandIn(), torch.device("cpu"), gaussian=True, spatial=True,
+                     keep_pool=False, is_splits=None, batch_size=batch_size, num_workers=num_workers,
+                     progress=progress)
+
+
 def _subset(folder: Path, n: int, root: Path) -> Path:
     """A folder of links to the first n images of folder (both tools read links as files)."""
     files = sorted(p for p in folder.iterdir() if p.is_file())
@@ -132,6 +160,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool, rotating the order; best time is kept")
+    parser.add_argument("--memory-trace", action="store_true", help="only trace sit's memory with a stand-in network")
     parser.add_argument("--child", nargs=2, metavar=("TOOL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -141,6 +170,9 @@ def main() -> None:
         return
     if args.make:
         _make_images(args.folder, args.make)
+    if args.memory_trace:
+        _memory_trace(str(args.folder), args.batch_size, args.num_workers)
+        return
     import numpy as np
 
     from sitcli.evaluate.metrics import frechet_distance

@@ -164,3 +164,9 @@ def test_compiled_model_draws_the_same_images(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "c" / "sample.json").read_text())["compile"] is True
     assert_same_images(pngs(tmp_path / "c"), pngs(_ref(run, tmp_path)))
+
+
+def test_adams_from_the_cli_costs_one_evaluation_per_step(run, tmp_path):
+    result = sit("sample", "--ckpt", run, "--out", tmp_path / "a", "--num", 2, "--method", "adams", "--steps", 5)
+    assert result.exit_code == 0, result.output
+    assert "NFE per sample 5.0" in result.output and len(list((tmp_path / "a").glob("*.png"))) == 2

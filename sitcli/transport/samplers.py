@@ -89,11 +89,11 @@ def sample_ode(
 
     Args:
         method: fixed grid "euler" | "heun" | "midpoint" | "rk4" (``steps`` uniform steps, so nfe
-            is steps x 1, 2, 2, 4), multistep "adams" (4th-order Adams-Bashforth on a cosine grid,
-            nfe = steps, any budget; on the mixtures of ``examples/sampler_nfe.py`` it reaches
-            dopri5's default accuracy with 0.52-0.59x its NFE for every interpolant, where rk4
-            needs 0.50-0.73x, or more than 64 NFE on VP), or adaptive "dopri5" | "dopri8" | "bosh3" | "tsit5"
-            (``atol``, ``rtol``; ``steps`` ignored).
+            is steps x 1, 2, 2, 4); multistep "adams" (4th-order Adams-Bashforth on a cosine
+            grid, nfe = steps: on the mixtures of ``examples/sampler_nfe.py`` it reaches dopri5's
+            default accuracy with 0.52-0.59x its NFE for every interpolant, where rk4 needs
+            0.50-0.73x, or more than 64 NFE on VP); or adaptive "dopri5" | "dopri8" | "bosh3" |
+            "tsit5" (``atol``, ``rtol``; ``steps`` ignored).
     Returns:
         (samples, nfe).
     """

@@ -3,12 +3,12 @@
     python examples/benchmarks/sampling_speed.py [--model SiT-Ti/2] [--batch-size 8] [--steps 250]
         [--cfg-scale 1.5] [--threads 0] [--device cpu] [--grad-mode no_grad|inference_mode]
 
-Samplers: ODE euler and heun on a ``--steps`` grid, ODE dopri5 at atol 1e-6 / rtol 1e-3 (the
+Samplers: ODE euler, heun and adams on a ``--steps`` grid, ODE dopri5 at atol 1e-6 / rtol 1e-3 (the
 official default; its NFE depends on the field, not on ``--steps``), and the SDE Euler-Maruyama
 with w = sigma and the "mean" last step (``--steps`` steps counting the last one). Each with the
 plain conditional model and with ``ClassifierFreeGuidance`` (one batched forward of 2B rows per
 call, counted as one NFE). NFE is the samplers' own count; images/s = batch / wall time of one
-``sample_*`` call. Expected at 250 steps: ODE euler and the SDE 250 NFE (one per step, the last
+``sample_*`` call. Expected at 250 steps: ODE euler, adams and the SDE 250 NFE (one per step, the last
 step included), ODE heun 500 (two per step).
 
 A freshly initialised SiT outputs exactly zero (adaLN-Zero), which would make dopri5 take the
@@ -57,6 +57,7 @@ def main() -> None:
     samplers = {
         "ODE euler": lambda m: sample_ode(transport, m, x0, method="euler", steps=args.steps, model_kwargs={"y": y}),
         "ODE heun": lambda m: sample_ode(transport, m, x0, method="heun", steps=args.steps, model_kwargs={"y": y}),
+        "ODE adams": lambda m: sample_ode(transport, m, x0, method="adams", steps=args.steps, model_kwargs={"y": y}),
         "ODE dopri5": lambda m: sample_ode(transport, m, x0, method="dopri5", atol=1e-6, rtol=1e-3,
                                            model_kwargs={"y": y}),
         "SDE euler-maruyama": lambda m: sample_sde(transport, m, x0, method="euler", steps=args.steps, w="sigma",

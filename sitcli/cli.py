@@ -102,7 +102,7 @@ def sample(
     src_format: str | None = typer.Option(None, "--from", help="Format of --ckpt where it cannot be told: official (SiT .pt) | dit | diffusers | sit (default: detected, as in `sit convert`)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
     sampler: str = typer.Option("ode", "--sampler", help="ode (probability flow) | sde."),
-    method: str | None = typer.Option(None, "--method", help="ODE: euler|heun|midpoint|rk4 (fixed grid), adams (4th-order multistep on a cosine grid, one NFE per step: any budget, robust across interpolants) or dopri5|dopri8|bosh3|tsit5 (adaptive), default heun; SDE: euler|heun, default euler."),
+    method: str | None = typer.Option(None, "--method", help="ODE: euler|heun|midpoint|rk4 (fixed grid), adams (4th-order multistep on a cosine grid, one NFE per step: any budget, robust across interpolants) or dopri5|dopri8|bosh3|tsit5 (adaptive), default adams; SDE: euler|heun, default euler."),
     steps: int | None = typer.Option(None, "--steps", help="Steps of a fixed-grid solver (default 50 ODE, 250 SDE)."),
     atol: float = typer.Option(1e-6, "--atol", help="Absolute tolerance of adaptive ODE solvers."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of adaptive ODE solvers."),

@@ -44,7 +44,7 @@ class SampleConfig:
     src_format: str | None = None  # format of ckpt (sit convert's --from); None: detected
     ema: bool = True
     sampler: str = "ode"
-    method: str | None = None  # ode: heun; sde: euler
+    method: str | None = None  # ode: adams; sde: euler
     steps: int | None = None  # ode: 50; sde: 250
     atol: float = 1e-6
     rtol: float = 1e-3
@@ -73,7 +73,7 @@ class SampleConfig:
     def __post_init__(self):
         if self.sampler not in ("ode", "sde"):
             raise InputError(f"unknown sampler {self.sampler!r}; choose ode or sde")
-        self.method = self.method or ("heun" if self.sampler == "ode" else "euler")
+        self.method = self.method or ("adams" if self.sampler == "ode" else "euler")
         self.steps = self.steps or (50 if self.sampler == "ode" else 250)
         self.cfg_interval = tuple(float(v) for v in self.cfg_interval)
         if self.num < 1 or self.batch_size < 1:

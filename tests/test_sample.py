@@ -76,7 +76,7 @@ def test_cli_outputs_npz_grid_and_labels(run, tmp_path):
     result = sit("sample", "--ckpt", run, "--out", out, "--num", 6, "--steps", 3, "--class-labels", 3, "--npz",
                  "--grid", tmp_path / "grid.png", "--batch-size", 4)
     assert result.exit_code == 0, result.output
-    assert "NFE per sample 6.0" in result.output and "images/s" in result.output
+    assert "NFE per sample 3.0" in result.output and "images/s" in result.output
     arr = np.load(out / "samples.npz")["arr_0"]
     assert arr.shape == (6, 8, 8, 3) and arr.dtype == np.uint8
     assert (out / "labels.csv").read_text().splitlines()[1:] == [f"{i},3" for i in range(6)]

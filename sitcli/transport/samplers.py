@@ -79,7 +79,7 @@ def sample_ode(
     transport: Transport,
     model: Callable,
     x0: torch.Tensor,
-    method: str = "heun",
+    method: str = "adams",
     steps: int = 50,
     atol: float = 1e-6,
     rtol: float = 1e-3,

@@ -129,6 +129,12 @@ def test_cosine_time_grid_is_dense_at_both_ends_and_exact_at_the_ends():
     assert steps[0] == pytest.approx(steps[-1]) and steps[0] < steps[5] / 5
     with pytest.raises(ValueError, match="spacing"):
         Transport("linear", "velocity").time_grid(0.0, 1.0, 10, spacing="log")
+    # In discrete time its short end steps snap onto one training time sooner than a uniform grid's.
+    discrete = Transport("linear", "velocity", num_timesteps=1000)
+    assert len(discrete.time_grid(0.0, 1.0, 50, spacing="cosine")) == 51
+    with pytest.raises(InputError, match="fewer steps or a uniform-grid method"):
+        discrete.time_grid(0.0, 1.0, 100, spacing="cosine")
+    assert len(discrete.time_grid(0.0, 1.0, 100)) == 101
 
 
 def test_samplers_keep_dtype_and_build_no_graph():

@@ -144,9 +144,10 @@ class Transport:
             grid = self.timestep_grid(dtype=torch.float64)
             times = grid[(times[:, None] - grid[None]).abs().argmin(dim=1)]
             if not bool((times[1:] > times[:-1]).all()):
+                uniform = " or a uniform-grid method (--method rk4)" if spacing == "cosine" else ""
                 raise InputError(
                     f"{steps} steps do not fit on the {self.num_timesteps}-point time grid between t={t0:g} "
-                    f"and t={t1:g}: use fewer steps or more --num-timesteps"
+                    f"and t={t1:g}: use fewer steps{uniform} or more --num-timesteps"
                 )
         return times.to(device=device, dtype=dtype)
 

@@ -214,12 +214,12 @@ def main() -> None:
         ref = best[("pytorch-fid", n)]
         for tool in TOOLS:
             r = best[(tool, n)]
-            speed = (n / r["wall_s"]) / (n / ref["wall_s"])
-            print(f"{n:7d} {tool:12s} {n / r['wall_s']:9.2f} {speed:14.2f} {r['peak_rss_mb']:12.1f} "
+            print(f"{n:7d} {tool:12s} {n / r['wall_s']:9.2f} {ref['wall_s'] / r['wall_s']:14.2f} {r['peak_rss_mb']:12.1f} "
                   f"{r['peak_rss_mb'] / ref['peak_rss_mb']:14.2f}")
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
-        print(f"peak memory growth from {lo} to {hi} images, MB per 1,000 images:")
+        print(f"peak memory growth from {lo} to {hi} images, MB per 1,000 images (peaks of identical runs "
+              f"differ by up to ~150 MB on CPU: compare with --repeats, or use --memory-trace):")
         for tool in TOOLS:
             grow = (best[(tool, hi)]["peak_rss_mb"] - best[(tool, lo)]["peak_rss_mb"]) / (hi - lo) * 1000
             print(f"  {tool:12s} {grow:8.1f}")

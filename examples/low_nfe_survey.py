@@ -67,22 +67,19 @@ def data_prediction_solver(transport: Transport, model, x0: torch.Tensor, grid: 
 
 def time_grid(kind: str, transport: Transport, steps: int) -> torch.Tensor:
     t0, t1 = transport.sample_interval()
-    u = np.linspace(0.0, 1.0, steps + 1)
-    if kind == "uniform":
-        f = u
-    elif kind == "cosine":
-        f = 0.5 - 0.5 * np.cos(np.pi * u)
-    elif kind == "late":
-        f = 1 - (1 - u) ** 1.5
-    else:  # uniform in lambda, clipped to [-6, 6] where it runs to -inf / inf at the ends
-        fine = torch.linspace(t0, t1, 100_001, dtype=torch.float64)
-        lam = (torch.log(transport.interpolant.alpha(fine)) - torch.log(transport.interpolant.sigma(fine))).numpy()
-        ok = np.isfinite(lam)
-        lo, hi = max(lam[ok][0], -6.0), min(lam[ok][-1], 6.0)
-        times = np.interp(np.linspace(lo, hi, steps + 1), lam[ok], fine.numpy()[ok])
-        times[0], times[-1] = t0, t1
-        return torch.tensor(times, dtype=torch.float64)
-    return torch.tensor(t0 + (t1 - t0) * f, dtype=torch.float64)
+    if kind in ("uniform", "cosine"):  # the library's grids (cosine is what --method adams uses)
+        return transport.time_grid(t0, t1, steps, dtype=torch.float64, spacing=kind)
+    if kind == "late":
+        u = np.linspace(0.0, 1.0, steps + 1)
+        return torch.tensor(t0 + (t1 - t0) * (1 - (1 - u) ** 1.5), dtype=torch.float64)
+    # uniform in lambda, clipped to [-6, 6] where it runs to -inf / inf at the ends
+    fine = torch.linspace(t0, t1, 100_001, dtype=torch.float64)
+    lam = (torch.log(transport.interpolant.alpha(fine)) - torch.log(transport.interpolant.sigma(fine))).numpy()
+    ok = np.isfinite(lam)
+    lo, hi = max(lam[ok][0], -6.0), min(lam[ok][-1], 6.0)
+    times = np.interp(np.linspace(lo, hi, steps + 1), lam[ok], fine.numpy()[ok])
+    times[0], times[-1] = t0, t1
+    return torch.tensor(times, dtype=torch.float64)
 
 
 METHODS = {

@@ -11,7 +11,7 @@ The ceiling is the same machine's plain ``torch.mm`` of two n x n matrices, 2 n^
 same dtype. Utilisation = model FLOP/s / matmul FLOP/s. Forward and matmul take turns call by
 call in one process, so the ratio holds even on a loaded machine.
 
-``--compile`` adds rows for ``torch.compile`` of the same model (what ``sit train --compile``
+``--compile`` adds rows for ``torch.compile`` of the same model (what ``sit train/sample --compile``
 does): the FLOPs are the eager model's, the time the compiled one's; the build (minutes on a
 CPU) happens in the warm-up call and is not timed.
 """

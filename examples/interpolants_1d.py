@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from sitcli.transport import GaussianMixture, Transport
+from sitcli.transport.time_grids import cosine_times
 
 TARGETS = {
     "Bernoulli at +-1": GaussianMixture([[-1.0], [1.0]], [1e-3, 1e-3]),
@@ -44,8 +45,7 @@ LEVELS = (np.arange(4000) + 0.5) / 4000  # quantile levels u of the particles
 def time_grid(interpolant: str, n: int = 1201) -> np.ndarray:
     """Times over the sampling interval, denser near both ends where VP's velocity is largest."""
     t0, t1 = Transport(interpolant, "velocity").sample_interval()
-    s = (1 - np.cos(np.pi * np.linspace(0, 1, n))) / 2
-    return t0 + (t1 - t0) * s
+    return cosine_times(t0, t1, n - 1).numpy()
 
 
 def quantile_paths(mixture: GaussianMixture, interpolant: str, times: np.ndarray) -> np.ndarray:

@@ -24,13 +24,14 @@ import argparse
 import numpy as np
 import torch
 
-from sitcli.transport import GaussianMixture, Transport, log_likelihood, sample_ode, sample_sde
+from sitcli.transport import ODE_METHODS, GaussianMixture, Transport, log_likelihood, sample_ode, sample_sde
 
 MIXTURE_1D = GaussianMixture([[-1.0], [2.0]], [0.3, 0.5], [0.4, 0.6])
 # Narrower, three components: a velocity field that bends harder near t = 1.
 MIXTURE_1D_NARROW = GaussianMixture([[-2.0], [0.0], [2.5]], [0.1, 0.2, 0.15], [0.3, 0.3, 0.4])
 MIXTURE_2D = GaussianMixture([[-1.0, 0.5], [1.5, -1.0], [0.0, 2.0]], [[0.3, 0.5], [0.6, 0.2], [0.4, 0.4]], [0.3, 0.3, 0.4])
-FIXED = [("euler", 1), ("heun", 2), ("midpoint", 2), ("rk4", 4), ("adams", 1)]
+# Every method that takes ``steps`` (fixed grid and multistep), with its model evaluations per step.
+FIXED = [(name, m.nfe_per_step) for name, m in ODE_METHODS.items() if m.kind != "adaptive"]
 
 
 def exact_endpoint(interpolant: str, x0: torch.Tensor, t0: float, t1: float,

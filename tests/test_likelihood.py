@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sitcli.errors import InputError
-from sitcli.transport import GaussianMixture, Transport, log_likelihood
+from sitcli.transport import LIKELIHOOD_METHODS, GaussianMixture, Transport, log_likelihood
 
 F64 = torch.float64
 GM = GaussianMixture([[-1.0, 0.5], [1.5, -1.0], [0.0, 2.0]], [[0.3, 0.5], [0.6, 0.2], [0.4, 0.4]], [0.3, 0.3, 0.4])
@@ -65,3 +65,8 @@ def test_works_under_inference_mode_and_rejects_bad_names():
     assert torch.isfinite(logp).all()
     with pytest.raises(InputError, match="unknown divergence"):
         log_likelihood(tr, GM.model("linear", "velocity"), x1, divergence="skilling")
+    # adams steps one tensor, not the (x, integral) pair: not a likelihood method.
+    with pytest.raises(InputError, match=f"unknown ODE method 'adams': choose one of {', '.join(LIKELIHOOD_METHODS)}$"):
+        log_likelihood(tr, GM.model("linear", "velocity"), x1, method="adams")
+    with pytest.raises(InputError, match="adaptive ODE method 'dopri5' steps off the discrete time grid"):
+        log_likelihood(Transport(num_timesteps=100), GM.model("linear", "velocity"), x1, method="dopri5")

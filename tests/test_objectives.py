@@ -118,6 +118,37 @@ def test_training_loss_draws_reproducibly_and_checks_shapes():
         tr.training_loss(lambda x, t: x[:, :1], x1)
 
 
+@pytest.mark.parametrize("name,prediction,loss_weight", [("linear", "velocity", None), ("gvp", "score", "velocity"),
+                                                         ("vp", "noise", "likelihood")])
+def test_regression_loss_is_the_training_loss_without_the_model_call(name, prediction, loss_weight):
+    tr = Transport(name, prediction, loss_weight)
+    model = GM.model(name, "velocity")  # any callable: the loss need not be small
+    x1 = GM.sample(16, generator=torch.Generator().manual_seed(1))
+    expected = tr.training_loss(model, x1, generator=torch.Generator().manual_seed(2))
+    t, noise = tr.draw_time_and_noise(x1, torch.Generator().manual_seed(2))
+    output = model(tr.interpolant.interpolate(x1, noise, t), t)
+    assert torch.equal(tr.regression_loss(output, x1, noise, t), expected)
+    assert torch.equal(objectives.regression_loss(tr.interpolant, prediction, loss_weight, output, x1, noise, t),
+                       expected)
+    assert torch.equal(objectives.training_loss(tr.interpolant, prediction, loss_weight, model, x1, noise, t), expected)
+    with pytest.raises(ValueError, match="model output has shape"):
+        tr.regression_loss(output[:, :1], x1, noise, t)
+
+
+def test_draw_time_and_noise_draws_time_then_noise():
+    tr = Transport("linear", "noise", num_timesteps=50)
+    x1 = torch.zeros(8, 3, dtype=torch.float64)
+    t, noise = tr.draw_time_and_noise(x1, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(t, tr.sample_time(8, dtype=torch.float64, generator=g))
+    assert torch.equal(noise, torch.randn(8, 3, dtype=torch.float64, generator=g))
+    # A given t is kept and not drawn: the noise then comes first from the generator.
+    given = torch.full((8,), 0.5, dtype=torch.float64)
+    t2, noise2 = tr.draw_time_and_noise(x1, torch.Generator().manual_seed(3), t=given)
+    assert t2 is given and torch.equal(noise2, torch.randn(8, 3, dtype=torch.float64,
+                                                          generator=torch.Generator().manual_seed(3)))
+
+
 def test_unknown_names_are_clear_errors():
     with pytest.raises(InputError, match="choose one of velocity, score, noise"):
         Transport(prediction="epsilon")

@@ -122,21 +122,6 @@ def test_adams_reaches_dopri5_default_accuracy_with_two_thirds_of_its_evaluation
         assert error(x_adams) < error(x_rk4) / 2
 
 
-def test_cosine_time_grid_is_dense_at_both_ends_and_exact_at_the_ends():
-    grid = Transport("linear", "velocity").time_grid(0.0, 1.0, 10, dtype=F64, spacing="cosine")
-    steps = grid.diff()
-    assert grid[0] == 0 and grid[-1] == 1 and bool((steps > 0).all())
-    assert steps[0] == pytest.approx(steps[-1]) and steps[0] < steps[5] / 5
-    with pytest.raises(ValueError, match="spacing"):
-        Transport("linear", "velocity").time_grid(0.0, 1.0, 10, spacing="log")
-    # In discrete time its short end steps snap onto one training time sooner than a uniform grid's.
-    discrete = Transport("linear", "velocity", num_timesteps=1000)
-    assert len(discrete.time_grid(0.0, 1.0, 50, spacing="cosine")) == 51
-    with pytest.raises(InputError, match="fewer steps or a uniform-grid method"):
-        discrete.time_grid(0.0, 1.0, 100, spacing="cosine")
-    assert len(discrete.time_grid(0.0, 1.0, 100)) == 101
-
-
 def test_samplers_keep_dtype_and_build_no_graph():
     tr = Transport()
     model = GM.model("linear", "velocity")

@@ -1,27 +1,43 @@
 """The math of SiT: interpolants, predictions and losses, samplers and likelihood. No I/O, no model.
 
     from sitcli.transport import Transport, sample_ode, sample_sde, log_likelihood
+
+Modules (time runs from t = 0, noise, to t = 1, data):
+
+    interpolants    x_t = alpha_t x1 + sigma_t eps: linear, GVP, VP, and their derivatives
+    objectives      what the model predicts, conversions between predictions, the regression loss
+    transport       ``Transport``: interpolant + prediction + loss weight, safe time intervals, discrete time
+    time_sampling   the density training times are drawn from
+    time_grids      the time grids samplers step on (uniform, cosine; snapped in discrete time)
+    methods         the registry of ODE and SDE methods and last steps
+    integrate       the one ODE integration (fixed grid, multistep, adaptive) behind samplers and likelihood
+    adams           sit's variable-step Adams-Bashforth solver
+    tsit5           Tsitouras' 5(4) pair, registered with torchdiffeq
+    samplers        ``sample_ode``, ``sample_sde``
+    diffusion       the diffusion coefficients w(t) of the sampling SDE
+    likelihood      ``log_likelihood`` through the probability-flow ODE
+    mixture         ``GaussianMixture``: exact fields and densities, for tests and examples
+    ddpm            DiT's discrete DDPM schedule as an interpolant
 """
 
 from sitcli.transport.diffusion import DIFFUSION_COEFFICIENTS, diffusion_coefficient
 from sitcli.transport.interpolants import GVP, INTERPOLANTS, VP, Interpolant, Linear, get_interpolant
 from sitcli.transport.likelihood import log_likelihood
+from sitcli.transport.methods import LAST_STEPS, LIKELIHOOD_METHODS, ODE_METHODS, SDE_METHODS
 from sitcli.transport.mixture import GaussianMixture
 from sitcli.transport.objectives import LOSS_WEIGHTS, PREDICTIONS
-from sitcli.transport.samplers import (
-    ADAPTIVE_METHODS,
-    FIXED_GRID_METHODS,
-    LAST_STEPS,
-    MULTISTEP_METHODS,
-    SDE_METHODS,
-    sample_ode,
-    sample_sde,
-)
+from sitcli.transport.samplers import sample_ode, sample_sde
 from sitcli.transport.transport import Transport
+
+# TEMPORARY: until sitcli/sample.py uses the registry
+FIXED_GRID_METHODS = {n: (m.solver, m.nfe_per_step) for n, m in ODE_METHODS.items() if m.kind == "fixed"}
+MULTISTEP_METHODS = {n: m.order for n, m in ODE_METHODS.items() if m.kind == "multistep"}
+ADAPTIVE_METHODS = tuple(n for n, m in ODE_METHODS.items() if m.kind == "adaptive")
 
 __all__ = [
     "Transport", "sample_ode", "sample_sde", "log_likelihood", "GaussianMixture",
     "Interpolant", "Linear", "GVP", "VP", "INTERPOLANTS", "get_interpolant",
     "PREDICTIONS", "LOSS_WEIGHTS", "DIFFUSION_COEFFICIENTS", "diffusion_coefficient",
-    "FIXED_GRID_METHODS", "MULTISTEP_METHODS", "ADAPTIVE_METHODS", "SDE_METHODS", "LAST_STEPS",
+    "ODE_METHODS", "SDE_METHODS", "LAST_STEPS", "LIKELIHOOD_METHODS",
+    "FIXED_GRID_METHODS", "MULTISTEP_METHODS", "ADAPTIVE_METHODS",
 ]

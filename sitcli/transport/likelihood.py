@@ -5,7 +5,7 @@ Along dX = v(X, t) dt the log-density changes as d/dt log p_t(X_t) = -div v(X_t,
     log p_1(x1) = log N(x_0; 0, I) - int_{t0}^{t1} div v(x_t, t) dt,
 
 where x_t is the ODE solution run backwards from x_{t1} = x1 (data) to t0 (noise). The state
-(x_t, int_t^{t1} div v) is integrated in one torchdiffeq solve. The divergence is exact (one
+(x_t, int_t^{t1} div v) is integrated in one solve (``integrate``). The divergence is exact (one
 backward pass per dimension: for small dimensions) or Hutchinson's estimate eps^T (dv/dx) eps with
 Rademacher probes eps drawn once per sample and held fixed over the solve (unbiased; for images).
 """
@@ -16,10 +16,11 @@ import math
 from typing import Callable
 
 import torch
-from torchdiffeq import odeint
 
 from sitcli.errors import InputError
-from sitcli.transport.samplers import ADAPTIVE_METHODS, FIXED_GRID_METHODS, CountingModel
+from sitcli.transport.integrate import integrate, integration_times
+from sitcli.transport.methods import LIKELIHOOD_METHODS, ode_method
+from sitcli.transport.samplers import CountingModel
 from sitcli.transport.transport import Transport
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -55,7 +56,8 @@ def log_likelihood(
     """log p(x1) in nats, shape (B,), with a standard normal prior at t0.
 
     Args:
-        method: an adaptive method (``atol``/``rtol``) or a fixed-grid one (``steps`` steps).
+        method: one of ``methods.LIKELIHOOD_METHODS``: adaptive (``atol``/``rtol``) or fixed-grid
+            (``steps`` steps).
         divergence: "exact" or "hutchinson".
         generator: draws the Hutchinson probes.
         prior_log_prob: log-density of x at t0, (B, ...) -> (B,); standard normal by default, which
@@ -81,25 +83,16 @@ def log_likelihood(
         return v.detach(), div.detach()
 
     t0, t1 = transport.sample_interval()
+    ode = ode_method(method, choices=LIKELIHOOD_METHODS)
     state = (x1.detach(), torch.zeros(x1.shape[0], dtype=x1.dtype, device=x1.device))
     with torch.inference_mode(False), torch.no_grad():
-        if method in FIXED_GRID_METHODS:
-            grid = transport.time_grid(t0, t1, steps, device=x1.device, dtype=x1.dtype).flip(0)
-            options = {"grid_constructor": lambda *_: grid}
-            xs, integrals = odeint(dynamics, state, grid[[0, -1]], method=FIXED_GRID_METHODS[method][0], options=options)
-        elif method in ADAPTIVE_METHODS:
-            if transport.num_timesteps is not None:
-                raise InputError(f"adaptive method {method!r} steps off the discrete time grid: use a fixed-grid method")
-            times = torch.tensor([t1, t0], device=x1.device, dtype=x1.dtype)
-            options = {"step_t": times[1:]}  # never evaluate the model past t0 (see sample_ode)
-            xs, integrals = odeint(dynamics, state, times, method=method, atol=atol, rtol=rtol, options=options)
-        else:
-            methods = ", ".join([*FIXED_GRID_METHODS, *ADAPTIVE_METHODS])
-            raise InputError(f"unknown ODE method {method!r}: choose one of {methods}")
+        discrete_grid = transport.timestep_grid(dtype=torch.float64)
+        times = integration_times(ode, t0, t1, steps, discrete_grid, x1.device, x1.dtype).flip(0)  # data to noise
+        x0, integral = integrate(dynamics, state, ode, times, atol=atol, rtol=rtol)
     if prior_log_prob is not None:
-        log_prior = prior_log_prob(xs[-1])
+        log_prior = prior_log_prob(x0)
     else:
-        x0 = xs[-1].flatten(1)
-        log_prior = -0.5 * (x0**2).sum(dim=1) - 0.5 * x0.shape[1] * math.log(2 * math.pi)
-    # integrals[-1] = int_{t1}^{t0} div v dt = -int_{t0}^{t1} div v dt
-    return log_prior + integrals[-1]
+        flat = x0.flatten(1)
+        log_prior = -0.5 * (flat**2).sum(dim=1) - 0.5 * flat.shape[1] * math.log(2 * math.pi)
+    # integral = int_{t1}^{t0} div v dt = -int_{t0}^{t1} div v dt
+    return log_prior + integral

@@ -131,6 +131,23 @@ def regression_error(interpolant: Interpolant, prediction: str, output, x1, nois
     return interpolant.sigma(expand_time(t, x1)) * output + noise
 
 
+def regression_loss(
+    interpolant: Interpolant,
+    prediction: str,
+    loss_weight: str | None,
+    output: torch.Tensor,
+    x1: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+) -> torch.Tensor:
+    """lambda_t * mean over dimensions of the squared regression error of ``output``; shape (B,)."""
+    if output.shape != x1.shape:
+        raise ValueError(f"model output has shape {tuple(output.shape)}, expected {tuple(x1.shape)}")
+    error = regression_error(interpolant, prediction, output.to(x1.dtype), x1, noise, t)
+    per_sample = error.pow(2).flatten(1).mean(dim=1)
+    return loss_weight_factor(interpolant, prediction, loss_weight, t).to(per_sample.dtype) * per_sample
+
+
 def training_loss(
     interpolant: Interpolant,
     prediction: str,
@@ -141,11 +158,7 @@ def training_loss(
     t: torch.Tensor,
     model_kwargs: dict | None = None,
 ) -> torch.Tensor:
-    """lambda_t * mean over dimensions of the squared regression error; shape (B,)."""
+    """``regression_loss`` of the model evaluated at x_t = alpha_t x1 + sigma_t noise; shape (B,)."""
     x_t = interpolant.interpolate(x1, noise, t)
     output = model(x_t, t, **(model_kwargs or {}))
-    if output.shape != x1.shape:
-        raise ValueError(f"model output has shape {tuple(output.shape)}, expected {tuple(x1.shape)}")
-    error = regression_error(interpolant, prediction, output.to(x1.dtype), x1, noise, t)
-    per_sample = error.pow(2).flatten(1).mean(dim=1)
-    return loss_weight_factor(interpolant, prediction, loss_weight, t).to(per_sample.dtype) * per_sample
+    return regression_loss(interpolant, prediction, loss_weight, output, x1, noise, t)

@@ -4,7 +4,7 @@ Both take any callable ``model(x, t, **model_kwargs)`` (t of shape (B,)), conver
 the transport, and return ``(samples, nfe)`` where nfe counts model evaluations (a guided model
 counts one per call). Samples keep the dtype and device of ``x0``.
 
-ODE (probability flow):  dX = v(X, t) dt,   solved by torchdiffeq on a fixed grid or adaptively.
+ODE (probability flow):  dX = v(X, t) dt,   solved by ``integrate`` with a method of ``methods``.
 SDE:                     dX = [v(X, t) + w(t) s(X, t)] dt + sqrt(2 w(t)) dW,   see ``diffusion``.
 """
 
@@ -13,22 +13,13 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
-from torchdiffeq import odeint
 
-import sitcli.transport.tsit5  # noqa: F401  (registers method "tsit5" with torchdiffeq)
 from sitcli.errors import InputError
 from sitcli.transport.diffusion import check_diffusion_coefficient, diffusion_coefficient
+from sitcli.transport.integrate import integrate, integration_times
+from sitcli.transport.methods import LAST_STEPS, ode_method, sde_method
 from sitcli.transport.transport import Transport
-
-# sit name -> (torchdiffeq name, model evaluations per step)
-FIXED_GRID_METHODS = {"euler": ("euler", 1), "heun": ("heun2", 2), "midpoint": ("midpoint", 2), "rk4": ("rk4", 4)}
-# sit name -> order; one model evaluation per step, on a cosine time grid
-MULTISTEP_METHODS = {"adams": 4}
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "tsit5")
-SDE_METHODS = ("euler", "heun")
-LAST_STEPS = ("mean", "tweedie", "euler", "none")
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
@@ -45,29 +36,6 @@ class CountingModel:
         self.nfe += 1
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         return self.model(x, t, **self.model_kwargs).to(x.dtype), t
-
-
-def adams_bashforth(velocity: Callable, x0: torch.Tensor, grid: torch.Tensor, order: int = 4) -> torch.Tensor:
-    """Variable-step Adams-Bashforth: one velocity evaluation per step,
-
-        x_{n+1} = x_n + sum_j v(x_j, t_j) * integral_{t_n}^{t_{n+1}} l_j(s) ds,
-
-    over the last k = min(order, n + 1) points, l_j their Lagrange basis polynomials (integrated
-    exactly by Gauss-Legendre). The first steps start at orders 1, 2, 3: on a grid whose first
-    steps are O(h^2) (cosine spacing) their errors stay below the O(h^4) of the rest.
-    """
-    nodes, weights = np.polynomial.legendre.leggauss(order)  # exact up to degree 2 order - 1
-    times, velocities, x = [], [], x0
-    for t, t_next in zip(grid[:-1].tolist(), grid[1:].tolist()):
-        times.append(t)
-        velocities.append(velocity(grid.new_tensor(t), x))
-        past = times[-order:]
-        s = (t_next - t) / 2 * nodes + (t + t_next) / 2
-        for j, v in enumerate(velocities[-order:]):
-            basis = np.prod([(s - tm) / (past[j] - tm) for m, tm in enumerate(past) if m != j], axis=0)
-            x = x + float((t_next - t) / 2 * np.sum(weights * basis)) * v
-        del times[:-order], velocities[:-order]
-    return x
 
 
 def _grad_mode(x0: torch.Tensor):
@@ -88,12 +56,12 @@ def sample_ode(
     """Integrate the probability-flow ODE from noise x0 at t0 to data at t1.
 
     Args:
-        method: fixed grid "euler" | "heun" | "midpoint" | "rk4" (``steps`` uniform steps, so nfe
-            is steps x 1, 2, 2, 4); multistep "adams" (4th-order Adams-Bashforth on a cosine
-            grid, nfe = steps: on the mixtures of ``examples/sampler_nfe.py`` it reaches dopri5's
-            default accuracy with 0.52-0.59x its NFE for every interpolant, where rk4 needs
-            0.50-0.73x, or more than 64 NFE on VP); or adaptive "dopri5" | "dopri8" | "bosh3" |
-            "tsit5" (``atol``, ``rtol``; ``steps`` ignored).
+        method: a name in ``methods.ODE_METHODS``: fixed grid "euler" | "heun" | "midpoint" | "rk4"
+            (``steps`` uniform steps, so nfe is steps x 1, 2, 2, 4); multistep "adams" (4th-order
+            Adams-Bashforth on a cosine grid, nfe = steps: on the mixtures of
+            ``examples/sampler_nfe.py`` it reaches dopri5's default accuracy with 0.52-0.59x its
+            NFE for every interpolant, where rk4 needs 0.50-0.73x, or more than 64 NFE on VP); or
+            adaptive "dopri5" | "dopri8" | "bosh3" | "tsit5" (``atol``, ``rtol``; ``steps`` ignored).
     Returns:
         (samples, nfe).
     """
@@ -104,28 +72,10 @@ def sample_ode(
         return transport.velocity(output, x, t_batch)
 
     t0, t1 = transport.sample_interval()
+    ode = ode_method(method)
+    times = integration_times(ode, t0, t1, steps, transport.timestep_grid(dtype=torch.float64), x0.device, x0.dtype)
     with _grad_mode(x0):
-        if method in FIXED_GRID_METHODS:
-            grid = transport.time_grid(t0, t1, steps, device=x0.device, dtype=x0.dtype)
-            solver, _ = FIXED_GRID_METHODS[method]
-            options = {"grid_constructor": lambda *_: grid}
-            x = odeint(velocity, x0, grid[[0, -1]], method=solver, options=options)[-1]
-        elif method in MULTISTEP_METHODS:
-            grid = transport.time_grid(t0, t1, steps, device=x0.device, dtype=x0.dtype, spacing="cosine")
-            x = adams_bashforth(velocity, x0, grid, MULTISTEP_METHODS[method])
-        elif method in ADAPTIVE_METHODS:
-            if transport.num_timesteps is not None:
-                raise InputError(
-                    f"adaptive ODE method {method!r} steps off the discrete time grid: use euler, heun, midpoint or rk4"
-                )
-            times = torch.tensor([t0, t1], device=x0.device, dtype=x0.dtype)
-            # step_t makes the solver land on t1 instead of stepping past it and interpolating back,
-            # so the model is never evaluated outside [t0, t1].
-            options = {"step_t": times[1:]}
-            x = odeint(velocity, x0, times, method=method, atol=atol, rtol=rtol, options=options)[-1]
-        else:
-            methods = ", ".join([*FIXED_GRID_METHODS, *MULTISTEP_METHODS, *ADAPTIVE_METHODS])
-            raise InputError(f"unknown ODE method {method!r}: choose one of {methods}")
+        x = integrate(velocity, x0, ode, times, atol=atol, rtol=rtol)
     return x, counter.nfe
 
 
@@ -173,8 +123,7 @@ def sample_sde(
     """
     w = check_diffusion_coefficient(w)
     last_step = "none" if last_step is None else str(last_step).lower()
-    if method not in SDE_METHODS:
-        raise InputError(f"unknown SDE method {method!r}: choose euler or heun")
+    sde_method(method)  # refuses an unknown name before any work
     if last_step not in LAST_STEPS:
         raise InputError(f"unknown last step {last_step!r}: choose one of {', '.join(LAST_STEPS)}")
     if w_norm < 0:

@@ -15,21 +15,23 @@ By default only the singular ends are moved in, by 1e-3 (1e-5 when training VP);
 An explicit 0 where an end is singular is refused with a message saying so.
 
 Discrete time (``num_timesteps=T``): training draws t from the T-point grid spanning the training
-interval, and fixed-grid samplers step on points of that grid.
+interval, and fixed-grid and multistep samplers step on points of that grid.
+
+Training: ``training_loss`` is ``draw_time_and_noise``, the model at x_t, then ``regression_loss``;
+a training loop that adds loss terms calls the pieces itself, on the same draws.
 """
 
 from __future__ import annotations
-
-import math
 
 from typing import Callable
 
 import torch
 
 from sitcli.errors import InputError
-from sitcli.transport import objectives
+from sitcli.transport import objectives, time_grids
 from sitcli.transport.diffusion import check_diffusion_coefficient
 from sitcli.transport.interpolants import Interpolant, get_interpolant
+from sitcli.transport.time_sampling import sample_training_time
 
 
 class Transport:
@@ -113,55 +115,52 @@ class Transport:
         w = check_diffusion_coefficient(w) if (sde and w is not None) else None
         return self._interval(self.sample_eps, training=False, w=w)
 
-    # ---------------------------------------------------------------- discrete time
+    # ---------------------------------------------------------------- time grids and training times
 
     def timestep_grid(self, device=None, dtype=torch.float32) -> torch.Tensor | None:
         """The T training times (discrete time), or None in continuous time."""
         if self.num_timesteps is None:
             return None
-        t0, t1 = self._train_interval
-        return torch.linspace(t0, t1, self.num_timesteps, device=device, dtype=dtype)
+        return time_grids.training_grid(*self._train_interval, self.num_timesteps, device=device, dtype=dtype)
 
     def time_grid(
         self, t0: float, t1: float, steps: int, device=None, dtype=torch.float32, spacing: str = "uniform"
     ) -> torch.Tensor:
-        """steps + 1 increasing times from t0 to t1; in discrete time, snapped to the training grid.
-
-        ``spacing`` "uniform", or "cosine": t0 + (t1 - t0) (1 - cos(pi u)) / 2 for u uniform on
-        [0, 1], steps of O(1/steps^2) at both ends and O(1/steps) in the middle.
-        """
-        if steps < 1:
-            raise InputError(f"steps={steps} is invalid: pass at least 1 step")
-        if spacing == "uniform":
-            times = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
-        elif spacing == "cosine":
-            u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-            times = t0 + (t1 - t0) * (1 - torch.cos(math.pi * u)) / 2
-            times[-1] = t1  # exactly, whatever the rounding
-        else:
-            raise ValueError(f"unknown spacing {spacing!r}: uniform or cosine")
-        if self.num_timesteps is not None:
-            grid = self.timestep_grid(dtype=torch.float64)
-            times = grid[(times[:, None] - grid[None]).abs().argmin(dim=1)]
-            if not bool((times[1:] > times[:-1]).all()):
-                uniform = " or a uniform-grid method (--method rk4)" if spacing == "cosine" else ""
-                raise InputError(
-                    f"{steps} steps do not fit on the {self.num_timesteps}-point time grid between t={t0:g} "
-                    f"and t={t1:g}: use fewer steps{uniform} or more --num-timesteps"
-                )
-        return times.to(device=device, dtype=dtype)
+        """steps + 1 increasing times from t0 to t1 on ``spacing`` ("uniform" or "cosine", see
+        ``time_grids``); in discrete time, snapped to the training grid."""
+        discrete_grid = self.timestep_grid(dtype=torch.float64)
+        return time_grids.time_grid(t0, t1, steps, spacing, discrete_grid, device=device, dtype=dtype)
 
     def sample_time(
         self, batch: int, device=None, dtype=torch.float32, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Training times, shape (batch,): uniform on [t0, t1], or on the grid in discrete time."""
-        t0, t1 = self._train_interval
-        if self.num_timesteps is not None:
-            index = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
-            return self.timestep_grid(device=device, dtype=dtype)[index]
-        return t0 + (t1 - t0) * torch.rand(batch, device=device, dtype=dtype, generator=generator)
+        return sample_training_time(
+            batch, self._train_interval, self.num_timesteps, device=device, dtype=dtype, generator=generator
+        )
 
     # ---------------------------------------------------------------- training
+
+    def draw_time_and_noise(
+        self,
+        x1: torch.Tensor,
+        generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, eps) for a batch of data x1: t from ``sample_time``, then eps ~ N(0, I) shaped like x1,
+        both from ``generator`` in that order. A t or noise that is given is kept, not drawn."""
+        if t is None:
+            t = self.sample_time(x1.shape[0], device=x1.device, dtype=x1.dtype, generator=generator)
+        if noise is None:
+            noise = torch.randn(x1.shape, device=x1.device, dtype=x1.dtype, generator=generator)
+        return t, noise
+
+    def regression_loss(
+        self, output: torch.Tensor, x1: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-sample loss, shape (B,), of a model ``output`` at x_t built from (x1, noise, t)."""
+        return objectives.regression_loss(self.interpolant, self.prediction, self.loss_weight, output, x1, noise, t)
 
     def training_loss(
         self,
@@ -173,10 +172,7 @@ class Transport:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Per-sample loss, shape (B,), for data x1; t and noise are drawn unless given."""
-        if t is None:
-            t = self.sample_time(x1.shape[0], device=x1.device, dtype=x1.dtype, generator=generator)
-        if noise is None:
-            noise = torch.randn(x1.shape, device=x1.device, dtype=x1.dtype, generator=generator)
+        t, noise = self.draw_time_and_noise(x1, generator, t=t, noise=noise)
         return objectives.training_loss(
             self.interpolant, self.prediction, self.loss_weight, model, x1, noise, t, model_kwargs
         )
@@ -188,9 +184,6 @@ class Transport:
 
     def score(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return objectives.predicted_score(self.interpolant, self.prediction, output, x, t)
-
-    def noise(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return objectives.predicted_noise(self.interpolant, self.prediction, output, x, t)
 
     def data(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return objectives.predicted_data(self.interpolant, self.prediction, output, x, t)

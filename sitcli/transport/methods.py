@@ -1,0 +1,121 @@
+"""The registry of sampler methods: every ODE and SDE method sit offers, by name.
+
+Each ODE method has a kind, which decides how ``integrate`` runs it:
+
+    fixed       a torchdiffeq Runge-Kutta solver stepping on a given time grid (``steps`` steps)
+    multistep   one of sit's own solvers, a callable (velocity, x0, grid) -> x, on a given grid
+    adaptive    a torchdiffeq solver choosing its own steps from ``atol`` / ``rtol``
+
+The CLI builds its choices and help from these tables. A new ODE method is one more entry in
+``ODE_METHODS`` (plus its solver function when it is a new algorithm); the order of the entries
+is the order users see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterable
+
+from sitcli.errors import InputError
+from sitcli.transport.adams import adams_bashforth
+
+
+@dataclass(frozen=True)
+class ODEMethod:
+    """One ODE method.
+
+    Attributes:
+        name: the name users pass (``--method``).
+        kind: "fixed", "multistep" or "adaptive".
+        nfe_per_step: model evaluations per step; None for adaptive methods.
+        spacing: the ``time_grids.SPACINGS`` name of the grid a fixed/multistep method steps on;
+            None for adaptive methods.
+        summary: a short phrase for help texts.
+        order: the order of accuracy.
+        solver: the torchdiffeq method name (fixed, adaptive) or a callable
+            ``(velocity, x0, grid) -> x`` (multistep).
+    """
+
+    name: str
+    kind: str
+    nfe_per_step: int | None
+    spacing: str | None
+    summary: str
+    order: int
+    solver: str | Callable
+
+
+@dataclass(frozen=True)
+class SDEMethod:
+    """One SDE method (the steps themselves are written out in ``samplers.sample_sde``)."""
+
+    name: str
+    nfe_per_step: int
+    summary: str
+
+
+ODE_KINDS = ("fixed", "multistep", "adaptive")
+
+
+def _fixed(name: str, solver: str, nfe: int, order: int, summary: str) -> ODEMethod:
+    return ODEMethod(name, "fixed", nfe, "uniform", f"{summary}, uniform grid", order, solver)
+
+
+def _adaptive(name: str, order: int, summary: str) -> ODEMethod:
+    return ODEMethod(name, "adaptive", None, None, f"{summary}, adaptive", order, name)
+
+
+_ADAMS_ORDER = 4
+
+ODE_METHODS: dict[str, ODEMethod] = {
+    m.name: m
+    for m in (
+        _fixed("euler", "euler", 1, 1, "1st-order Euler"),
+        _fixed("heun", "heun2", 2, 2, "2nd-order Heun"),
+        _fixed("midpoint", "midpoint", 2, 2, "2nd-order midpoint"),
+        _fixed("rk4", "rk4", 4, 4, "4th-order Runge-Kutta"),
+        ODEMethod(
+            "adams", "multistep", 1, "cosine", "4th-order Adams-Bashforth, one NFE per step, cosine grid",
+            _ADAMS_ORDER, partial(adams_bashforth, order=_ADAMS_ORDER),
+        ),
+        _adaptive("dopri5", 5, "5th-order Dormand-Prince"),
+        _adaptive("dopri8", 8, "8th-order Dormand-Prince"),
+        _adaptive("bosh3", 3, "3rd-order Bogacki-Shampine"),
+        _adaptive("tsit5", 5, "5th-order Tsitouras"),  # registered with torchdiffeq by sitcli.transport.tsit5
+    )
+}
+
+SDE_METHODS: dict[str, SDEMethod] = {
+    m.name: m
+    for m in (
+        SDEMethod("euler", 1, "Euler-Maruyama"),
+        SDEMethod("heun", 2, "stochastic Heun: noise first, then a Heun step"),
+    )
+}
+
+LAST_STEPS: tuple[str, ...] = ("mean", "tweedie", "euler", "none")
+
+# sit's multistep solvers step a single tensor, not the likelihood's (x, divergence integral) pair.
+LIKELIHOOD_METHODS: tuple[str, ...] = tuple(n for n, m in ODE_METHODS.items() if m.kind != "multistep")
+
+
+def ode_method(name: str, choices: Iterable[str] | None = None) -> ODEMethod:
+    """The ODE method called ``name``; InputError naming the ``choices`` (all methods by default) otherwise."""
+    choices = list(ODE_METHODS if choices is None else choices)
+    if name not in choices:
+        raise InputError(f"unknown ODE method {name!r}: choose one of {', '.join(choices)}")
+    return ODE_METHODS[name]
+
+
+def sde_method(name: str) -> SDEMethod:
+    """The SDE method called ``name``; InputError naming the choices otherwise."""
+    if name not in SDE_METHODS:
+        raise InputError(f"unknown SDE method {name!r}: choose {' or '.join(SDE_METHODS)}")
+    return SDE_METHODS[name]
+
+
+def fixed_grid_names() -> str:
+    """The fixed-grid methods as a phrase, "euler, heun, midpoint or rk4" (for error messages)."""
+    names = [n for n, m in ODE_METHODS.items() if m.kind == "fixed"]
+    return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]

@@ -119,9 +119,9 @@ def plot(curves: dict, png: str) -> None:
 
 def trained(ckpt: str, n: int) -> None:
     """Mean |x - reference| vs NFE for adams, rk4 and heun on a trained model, next to dopri5's default."""
-    from sitcli.sample import load_trained
+    from sitcli.loading import load_model
 
-    run = load_trained(ckpt)
+    run = load_model(ckpt)
     cfg, transport, model = run.config, run.transport, run.model.double()
     x0 = torch.randn(n, cfg.in_channels, cfg.input_size, cfg.input_size, dtype=torch.float64,
                      generator=torch.Generator().manual_seed(0))

@@ -77,20 +77,31 @@ def cache_latents(
     cannot be read are reported and left out. The arrays are written under temporary names and
     renamed once complete, so an interrupted pass leaves no cache that looks finished.
     """
-    from torch.utils.data import DataLoader
-
-    from rich.progress import track
-
-    from sitcli.checkpoint import atomic_write_text
-    from sitcli.data import LATENT_MANIFEST, ImageFolderDataset, is_latent_cache, to_unit_range
+    from sitcli.data import ImageFolderDataset, is_latent_cache
+    from sitcli.runtime import resolve_device
 
     out_dir = Path(out)
     if is_latent_cache(out_dir):
         raise InputError(f"{out_dir} already holds a latent cache; train on it with --data {out_dir} or pick a new --out")
     dataset = ImageFolderDataset(data, image_size)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     model = load_vae(vae, dev)
-    channels, side = latent_shape(model, image_size)
+    latent_shape(model, image_size)  # refuses a size the VAE cannot encode, before anything is written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_latents = out_dir / "latents.npy.tmp"
+    labels = _encode_folder(dataset, model, image_size, tmp_latents, batch_size, num_workers,
+                            torch.Generator(dev).manual_seed(seed), progress)
+    _finish_cache(out_dir, tmp_latents, labels, dataset, data, vae, image_size, latent_scale(model))
+    return out_dir
+
+
+def _encode_folder(dataset, vae, image_size: int, path: Path, batch_size: int, num_workers: int,
+                   generator: torch.Generator, progress: bool) -> np.ndarray:
+    """Encode every image and its mirror into the memory-mapped array at ``path``; the labels (-1: unreadable)."""
+    from rich.progress import track
+    from torch.utils.data import DataLoader
+
+    from sitcli.data import to_unit_range
 
     class _Images(torch.utils.data.Dataset):
         def __len__(self):
@@ -102,29 +113,36 @@ def cache_latents(
                 return torch.zeros(3, image_size, image_size), -1
             return to_unit_range(arr.transpose(2, 0, 1).copy()), dataset.files[i][1]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp_latents = out_dir / "latents.npy.tmp"
-    latents = np.lib.format.open_memmap(tmp_latents, mode="w+", dtype=np.float16, shape=(len(dataset), 2, channels, side, side))
+    channels, side = latent_shape(vae, image_size)
+    latents = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(dataset), 2, channels, side, side))
     labels = np.full(len(dataset), -1, dtype=np.int64)
     loader = DataLoader(_Images(), batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    generator = torch.Generator(dev).manual_seed(seed)
+    device = next(vae.parameters()).device
     start = 0
     for x, y in track(loader, total=len(loader), description="encoding", disable=not progress):
-        x = x.to(dev)
-        both = torch.stack([encode(model, x, generator), encode(model, x.flip(-1), generator)], dim=1)
+        x = x.to(device)
+        both = torch.stack([encode(vae, x, generator), encode(vae, x.flip(-1), generator)], dim=1)
         latents[start : start + len(y)] = both.cpu().numpy().astype(np.float16)
         labels[start : start + len(y)] = y.numpy()
         start += len(y)
-    keep = labels >= 0
     latents.flush()
+    return labels
+
+
+def _finish_cache(out_dir: Path, tmp_latents: Path, labels: np.ndarray, dataset, data: str, vae: str,
+                  image_size: int, scale: float) -> None:
+    """Drop unreadable rows, rename the arrays into place, and write the manifest last (it marks the cache complete)."""
+    from sitcli.atomic import write_text
+    from sitcli.data import LATENT_MANIFEST
+
+    keep = labels >= 0
     if not keep.all():  # leave the unreadable images out: rewrite without their rows
+        latents = np.load(tmp_latents, mmap_mode="r")
         kept = np.lib.format.open_memmap(out_dir / "latents.npy.tmp2", mode="w+", dtype=np.float16, shape=(int(keep.sum()), *latents.shape[1:]))
         kept[:] = latents[keep]
         kept.flush()
         del latents, kept
         os.replace(out_dir / "latents.npy.tmp2", tmp_latents)
-    else:
-        del latents
     with open(out_dir / "labels.npy.tmp", "wb") as f:
         np.save(f, labels[keep])
     os.replace(tmp_latents, out_dir / "latents.npy")
@@ -133,10 +151,9 @@ def cache_latents(
         "data": str(Path(data).resolve()),
         "vae": str(Path(vae).resolve()),
         "image_size": image_size,
-        "latent_scale": latent_scale(model),
+        "latent_scale": scale,
         "classes": dataset.classes,
         "count": int(keep.sum()),
         "skipped": [str(dataset.files[i][0]) for i in np.flatnonzero(~keep)],
     }
-    atomic_write_text(out_dir / LATENT_MANIFEST, json.dumps(manifest, indent=2))  # written last: marks the cache complete
-    return out_dir
+    write_text(out_dir / LATENT_MANIFEST, json.dumps(manifest, indent=2))

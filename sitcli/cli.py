@@ -1,4 +1,9 @@
-"""The `sit` command line: parse flags, call the library, print results. No logic lives here."""
+"""The `sit` command line: parse flags, call the library, print results.
+
+Each command gathers its flags into the library's own arguments or config object, makes one
+library call and prints what came back; choices shown in the help (sampler methods, diffusion
+coefficients) are read from the transport's registries.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sitcli.errors import InputError
+from sitcli.transport import DIFFUSION_COEFFICIENTS, LAST_STEPS, LIKELIHOOD_METHODS, ODE_METHODS, SDE_METHODS
 
 app = typer.Typer(
     help="Scalable Interpolant Transformers: train, sample, evaluate (FID) and convert SiT models.",
@@ -19,6 +25,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+
+
+def _methods_by_kind(names) -> str:
+    """"euler|heun|midpoint|rk4 (fixed grid), adams (multistep) or dopri5|... (adaptive)" from the registry."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(ODE_METHODS[name].kind, []).append(name)
+    label = {"fixed": "fixed grid", "multistep": "multistep, one NFE per step", "adaptive": "adaptive"}
+    parts = [f"{'|'.join(v)} ({label[k]})" for k, v in groups.items()]
+    return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0]
+
+
+METHOD_HELP = (f"ODE: {_methods_by_kind(ODE_METHODS)}, default adams; SDE: {'|'.join(SDE_METHODS)}, default euler. "
+               "`sit methods` lists each with its order and NFE per step.")
+W_HELP = (f"The SDE's diffusion coefficient w(t) in dX = \\[v + w s] dt + sqrt(2 w) dW: {'|'.join(DIFFUSION_COEFFICIENTS)}. "
+          "The official code's --diffusion-form; the SiT paper's w_t is 2 w(t).")
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -44,7 +66,7 @@ def train(
     model: str | None = typer.Option(None, "--model", help="SiT-{Ti,S,B,L,XL}/{2,4,8} (default: SiT-Ti/4 on digits, SiT-XL/2 otherwise)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Side of the center-cropped images (default: 8 on digits, 256 otherwise)."),
     vae: str | None = typer.Option(None, "--vae", help="Local diffusers AutoencoderKL folder: train in its latent space (a latent cache records its own)."),
-    interpolant: str | None = typer.Option(None, "--interpolant", help="linear | gvp | vp (default linear)."),
+    interpolant: str | None = typer.Option(None, "--interpolant", help="linear | gvp | vp (default linear; the official code's --path-type)."),
     prediction: str | None = typer.Option(None, "--prediction", "--pred", help="What the model predicts: velocity | score | noise (default velocity)."),
     loss_weight: str | None = typer.Option(None, "--loss-weight", help="none | velocity | likelihood (default none)."),
     train_eps: float | None = typer.Option(None, "--train-eps", help="Keep training times this far from singular ends (default: per interpolant)."),
@@ -73,13 +95,11 @@ def train(
 
     Unset flags come from a preset chosen by --data: 'digits' gets the CPU quickstart (SiT-Ti/4 on 8x8, lr 1e-3, EMA 0.995, batch 128, 2000 steps); any other data the paper's settings (SiT-XL/2, 256x256, AdamW lr 1e-4, no weight decay, EMA 0.9999, batch 256). Flags you pass always win.
     """
-    given = {k: v for k, v in locals().items() if k not in ("resume", "device") and v is not None}
-    from sitcli.train import TrainConfig, TrainingDiverged, resume_config
-    from sitcli.train import train as run_training
+    flags = {k: v for k, v in locals().items() if k not in ("resume", "device")}
+    from sitcli.training import TrainingDiverged, config_from_flags
+    from sitcli.training import train as run_training
 
-    if resume is not None and out is not None and out.rstrip("/") != resume.rstrip("/"):
-        raise InputError(f"--out {out} and --resume {resume} name different folders; drop --out when resuming")
-    config = resume_config(resume, given) if resume is not None else TrainConfig(**given)
+    config = config_from_flags(flags, resume)
     try:
         result = run_training(config, resume=resume is not None, device=device)
     except TrainingDiverged as err:
@@ -96,19 +116,19 @@ def train(
 @app.command()
 @_user_errors
 def sample(
-    ckpt: str = typer.Option(..., "--ckpt", help="A run folder (newest checkpoint), a checkpoint folder, a .safetensors weights file (then also --model), or anything `sit convert` reads (official SiT/DiT .pt, diffusers folder)."),
+    ckpt: str = typer.Option(..., "--ckpt", help="A run folder (newest checkpoint), a checkpoint folder, a .safetensors weights file, or anything `sit convert` reads (official SiT/DiT .pt, diffusers folder)."),
     out: str | None = typer.Option(None, "--out", help="Folder for the PNGs (default <run>/samples); re-running into it draws only missing indices."),
-    model: str | None = typer.Option(None, "--model", help="Architecture of a bare weights file, e.g. SiT-XL/2."),
+    model: str | None = typer.Option(None, "--model", help="Check that --ckpt holds this architecture, e.g. SiT-XL/2 (it is read from the weights' shapes)."),
     src_format: str | None = typer.Option(None, "--from", help="Format of --ckpt where it cannot be told: official (SiT .pt) | dit | diffusers | sit (default: detected, as in `sit convert`)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
     sampler: str = typer.Option("ode", "--sampler", help="ode (probability flow) | sde."),
-    method: str | None = typer.Option(None, "--method", help="ODE: euler|heun|midpoint|rk4 (fixed grid), adams (4th-order multistep on a cosine grid, one NFE per step: any budget, robust across interpolants) or dopri5|dopri8|bosh3|tsit5 (adaptive), default adams; SDE: euler|heun, default euler."),
+    method: str | None = typer.Option(None, "--method", help=METHOD_HELP),
     steps: int | None = typer.Option(None, "--steps", help="Steps of a fixed-grid solver (default 50 ODE, 250 SDE)."),
     atol: float = typer.Option(1e-6, "--atol", help="Absolute tolerance of adaptive ODE solvers."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of adaptive ODE solvers."),
-    w: str = typer.Option("sigma", "--w", help="SDE diffusion coefficient w(t) in dX = \\[v + w s] dt + sqrt(2 w) dW: constant|SBDM|sigma|linear|decreasing|increasing-decreasing. The official code's 'diffusion form'; the SiT paper's w_t is 2 w(t)."),
-    w_norm: float = typer.Option(1.0, "--w-norm", help="Scale of w(t)."),
-    last_step: str = typer.Option("mean", "--last-step", help="SDE last step: mean|tweedie|euler|none."),
+    w: str = typer.Option("sigma", "--w", help=W_HELP + " Default sigma."),
+    w_norm: float = typer.Option(1.0, "--w-norm", help="Scale of w(t) (the official code's --diffusion-norm)."),
+    last_step: str = typer.Option("mean", "--last-step", help=f"SDE last step: {'|'.join(LAST_STEPS)}."),
     last_step_size: float = typer.Option(0.04, "--last-step-size", help="Length in time of the SDE last step."),
     cfg_scale: float = typer.Option(1.0, "--cfg-scale", help="Classifier-free guidance scale (1 = none)."),
     cfg_interval: tuple[float, float] = typer.Option((0.0, 1.0), "--cfg-interval", help="Guide only for LO <= t <= HI (t = 0 noise, 1 data)."),
@@ -117,27 +137,23 @@ def sample(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass per rank (does not change the images)."),
     seed: int = typer.Option(0, "--seed", help="Base seed; image i uses its own seed derived from (seed, i)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only)."),
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model: fused kernels, a one-off build (about a minute for SiT-B/2 on a CPU); outputs differ from eager by float round-off."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model: fused kernels, a one-off build (about a minute for SiT-B/2 on a CPU); outputs differ from eager by float round-off."),
     class_labels: str | None = typer.Option(None, "--class-labels", help="One label for all (3) or a comma list cycled over indices (1,4,7); default uniform random (see labels.csv)."),
     npz: bool = typer.Option(False, "--npz", help="Also write OUT/samples.npz (arr_0: N x H x W x 3 uint8, the ADM evaluator format)."),
     grid: str | None = typer.Option(None, "--grid", help="Also write a grid of the first 100 images to this PNG."),
     vae: str | None = typer.Option(None, "--vae", help="VAE folder for a latent model (default: the one the run was trained with)."),
     threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads (default: the run's --threads setting)."),
-    interpolant: str | None = typer.Option(None, "--interpolant", help="For a bare weights file: linear|gvp|vp (default linear)."),
-    prediction: str | None = typer.Option(None, "--prediction", "--pred", help="For a bare weights file: velocity|score|noise (default velocity)."),
-    sample_eps: float | None = typer.Option(None, "--sample-eps", help="For a bare weights file: keep away from singular ends by this much."),
+    interpolant: str | None = typer.Option(None, "--interpolant", help="For a checkpoint that does not record it (a bare weights file, a raw official .pt): linear|gvp|vp (default linear)."),
+    prediction: str | None = typer.Option(None, "--prediction", "--pred", help="Likewise: velocity|score|noise (default velocity)."),
+    sample_eps: float | None = typer.Option(None, "--sample-eps", help="Keep the sampler this far from singular ends of [0, 1] (a run's config.json fixes it)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
     """Sample images from a trained SiT model, one PNG per index; shards over ranks under torchrun."""
-    from sitcli.sample import SampleConfig
+    flags = {k: v for k, v in locals().items() if k != "device"}
+    from sitcli.config import SampleConfig
     from sitcli.sample import sample as run_sampling
 
-    config = SampleConfig(
-        ckpt=ckpt, out=out, model=model, src_format=src_format, ema=ema, sampler=sampler, method=method, steps=steps, atol=atol, rtol=rtol,
-        w=w, w_norm=w_norm, last_step=last_step, last_step_size=last_step_size, cfg_scale=cfg_scale,
-        cfg_interval=cfg_interval, cfg_channels=cfg_channels, num=num, batch_size=batch_size, seed=seed,
-        precision=precision, compile=compile_model, class_labels=class_labels, npz=npz, grid=grid, vae=vae, threads=threads, interpolant=interpolant, prediction=prediction, sample_eps=sample_eps,
-    )
+    config = SampleConfig(**flags)
     try:
         result = run_sampling(config, device=device)
     except KeyboardInterrupt:  # every finished image is already on disk
@@ -156,12 +172,13 @@ def sample(
 @app.command()
 @_user_errors
 def nll(
-    ckpt: str = typer.Option(..., "--ckpt", help="A pixel-space run folder, checkpoint folder, or weights file (then also --model)."),
-    model: str | None = typer.Option(None, "--model", help="Architecture of a bare weights file, e.g. SiT-S/2."),
+    ckpt: str = typer.Option(..., "--ckpt", help="A pixel-space model: a run folder, checkpoint folder, weights file, or anything `sit sample` reads."),
+    model: str | None = typer.Option(None, "--model", help="Check that --ckpt holds this architecture, e.g. SiT-S/2."),
     data: str | None = typer.Option(None, "--data", help="Data to score (default: the run's training data)."),
-    limit: int | None = typer.Option(1000, "--limit", help="Score this many images (a seeded random subset)."),
+    num: int | None = typer.Option(None, "--num", help="Score this many images, a seeded random subset (default 1000)."),
+    limit: int | None = typer.Option(None, "--limit", hidden=True, help="Old spelling of --num."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per likelihood solve."),
-    method: str = typer.Option("dopri5", "--method", help="ODE method (adaptive: dopri5|dopri8|bosh3|tsit5; fixed: euler|heun|midpoint|rk4)."),
+    method: str = typer.Option("dopri5", "--method", help=f"ODE method: {_methods_by_kind(LIKELIHOOD_METHODS)}."),
     steps: int = typer.Option(100, "--steps", help="Steps of a fixed-grid method."),
     atol: float = typer.Option(1e-5, "--atol", help="Absolute tolerance."),
     rtol: float = typer.Option(1e-5, "--rtol", help="Relative tolerance."),
@@ -174,7 +191,8 @@ def nll(
     """Bits per dimension of a data set under a trained model (ODE likelihood, uniform dequantization)."""
     from sitcli.nll import nll as run_nll
 
-    result = run_nll(ckpt, data, limit, batch_size, method, steps, atol, rtol, divergence, seed, ema, precision, device, model=model)
+    result = run_nll(ckpt, data, num or limit or 1000, batch_size, method, steps, atol, rtol, divergence, seed, ema,
+                     precision, device, model=model)
     typer.echo(f"{result.bits_per_dim:.4f} ± {result.std_error:.4f} bits/dim over {result.num} images ({result.dims} dimensions)")
 
 
@@ -284,7 +302,8 @@ def convert(
     dst: str = typer.Argument(..., metavar="DST", help="File (official/dit) or folder (sit, diffusers) to create."),
     src_format: str | None = typer.Option(None, "--from", help="sit | official | dit | diffusers (default: detected; SiT and DiT .pt files are told apart by their training args or a SiT-/DiT- file name)."),
     dst_format: str | None = typer.Option(None, "--to", help="sit | official | dit | diffusers (default: official for a DST ending in .pt)."),
-    use: str = typer.Option("ema", "--use", help="Weights of a training checkpoint or run to take: ema | model (a sit run keeps both)."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Take the EMA weights (default) or the raw ones from a training checkpoint or run (a sit run keeps both)."),
+    use: str | None = typer.Option(None, "--use", hidden=True, help="Old spelling: --use ema | model."),
     diffusers_class: str = typer.Option("auto", "--diffusers-class", help="--to diffusers: dit (diffusers' DiTTransformer2DModel) | sit (sitcli.diffusers_sit.SiTTransformer2DModel) | auto (dit for DiT weights, sit for SiT weights)."),
     num_heads: int | None = typer.Option(None, "--num-heads", help="Attention heads, when the hidden size is not in the size table (shapes do not tell)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing DST (only once the new result is complete)."),
@@ -297,11 +316,14 @@ def convert(
     diffusers' DiTTransformer2DModel embeds timesteps with other frequencies than DiT and SiT (exponent i/127, not i/128), so its outputs differ; the measured difference is printed, not hidden.
     """
     from sitcli.convert import convert as run_convert
-    from sitcli.convert import describe
+    from sitcli.formats.architecture import describe
 
+    if use is not None and use not in ("ema", "model"):
+        raise InputError(f"--use {use!r} is not a weight set: pass --ema or --no-ema")
     # Large models take minutes (reading, writing, and the diffusers check forward): show that work goes on.
     with console.status(f"converting {escape(str(src))}", spinner="dots"):
-        result = run_convert(src, dst, src_format, dst_format, use, diffusers_class, num_heads, overwrite, check)
+        result = run_convert(src, dst, src_format, dst_format, ema if use is None else use == "ema", diffusers_class,
+                             num_heads, overwrite, check)
     kind = "DiT (DDPM, noise prediction)" if result.kind == "dit" else "SiT"
     console.print(f"read {result.src} as {result.src_format}: {kind} weights, {describe(result.arch)}", highlight=False, soft_wrap=True)
     console.print(f"wrote {result.dst} as {result.dst_format} ({result.weights} weights)", highlight=False, soft_wrap=True)
@@ -309,6 +331,21 @@ def convert(
         console.print(f"check: {result.deviation}", highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def methods() -> None:
+    """List the sampler methods with their model evaluations (NFE) per step and time grid."""
+    from rich.table import Table
+
+    table = Table(title="sit sample --method")
+    for column in ("sampler", "method", "NFE per step", "what it is"):
+        table.add_column(column)
+    for m in ODE_METHODS.values():
+        table.add_row("ode", m.name, str(m.nfe_per_step or "adaptive"), m.summary)
+    for m in SDE_METHODS.values():
+        table.add_row("sde", m.name, str(m.nfe_per_step), m.summary + ", uniform grid")
+    Console().print(table)
 
 
 def main() -> None:  # pragma: no cover - entry for `python -m`

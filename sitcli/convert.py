@@ -1,9 +1,10 @@
 """`sit convert`: checkpoints between sit, the official SiT/DiT code and diffusers; DiT under sit's samplers.
 
-    from sitcli.convert import convert, load_for_sampling
+    from sitcli.convert import convert
     result = convert("DiT-XL-2-256x256.pt", "dit-xl-diffusers", dst_format="diffusers")
     print(result.deviation)                      # diffusers' DiT vs the original network, measured
-    model, transport, info = load_for_sampling("DiT-XL-2-256x256.pt")   # for sample_ode / sample_sde
+
+(To sample any of these formats without converting, ``sitcli.loading.load_model`` reads them all.)
 
 Formats (``--from`` / ``--to``):
     sit        a sit run folder, a checkpoint folder inside one, or a .safetensors weights file
@@ -30,14 +31,14 @@ from typing import Any
 import torch
 
 from sitcli.errors import InputError
-from sitcli.formats import DIT_TRANSPORT, Checkpoint, build_model
-from sitcli.formats.diffusers import load_diffusers_model, model_folder, read_diffusers, write_diffusers
-from sitcli.formats.official import read_official, write_official
-from sitcli.formats.sitrun import TRANSPORT_KEYS, is_sit_source, read_sit, registry_name, run_config, write_sit
+from sitcli.formats import Checkpoint
+from sitcli.formats.architecture import build_model
+from sitcli.formats.diffusers import load_diffusers_model, write_diffusers
+from sitcli.formats.official import write_official
+from sitcli.formats.sitrun import write_sit
+from sitcli.loading import FORMATS, read_checkpoint
 
-FORMATS = ("sit", "official", "dit", "diffusers")
 DIFFUSERS_CLASSES = ("auto", "sit", "dit")
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 @dataclasses.dataclass
@@ -83,39 +84,6 @@ class ConvertResult:
 
 
 #################################################################################
-#                                    Reading                                    #
-#################################################################################
-
-
-def read_checkpoint(path: str | Path, src_format: str | None = None, num_heads: int | None = None) -> Checkpoint:
-    """Any supported checkpoint as a ``Checkpoint``; ``src_format=None`` detects the format."""
-    path = Path(path)
-    if src_format is not None and src_format not in FORMATS:
-        raise InputError(f"--from {src_format!r} is not a format: choose one of {', '.join(FORMATS)}")
-    if not path.exists():
-        raise InputError(f"{path} does not exist: pass a checkpoint file or folder")
-    if path.is_dir():
-        if src_format in ("official", "dit"):
-            raise InputError(f"--from {src_format} expects a .pt file, but {path} is a folder")
-        if src_format in (None, "diffusers") and model_folder(path) is not None:
-            return read_diffusers(path)
-        if src_format in (None, "sit") and is_sit_source(path):
-            return read_sit(path, num_heads)
-        wanted = {"diffusers": "a diffusers model folder", "sit": "a sit run or checkpoint folder"}
-        raise InputError(f"{path} is not {wanted.get(src_format, 'a sit run, checkpoint or diffusers folder')}")
-    if src_format == "diffusers":
-        raise InputError(f"--from diffusers expects a folder, but {path} is a file")
-    if path.suffix == ".safetensors":
-        if src_format not in (None, "sit"):
-            raise InputError(f"{path} is a safetensors file, not an official .pt: drop --from or pass --from sit")
-        return read_sit(path, num_heads)
-    if src_format == "sit":
-        raise InputError(f"--from sit expects a run folder, checkpoint folder or .safetensors file, not {path.name}")
-    kind = {"official": "sit", "dit": "dit"}.get(src_format or "")
-    return read_official(path, kind, num_heads)
-
-
-#################################################################################
 #                                    Converting                                 #
 #################################################################################
 
@@ -125,7 +93,7 @@ def convert(
     dst: str | Path,
     src_format: str | None = None,
     dst_format: str | None = None,
-    use: str = "ema",
+    ema: bool = True,
     diffusers_class: str = "auto",
     num_heads: int | None = None,
     overwrite: bool = False,
@@ -134,7 +102,7 @@ def convert(
     """Convert ``src`` to ``dst_format`` at ``dst``.
 
     Args:
-        use: "ema" (default) or "model": the weight set taken from a training checkpoint or run
+        ema: take the EMA weights (default) or the raw ones from a training checkpoint or run,
             for formats holding one set; a sit run keeps both.
         diffusers_class: for ``--to diffusers``: "dit" (diffusers' DiTTransformer2DModel), "sit"
             (sitcli's SiTTransformer2DModel), or "auto": dit for DiT weights, sit for SiT weights.
@@ -150,7 +118,7 @@ def convert(
     ckpt = read_checkpoint(src, src_format, num_heads)
     if dst_format == "dit" and ckpt.kind != "dit":
         raise InputError(f"{src} holds SiT weights, not DiT ones: write them with --to official")
-    result = ConvertResult(src, dst, ckpt.format, dst_format, ckpt.kind, ckpt.arch, ckpt.used(use))
+    result = ConvertResult(src, dst, ckpt.format, dst_format, ckpt.kind, ckpt.arch, ckpt.used(ema))
     if diffusers_class == "auto":
         diffusers_class = "dit" if ckpt.kind == "dit" else "sit"
 
@@ -165,10 +133,10 @@ def convert(
             else:
                 result.weights = "model and ema"
         elif dst_format in ("official", "dit"):
-            write_official(ckpt.state_dict(use), staged)
+            write_official(ckpt.state_dict(ema), staged)
             result.notes.extend(_name_notes(dst, ckpt.kind))
         else:
-            write_diffusers(ckpt, staged, use, diffusers_class)
+            write_diffusers(ckpt, staged, ema, diffusers_class)
             if diffusers_class == "dit" and ckpt.kind == "sit":
                 result.notes.append(
                     "diffusers' DiTTransformer2DModel is fed sit's time t in [0, 1] as `timestep` here; its DiT "
@@ -176,7 +144,7 @@ def convert(
                 )
         if check and "diffusers" in (ckpt.format, dst_format):
             diffusers_model = load_diffusers_model(staged if dst_format == "diffusers" else src)
-            result.deviation = measure_deviation(ckpt, use, diffusers_model)
+            result.deviation = measure_deviation(ckpt, ema, diffusers_model)
         _commit(staged, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -237,7 +205,7 @@ def _name_notes(dst: Path, kind: str) -> list[str]:
 
 @torch.no_grad()
 def measure_deviation(
-    ckpt: Checkpoint, use: str, diffusers_model: torch.nn.Module, batch: int = 3, seed: int = 0
+    ckpt: Checkpoint, ema: bool, diffusers_model: torch.nn.Module, batch: int = 3, seed: int = 0
 ) -> Deviation:
     """Run sit and the diffusers model on one fixed random batch (float32) and compare outputs.
 
@@ -247,7 +215,7 @@ def measure_deviation(
     """
     from diffusers.models.embeddings import get_timestep_embedding
 
-    state_dict = {k: v.float() for k, v in ckpt.state_dict(use).items()}
+    state_dict = {k: v.float() for k, v in ckpt.state_dict(ema).items()}
     sit = build_model(ckpt.arch, state_dict)
     if diffusers_model.dtype != torch.float32:
         diffusers_model = diffusers_model.float()
@@ -274,79 +242,3 @@ def measure_deviation(
         pos_embed = (diffusers_model.pos_embed.pos_embed - state_dict["pos_embed"]).abs().max().item()
     return Deviation(type(diffusers_model).__name__, inputs, max_abs, max_abs / max(expected.abs().max().item(), 1e-30),
                      time_features, pos_embed)
-
-
-#################################################################################
-#                                   Sampling                                    #
-#################################################################################
-
-
-def is_foreign_checkpoint(path: str | Path) -> bool:
-    """Whether ``--ckpt path`` needs ``load_for_sampling`` rather than a plain sit run loader: a
-    pickled .pt/.pth/.bin/.ckpt file (official SiT or DiT), a diffusers folder, or a sit run or
-    checkpoint converted from DiT (config ``interpolant: "ddpm"``)."""
-    from sitcli import checkpoint
-
-    path = Path(path)
-    if path.is_file():
-        if path.suffix in PICKLE_SUFFIXES:
-            return True
-        path = path.parent
-    if path.is_dir() and model_folder(path) is not None:
-        return True
-    for run in (path, path.parent.parent):
-        if checkpoint.is_run(run):
-            return checkpoint.read_config(run).get("interpolant") == DIT_TRANSPORT["interpolant"]
-    return False
-
-
-def load_for_sampling(
-    path: str | Path,
-    use: str = "ema",
-    src_format: str | None = None,
-    num_heads: int | None = None,
-    sample_eps: float | None = None,
-) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """A model callable ``model(x, t, y=...)`` in sit's time, its ``Transport``, and facts about it.
-
-    Works for every format ``read_checkpoint`` reads. A DiT checkpoint comes back wrapped in
-    ``DiscreteTimestepModel`` (sit time -> DiT timestep, learned-sigma channels dropped) with the
-    DDPM transport (``dit_transport``), so ``sample_ode`` / ``sample_sde`` run it unchanged.
-    ``info`` holds kind, arch, in_channels, input_size, num_classes, learn_sigma, image_size,
-    latent_scale, vae, transport settings, weights used and source, and ``config``: the
-    ``TrainConfig`` dict a converted run of it would have (None for architectures outside the table).
-    """
-    from sitcli.transport import Transport
-    from sitcli.transport.ddpm import DiscreteTimestepModel, dit_transport
-
-    ckpt = read_checkpoint(path, src_format, num_heads)
-    model: torch.nn.Module = build_model(ckpt.arch, ckpt.state_dict(use)).requires_grad_(False)
-    settings = dict(ckpt.transport)
-    if sample_eps is not None:
-        settings["sample_eps"] = sample_eps
-    if ckpt.kind == "dit":
-        model = DiscreteTimestepModel(model, settings["num_timesteps"])
-        transport = dit_transport(settings["num_timesteps"], settings["beta_start"], settings["beta_end"],
-                                  sample_eps=settings.get("sample_eps"))
-    else:
-        transport = Transport(**{k: v for k, v in settings.items() if k in TRANSPORT_KEYS})
-    arch, latent = ckpt.arch, ckpt.arch["in_channels"] == 4
-    info = {
-        "kind": ckpt.kind, "format": ckpt.format, "source": ckpt.source, "weights": ckpt.used(use),
-        "arch": dict(arch), "transport": settings,
-        **{k: arch[k] for k in ("in_channels", "input_size", "num_classes", "learn_sigma")},
-        "image_size": ckpt.extra.get("image_size") or arch["input_size"] * (8 if latent else 1),
-        "latent_scale": ckpt.extra.get("latent_scale") or (0.18215 if latent else None),
-        "vae": ckpt.extra.get("vae"),
-        "config": run_config(ckpt, str(path)) if registry_name(arch) else None,
-    }
-    return model, transport, info
-
-
-def describe(arch: dict[str, Any]) -> str:
-    """One line naming an architecture, e.g. "SiT-XL/2 layout: 28 blocks, hidden 1152, 16 heads, ..."."""
-    name = registry_name(arch) or "custom"
-    return (f"{name} layout: {arch['depth']} blocks, hidden {arch['hidden_size']}, {arch['num_heads']} heads, patch "
-            f"{arch['patch_size']}, input {arch['in_channels']}x{arch['input_size']}x{arch['input_size']}, "
-            f"{arch['num_classes']} classes, learn_sigma={arch['learn_sigma']}")
-

@@ -10,7 +10,6 @@ which is what makes resuming exact and independent of the number of workers or r
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,14 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from sitcli.errors import InputError
 
 DIGITS = "digits"
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+# The one list of file types read as images, by training folders and `sit fid` alike: torchvision's
+# (lower case, with the dot), which is also pytorch-fid's.
+IMAGE_EXTENSIONS = frozenset(IMG_EXTENSIONS)
 LATENT_MANIFEST = "latents.json"
 
 
@@ -283,7 +285,3 @@ def batches(dataset, batch_size: int, seed: int, rank: int = 0, world_size: int 
 
 def _identity(batch):
     return batch
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return max(1, math.floor(n / batch_size))

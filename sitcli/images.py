@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from sitcli.data import to_uint8
 from sitcli.errors import InputError
-
-if TYPE_CHECKING:
-    from sitcli.train import TrainConfig
 
 
 def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 2, min_cell: int = 32):
@@ -40,22 +36,21 @@ def to_pil(image: np.ndarray):
     return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
 
 
-def to_images(x: torch.Tensor, cfg: TrainConfig, vae) -> np.ndarray:
-    """Model-space samples -> uint8 (B, H, W, C), decoding latents with the VAE."""
-    if cfg.latent_scale is not None:
+def to_images(x: torch.Tensor, vae=None) -> np.ndarray:
+    """Model-space samples -> uint8 (B, H, W, C), decoding latents with ``vae`` when given."""
+    if vae is not None:
         from sitcli.autoencoder import decode
 
         x = decode(vae, x)
     return to_uint8(x).numpy()
 
 
-def open_vae(cfg: TrainConfig, vae: str | None, device: torch.device):
-    """The VAE a latent model's images are decoded with (None for a pixel model)."""
-    if cfg.latent_scale is None:
+def open_vae(latent_scale: float | None, path: str | None, device: torch.device | str = "cpu"):
+    """The VAE a latent model's images are decoded with (None for a pixel model, ``latent_scale`` None)."""
+    if latent_scale is None:
         return None
     from sitcli.autoencoder import load_vae
 
-    path = vae or cfg.vae
     if path is None:
         raise InputError("this model works in a VAE latent space; pass --vae with a local diffusers AutoencoderKL folder")
     return load_vae(path, device)

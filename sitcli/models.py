@@ -12,7 +12,7 @@ integer class labels of shape (B,) (``None``, or the label ``num_classes``, mean
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -265,18 +265,31 @@ class SiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, w * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict the model output (velocity, score or noise, per the transport) for x at times t."""
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, return_tokens: Sequence[int] = ()
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Predict the model output (velocity, score or noise, per the transport) for x at times t.
+
+        With ``return_tokens`` (block depths d in 1..depth), also return {d: the (B, N, hidden)
+        tokens after the first d blocks}, e.g. for a loss on intermediate features; the output
+        alone otherwise.
+        """
         if y is None:
             y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        for d in return_tokens:
+            if not 1 <= d <= len(self.blocks):
+                raise ValueError(f"return_tokens: depth {d} is outside 1..{len(self.blocks)}")
         x = self.x_embedder(x) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)
-        for block in self.blocks:
+        tokens = {}
+        for depth, block in enumerate(self.blocks, start=1):
             x = block(x, c)
+            if depth in return_tokens:
+                tokens[depth] = x
         x = self.unpatchify(self.final_layer(x, c))
         if self.learn_sigma:
             x = x[:, : self.in_channels]
-        return x
+        return (x, tokens) if return_tokens else x
 
 
 #################################################################################

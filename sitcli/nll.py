@@ -19,9 +19,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from sitcli.config import EXTERNAL
 from sitcli.data import open_dataset
 from sitcli.errors import InputError
-from sitcli.sample import _autocast_model, load_trained
+from sitcli.loading import load_model
+from sitcli.runtime import autocast_model, check_precision, resolve_device
 from sitcli.transport import log_likelihood
 
 
@@ -46,7 +48,7 @@ def bits_per_dim(log_p: torch.Tensor, dims: int) -> torch.Tensor:
 def nll(
     ckpt: str,
     data: str | None = None,
-    limit: int | None = 1000,
+    num: int | None = 1000,
     batch_size: int = 64,
     method: str = "dopri5",
     steps: int = 100,
@@ -60,21 +62,22 @@ def nll(
     progress: bool = True,
     model: str | None = None,
 ) -> NLLResult:
-    """Mean bits/dim of ``limit`` images (a seeded random subset) of ``data`` (default: the run's data).
+    """Mean bits/dim of ``num`` images (a seeded random subset; None: all) of ``data`` (default: the run's data).
 
-    ``steps`` is for fixed-grid methods; ``divergence`` None picks "exact" up to 1,024 dimensions and "hutchinson" above. ``model`` names
-    the architecture of a bare weights file (as for ``sit sample``).
+    ``steps`` is for fixed-grid methods; ``divergence`` None picks "exact" up to 1,024 dimensions and
+    "hutchinson" above. ``model`` checks the architecture (as for ``sit sample``).
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    trained = load_trained(ckpt, model, ema=ema)
-    cfg, transport = trained.config, trained.transport
+    dev = resolve_device(device)
+    check_precision(precision, dev)
+    loaded = load_model(ckpt, ema, model=model)
+    cfg = loaded.config
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.latent_scale is not None:
         raise InputError("sit nll measures pixel-space models; this one works in a VAE latent space")
     data = data or cfg.data
-    if data == "external":
-        raise InputError("pass --data: a bare weights file does not say what it was trained on")
+    if data == EXTERNAL:
+        raise InputError("pass --data: a converted checkpoint does not say what it was trained on")
     dataset = open_dataset(data, cfg.image_size)
     info = dataset.info
     if (info.channels, info.size) != (cfg.in_channels, cfg.input_size):
@@ -83,8 +86,17 @@ def nll(
     dims = info.channels * info.size * info.size
     divergence = divergence or ("exact" if dims <= 1024 else "hutchinson")
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(dataset), generator=g)[: limit or len(dataset)].tolist()
-    fn = _autocast_model(trained.model.to(dev), precision, dev)
+    order = torch.randperm(len(dataset), generator=g)[: num or len(dataset)].tolist()
+    fn = autocast_model(loaded.model.to(dev), precision, dev)
+    values = _score(loaded.transport, fn, dataset, order, batch_size, dims, dev, g, cfg.num_classes > 0, progress,
+                    method=method, atol=atol, rtol=rtol, divergence=divergence, steps=steps)
+    err = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return NLLResult(values.mean().item(), err, len(values), dims)
+
+
+def _score(transport, fn, dataset, order: list[int], batch_size: int, dims: int, device: torch.device,
+           generator: torch.Generator, conditional: bool, progress: bool, **solver) -> torch.Tensor:
+    """Bits/dim of the images ``order`` of ``dataset``, batch by batch (float64, CPU)."""
     bpd = []
     bar = Progress(TextColumn("[bold]nll[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[bpd]}"),
                    TimeRemainingColumn(), console=Console(stderr=True), disable=not progress)
@@ -92,13 +104,11 @@ def nll(
         task = bar.add_task("nll", total=len(order), bpd="")
         for start in range(0, len(order), batch_size):
             x, y = dataset.__getitems__([(i, False) for i in order[start : start + batch_size]])
-            x = dequantize(x, g).to(dev)
-            kwargs = {"y": y.to(dev)} if cfg.num_classes > 0 else {}
-            log_p = log_likelihood(transport, fn, x, method=method, atol=atol, rtol=rtol, divergence=divergence, steps=steps,
-                                   generator=g if divergence == "hutchinson" else None, model_kwargs=kwargs)
+            x = dequantize(x, generator).to(device)
+            kwargs = {"y": y.to(device)} if conditional else {}
+            hutchinson = solver["divergence"] == "hutchinson"
+            log_p = log_likelihood(transport, fn, x, generator=generator if hutchinson else None, model_kwargs=kwargs, **solver)
             bpd.append(bits_per_dim(log_p.double().cpu(), dims))
             mean = torch.cat(bpd).mean().item()
             bar.update(task, advance=len(y), bpd=f"{mean:.4f} bits/dim")
-    values = torch.cat(bpd)
-    err = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return NLLResult(values.mean().item(), err, len(values), dims)
+    return torch.cat(bpd)

@@ -10,8 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch.distributed as dist
 
-from sitcli.sample import SampleConfig, sample
-from sitcli.train import TrainConfig, resume_config, train
+from sitcli.config import SampleConfig, TrainConfig
+from sitcli.sample import sample
+from sitcli.training import resume_config, train
 
 
 def main(root: str, *train_flags: str) -> None:

@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sitcli.cli import app
-from sitcli.convert import convert, is_foreign_checkpoint, load_for_sampling, read_checkpoint
+from sitcli.convert import convert
 from sitcli.errors import InputError
+from sitcli.loading import read_checkpoint
 from sitcli.models import SiT
-from sitcli.transport.ddpm import DiscreteTimestepModel
 from tiny_sit import TINY, assert_same, random_sit
 
 TI = dict(input_size=8, patch_size=4, in_channels=4, hidden_size=96, depth=4, num_heads=4, num_classes=3)  # SiT-Ti/4
@@ -78,7 +78,7 @@ def test_training_checkpoint_args_are_read_and_ema_is_the_default(tmp_path):
     ckpt = read_checkpoint(path, num_heads=2)
     assert ckpt.kind == "sit" and ckpt.transport == {"interpolant": "gvp", "prediction": "score", "train_eps": 1e-5}
     convert(path, tmp_path / "ema.pt", num_heads=2)
-    convert(path, tmp_path / "model.pt", use="model", num_heads=2)
+    convert(path, tmp_path / "model.pt", ema=False, num_heads=2)
     assert_same(torch.load(tmp_path / "ema.pt", weights_only=True), ema)
     assert_same(torch.load(tmp_path / "model.pt", weights_only=True), model)
     dit = tmp_path / "dit.pt"
@@ -146,8 +146,8 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path, content, message):
 
 
 def test_official_to_sit_run_and_back_is_bit_exact(tmp_path):
-    from sitcli.checkpoint import latest_checkpoint, read_config
-    from sitcli.train import TrainConfig
+    from sitcli.config import TrainConfig
+    from sitcli.runs import latest_checkpoint, read_config
 
     model, ema = training_checkpoint(tmp_path / "SiT-Ti-train.pt", "SiT-Ti/4", TI, path_type="VP", prediction="noise")
     convert(tmp_path / "SiT-Ti-train.pt", tmp_path / "run", dst_format="sit")
@@ -158,12 +158,12 @@ def test_official_to_sit_run_and_back_is_bit_exact(tmp_path):
     assert_same(load_file(folder / "ema.safetensors"), ema)
     assert_same(load_file(folder / "model.safetensors"), model)
     for use, expected in (("ema", ema), ("model", model)):
-        convert(tmp_path / "run", tmp_path / f"back-{use}.pt", use=use)
+        convert(tmp_path / "run", tmp_path / f"back-{use}.pt", ema=use == "ema")
         assert_same(torch.load(tmp_path / f"back-{use}.pt", weights_only=True), expected)
     assert read_checkpoint(tmp_path / "run").transport["interpolant"] == "vp"
     # a weights file inside the run still finds the run's config (architecture and transport)
     single = read_checkpoint(folder / "model.safetensors")
-    assert single.transport["prediction"] == "noise" and single.used("ema") == "model"
+    assert single.transport["prediction"] == "noise" and single.used(ema=True) == "model"
     assert_same(single.state_dict(), model)
 
 
@@ -215,37 +215,6 @@ def test_target_format_needs_to_unless_dst_is_a_pt_file(tmp_path):
         convert(tmp_path / "SiT-a.pt", tmp_path / "out", num_heads=2)
     with pytest.raises(InputError, match="not DiT ones"):
         convert(tmp_path / "SiT-a.pt", tmp_path / "out.pt", dst_format="dit", num_heads=2)
-
-
-def test_load_for_sampling_wraps_a_dit_file(tmp_path):
-    weights = random_weights()
-    torch.save(weights, tmp_path / "DiT-tiny.pt")
-    model, transport, info = load_for_sampling(tmp_path / "DiT-tiny.pt", num_heads=2)
-    assert isinstance(model, DiscreteTimestepModel) and transport.prediction == "noise"
-    assert transport.interpolant.name == "ddpm" and info["kind"] == "dit" and info["input_size"] == 8
-    net = SiT(**TINY).eval()
-    net.load_state_dict(weights)
-    x, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 4])
-    with torch.no_grad():  # sit time t = 0.5 is DiT timestep 499
-        assert torch.allclose(model(x, torch.full((2,), 0.5), y=y), net(x, torch.full((2,), 499.0), y), atol=1e-5)
-    torch.save(random_weights(learn_sigma=False), tmp_path / "SiT-tiny.pt")
-    model, transport, info = load_for_sampling(tmp_path / "SiT-tiny.pt", num_heads=2, sample_eps=0.01)
-    assert isinstance(model, SiT) and transport.interpolant.name == "linear" and transport.sample_eps == 0.01
-
-
-def test_which_checkpoints_need_the_conversion_loader(tmp_path):
-    torch.save(random_weights(**TI), tmp_path / "DiT-Ti-4.pt")
-    torch.save(random_weights(**TI), tmp_path / "SiT-Ti-4.pt")
-    convert(tmp_path / "DiT-Ti-4.pt", tmp_path / "dit-run", dst_format="sit")
-    convert(tmp_path / "SiT-Ti-4.pt", tmp_path / "sit-run", dst_format="sit")
-    convert(tmp_path / "SiT-Ti-4.pt", tmp_path / "hf", dst_format="diffusers", check=False)
-    assert is_foreign_checkpoint(tmp_path / "DiT-Ti-4.pt") and is_foreign_checkpoint(tmp_path / "hf")
-    assert is_foreign_checkpoint(tmp_path / "dit-run") and is_foreign_checkpoint(tmp_path / "dit-run/checkpoints/0000000")
-    assert not is_foreign_checkpoint(tmp_path / "sit-run")
-    assert not is_foreign_checkpoint(tmp_path / "sit-run/checkpoints/0000000/ema.safetensors")
-    model, transport, info = load_for_sampling(tmp_path / "dit-run")
-    assert isinstance(model, DiscreteTimestepModel) and info["config"]["model"] == "SiT-Ti/4"
-    assert info["config"]["interpolant"] == "ddpm" and info["latent_scale"] == 0.18215
 
 
 def test_cli_reports_and_exit_codes(tmp_path):

@@ -12,9 +12,10 @@ import torch
 from diffusers import DiTTransformer2DModel
 from safetensors.torch import load_file, save_file
 
-from sitcli.convert import convert, read_checkpoint
+from sitcli.convert import convert
 from sitcli.diffusers_sit import SiTTransformer2DModel
 from sitcli.errors import InputError
+from sitcli.loading import read_checkpoint
 from tiny_sit import TINY, assert_same, random_sit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,7 +100,7 @@ def test_training_checkpoint_and_half_precision_survive_diffusers(tmp_path):
                tmp_path / "ckpt.pt")
     convert(tmp_path / "ckpt.pt", tmp_path / "hf", dst_format="diffusers", diffusers_class="sit", num_heads=2)
     assert_same(read_checkpoint(tmp_path / "hf").state_dict(), half)
-    convert(tmp_path / "ckpt.pt", tmp_path / "hf-model", dst_format="diffusers", use="model", num_heads=2)
+    convert(tmp_path / "ckpt.pt", tmp_path / "hf-model", dst_format="diffusers", ema=False, num_heads=2)
     convert(tmp_path / "hf-model", tmp_path / "DiT-model.pt")
     assert_same(torch.load(tmp_path / "DiT-model.pt", weights_only=True), model.state_dict())
 

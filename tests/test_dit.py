@@ -13,9 +13,9 @@ import torch
 
 from sitcli.models import SiT
 from sitcli.transport import sample_ode, sample_sde
+from sitcli.loading import DiscreteTimestepModel
 from sitcli.transport.ddpm import (
     DDPMInterpolant,
-    DiscreteTimestepModel,
     dit_transport,
     time_from_timestep,
     timestep_from_time,

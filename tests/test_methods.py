@@ -4,7 +4,6 @@ import pytest
 import torch
 from torchdiffeq._impl.odeint import SOLVERS
 
-import sitcli.transport as transport_package
 from sitcli.errors import InputError
 from sitcli.transport import GaussianMixture, Transport, log_likelihood, sample_ode, sample_sde
 from sitcli.transport.methods import (
@@ -114,15 +113,3 @@ def test_unknown_names_list_the_choices():
     fixed = [n for n, m in ODE_METHODS.items() if m.kind == "fixed"]
     assert fixed_grid_names() == ", ".join(fixed[:-1]) + " or " + fixed[-1]
     assert fixed_grid_names().startswith("euler, heun, midpoint")
-
-
-def test_the_temporary_tables_keep_their_old_values():
-    # TEMPORARY: until sitcli/sample.py uses the registry (then these names go).
-    today = {"euler": ("euler", 1), "heun": ("heun2", 2), "midpoint": ("midpoint", 2), "rk4": ("rk4", 4)}
-    assert {k: v for k, v in transport_package.FIXED_GRID_METHODS.items() if k in today} == today
-    assert transport_package.MULTISTEP_METHODS["adams"] == 4
-    assert isinstance(transport_package.ADAPTIVE_METHODS, tuple)
-    assert in_order_of(["dopri5", "dopri8", "bosh3", "tsit5"], transport_package.ADAPTIVE_METHODS)
-    methods = [*transport_package.FIXED_GRID_METHODS, *transport_package.MULTISTEP_METHODS,
-               *transport_package.ADAPTIVE_METHODS]
-    assert methods == list(ODE_METHODS)

@@ -162,3 +162,23 @@ def test_bad_shapes_are_refused():
         tiny(input_size=9)
     with pytest.raises(ValueError, match="divisible"):
         tiny(num_heads=5)
+
+
+def test_tokens_of_chosen_blocks_come_back_beside_an_unchanged_output():
+    from tiny_sit import random_sit
+
+    model = random_sit(0, in_channels=1, depth=3, num_classes=4)
+    x, t, y = torch.randn(2, 1, 8, 8), torch.rand(2), torch.tensor([0, 3])
+    with torch.no_grad():
+        plain = model(x, t, y)
+        out, tokens = model(x, t, y, return_tokens=(1, 3))
+        h = model.x_embedder(x) + model.pos_embed
+        c = model.t_embedder(t) + model.y_embedder(y, False)
+        after = []
+        for block in model.blocks:
+            h = block(h, c)
+            after.append(h)
+    assert torch.equal(out, plain) and set(tokens) == {1, 3}
+    assert torch.equal(tokens[1], after[0]) and torch.equal(tokens[3], after[2])
+    with pytest.raises(ValueError, match="outside 1..3"):
+        model(x, t, y, return_tokens=(4,))

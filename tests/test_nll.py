@@ -16,7 +16,8 @@ from sitcli.data import DigitsDataset
 from sitcli.errors import InputError
 from sitcli.models import SiT_models
 from sitcli.nll import bits_per_dim, dequantize, nll
-from sitcli.train import TrainConfig, train
+from sitcli.config import TrainConfig
+from sitcli.training import train
 
 
 def test_dequantize_stays_inside_the_pixel_bins():
@@ -32,7 +33,7 @@ def test_untrained_model_gives_the_gaussian_prior_exactly(tmp_path):
     model = SiT_models["SiT-Ti/4"](input_size=8, in_channels=1, num_classes=10)
     save_file(model.state_dict(), tmp_path / "zero.safetensors")
     # Hutchinson's estimate of the divergence of a zero field is exactly 0 too, and cheap.
-    result = nll(str(tmp_path / "zero.safetensors"), data="digits", limit=6, batch_size=6, method="euler", steps=2,
+    result = nll(str(tmp_path / "zero.safetensors"), data="digits", num=6, batch_size=6, method="euler", steps=2,
                  divergence="hutchinson", progress=False, device="cpu", model="SiT-Ti/4")
     g = torch.Generator().manual_seed(0)
     data = DigitsDataset()

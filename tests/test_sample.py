@@ -17,8 +17,10 @@ from sitcli.cli import app
 from sitcli.errors import InputError
 from sitcli.models import SiT_models
 from sitcli.images import make_grid
-from sitcli.sample import SampleConfig, labels_and_noise, sample
-from sitcli.train import TrainConfig, train
+from sitcli.config import SampleConfig, TrainConfig
+from sitcli.sample import sample
+from sitcli.seeds import labels_and_noise
+from sitcli.training import train
 
 runner = CliRunner()
 
@@ -92,16 +94,17 @@ def test_cli_refuses_a_folder_made_with_other_settings(run, tmp_path):
     assert_same_images(before, pngs(out))
 
 
-def test_bare_weights_file_needs_the_right_model(run, tmp_path):
+def test_bare_weights_file_needs_no_model_flag_and_refuses_a_wrong_one(run, tmp_path):
     weights = run / "checkpoints" / "0000003" / "ema.safetensors"
     loose = tmp_path / "w.safetensors"
     loose.write_bytes(weights.read_bytes())
-    assert sit("sample", "--ckpt", loose, "--out", tmp_path / "x").exit_code == 2
     result = sit("sample", "--ckpt", loose, "--model", "SiT-S/4", "--out", tmp_path / "x")
-    assert result.exit_code == 2 and "different architecture" in " ".join(result.output.split())
-    result = sit("sample", "--ckpt", loose, "--model", "SiT-Ti/4", "--out", tmp_path / "ok", "--num", 2, "--steps", 2)
-    assert result.exit_code == 0, result.output
-    assert_same_images(pngs(tmp_path / "ok"), {k: v for k, v in pngs(_ref(run, tmp_path)).items()})
+    assert result.exit_code == 2 and "holds a SiT-Ti/4, not a SiT-S/4" in " ".join(result.output.split())
+    assert not (tmp_path / "x").exists()
+    for name, flags in (("ok", []), ("checked", ["--model", "SiT-Ti/4"])):
+        result = sit("sample", "--ckpt", loose, *flags, "--out", tmp_path / name, "--num", 2, "--steps", 2)
+        assert result.exit_code == 0, result.output
+        assert_same_images(pngs(tmp_path / name), {k: v for k, v in pngs(_ref(run, tmp_path)).items()})
 
 
 def _ref(run, tmp_path):
@@ -114,7 +117,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     model = SiT_models["SiT-Ti/2"](input_size=8, in_channels=1, num_classes=10)
     save_file(model.state_dict(), tmp_path / "w.safetensors")
     result = sit("sample", "--ckpt", tmp_path / "w.safetensors", "--model", "SiT-Ti/4", "--out", tmp_path / "x")
-    assert result.exit_code == 2 and "different architecture" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "holds a SiT-Ti/2, not a SiT-Ti/4" in " ".join(result.output.split())
 
 
 def test_make_grid_upscales_small_images():

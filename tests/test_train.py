@@ -13,9 +13,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from sitcli import checkpoint
+from sitcli import runs
 from sitcli.cli import app
-from sitcli.train import TrainConfig, TrainingDiverged, resume_config, train
+from sitcli.config import TrainConfig
+from sitcli.training import TrainingDiverged, resume_config, train
 from sitcli.transport import Transport
 
 TINY = dict(data="digits", model="SiT-Ti/4", batch_size=16, lr=1e-3, log_every=2, ckpt_every=2, sample_every=0)
@@ -26,8 +27,8 @@ def tiny(tmp_path, name="run", **kw) -> TrainConfig:
 
 
 def final_state(run):
-    ckpt = checkpoint.latest_checkpoint(run)
-    state = checkpoint.load_checkpoint(ckpt)
+    ckpt = runs.latest_checkpoint(run)
+    state = runs.load_checkpoint(ckpt)
     return ckpt.name, state
 
 
@@ -58,7 +59,7 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_ctrl_c_saves_and_resume_matches_straight_run(tmp_path, monkeypatch):
-    original = Transport.training_loss
+    original = Transport.regression_loss
     calls = {"n": 0}
 
     def interrupt_on_third(self, *args, **kwargs):
@@ -67,7 +68,7 @@ def test_ctrl_c_saves_and_resume_matches_straight_run(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers; the step still completes
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Transport, "training_loss", interrupt_on_third)
+    monkeypatch.setattr(Transport, "regression_loss", interrupt_on_third)
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (nohup would ignore SIGINT)
     try:
         result = train(tiny(tmp_path, "interrupted", steps=4, ckpt_every=100), progress=False)
@@ -75,7 +76,7 @@ def test_ctrl_c_saves_and_resume_matches_straight_run(tmp_path, monkeypatch):
     finally:
         signal.signal(signal.SIGINT, outer)
     assert result.interrupted and result.step == 3 and result.checkpoint.name == "0000003"
-    monkeypatch.setattr(Transport, "training_loss", original)
+    monkeypatch.setattr(Transport, "regression_loss", original)
 
     train(resume_config(tmp_path / "interrupted"), resume=True, progress=False)
     train(tiny(tmp_path, "straight", steps=4, ckpt_every=100), progress=False)
@@ -83,7 +84,7 @@ def test_ctrl_c_saves_and_resume_matches_straight_run(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    original = Transport.training_loss
+    original = Transport.regression_loss
     calls = {"n": 0}
 
     def nan_on_third(self, *args, **kwargs):
@@ -91,25 +92,25 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
         loss = original(self, *args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(Transport, "training_loss", nan_on_third)
+    monkeypatch.setattr(Transport, "regression_loss", nan_on_third)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="non-finite.*step 3.*0000002"):
         train(tiny(tmp_path, steps=6), progress=False)
-    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["0000002"]
+    assert [p.name for p in runs.list_checkpoints(run)] == ["0000002"]
     weights = run / "checkpoints" / "0000002" / "model.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert all(torch.isfinite(v).all() for v in load_file(weights).values())
     assert digest == hashlib.sha256(weights.read_bytes()).hexdigest()
-    monkeypatch.setattr(Transport, "training_loss", original)
+    monkeypatch.setattr(Transport, "regression_loss", original)
     # What the message advises: go on from the last good checkpoint with a lower learning rate.
     resumed = train(resume_config(run, {"lr": 1e-4}), resume=True, progress=False)
     assert resumed.step == 6 and json.loads((run / "config.json").read_text())["lr"] == 1e-4
-    assert checkpoint.load_checkpoint(resumed.checkpoint)["optimizer"]["optimizer"]["param_groups"][0]["lr"] == 1e-4
+    assert runs.load_checkpoint(resumed.checkpoint)["optimizer"]["optimizer"]["param_groups"][0]["lr"] == 1e-4
 
 
 def test_bf16_autocast_trains(tmp_path):
     result = train(tiny(tmp_path, steps=2, precision="bf16"), progress=False)
-    weights = checkpoint.load_checkpoint(result.checkpoint)["model"]
+    weights = runs.load_checkpoint(result.checkpoint)["model"]
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())  # fp32 master weights
 
 
@@ -152,7 +153,7 @@ def finished_run(tmp_path_factory):
 
 def test_cli_run_folder(finished_run):
     assert (finished_run / "grids" / "0000002.png").is_file()
-    assert [p.name for p in checkpoint.list_checkpoints(finished_run)] == ["0000001", "0000002"]
+    assert [p.name for p in runs.list_checkpoints(finished_run)] == ["0000001", "0000002"]
     # `sit sample` on the run, with no --out, writes next to the grids in <run>/samples.
     result = sit("sample", "--ckpt", finished_run, "--num", 2, "--steps", 2)
     assert result.exit_code == 0, result.output

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sitcli import checkpoint
-from sitcli.sample import SampleConfig, sample
+from sitcli import runs
+from sitcli.config import SampleConfig
+from sitcli.sample import sample
 from test_sample import assert_same_images, pngs
 from test_train import assert_same_state
 
@@ -32,12 +33,12 @@ def test_two_ranks_train_resume_and_sample(tmp_path):
     flags = [x for k, v in TINY.items() for x in ("--" + k.replace("_", "-"), v)]
     proc = torchrun("-m", "sitcli", "train", "--out", tmp_path / "straight", "--steps", 4, *flags, cwd=tmp_path)
     assert proc.stderr.count("trained ") == 1  # rank 0 reports, rank 1 stays quiet
-    straight = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(tmp_path / "straight"))
+    straight = runs.load_checkpoint(runs.latest_checkpoint(tmp_path / "straight"))
     assert {"noise.rank0", "noise.rank1"} <= set(straight["rng"]) and straight["state"]["world_size"] == 2
 
     torchrun(Path(__file__).parent / "ddp_jobs.py", tmp_path, *[f"{k}={v}" for k, v in TINY.items()], cwd=tmp_path)
     # 2 steps + resume + 2 steps on two ranks == 4 steps straight on two ranks, bit for bit.
-    assert_same_state(straight, checkpoint.load_checkpoint(checkpoint.latest_checkpoint(tmp_path / "halves")))
+    assert_same_state(straight, runs.load_checkpoint(runs.latest_checkpoint(tmp_path / "halves")))
     # Indices sharded over two ranks give the images one process draws.
     sample(SampleConfig(ckpt=str(tmp_path / "straight"), out=str(tmp_path / "one"), num=5, batch_size=3, steps=3), progress=False)
     assert_same_images(pngs(tmp_path / "samples"), pngs(tmp_path / "one"))

@@ -7,7 +7,7 @@ Variants:
 
 - ``plain fp32``: a reference loop written here with nothing from sit but the model:
   x_t = t x1 + (1 - t) eps, loss = mean |model(x_t, t, y) - (x1 - eps)|^2, AdamW step, EMA update;
-- ``sit fp32``: sit's own training step, ``train.step_loss`` + ``train.step_update`` (the two
+- ``sit fp32``: sit's own training step, ``training.loop.step_loss`` + ``step_update`` (the two
   halves of the loop in ``sit train``), with the optimiser ``sit train`` builds (AdamW, torch's
   defaults: a loop over the parameters on CPU, ``foreach`` on CUDA);
 - ``sit bf16``: the same under bf16 autocast (``--precision bf16``);
@@ -56,7 +56,8 @@ def _steps(variants: list[str], model_name: str, batch_size: int, device: str) -
     import torch
 
     from sitcli.models import SiT_models
-    from sitcli.train import step_loss, step_update
+    from sitcli.training.losses import RegressionLoss
+    from sitcli.training.loop import step_loss, step_update
     from sitcli.transport import Transport
 
     torch.manual_seed(0)
@@ -67,6 +68,7 @@ def _steps(variants: list[str], model_name: str, batch_size: int, device: str) -
     x1 = torch.randn(batch_size, 4, 32, 32, device=device)
     y = torch.randint(0, 1000, (batch_size,), device=device)
     transport = Transport("linear", "velocity", None, None, None, None)
+    terms = [RegressionLoss(transport)]
     noise = torch.Generator(device).manual_seed(0)
     compiled = None
 
@@ -95,7 +97,8 @@ def _steps(variants: list[str], model_name: str, batch_size: int, device: str) -
                     p_ema.lerp_(p, 1 - decay)
 
         def sit_step() -> None:
-            step_update(step_loss(net, transport, x1, y, noise, autocast), model, ema, opt, decay)
+            loss, _ = step_loss(net, transport, terms, x1, y, noise, autocast)
+            step_update(loss, model, ema, opt, decay)
 
         return plain_step if variant.startswith("plain") else sit_step
 

@@ -23,9 +23,8 @@ torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` (both follow torc
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -386,27 +385,3 @@ def optimize_for_inference(net: FIDInceptionV3) -> FIDInceptionV3:
             module.fold_batch_norm()
     net.channels_last = True
     return net.to(memory_format=torch.channels_last)
-
-
-@contextlib.contextmanager
-def full_fp32() -> Iterator[None]:
-    """Run convolutions in true float32 on CUDA.
-
-    PyTorch lets cuDNN use TF32 for float32 convolutions by default; that moves Inception
-    features by ~1e-3 and FID with them, differently on different GPUs. No effect on CPU.
-    """
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        old = conv.fp32_precision
-        conv.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = old
-    else:  # torch < 2.9
-        old = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32 = old

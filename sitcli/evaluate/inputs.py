@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sitcli import checkpoint
+from sitcli import atomic
+from sitcli.data import IMAGE_EXTENSIONS
 from sitcli.errors import InputError
 
-IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
 STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 
 
@@ -50,7 +50,7 @@ def open_source(path: str | Path) -> Source:
     """Recognise and check an input; raises ``InputError`` with a one-line reason."""
     path = Path(path).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix[1:].lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not files:
             raise InputError(
                 f"no images found in folder {path} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, recursively)"
@@ -223,12 +223,12 @@ def _writable(path: str | Path) -> Path:
 def save_stats(path: str | Path, stats: dict[str, np.ndarray]) -> Path:
     """Write statistics atomically as pytorch-fid reads them (``mu``, ``sigma``; plus ``mu_s``, ``sigma_s``)."""
     path = _writable(path)
-    checkpoint.atomic_save_npz(path, **{k: np.asarray(v, dtype=np.float64) for k, v in stats.items()})
+    atomic.save_npz(path, **{k: np.asarray(v, dtype=np.float64) for k, v in stats.items()})
     return path
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` atomically as indented JSON."""
     path = _writable(path)
-    checkpoint.write_json(path, obj)
+    atomic.write_json(path, obj)
     return path

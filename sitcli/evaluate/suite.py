@@ -13,6 +13,7 @@ import torch
 from sitcli.errors import InputError
 from sitcli.evaluate import inception, inputs, metrics as M
 from sitcli.evaluate.statistics import GaussianStats, SplitScore
+from sitcli.runtime import full_fp32, resolve_device
 
 METRICS = ("fid", "is", "sfid", "pr", "kid")
 ProgressFn = Callable[[str, int, int], None]
@@ -41,18 +42,6 @@ class Summary:
     stats: dict[str, np.ndarray] = field(default_factory=dict)  # mu, sigma, mu_s, sigma_s
     pool: np.ndarray | None = None  # (N, 2048) float32, kept only for precision/recall and KID
     inception_score: tuple[float, float] | None = None
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device} requested but CUDA is not available; use --device cpu")
-    return dev
 
 
 def _summarise(
@@ -84,7 +73,7 @@ def _summarise(
     if progress:
         progress(label, 0, total)
     loader = inputs.image_batches(source, batch_size, num_workers, pin_memory=device.type == "cuda")
-    with torch.inference_mode(), inception.full_fp32():
+    with torch.inference_mode(), full_fp32():
         for batch in loader:
             if batch.error:
                 raise InputError(batch.error)
@@ -262,7 +251,7 @@ def evaluate(
     if b is not None:
         _check_dimensions(sources, wanted)
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     workers = inputs.default_num_workers() if num_workers is None else num_workers
     summaries: dict[str, Summary] = {}
     net = None

@@ -35,7 +35,8 @@ import torch
 from safetensors.torch import load_file
 
 from sitcli.errors import InputError
-from sitcli.formats import DIT_TRANSPORT, SIT_DEFAULT_TRANSPORT, Checkpoint, StateDict, check_layout
+from sitcli.formats import DIT_TRANSPORT, SIT_DEFAULT_TRANSPORT, Checkpoint, StateDict
+from sitcli.formats.architecture import check_layout
 from sitcli.models import get_2d_sincos_pos_embed
 
 DIT_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
@@ -208,23 +209,24 @@ def read_diffusers(path: Path) -> Checkpoint:
     transport = record.get("transport") or dict(DIT_TRANSPORT if kind == "dit" else SIT_DEFAULT_TRANSPORT)
     source = f"{folder} (diffusers {config['_class_name']})"
     return Checkpoint({"ema": state_dict}, arch, kind, transport, source=source,
-                      format="diffusers", extra=record.get("extra", {}))
+                      format="diffusers", extra=record.get("extra", {}),
+                      transport_assumed=kind == "sit" and not record.get("transport"))
 
 
-def write_diffusers(ckpt: Checkpoint, path: Path, use: str, diffusers_class: str) -> None:
+def write_diffusers(ckpt: Checkpoint, path: Path, ema: bool, diffusers_class: str) -> None:
     """``save_pretrained`` into ``path`` (a fresh path: the caller stages and renames it), then record
     sit's metadata under ``"_sit"`` in its config.json."""
-    build_diffusers_model(ckpt, use, diffusers_class).save_pretrained(path, safe_serialization=True)
+    build_diffusers_model(ckpt, ema, diffusers_class).save_pretrained(path, safe_serialization=True)
     config_path = path / "config.json"
     config = json.loads(config_path.read_text())
     config["_sit"] = {"kind": ckpt.kind, "transport": ckpt.transport, "extra": ckpt.extra,
-                      "weights": ckpt.used(use), "converted_from": ckpt.source}
+                      "weights": ckpt.used(ema), "converted_from": ckpt.source}
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def build_diffusers_model(ckpt: Checkpoint, use: str, diffusers_class: str) -> torch.nn.Module:
+def build_diffusers_model(ckpt: Checkpoint, ema: bool, diffusers_class: str) -> torch.nn.Module:
     """The diffusers model holding the chosen weights, in their dtype."""
-    state_dict = ckpt.state_dict(use)
+    state_dict = ckpt.state_dict(ema)
     dtype = state_dict["x_embedder.proj.weight"].dtype
     if diffusers_class == "dit":
         from diffusers import DiTTransformer2DModel

@@ -20,20 +20,12 @@ from typing import Any
 import torch
 
 from sitcli.errors import InputError
-from sitcli.formats import (
-    DIT_TRANSPORT,
-    SIT_DEFAULT_TRANSPORT,
-    Checkpoint,
-    StateDict,
-    heads_from_model_name,
-    infer_architecture,
-    strip_prefixes,
-)
+from sitcli.formats import DIT_TRANSPORT, SIT_DEFAULT_TRANSPORT, Checkpoint, StateDict, strip_prefixes
+from sitcli.formats.architecture import heads_from_model_name, infer_architecture
 
 ALLOWED_CLASSES = [argparse.Namespace]
 TRAINING_KEYS = ("model", "ema")
-# Official SiT training flags -> sit Transport settings.
-PATH_TYPES = {"linear": "linear", "gvp": "gvp", "vp": "vp"}
+PATH_TYPES = ("linear", "gvp", "vp")  # the official --path-type values (Linear, GVP, VP), lower-cased
 
 
 def safe_load(path: Path) -> Any:
@@ -114,7 +106,8 @@ def read_official(path: Path, kind: str | None = None, num_heads: int | None = N
     transport = dict(DIT_TRANSPORT) if kind == "dit" else _sit_transport(args)
     what = "training checkpoint" if shape == "training" else "weights"
     return Checkpoint(weights, arch, kind, transport, source=f"{path} ({'DiT' if kind == 'dit' else 'SiT'} {what})",
-                      format="dit" if kind == "dit" else "official")
+                      format="dit" if kind == "dit" else "official",
+                      transport_assumed=kind == "sit" and "path_type" not in args)
 
 
 def write_official(state_dict: StateDict, path: Path) -> None:
@@ -138,7 +131,7 @@ def _sit_transport(args: dict) -> dict[str, Any]:
         path_type = str(args["path_type"]).lower()
         if path_type not in PATH_TYPES:
             raise InputError(f"unknown official path_type {args['path_type']!r}: expected Linear, GVP or VP")
-        transport["interpolant"] = PATH_TYPES[path_type]
+        transport["interpolant"] = path_type
     if args.get("prediction"):
         transport["prediction"] = str(args["prediction"]).lower()
     if args.get("loss_weight"):

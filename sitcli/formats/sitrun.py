@@ -12,16 +12,16 @@ configuration table can become runs; any other is refused with the alternatives.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file
 
-from sitcli import checkpoint
+from sitcli import runs
+from sitcli.config import EXTERNAL, TrainConfig
 from sitcli.errors import InputError
-from sitcli.formats import DIT_TRANSPORT, SIT_DEFAULT_TRANSPORT, Checkpoint, heads_from_model_name, infer_architecture
+from sitcli.formats import DIT_TRANSPORT, SIT_DEFAULT_TRANSPORT, Checkpoint
+from sitcli.formats.architecture import assumed_latent_space, heads_from_model_name, infer_architecture, registry_name
 from sitcli.models import SIZES
 
 TRANSPORT_KEYS = ("interpolant", "prediction", "loss_weight", "train_eps", "sample_eps", "num_timesteps")
@@ -31,28 +31,30 @@ def is_sit_source(path: Path) -> bool:
     """A run folder, a checkpoint folder of one, or a .safetensors file."""
     if path.is_file():
         return path.suffix == ".safetensors"
-    return checkpoint.is_run(path) or any((path / name).is_file() for name in checkpoint.WEIGHT_FILES)
+    return runs.is_run(path) or any((path / name).is_file() for name in runs.WEIGHT_FILES)
 
 
 def read_sit(path: Path, num_heads: int | None = None) -> Checkpoint:
     """Both weight sets of a run's newest checkpoint (or of the given checkpoint folder or file)."""
-    config, folder = {}, None
+    config, folder, files = {}, None, {}
     if path.is_file():  # e.g. RUN/checkpoints/0001000/ema.safetensors
-        weights = {"model" if path.name == checkpoint.WEIGHT_FILES[0] else "ema": _load(path)}
-        run = path.parents[2] if len(path.parents) > 2 and checkpoint.is_run(path.parents[2]) else None
-    elif checkpoint.is_run(path):
-        folder, run = checkpoint.latest_checkpoint(path), path
+        weight_set = "model" if path.name == runs.WEIGHT_FILES[0] else "ema"
+        weights, files = {weight_set: _load(path)}, {weight_set: str(path)}
+        run = path.parents[2] if len(path.parents) > 2 and runs.is_run(path.parents[2]) else None
+    elif runs.is_run(path):
+        folder, run = runs.latest_checkpoint(path), path
         if folder is None:
-            raise InputError(f"run {path} has no complete checkpoint yet: convert a checkpoint folder or train longer")
+            raise InputError(f"run {path} has no complete checkpoint yet; wait for one (--ckpt-every) or train longer")
     else:
-        folder, run = path, path.parent.parent if checkpoint.is_run(path.parent.parent) else None
+        folder, run = path, path.parent.parent if runs.is_run(path.parent.parent) else None
     if folder is not None:
-        names = [name for name in checkpoint.WEIGHT_FILES if (folder / name).is_file()]
+        names = [name for name in runs.WEIGHT_FILES if (folder / name).is_file()]
         weights = {name.split(".")[0]: _load(folder / name) for name in names}
+        files = {name.split(".")[0]: str(folder / name) for name in names}
         if not weights:
-            raise InputError(f"{folder} holds no {' or '.join(checkpoint.WEIGHT_FILES)}: it is not a sit checkpoint")
+            raise InputError(f"{folder} holds no {' or '.join(runs.WEIGHT_FILES)}: it is not a sit checkpoint")
     if run is not None:
-        config = checkpoint.read_config(run)
+        config = runs.read_config(run)
     if num_heads is None:
         num_heads = heads_from_model_name(config.get("model"))
     first = next(iter(weights.values()))
@@ -65,22 +67,12 @@ def read_sit(path: Path, num_heads: int | None = None) -> Checkpoint:
     else:
         transport = {k: config[k] for k in TRANSPORT_KEYS if config.get(k) is not None} or dict(SIT_DEFAULT_TRANSPORT)
     extra = {k: config[k] for k in ("vae", "latent_scale", "image_size") if config.get(k) is not None}
-    return Checkpoint(weights, arch, kind, transport, source=f"{path} (sit)", format="sit", extra=extra)
-
-
-def registry_name(arch: dict[str, Any]) -> str | None:
-    """The ``SiT_models`` key of an architecture, or None when the table has no such model."""
-    for size, (depth, hidden, heads) in SIZES.items():
-        if (arch["depth"], arch["hidden_size"], arch["num_heads"]) == (depth, hidden, heads) and arch["mlp_ratio"] == 4:
-            if arch["patch_size"] in (2, 4, 8):
-                return f"SiT-{size}/{arch['patch_size']}"
-    return None
+    return Checkpoint(weights, arch, kind, transport, source=f"{path} (sit)", format="sit", extra=extra,
+                      transport_assumed=run is None, run_config=config if run is not None else None, files=files)
 
 
 def run_config(ckpt: Checkpoint, source: str) -> dict[str, Any]:
     """config.json for a converted run: a TrainConfig that rebuilds exactly this model and transport."""
-    from sitcli.train import TrainConfig  # the run format is owned by the trainer
-
     arch, model = ckpt.arch, registry_name(ckpt.arch)
     if model is None:
         sizes = ", ".join(f"{k} = depth {d}, hidden {h}, heads {n}" for k, (d, h, n) in SIZES.items())
@@ -93,25 +85,23 @@ def run_config(ckpt: Checkpoint, source: str) -> dict[str, Any]:
         transport = {"interpolant": DIT_TRANSPORT["interpolant"], "prediction": DIT_TRANSPORT["prediction"]}
     else:
         transport = {k: v for k, v in ckpt.transport.items() if k in TRANSPORT_KEYS}
-    latent = arch["in_channels"] == 4
+    image_size, latent_scale = assumed_latent_space(arch["in_channels"], arch["input_size"])
     cfg = TrainConfig(
-        data="external",
+        data=EXTERNAL,
         out=None,
         model=model,
-        image_size=ckpt.extra.get("image_size") or arch["input_size"] * (8 if latent else 1),
+        image_size=ckpt.extra.get("image_size") or image_size,
         vae=ckpt.extra.get("vae"),
         class_dropout_prob=arch.get("class_dropout_prob", 0.1),
         learn_sigma=arch["learn_sigma"],
         in_channels=arch["in_channels"],
         input_size=arch["input_size"],
         num_classes=arch["num_classes"],
-        latent_scale=ckpt.extra.get("latent_scale") or (0.18215 if latent else None),
+        latent_scale=ckpt.extra.get("latent_scale") or latent_scale,
         steps=0,
         **transport,
     )
-    config = asdict(cfg)
-    config["out"] = None  # filled by whoever trains on from it
-    return config
+    return cfg.to_dict()
 
 
 def write_sit(ckpt: Checkpoint, path: Path) -> None:
@@ -121,11 +111,11 @@ def write_sit(ckpt: Checkpoint, path: Path) -> None:
     EMA weights (sampling reads EMA), so a run needs no choice of ``--use``.
     """
     config = run_config(ckpt, str(path))
-    ema = ckpt.state_dict("ema")
+    ema = ckpt.state_dict(ema=True)
     model = ckpt.weights.get("model", ema)
     state = {"step": 0, "converted_from": ckpt.source}
-    checkpoint.save_checkpoint(path, 0, model, ema, optimizer={}, rng={}, state=state)
-    (path / checkpoint.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    runs.save_checkpoint(path, 0, model, ema, optimizer={}, rng={}, state=state)
+    runs.write_config(path, config)
 
 
 def _load(path: Path):

@@ -29,15 +29,9 @@ from sitcli.transport.objectives import LOSS_WEIGHTS, PREDICTIONS
 from sitcli.transport.samplers import sample_ode, sample_sde
 from sitcli.transport.transport import Transport
 
-# TEMPORARY: until sitcli/sample.py uses the registry
-FIXED_GRID_METHODS = {n: (m.solver, m.nfe_per_step) for n, m in ODE_METHODS.items() if m.kind == "fixed"}
-MULTISTEP_METHODS = {n: m.order for n, m in ODE_METHODS.items() if m.kind == "multistep"}
-ADAPTIVE_METHODS = tuple(n for n, m in ODE_METHODS.items() if m.kind == "adaptive")
-
 __all__ = [
     "Transport", "sample_ode", "sample_sde", "log_likelihood", "GaussianMixture",
     "Interpolant", "Linear", "GVP", "VP", "INTERPOLANTS", "get_interpolant",
     "PREDICTIONS", "LOSS_WEIGHTS", "DIFFUSION_COEFFICIENTS", "diffusion_coefficient",
     "ODE_METHODS", "SDE_METHODS", "LAST_STEPS", "LIKELIHOOD_METHODS",
-    "FIXED_GRID_METHODS", "MULTISTEP_METHODS", "ADAPTIVE_METHODS",
 ]

@@ -26,21 +26,19 @@ smooth path that passes exactly through DiT's noise levels; on grids aligned wit
 network is fed exactly its integer training timesteps, in between the (smooth) sinusoidal timestep
 embedding is evaluated at fractional ones.
 
-This module imports no model: ``DiscreteTimestepModel`` wraps any callable ``model(x, s, **kw)``.
+This module is math only: the DiT network itself is called in sit's time through
+``sitcli.loading.DiscreteTimestepModel``, which feeds it s(t).
 
 Example:
     >>> tr = dit_transport()                                # Transport(DDPMInterpolant(), "noise")
-    >>> net = DiscreteTimestepModel(dit_network)            # takes sit's t, feeds DiT's timestep
+    >>> net = DiscreteTimestepModel(dit_network)            # sitcli.loading: takes sit's t, feeds DiT's timestep
     >>> x, nfe = sample_ode(tr, net, torch.randn(4, 4, 32, 32), method="heun", steps=50)
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
-from torch import nn
 
 from sitcli.transport.interpolants import VariancePreserving
 from sitcli.transport.transport import Transport
@@ -117,24 +115,6 @@ class DDPMInterpolant(VariancePreserving):
             f"DDPMInterpolant(num_timesteps={self.num_timesteps}, beta_start={self.beta_start}, "
             f"beta_end={self.beta_end})"
         )
-
-
-class DiscreteTimestepModel(nn.Module):
-    """Calls a DiT-style network with sit's time: ``model(x, s(t), **kwargs)[:, :C]``.
-
-    s(t) = N (1 - t) - 1 is DiT's timestep (see the module docstring); the output keeps the first
-    C = x.shape[1] channels, dropping a learned-sigma half when the network returns one. ``model``
-    is any callable; when it is an ``nn.Module`` it becomes a submodule (moves with ``.to``).
-    """
-
-    def __init__(self, model: Callable, num_timesteps: int = DIT_NUM_TIMESTEPS):
-        super().__init__()
-        self.model = model
-        self.num_timesteps = int(num_timesteps)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.model(x, timestep_from_time(t, self.num_timesteps), *args, **kwargs)
-        return out[:, : x.shape[1]]
 
 
 def dit_transport(

@@ -1,4 +1,4 @@
-"""Run folders and checkpoints: atomic writes, safe loading, finding the newest complete checkpoint.
+"""A run folder: its config.json, its checkpoints (save, load, the newest complete one), its log.
 
 A run folder holds ``config.json`` (the training settings), ``log.csv``, ``loss.png``, EMA sample
 grids ``grids/NNNNNNN.png``, and ``checkpoints/NNNNNNN/`` with
@@ -20,11 +20,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from sitcli import atomic
 from sitcli.errors import InputError
 
 CONFIG = "config.json"
@@ -34,55 +34,12 @@ CHECKPOINT_FILES = (*WEIGHT_FILES, "optimizer.pt", "rng.safetensors", "state.jso
 
 
 #################################################################################
-#                                 Atomic writes                                 #
-#################################################################################
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_save_image(path: str | Path, image) -> None:
-    """Save a PIL image atomically; the format follows the final name's suffix."""
-    fmt = Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"
-    _atomic(Path(path), lambda tmp: image.save(tmp, format=fmt))
-
-
-def atomic_save_npz(path: str | Path, **arrays) -> None:
-    import numpy as np
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    _atomic(Path(path), write)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-#################################################################################
 #                                   Run folders                                 #
 #################################################################################
+
+
+def write_config(run: str | Path, config: dict) -> None:
+    atomic.write_json(Path(run) / CONFIG, config)
 
 
 def is_run(path: str | Path) -> bool:
@@ -164,53 +121,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         "rng": load_file(path / "rng.safetensors"),
         "state": json.loads((path / "state.json").read_text()),
     }
-
-
-#################################################################################
-#                                 Weights for use                               #
-#################################################################################
-
-
-def resolve_weights(ckpt: str | Path, ema: bool = True) -> tuple[Path, Path | None]:
-    """(weights file, run folder or None) for a run folder, a checkpoint folder, or a weights file."""
-    path = Path(ckpt)
-    if not path.exists():
-        raise InputError(f"--ckpt {path} does not exist; pass a run folder, a checkpoint folder or a weights file")
-    name = WEIGHT_FILES[1] if ema else WEIGHT_FILES[0]
-    if path.is_file():
-        return path, None
-    if is_run(path):
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise InputError(f"run {path} has no complete checkpoint yet; wait for one (--ckpt-every) or train longer")
-        return latest / name, path
-    if (path / name).is_file() and is_run(path.parent.parent):
-        return path / name, path.parent.parent
-    raise InputError(f"{path} is neither a sit run, a checkpoint folder nor a weights file")
-
-
-def load_weights(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors, or from a .pt/.pth file with ``weights_only`` loading.
-
-    Files wrapped as ``{"model": ..., "ema": ...}`` (the official SiT training checkpoints) give
-    their EMA weights. Pickled objects other than tensors are refused unless ``trust_pickle``.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as err:  # noqa: BLE001 - torch raises several kinds for "needs pickle"
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise InputError(
-                f"{path} holds pickled Python objects besides tensors; convert it with `sit convert`, "
-                "or pass --trust-pickle if you trust its source"
-            ) from None
-        raise InputError(f"could not read weights from {path}: {err}") from None
-    if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
-        obj = obj["ema"]
-    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError(f"{path} does not hold a state dict (name -> tensor)")
-    return obj

@@ -1,0 +1,187 @@
+"""The settings of a job as data: ``TrainConfig`` is a run's ``config.json``, ``SampleConfig`` a
+sample folder's ``sample.json``.
+
+A config is a schema: it validates values and builds the model and transport it describes, and
+touches no disk. Defaults that depend on the data (the digits quickstart versus the paper's
+ImageNet settings) are not applied here but by ``sitcli.training.presets.apply_presets``, so a
+config built for a foreign checkpoint never inherits a preset it did not ask for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from sitcli.errors import InputError
+from sitcli.models import SiT_models
+from sitcli.runtime import PRECISIONS
+from sitcli.transport import LAST_STEPS, ODE_METHODS, SDE_METHODS, Transport
+from sitcli.transport.diffusion import check_diffusion_coefficient
+
+# The data a converted checkpoint says it was trained on: none that sit can open.
+EXTERNAL = "external"
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; ``config.json`` of a run is ``asdict`` of this.
+
+    None means "not chosen": ``apply_presets`` fills it from the preset of the data before training.
+    """
+
+    data: str = "digits"  # "digits", an image folder (one sub-folder per class), or a latent cache
+    out: str | None = None  # run folder; default runs/<data name>
+    model: str | None = None  # a key of models.SiT_models
+    image_size: int | None = None
+    vae: str | None = None  # local diffusers AutoencoderKL folder: train in its latent space
+    class_dropout_prob: float = 0.1
+    learn_sigma: bool = True  # keep the official layout (extra output channels, unused)
+    interpolant: str = "linear"
+    prediction: str = "velocity"
+    loss_weight: str | None = None
+    train_eps: float | None = None
+    sample_eps: float | None = None
+    num_timesteps: int | None = None
+    lr: float | None = None
+    weight_decay: float = 0.0
+    ema_decay: float | None = None
+    batch_size: int | None = None  # global, over all ranks
+    steps: int | None = None
+    epochs: int | None = None  # instead of steps: passes over the data
+    grad_clip: float | None = None
+    precision: str = "fp32"
+    compile: bool = False
+    fused_adamw: bool = False  # one fused kernel for the optimiser step: faster, not bit-identical (~3e-8)
+    seed: int = 0
+    num_workers: int | None = None
+    threads: int | None = None  # torch intra-op threads per rank; 0: torch's default
+    log_every: int | None = None
+    ckpt_every: int | None = None
+    sample_every: int | None = None  # 0: no sample grids
+    # Filled from the data when the run starts (what a sampler needs to rebuild the model):
+    in_channels: int | None = None
+    input_size: int | None = None
+    num_classes: int | None = None
+    latent_scale: float | None = None
+
+    def __post_init__(self):
+        if self.loss_weight == "none":
+            self.loss_weight = None
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
+        unknown = sorted(set(values) - field_names(cls))
+        if unknown or "data" not in values:
+            raise InputError(f"{source} is not a sit training config (unknown keys: {', '.join(unknown) or 'none'}; needs 'data')")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self) -> None:
+        """Refuse settings that cannot train (call once the presets are applied)."""
+        if self.model not in SiT_models:
+            raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(SiT_models)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
+        if self.steps is not None and self.steps < 1 or self.epochs is not None and self.epochs < 1:
+            raise InputError("--steps and --epochs must be at least 1")
+        for name in ("lr", "batch_size", "log_every", "ckpt_every"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"--{name.replace('_', '-')} must be positive")
+        if not 0 <= self.ema_decay < 1:
+            raise InputError(f"--ema-decay {self.ema_decay} must lie in [0, 1), e.g. 0.9999")
+        self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight combination
+
+    def transport(self) -> Transport:
+        return Transport(self.interpolant, self.prediction, self.loss_weight, self.train_eps, self.sample_eps, self.num_timesteps)
+
+    def build_model(self) -> torch.nn.Module:
+        """A freshly initialised model of this config's architecture and data shape."""
+        return SiT_models[self.model](
+            input_size=self.input_size, in_channels=self.in_channels, num_classes=self.num_classes,
+            class_dropout_prob=self.class_dropout_prob, learn_sigma=self.learn_sigma,
+        )
+
+
+# Settings that may change when a run is resumed; every other one is fixed by the run's config.json.
+# (lr and grad_clip so that a diverged run can go on from its last good checkpoint more gently.)
+RESUMABLE = {"steps", "epochs", "lr", "grad_clip", "log_every", "ckpt_every", "sample_every", "num_workers", "threads",
+             "precision", "compile", "fused_adamw"}
+
+
+@dataclass
+class SampleConfig:
+    """Every sampling setting (``sample.json`` in the output folder records the image-changing ones)."""
+
+    ckpt: str
+    out: str | None = None  # default: <run>/samples
+    model: str | None = None  # checked against the architecture of ckpt when given
+    src_format: str | None = None  # format of ckpt (sit convert's --from); None: detected
+    ema: bool = True
+    sampler: str = "ode"
+    method: str | None = None  # ode: adams; sde: euler
+    steps: int | None = None  # ode: 50; sde: 250
+    atol: float = 1e-6
+    rtol: float = 1e-3
+    w: str = "sigma"  # the SDE's diffusion coefficient w(t)
+    w_norm: float = 1.0
+    last_step: str = "mean"
+    last_step_size: float = 0.04
+    cfg_scale: float = 1.0
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    cfg_channels: str = "all"
+    num: int = 64
+    batch_size: int = 64
+    seed: int = 0
+    precision: str = "fp32"
+    compile: bool = False  # torch.compile the model (fused kernels; float round-off differences)
+    class_labels: str | None = None  # "3", "1,4,7" (cycled), or None for uniform random labels
+    npz: bool = False
+    grid: str | None = None
+    vae: str | None = None
+    threads: int | None = None  # torch intra-op threads; None: the run's setting, 0: torch's default
+    # Only for a checkpoint that does not record its transport (a run's config.json fixes them):
+    interpolant: str | None = None
+    prediction: str | None = None
+    sample_eps: float | None = None
+
+    def __post_init__(self):
+        if self.sampler not in ("ode", "sde"):
+            raise InputError(f"unknown sampler {self.sampler!r}; choose ode or sde")
+        self.method = self.method or ("adams" if self.sampler == "ode" else "euler")
+        self.steps = self.steps or (50 if self.sampler == "ode" else 250)
+        self.cfg_interval = tuple(float(v) for v in self.cfg_interval)
+        if self.num < 1 or self.batch_size < 1:
+            raise InputError("--num and --batch-size must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
+        methods = list(ODE_METHODS if self.sampler == "ode" else SDE_METHODS)
+        if self.method not in methods:
+            raise InputError(f"unknown {self.sampler.upper()} method {self.method!r}; choose one of {', '.join(methods)}")
+        if self.sampler == "sde":
+            self.w = check_diffusion_coefficient(self.w)
+            if self.last_step not in LAST_STEPS:
+                raise InputError(f"unknown --last-step {self.last_step!r}; choose one of {', '.join(LAST_STEPS)}")
+        if self.cfg_channels != "all" and not (str(self.cfg_channels).isdigit() and int(self.cfg_channels) > 0):
+            raise InputError(f"--cfg-channels {self.cfg_channels!r}: pass 'all' or a number of channels such as 3")
+
+    def transport_overrides(self) -> dict:
+        """The transport settings given for a checkpoint that does not record its own."""
+        given = {"interpolant": self.interpolant, "prediction": self.prediction, "sample_eps": self.sample_eps}
+        return {k: v for k, v in given.items() if v is not None}
+
+    def record(self) -> dict:
+        """The settings that decide the images (what ``sample.json`` must match to add to a folder)."""
+        settings = {k: v for k, v in asdict(self).items() if k not in FREE_SETTINGS}
+        settings["cfg_interval"] = list(settings["cfg_interval"])
+        return settings
+
+
+# Settings that do not change any image: they may differ when a folder is filled in several runs.
+FREE_SETTINGS = {"out", "num", "batch_size", "npz", "grid", "threads"}
+
+
+def field_names(cls) -> set[str]:
+    return {f.name for f in fields(cls)}

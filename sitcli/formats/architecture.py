@@ -1,0 +1,153 @@
+"""A checkpoint's architecture from the shapes of its tensors, in one place.
+
+Every reader (official .pt, sit runs, diffusers folders) hands its state dict, in the official
+parameter names, to ``infer_architecture``; the result is the keyword arguments of ``SiT`` and
+``build_model`` turns it and the tensors into a network. ``registry_name`` names an architecture
+by its row of the size table (``SiT-XL/2``), and ``assumed_latent_space`` holds the one rule for
+checkpoints that do not say what space they work in.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import torch
+
+from sitcli.autoencoder import DEFAULT_LATENT_SCALE
+from sitcli.errors import InputError
+from sitcli.models import SIZES, SiT
+
+StateDict = dict[str, torch.Tensor]
+
+# hidden size -> heads, from the configuration table: the one number the shapes do not carry.
+HEADS_BY_HIDDEN = {hidden: heads for _, hidden, heads in SIZES.values()}
+
+def heads_from_model_name(name: str | None) -> int | None:
+    """Heads of an official model name such as "SiT-XL/2" or "DiT-B/4" (None when not one)."""
+    match = re.fullmatch(r"(?:SiT|DiT)-(XL|L|B|S)/\d+", str(name or ""))
+    return SIZES[match.group(1)][2] if match else None
+
+
+def infer_architecture(
+    state_dict: StateDict, num_heads: int | None = None, where: str = "checkpoint"
+) -> dict[str, Any]:
+    """SiT constructor arguments from the shapes of an official-names state dict.
+
+    hidden size, patch size and input channels come from ``x_embedder.proj.weight`` (D, C, p, p);
+    the input size from the N = (input_size / p)^2 rows of ``pos_embed``; depth from the block
+    count; mlp ratio from ``fc1``; classes from the label table (its last row is the null class);
+    learn_sigma from the output layer (p^2 C or p^2 2C rows). Heads are not in any shape: they
+    come from ``num_heads``, else from the configuration table by hidden size. Anything that does
+    not fit the SiT layout exactly is refused with the reason.
+    """
+    def need(key: str, ndim: int) -> torch.Tensor:
+        if key not in state_dict:
+            found = _some_keys(state_dict)
+            raise InputError(f"{where} is not a SiT/DiT state dict: it has no {key!r} (found e.g. {found})")
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor) or value.dim() != ndim:
+            raise InputError(f"{where}: {key!r} should be a {ndim}-d tensor, got {_describe(value)}")
+        return value
+
+    proj = need("x_embedder.proj.weight", 4)
+    hidden, in_channels, patch, patch_w = proj.shape
+    if patch != patch_w:
+        raise InputError(f"{where}: patches must be square, x_embedder.proj.weight is {tuple(proj.shape)}")
+    pos = need("pos_embed", 3)
+    grid = math.isqrt(pos.shape[1])
+    if grid * grid != pos.shape[1] or pos.shape[2] != hidden:
+        raise InputError(f"{where}: pos_embed {tuple(pos.shape)} is not a square grid of {hidden}-d embeddings")
+    depth = len({int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if depth == 0:
+        raise InputError(f"{where} has no transformer blocks ('blocks.N.*')")
+    mlp_ratio = need("blocks.0.mlp.fc1.weight", 2).shape[0] / hidden
+    num_classes = need("y_embedder.embedding_table.weight", 2).shape[0] - 1
+    out = need("final_layer.linear.weight", 2).shape[0]
+    if out == patch * patch * in_channels * 2:
+        learn_sigma = True
+    elif out == patch * patch * in_channels:
+        learn_sigma = False
+    else:
+        raise InputError(
+            f"{where}: final_layer.linear has {out} outputs, neither p*p*C = {patch * patch * in_channels} "
+            f"nor twice that (learned sigma)"
+        )
+    if num_heads is None:
+        num_heads = HEADS_BY_HIDDEN.get(hidden)
+        if num_heads is None:
+            table = ", ".join(f"{h} -> {n}" for h, n in HEADS_BY_HIDDEN.items())
+            raise InputError(
+                f"{where}: hidden size {hidden} is not in the configuration table ({table}), so the number of "
+                f"attention heads is unknown: pass --num-heads"
+            )
+    if hidden % num_heads:
+        raise InputError(f"{where}: hidden size {hidden} is not divisible by {num_heads} heads: check --num-heads")
+    arch = dict(
+        input_size=grid * patch, patch_size=patch, in_channels=in_channels, hidden_size=hidden, depth=depth,
+        num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=num_classes, learn_sigma=learn_sigma,
+    )
+    check_layout(state_dict, arch, where)
+    return arch
+
+
+def check_layout(state_dict: StateDict, arch: dict[str, Any], where: str = "checkpoint") -> None:
+    """Refuse a state dict whose keys or shapes differ from those of ``SiT(**arch)``."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in SiT(**arch).state_dict().items()}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else ""]
+        raise InputError(f"{where} does not fit the SiT layout: {'; '.join(p for p in parts if p)}")
+    for key, shape in expected.items():
+        if tuple(state_dict[key].shape) != shape:
+            raise InputError(f"{where}: {key} has shape {tuple(state_dict[key].shape)}, expected {shape}")
+
+
+def build_model(arch: dict[str, Any], state_dict: StateDict) -> SiT:
+    """A ``SiT`` holding exactly these tensors (no random initialisation is computed first)."""
+    with torch.device("meta"):
+        model = SiT(**arch)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval()
+
+
+def _some_keys(state_dict: dict) -> str:
+    keys = [str(k) for k in list(state_dict)[:3]]
+    return ", ".join(keys) if keys else "nothing"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def registry_name(arch: dict[str, Any]) -> str | None:
+    """The ``SiT_models`` key of an architecture, or None when the table has no such model."""
+    for size, (depth, hidden, heads) in SIZES.items():
+        if (arch["depth"], arch["hidden_size"], arch["num_heads"]) == (depth, hidden, heads) and arch["mlp_ratio"] == 4:
+            if arch["patch_size"] in (2, 4, 8):
+                return f"SiT-{size}/{arch['patch_size']}"
+    return None
+
+
+def describe(arch: dict[str, Any]) -> str:
+    """One line naming an architecture, e.g. "SiT-XL/2 layout: 28 blocks, hidden 1152, 16 heads, ..."."""
+    name = registry_name(arch) or "custom"
+    return (f"{name} layout: {arch['depth']} blocks, hidden {arch['hidden_size']}, {arch['num_heads']} heads, patch "
+            f"{arch['patch_size']}, input {arch['in_channels']}x{arch['input_size']}x{arch['input_size']}, "
+            f"{arch['num_classes']} classes, learn_sigma={arch['learn_sigma']}")
+
+
+def assumed_latent_space(in_channels: int, input_size: int) -> tuple[int, float | None]:
+    """(image_size, latent_scale) of a checkpoint that does not record them.
+
+    4 input channels are taken as the official checkpoints' SD-VAE latents (8x downsampling,
+    scaling factor 0.18215); 1 or 3 channels as pixels (no latent scale).
+    """
+    if in_channels == 4:
+        return input_size * 8, DEFAULT_LATENT_SCALE
+    return input_size, None

@@ -1,0 +1,94 @@
+"""Where and how a job computes: the device, the precision (autocast, TF32) and the thread count.
+
+Every job takes ``device`` and ``precision`` strings from its config; this module is the one place
+that turns them into torch objects, so "cuda if available" and "bf16 means autocast to bfloat16"
+are written once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+
+from sitcli.errors import InputError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device; None: CUDA when available, else the CPU. Unknown names and a
+    CUDA device on a machine without CUDA are refused."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device} requested but CUDA is not available; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    return dev
+
+
+def check_precision(precision: str, device: torch.device | None = None) -> str:
+    """Refuse an unknown precision, and fp16 off CUDA (the CPU's float16 matmul is ~200x slower than bf16)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
+    if precision == "fp16" and device is not None and device.type != "cuda":
+        raise InputError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context of a precision: off for fp32, else to bfloat16 or float16."""
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
+
+
+def autocast_model(model: Callable, precision: str, device: torch.device) -> Callable:
+    """``model(x, t, y)`` run under ``autocast(device, precision)``."""
+
+    def call(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        with autocast(device, precision):
+            return model(x, t, y)
+
+    return call
+
+
+@contextlib.contextmanager
+def threads(count: int | None) -> Iterator[None]:
+    """torch intra-op threads set to ``count`` (None or 0: left as they are) and restored after."""
+    before = torch.get_num_threads()
+    try:
+        if count:
+            torch.set_num_threads(count)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """Run convolutions in true float32 on CUDA.
+
+    PyTorch lets cuDNN use TF32 for float32 convolutions by default; that moves Inception
+    features by ~1e-3 and FID with them, differently on different GPUs. No effect on CPU.
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        old = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = old
+    else:  # torch < 2.9
+        old = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = old

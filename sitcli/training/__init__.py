@@ -1,0 +1,14 @@
+"""Training SiT models: ``train(TrainConfig(...))``.
+
+    presets.py   defaults chosen by the data (the digits quickstart, the paper's ImageNet settings)
+    prepare.py   checks, the run folder, data, model, EMA, optimiser and RNG streams before step 1
+    losses.py    the loss as named terms (the interpolant's regression loss first)
+    loop.py      the loop: step -> log -> save, and the two halves of a step
+    state.py     EMA update, RNG states, the stop request of Ctrl-C / SIGTERM
+    reports.py   progress bar, log.csv, loss.png, EMA sample grids
+"""
+
+from sitcli.training.loop import TrainingDiverged, TrainResult, train
+from sitcli.training.prepare import config_from_flags, resume_config
+
+__all__ = ["train", "resume_config", "config_from_flags", "TrainResult", "TrainingDiverged"]

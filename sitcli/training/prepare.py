@@ -1,0 +1,185 @@
+"""Everything a training run needs before its first step, checked before anything is written.
+
+``prepare`` applies the presets, checks every setting and the output folder, opens the data (and
+the VAE), then writes ``config.json`` and builds model, EMA, optimiser and RNG streams, restoring
+them from the newest checkpoint when resuming.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from sitcli import distributed, runs
+from sitcli.config import EXTERNAL, RESUMABLE, TrainConfig
+from sitcli.data import DIGITS, batches, is_latent_cache, open_dataset
+from sitcli.errors import InputError
+from sitcli.runtime import check_precision
+from sitcli.training.losses import LossTerm, loss_terms
+from sitcli.training.presets import apply_presets
+from sitcli.training.reports import TrainingPreview, truncate_log
+from sitcli.training.state import restore_rng_state
+from sitcli.transport import Transport
+
+
+@dataclass
+class Prepared:
+    """A run ready to step: what the loop reads and updates."""
+
+    cfg: TrainConfig
+    run: Path
+    dist: distributed.Dist
+    dataset: object
+    data: object  # iterator of per-rank (x, y) batches, positioned at ``step``
+    vae: object | None  # encodes pixel batches on the fly (None: the data is already what the model sees)
+    model: torch.nn.Module
+    net: torch.nn.Module  # model, wrapped for DDP and torch.compile
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    noise: torch.Generator  # training times and noise
+    transport: Transport
+    terms: list[LossTerm]
+    step: int
+    latest: Path | None  # the checkpoint resumed from
+    preview: TrainingPreview | None
+
+
+def resume_config(run: str | Path, given: dict | None = None) -> TrainConfig:
+    """The config of ``run`` with the flags in ``given`` applied: only RESUMABLE ones may differ."""
+    saved = TrainConfig.from_dict(runs.read_config(run), source=f"{run}/{runs.CONFIG}")
+    if saved.data == EXTERNAL:
+        raise InputError(f"{run} holds converted weights, not a training run: sample it with `sit sample --ckpt {run}`; it cannot be resumed")
+    for name, value in (given or {}).items():
+        if value is None or name in ("out", "resume"):
+            continue
+        if name not in {f.name for f in fields(TrainConfig)}:
+            raise InputError(f"unknown setting {name!r}")
+        if name in RESUMABLE:
+            setattr(saved, name, value)
+        elif value != getattr(saved, name):
+            flag = "--" + name.replace("_", "-")
+            raise InputError(
+                f"{run} was trained with {flag} {getattr(saved, name)}; a resumed run keeps its settings: "
+                f"drop {flag} {value}, or start a new run with --out"
+            )
+    if "steps" in (given or {}) and given["steps"] is not None:
+        saved.epochs = None
+    saved.out = str(run)
+    return saved
+
+
+def config_from_flags(flags: dict, resume: str | None = None) -> TrainConfig:
+    """The config of `sit train`: a new run from the settings given, or ``resume``'s own with them applied."""
+    flags = {k: v for k, v in flags.items() if v is not None}
+    out = flags.get("out")
+    if resume is not None and out is not None and str(out).rstrip("/") != str(resume).rstrip("/"):
+        raise InputError(f"--out {out} and --resume {resume} name different folders; drop --out when resuming")
+    return resume_config(resume, flags) if resume is not None else TrainConfig(**flags)
+
+
+def check_out(cfg: TrainConfig, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None for a new run); refuses anything that would overwrite."""
+    run = Path(cfg.out)
+    if resume:
+        if not runs.is_run(run):
+            raise InputError(f"--resume {run}: not a sit run (no config.json); pass the folder `sit train --out` created")
+        latest = runs.latest_checkpoint(run)
+        if latest is None:
+            raise InputError(f"--resume {run}: the run has no complete checkpoint yet; start it again with a new --out")
+        done = int(latest.name)
+        if done >= cfg.steps:
+            raise InputError(f"--resume {run}: the run already finished at step {done}; pass --steps N with N > {done} to train further")
+        return latest
+    if runs.is_run(run):
+        raise InputError(f"{run} is already a run; continue it with --resume {run}, or pick a new --out")
+    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+        raise InputError(f"--out {run} exists and is not an empty folder; pick a new --out")
+    return None
+
+
+def open_data(cfg: TrainConfig, device: torch.device):
+    """(dataset, vae): the data, and the VAE that encodes it when pixels are trained in latent space.
+    Fills the data-derived fields of ``cfg`` (shape, classes, latent space)."""
+    dataset = open_dataset(cfg.data, None if is_latent_cache(cfg.data) else cfg.image_size)
+    info = dataset.info
+    vae = None
+    if cfg.vae is not None and cfg.data == DIGITS:
+        raise InputError("the digits are 1-channel 8x8 images, too small for a VAE: drop --vae and train in pixel space")
+    if cfg.vae is not None and not info.latent:
+        from sitcli.autoencoder import latent_scale, latent_shape, load_vae
+
+        vae = load_vae(cfg.vae, device)
+        channels, size = latent_shape(vae, info.image_size)
+        cfg.in_channels, cfg.input_size, cfg.latent_scale = channels, size, latent_scale(vae)
+    else:
+        cfg.in_channels, cfg.input_size, cfg.latent_scale = info.channels, info.size, info.latent_scale
+        cfg.vae = cfg.vae or info.vae
+        cfg.image_size = info.image_size
+    cfg.num_classes = info.num_classes
+    if cfg.epochs is not None:
+        cfg.steps = cfg.epochs * (len(dataset) // cfg.batch_size)
+    if cfg.input_size % int(cfg.model.rsplit("/", 1)[-1]):
+        raise InputError(f"{cfg.model} needs an input size divisible by its patch size; the data gives {cfg.input_size}")
+    return dataset, vae
+
+
+def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
+    """Check, write config.json, and build (or restore) everything the loop steps."""
+    apply_presets(cfg)
+    cfg.check()
+    check_precision(cfg.precision, dist.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = Path(cfg.out)
+    dataset, vae = open_data(cfg, dist.device)
+    latest = check_out(cfg, resume)
+    distributed.barrier()  # every rank has checked the folder before rank 0 creates it
+    if dist.is_main:
+        runs.write_config(run, cfg.to_dict())
+
+    # Model and optimiser: same init on every rank; after that each rank has its own RNG streams.
+    torch.manual_seed(cfg.seed)
+    model = cfg.build_model().to(dist.device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=cfg.fused_adamw or None)  # None: torch's default implementation
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    rank_seed = cfg.seed * dist.world_size + dist.rank
+    torch.manual_seed(rank_seed)  # the model's label dropout draws from the global RNG
+    noise = torch.Generator(dist.device).manual_seed(rank_seed)
+    step = 0
+    if latest is not None:
+        step = _restore(latest, model, ema, opt, scaler, noise, cfg, dist)
+        if dist.is_main:
+            truncate_log(run / "log.csv", step)
+
+    net = model
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    transport = cfg.transport()
+    data = batches(dataset, cfg.batch_size, cfg.seed, dist.rank, dist.world_size, step, cfg.num_workers)
+    preview = TrainingPreview(cfg, run / "grids", vae) if dist.is_main and cfg.sample_every else None
+    return Prepared(cfg, run, dist, dataset, data, vae, model, net, ema, opt, scaler, noise, transport,
+                    loss_terms(cfg, transport), step, latest, preview)
+
+
+def _restore(latest: Path, model, ema, opt, scaler, noise: torch.Generator, cfg: TrainConfig, dist) -> int:
+    """Load weights, optimiser and RNG state from a checkpoint folder; returns its step."""
+    state = runs.load_checkpoint(latest, dist.device)
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["optimizer"]["optimizer"])
+    for group in opt.param_groups:  # --lr may have been changed for the resumed run
+        group["lr"] = cfg.lr
+    if scaler is not None and state["optimizer"].get("scaler"):
+        scaler.load_state_dict(state["optimizer"]["scaler"])
+    restore_rng_state(state["rng"], noise, dist)
+    return state["state"]["step"]

@@ -34,3 +34,31 @@ def test_python_m_entry_point_is_the_same_app():
     import sitcli.__main__ as main
 
     assert main.app is cli.app
+
+
+def test_method_choices_and_the_methods_table_come_from_the_registry():
+    from sitcli.transport import ODE_METHODS, SDE_METHODS
+
+    listed = runner.invoke(cli.app, ["methods"])
+    assert listed.exit_code == 0
+    for m in [*ODE_METHODS.values(), *SDE_METHODS.values()]:
+        assert m.name in listed.output
+    assert cli.METHOD_HELP.count("adams") >= 1 and all(name in cli.METHOD_HELP for name in ODE_METHODS)
+
+
+def test_old_flag_spellings_still_work_but_are_hidden(tmp_path):
+    import torch
+
+    from sitcli.models import SiT_models
+
+    torch.manual_seed(0)
+    weights = tmp_path / "SiT-Ti-4.pt"
+    torch.save({"model": SiT_models["SiT-Ti/4"](input_size=8, in_channels=1, num_classes=2).state_dict(),
+                "ema": SiT_models["SiT-Ti/4"](input_size=8, in_channels=1, num_classes=2).state_dict()}, weights)
+    old = runner.invoke(cli.app, ["convert", str(weights), str(tmp_path / "old.pt"), "--use", "model"])
+    new = runner.invoke(cli.app, ["convert", str(weights), str(tmp_path / "new.pt"), "--no-ema"])
+    assert old.exit_code == new.exit_code == 0, old.output + new.output
+    assert torch.equal(torch.load(tmp_path / "old.pt")["x_embedder.proj.weight"], torch.load(tmp_path / "new.pt")["x_embedder.proj.weight"])
+    for command, flag in (("convert", "--use"), ("nll", "--limit")):
+        text = runner.invoke(cli.app, [command, "--help"]).output
+        assert flag not in text

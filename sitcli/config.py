@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from sitcli.data import DIGITS
 from sitcli.errors import InputError
 from sitcli.models import SiT_models
 from sitcli.runtime import PRECISIONS
@@ -30,7 +31,7 @@ class TrainConfig:
     None means "not chosen": ``apply_presets`` fills it from the preset of the data before training.
     """
 
-    data: str = "digits"  # "digits", an image folder (one sub-folder per class), or a latent cache
+    data: str = DIGITS  # "digits", an image folder (one sub-folder per class), or a latent cache
     out: str | None = None  # run folder; default runs/<data name>
     model: str | None = None  # a key of models.SiT_models
     image_size: int | None = None

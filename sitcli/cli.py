@@ -82,6 +82,8 @@ def train(
     precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only, with a gradient scaler)."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     fused_adamw: bool | None = typer.Option(None, "--fused-adamw/--no-fused-adamw", help="AdamW as one fused kernel: a faster optimiser step, weights not bit-identical to the default (~3e-8 per step)."),
+    tf32: bool | None = typer.Option(None, "--tf32/--no-tf32", help="TF32 tensor cores for float32 matmuls and convolutions on CUDA (default on, as the official SiT/DiT scripts; --no-tf32 for bit-level reproduction; a run from before this setting resumes without). No effect on CPU."),
+    grad_checkpointing: bool | None = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing", help="Recompute each transformer block's activations in the backward pass: far less activation memory (larger per-GPU batches) for ~1/3 more compute; same loss and gradients."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for initialisation, data order and noise (default 0)."),
     num_workers: int | None = typer.Option(None, "--num-workers", help="Data-loading processes per rank (default 4; 0 on digits)."),
     threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads per rank (default: torch's; 1 on digits, whose tiny matrices gain nothing from more)."),
@@ -138,6 +140,7 @@ def sample(
     seed: int = typer.Option(0, "--seed", help="Base seed; image i uses its own seed derived from (seed, i)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model: fused kernels, a one-off build (about a minute for SiT-B/2 on a CPU); outputs differ from eager by float round-off."),
+    tf32: bool = typer.Option(True, "--tf32/--no-tf32", help="TF32 tensor cores for float32 matmuls and convolutions on CUDA (default on, as the official sampling script; --no-tf32 for bit-level reproduction). No effect on CPU."),
     class_labels: str | None = typer.Option(None, "--class-labels", help="One label for all (3) or a comma list cycled over indices (1,4,7); default uniform random (see labels.csv)."),
     npz: bool = typer.Option(False, "--npz", help="Also write OUT/samples.npz (arr_0: N x H x W x 3 uint8, the ADM evaluator format)."),
     grid: str | None = typer.Option(None, "--grid", help="Also write a grid of the first 100 images to this PNG."),
@@ -241,6 +244,7 @@ def fid(
         help="Fold Inception's batch norms into its convolutions and run it channels-last: ~1.5x on CPU; "
         "features move by float32 round-off (~1e-7), so statistics are no longer bit-for-bit pytorch-fid's.",
     ),
+    tf32: bool = typer.Option(False, "--tf32", help="Let CUDA run Inception's float32 convolutions and matmuls in TF32: faster on A100/H100, features move by ~1e-3 (default: true float32, pytorch-fid's numbers on every GPU)."),
 ) -> None:
     """Compute FID and related metrics between a reference set A and a sample set B.
 
@@ -268,7 +272,7 @@ def fid(
         result = evaluate(
             a, b, metrics, save_stats=save_stats, inception_weights=inception_weights, batch_size=batch_size,
             num_workers=num_workers, device=device, is_splits=is_splits, pr_subset=pr_subset,
-            kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, fast=fast, progress=progress,
+            kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, fast=fast, tf32=tf32, progress=progress,
         )
     for line in result["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)

@@ -54,6 +54,8 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     fused_adamw: bool = False  # one fused kernel for the optimiser step: faster, not bit-identical (~3e-8)
+    tf32: bool = True  # TF32 float32 matmuls/convolutions on CUDA (runtime.tf32); no effect on CPU
+    grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
     seed: int = 0
     num_workers: int | None = None
     threads: int | None = None  # torch intra-op threads per rank; 0: torch's default
@@ -75,7 +77,9 @@ class TrainConfig:
         unknown = sorted(set(values) - field_names(cls))
         if unknown or "data" not in values:
             raise InputError(f"{source} is not a sit training config (unknown keys: {', '.join(unknown) or 'none'}; needs 'data')")
-        return cls(**values)
+        # A run from before TF32 was a setting computed its matmuls in full float32 (torch's default):
+        # it goes on that way when resumed, not with the new default.
+        return cls(**{"tf32": False, **values})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,7 +113,7 @@ class TrainConfig:
 # Settings that may change when a run is resumed; every other one is fixed by the run's config.json.
 # (lr and grad_clip so that a diverged run can go on from its last good checkpoint more gently.)
 RESUMABLE = {"steps", "epochs", "lr", "grad_clip", "log_every", "ckpt_every", "sample_every", "num_workers", "threads",
-             "precision", "compile", "fused_adamw"}
+             "precision", "compile", "fused_adamw", "tf32", "grad_checkpointing"}
 
 
 @dataclass
@@ -138,6 +142,7 @@ class SampleConfig:
     seed: int = 0
     precision: str = "fp32"
     compile: bool = False  # torch.compile the model (fused kernels; float round-off differences)
+    tf32: bool = True  # TF32 float32 matmuls/convolutions on CUDA (runtime.tf32); no effect on CPU
     class_labels: str | None = None  # "3", "1,4,7" (cycled), or None for uniform random labels
     npz: bool = False
     grid: str | None = None
@@ -182,6 +187,9 @@ class SampleConfig:
 
 # Settings that do not change any image: they may differ when a folder is filled in several runs.
 FREE_SETTINGS = {"out", "num", "batch_size", "npz", "grid", "threads"}
+
+# What a sample.json written before a setting existed implies for it (the images were drawn that way).
+OLD_SAMPLE_DEFAULTS = {"tf32": False}
 
 
 def field_names(cls) -> set[str]:

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -185,6 +186,11 @@ class SiT(nn.Module):
         learn_sigma: keep the official checkpoints' extra ``in_channels`` output channels (their
             learned variance); they are computed but dropped from the output.
 
+    Setting the attribute ``grad_checkpointing = True`` keeps only each block's input while
+    gradients are recorded and recomputes the block in the backward pass: the same outputs and
+    gradients, activation memory of one block instead of ``depth``, one more forward pass of
+    compute. It is not a parameter, so state dicts are unchanged.
+
     Example:
         >>> model = SiT_models["SiT-S/2"](input_size=32, num_classes=1000)
         >>> out = model(torch.randn(2, 4, 32, 32), torch.rand(2), torch.tensor([1, 2]))  # (2, 4, 32, 32)
@@ -213,6 +219,7 @@ class SiT(nn.Module):
         self.learn_sigma = learn_sigma
         self.num_classes = num_classes
         self.num_heads = num_heads
+        self.grad_checkpointing = False
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -282,8 +289,10 @@ class SiT(nn.Module):
         x = self.x_embedder(x) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)
         tokens = {}
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for depth, block in enumerate(self.blocks, start=1):
-            x = block(x, c)
+            # Non-reentrant: works with torch.compile and DDP, and with inputs that need no grad.
+            x = checkpoint(block, x, c, use_reentrant=False) if recompute else block(x, c)
             if depth in return_tokens:
                 tokens[depth] = x
         x = self.unpatchify(self.final_layer(x, c))

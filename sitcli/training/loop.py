@@ -20,7 +20,7 @@ import torch
 
 from sitcli import distributed, runs
 from sitcli.config import TrainConfig
-from sitcli.runtime import autocast
+from sitcli.runtime import autocast, tf32
 from sitcli.training.losses import LossTerm, step_losses
 from sitcli.training.prepare import Prepared, prepare
 from sitcli.training.reports import TrainLog
@@ -51,7 +51,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     dist = distributed.setup(device)
     threads = torch.get_num_threads()
     try:
-        return run_loop(prepare(cfg, resume, dist), progress)
+        with tf32(cfg.tf32):
+            return run_loop(prepare(cfg, resume, dist), progress)
     finally:
         torch.set_num_threads(threads)
         distributed.teardown(dist)

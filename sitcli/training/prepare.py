@@ -145,6 +145,7 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
     torch.manual_seed(cfg.seed)
     model = cfg.build_model().to(dist.device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
+    model.grad_checkpointing = cfg.grad_checkpointing
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=cfg.fused_adamw or None)  # None: torch's default implementation
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None

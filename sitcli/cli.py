@@ -208,14 +208,20 @@ def cache_latents(
     image_size: int = typer.Option(256, "--image-size", help="Side of the center-cropped images."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per VAE forward pass."),
     num_workers: int = typer.Option(4, "--num-workers", help="Image-decoding processes."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the VAE posterior samples."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the VAE posterior samples (image i draws its own noise, seeded by (seed, i))."),
+    shard_size: int = typer.Option(4096, "--shard-size", help="Images per shard: the unit that ranks share out and that an interrupted extraction keeps."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
-    """Encode an image folder once with the VAE (each image and its mirror image) for fast latent training."""
-    from sitcli.autoencoder import cache_latents as run_cache
+    """Encode an image folder once with the VAE (each image and its mirror image) for fast latent training.
 
-    path = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device)
-    console.print(f"latent cache written to {path}; train with: sit train --data {path}", highlight=False)
+    Under `torchrun --nproc_per_node=K -m sitcli cache-latents ...` the K ranks encode disjoint shards (the cache is bit for bit the one-process cache); run the same command again after an interruption and only unfinished shards are encoded.
+    """
+    from sitcli.latent_cache import cache_latents as run_cache
+
+    result = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device, shard_size=shard_size)
+    if result.is_main:
+        reused = f" ({result.reused_shards} of {result.shards} shards kept from an earlier run)" if result.reused_shards else ""
+        console.print(f"latent cache of {result.count} images written to {result.out}{reused}; train with: sit train --data {result.out}", highlight=False)
 
 
 @app.command()

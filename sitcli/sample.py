@@ -174,6 +174,9 @@ def _check_folder(out: Path, settings: dict) -> None:
     if saved_path.is_file():
         saved = {**OLD_SAMPLE_DEFAULTS, **json.loads(saved_path.read_text())}
         changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        if changed == ["tf32"]:
+            flag = "--tf32" if saved["tf32"] else "--no-tf32"
+            raise InputError(f"{out} holds samples drawn with {flag}; pass {flag} to add to it, or pick a new --out")
         if changed:
             raise InputError(f"{out} holds samples drawn with other settings ({', '.join(changed)} differ); pick a new --out")
     elif out.is_dir() and any(out.iterdir()):

@@ -74,8 +74,12 @@ def test_tf32_is_on_while_training_on_cuda_and_off_with_no_tf32(tmp_path, monkey
     train(cuda_run(tmp_path, "off", steps=1, tf32=False), progress=False, device="cuda")
     assert seen == ["tf32", "ieee"]
     a, b = state_of(tmp_path / "on")["model"], state_of(tmp_path / "off")["model"]
-    for name in a:  # TF32 moves a step by its ~1e-3 relative round-off, no more
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-3)
+    moved = 0
+    for name in a:  # Adam's first step moves a weight by ~lr either way, so they differ by 2 lr at most
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=2 * TINY["lr"] + 1e-6)
+        moved += not torch.equal(a[name], b[name])
+    if torch.cuda.get_device_capability()[0] >= 8:  # TF32 tensor cores exist from Ampere on
+        assert moved > 0  # TF32 really changed the arithmetic
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

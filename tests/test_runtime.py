@@ -103,7 +103,7 @@ def test_sampling_records_tf32_and_an_old_folder_keeps_full_float32(tmp_path, mo
     assert settings["tf32"] is True
     del settings["tf32"]  # a folder filled before the setting existed: its images were drawn in full float32
     (out / "sample.json").write_text(json.dumps(settings))
-    with pytest.raises(InputError, match="tf32"):
+    with pytest.raises(InputError, match="drawn with --no-tf32; pass --no-tf32 to add to it"):
         sample(SampleConfig(ckpt=str(tmp_path / "run"), out=str(out), num=3, batch_size=2, steps=2, method="euler"),
                progress=False)
     import sitcli.sample as sampling

@@ -224,7 +224,7 @@ def cache_latents(
 def fid(
     a: str = typer.Argument(..., metavar="A", help="Reference set: image folder, images .npz (arr_0, N x H x W x 3 uint8) or stats .npz (mu, sigma)."),
     b: str | None = typer.Argument(None, metavar="B", help="Sample set, same kinds. Optional with --save-stats, or with --metrics is alone."),
-    metrics: str | None = typer.Option(None, "--metrics", "-m", help="Comma list of fid, is, sfid, pr, kid, or 'all' (default: fid, or none with one input)."),
+    metrics: str | None = typer.Option(None, "--metrics", "-m", help="Comma list of fid, is, sfid, pr, kid, fd_dinov2 (needs --dinov2), or 'all' (the five Inception metrics; default: fid, or none with one input)."),
     save_stats: str | None = typer.Option(None, "--save-stats", help="Write A's statistics (mu, sigma, mu_s, sigma_s) to this .npz for reuse."),
     inception_weights: str | None = typer.Option(
         None, "--inception-weights",
@@ -240,6 +240,7 @@ def fid(
     kid_subsets: int = typer.Option(100, "--kid-subsets", help="KID: number of random subsets."),
     kid_subset_size: int = typer.Option(1000, "--kid-subset-size", help="KID: images per subset (capped at the smaller set)."),
     seed: int = typer.Option(2020, "--seed", help="Seed for the PR and KID subsets (2020 draws torch-fidelity's KID subsets)."),
+    dinov2: str | None = typer.Option(None, "--dinov2", help="DINOv2 encoder for --metrics fd_dinov2 (ViT-L/14 in the paper): a local transformers folder or torch hub's dinov2_vitl14_pretrain.pth (pip install 'sit[repa]')."),
     fast: bool = typer.Option(
         False, "--fast",
         help="Fold Inception's batch norms into its convolutions and run it channels-last: ~1.5x on CPU; "
@@ -266,13 +267,13 @@ def fid(
 
         def progress(label: str, done: int, total: int) -> None:
             if label not in tasks:
-                tasks[label] = bar.add_task(f"Inception on {label}", total=total)
+                tasks[label] = bar.add_task(label if " " in label else f"Inception on {label}", total=total)
             bar.update(tasks[label], completed=done)
 
         result = evaluate(
             a, b, metrics, save_stats=save_stats, inception_weights=inception_weights, batch_size=batch_size,
             num_workers=num_workers, device=device, is_splits=is_splits, pr_subset=pr_subset,
-            kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, fast=fast, progress=progress,
+            kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, fast=fast, dinov2=dinov2, progress=progress,
         )
     for line in result["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -280,6 +281,7 @@ def fid(
     rows = [
         ("FID", "fid", None), ("sFID", "sfid", None), ("Inception Score", "is", "is_std"),
         ("Precision", "precision", None), ("Recall", "recall", None), ("KID", "kid", "kid_std"),
+        ("FD-DINOv2", "fd_dinov2", None),
     ]
     table = Table(title="sit fid")
     table.add_column("metric")

@@ -94,6 +94,13 @@ class Encoder:
         patches = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
         return tokens[:, tokens.shape[1] - patches:].float()
 
+    @torch.no_grad()
+    def embedding(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """The final (layer-normed) class token (B, width), float32, of images at ``size`` pixels
+        (default: ``input_size()``), e.g. for feature-space metrics (FD-DINOv2)."""
+        grid = size // self.patch_size if size and self.resolution is None else None
+        return self._tokens(self.preprocess(images, grid))[:, 0].float()
+
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

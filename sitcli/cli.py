@@ -91,6 +91,10 @@ def train(
     ckpt_every: int | None = typer.Option(None, "--ckpt-every", help="Steps between checkpoints (one is always written at the end)."),
     sample_every: int | None = typer.Option(None, "--sample-every", help="Steps between EMA sample grids (0: none)."),
     class_dropout_prob: float | None = typer.Option(None, "--class-dropout-prob", help="Label dropout for classifier-free guidance (default 0.1)."),
+    repa_encoder: list[str] | None = typer.Option(None, "--repa-encoder", help="REPA alignment: a frozen encoder from a local file (a transformers folder, e.g. DINOv2, or torch hub's dinov2_vit*14*_pretrain.pth); repeat it or pass a comma list for several (default: off; pip install 'sit[repa]')."),
+    repa_depth: int | None = typer.Option(None, "--repa-depth", help="The SiT block (1-based) whose tokens are aligned (default: REPA's 8 for XL and L, 4 for B and S; depth // 3 otherwise)."),
+    repa_weight: float | None = typer.Option(None, "--repa-weight", help="Weight lambda of the alignment term (default 0.5)."),
+    repa_projector_dim: int | None = typer.Option(None, "--repa-projector-dim", help="Hidden width of the projectors, three linear layers with SiLU to the encoder's width (default 2048)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
     """Train a SiT model; run it under `torchrun --nproc_per_node=K -m sitcli train ...` for DDP.
@@ -229,7 +233,7 @@ def cache_latents(
 def fid(
     a: str = typer.Argument(..., metavar="A", help="Reference set: image folder, images .npz (arr_0, N x H x W x 3 uint8) or stats .npz (mu, sigma)."),
     b: str | None = typer.Argument(None, metavar="B", help="Sample set, same kinds. Optional with --save-stats, or with --metrics is alone."),
-    metrics: str | None = typer.Option(None, "--metrics", "-m", help="Comma list of fid, is, sfid, pr, kid, or 'all' (default: fid, or none with one input)."),
+    metrics: str | None = typer.Option(None, "--metrics", "-m", help="Comma list of fid, is, sfid, pr, kid, fd_dinov2 (needs --dinov2), or 'all' (the five Inception metrics; default: fid, or none with one input)."),
     save_stats: str | None = typer.Option(None, "--save-stats", help="Write A's statistics (mu, sigma, mu_s, sigma_s) to this .npz for reuse."),
     inception_weights: str | None = typer.Option(
         None, "--inception-weights",
@@ -245,6 +249,7 @@ def fid(
     kid_subsets: int = typer.Option(100, "--kid-subsets", help="KID: number of random subsets."),
     kid_subset_size: int = typer.Option(1000, "--kid-subset-size", help="KID: images per subset (capped at the smaller set)."),
     seed: int = typer.Option(2020, "--seed", help="Seed for the PR and KID subsets (2020 draws torch-fidelity's KID subsets)."),
+    dinov2: str | None = typer.Option(None, "--dinov2", help="DINOv2 encoder for --metrics fd_dinov2 (ViT-L/14 in the paper): a local transformers folder or torch hub's dinov2_vitl14_pretrain.pth (pip install 'sit[repa]')."),
     fast: bool = typer.Option(
         False, "--fast",
         help="Fold Inception's batch norms into its convolutions and run it channels-last: ~1.5x on CPU; "
@@ -272,13 +277,13 @@ def fid(
 
         def progress(label: str, done: int, total: int) -> None:
             if label not in tasks:
-                tasks[label] = bar.add_task(f"Inception on {label}", total=total)
+                tasks[label] = bar.add_task(label if " " in label else f"Inception on {label}", total=total)
             bar.update(tasks[label], completed=done)
 
         result = evaluate(
             a, b, metrics, save_stats=save_stats, inception_weights=inception_weights, batch_size=batch_size,
             num_workers=num_workers, device=device, is_splits=is_splits, pr_subset=pr_subset,
-            kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, fast=fast, tf32=tf32, progress=progress,
+            kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, fast=fast, tf32=tf32, dinov2=dinov2, progress=progress,
         )
     for line in result["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -286,6 +291,7 @@ def fid(
     rows = [
         ("FID", "fid", None), ("sFID", "sfid", None), ("Inception Score", "is", "is_std"),
         ("Precision", "precision", None), ("Recall", "recall", None), ("KID", "kid", "kid_std"),
+        ("FD-DINOv2", "fd_dinov2", None),
     ]
     table = Table(title="sit fid")
     table.add_column("metric")

@@ -9,13 +9,13 @@ config built for a foreign checkpoint never inherits a preset it did not ask for
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 from sitcli.data import DIGITS
 from sitcli.errors import InputError
-from sitcli.models import SiT_models
+from sitcli.models import SIZES, SiT_models
 from sitcli.runtime import PRECISIONS
 from sitcli.transport import LAST_STEPS, ODE_METHODS, SDE_METHODS, Transport
 from sitcli.transport.diffusion import check_diffusion_coefficient
@@ -62,6 +62,11 @@ class TrainConfig:
     log_every: int | None = None
     ckpt_every: int | None = None
     sample_every: int | None = None  # 0: no sample grids
+    # Representation alignment (REPA): tokens of block repa_depth, projected, vs frozen encoders' patch tokens.
+    repa_encoder: list[str] = field(default_factory=list)  # local encoder files/folders (sitcli.encoders); []: off
+    repa_depth: int | None = None  # 1-based SiT block; default from the model's depth (8 of 28, 4 of 12)
+    repa_weight: float = 0.5  # lambda
+    repa_projector_dim: int = 2048  # hidden width of the projectors
     # Filled from the data when the run starts (what a sampler needs to rebuild the model):
     in_channels: int | None = None
     input_size: int | None = None
@@ -71,6 +76,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.loss_weight == "none":
             self.loss_weight = None
+        if isinstance(self.repa_encoder, str):
+            self.repa_encoder = [self.repa_encoder]
+        self.repa_encoder = [p.strip() for v in self.repa_encoder or [] for p in str(v).split(",") if p.strip()]
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
@@ -97,16 +105,24 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be positive")
         if not 0 <= self.ema_decay < 1:
             raise InputError(f"--ema-decay {self.ema_decay} must lie in [0, 1), e.g. 0.9999")
+        if self.repa_encoder:
+            depth = SIZES[self.model.split("-")[1].split("/")[0]][0]
+            if not 1 <= self.repa_depth <= depth:
+                raise InputError(f"--repa-depth {self.repa_depth} must name a block of {self.model}: 1..{depth}")
+            if self.repa_weight < 0 or self.repa_projector_dim < 1:
+                raise InputError("--repa-weight must be >= 0 and --repa-projector-dim >= 1")
         self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight combination
 
     def transport(self) -> Transport:
         return Transport(self.interpolant, self.prediction, self.loss_weight, self.train_eps, self.sample_eps, self.num_timesteps)
 
-    def build_model(self) -> torch.nn.Module:
-        """A freshly initialised model of this config's architecture and data shape."""
+    def build_model(self, projector_dims: tuple[int, ...] = ()) -> torch.nn.Module:
+        """A freshly initialised model of this config's architecture and data shape, with a
+        ``repa_projector_dim``-wide projector to each of ``projector_dims`` (the encoders' widths)."""
         return SiT_models[self.model](
             input_size=self.input_size, in_channels=self.in_channels, num_classes=self.num_classes,
             class_dropout_prob=self.class_dropout_prob, learn_sigma=self.learn_sigma,
+            projector_dims=projector_dims, projector_hidden=self.repa_projector_dim,
         )
 
 

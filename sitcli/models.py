@@ -185,6 +185,9 @@ class SiT(nn.Module):
             With ``num_classes=0`` the model is unconditional (every input gets the null class).
         learn_sigma: keep the official checkpoints' extra ``in_channels`` output channels (their
             learned variance); they are computed but dropped from the output.
+        projector_dims: one MLP projector per width, ``projectors.i`` (REPA's layout): hidden ->
+            ``projector_hidden`` -> ``projector_hidden`` -> width, SiLU between. Used only by a
+            training loss on a block's tokens (``training.losses.AlignmentLoss``); never by forward.
 
     Setting the attribute ``grad_checkpointing = True`` keeps only each block's input while
     gradients are recorded and recomputes the block in the backward pass: the same outputs and
@@ -208,6 +211,8 @@ class SiT(nn.Module):
         class_dropout_prob: float = 0.1,
         num_classes: int = 1000,
         learn_sigma: bool = True,
+        projector_dims: Sequence[int] = (),
+        projector_hidden: int = 2048,
     ):
         super().__init__()
         if input_size % patch_size:
@@ -230,6 +235,10 @@ class SiT(nn.Module):
         self.blocks = nn.ModuleList([SiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
+        if projector_dims:
+            # Built after the backbone's init (with torch's default Linear init, as REPA), so that
+            # the backbone starts from the same weights with or without them.
+            self.projectors = nn.ModuleList([projector(hidden_size, projector_hidden, d) for d in projector_dims])
 
     def initialize_weights(self) -> None:
         """Every initialisation decision, in one place."""
@@ -299,6 +308,15 @@ class SiT(nn.Module):
         if self.learn_sigma:
             x = x[:, : self.in_channels]
         return (x, tokens) if return_tokens else x
+
+
+def projector(hidden_size: int, projector_hidden: int, out_dim: int) -> nn.Sequential:
+    """Three linear layers with SiLU between: SiT tokens -> an encoder's feature width."""
+    return nn.Sequential(
+        nn.Linear(hidden_size, projector_hidden), nn.SiLU(),
+        nn.Linear(projector_hidden, projector_hidden), nn.SiLU(),
+        nn.Linear(projector_hidden, out_dim),
+    )
 
 
 #################################################################################

@@ -14,18 +14,34 @@ from sitcli.errors import InputError
 
 
 def index_generator(seed: int, index: int, device: str | torch.device = "cpu", stream: int = 0) -> torch.Generator:
-    """The generator of sample ``index``: seeded by (seed, index, stream) alone."""
-    if not 0 <= seed < 2**30 or not 0 <= index < 2**32:
-        raise InputError(f"--seed must lie in [0, {2**30}) and sample indices below 2**32")
-    return torch.Generator(device).manual_seed((stream << 62) | (seed << 32) | index)
+    """The generator of sample ``index``: seeded by (seed, index, stream) alone.
+
+    torch's CPU generator keeps only the low 32 bits of its seed, so all three numbers must live
+    there. Within one seed every (index, stream) gets its own value, index + stream * 2**31 offset by
+    a 32-bit hash of the seed (0 for seed 0, whose stream-0 generators are the ones sit always
+    used); two seeds' windows of values meet with probability about 4 num / 2**32.
+    """
+    if not 0 <= seed < 2**30 or not 0 <= index < 2**31 or stream not in (0, 1):
+        raise InputError(f"--seed must lie in [0, {2**30}) and sample indices below 2**31")
+    return torch.Generator(device).manual_seed((_seed_offset(seed) + index + (stream << 31)) % 2**32)
+
+
+def _seed_offset(seed: int) -> int:
+    """0 for seed 0, else the splitmix64 finaliser of the seed folded to 32 bits (a well-mixed hash)."""
+    if seed == 0:
+        return 0
+    z = (seed * 0x9E3779B97F4A7C15) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    z ^= z >> 31
+    return (z ^ (z >> 32)) % 2**32
 
 
 def index_normal(seed: int, index: int, shape: tuple[int, ...], stream: int = 0) -> torch.Tensor:
     """Standard normal float32 noise of ``shape`` owned by (seed, index, stream) alone, on the CPU.
 
-    Drawn from numpy's PCG64 seeded through a SeedSequence of all three numbers: torch's CPU
-    generator keeps only the low 32 bits of a seed, so a torch seed packed as in
-    ``index_generator`` would ignore ``seed`` and ``stream`` on the CPU.
+    Drawn from numpy's PCG64 seeded through a SeedSequence of all three numbers, which keeps
+    their full entropy (torch's CPU generator keeps only 32 bits of a seed, see ``index_generator``).
     """
     if seed < 0 or index < 0 or stream < 0:
         raise InputError(f"--seed must be 0 or more (got seed {seed}, index {index})")

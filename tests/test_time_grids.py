@@ -133,7 +133,7 @@ def test_edm_grid_is_rho_spaced_in_sigma(interpolant, rho, t1):
     inner = sigma[1:] if t1 < 1 else sigma[1:-1]
     ends = torch.tensor([80.0, float(noise_to_signal(interpolant, torch.tensor(t1, dtype=F64))) if t1 < 1 else 0.002], dtype=F64)
     root = inner ** (1 / rho)
-    torch.testing.assert_close(root[[0, -1]], ends ** (1 / rho), rtol=1e-12, atol=0)
+    torch.testing.assert_close(root[[0, -1]], ends ** (1 / rho), rtol=1e-10, atol=0)  # VP: sigma ~ sqrt(1 - t)
     torch.testing.assert_close(root.diff(), root.diff()[:1].expand(len(root) - 1), rtol=1e-9, atol=1e-12)
 
 

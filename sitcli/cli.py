@@ -143,7 +143,7 @@ def sample(
     cfg_interval_in: str = typer.Option("t", "--cfg-interval-in", help=f"Convention of --cfg-interval: {'|'.join(CONVENTIONS)}. With r = sigma_t / alpha_t of the model's interpolant: repa is REPA's time r / (1 + r) (1 - t for linear; REPA's --guidance-high 0.7 is --cfg-interval 0 0.7 --cfg-interval-in repa), sigma is EDM's sigma = r, logsnr is -2 log r."),
     guidance_model: str | None = typer.Option(None, "--guidance-model", help="Autoguidance: a weaker checkpoint (e.g. an earlier one of the run, same shape, classes, interpolant and prediction) as the guide; out = weak + W (model - weak). Two networks per step: NFE counts both."),
     guidance_scale: float = typer.Option(1.0, "--guidance-scale", help="Autoguidance scale W (1 = none); needs --guidance-model, excludes --cfg-scale."),
-    spacing: str | None = typer.Option(None, "--spacing", help=f"Time grid of fixed-grid methods, adams and the SDE: {'|'.join(SPACINGS)} (default: uniform; adams cosine). edm: EDM's rho-spaced sigma = sigma_t / alpha_t, capped at 80."),
+    spacing: str | None = typer.Option(None, "--spacing", help=f"Time grid of fixed-grid methods, adams and the SDE: {'|'.join(SPACINGS)} (default: uniform; adams cosine). edm: EDM's rho-spaced sigma = sigma_t / alpha_t (within EDM's 0.002 .. 80)."),
     time_shift: float = typer.Option(1.0, "--time-shift", help="Shift S of the time grid, SD3's t' = S t / (1 + (S - 1) t) with t = 1 noise, i.e. t / (S + (1 - S) t) in sit's time; S > 1 spends more steps near noise (1 = none; not for adaptive methods)."),
     edm_rho: float = typer.Option(7.0, "--edm-rho", help="rho of --spacing edm (EDM: 7)."),
     num: int = typer.Option(64, "--num", help="Number of images (indices 0..num-1)."),

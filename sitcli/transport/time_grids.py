@@ -14,7 +14,7 @@ A grid is ``steps + 1`` increasing times from t0 to t1, laid out by a named spac
 
 The cosine grid takes steps of O(1/steps^2) at both ends and O(1/steps) in the middle.
 
-Time shift (``time_shift`` = s, SD3's resolution shift; LightningDiT samples with s = 0.3). In the
+Time shift (``time_shift`` = s, SD3's resolution shift, which SD3 writes with t = 1 noise). In the
 convention where tau = 1 is noise it is tau' = s tau / (1 + (s - 1) tau); with tau = 1 - t that is
 
     phi_s(t) = t / (s + (1 - s) t)      in sit's time (t = 0 noise),
@@ -125,7 +125,7 @@ def time_grid(
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: {' or '.join(SPACINGS)}")
     if not time_shift > 0:
-        raise InputError(f"time_shift={time_shift} is invalid: pass s > 0 (1 is no shift; SD3 uses 3, LightningDiT 0.3)")
+        raise InputError(f"time_shift={time_shift} is invalid: pass s > 0 (1 is no shift; SD3 uses 3)")
     if not edm_rho > 0:
         raise InputError(f"edm_rho={edm_rho} is invalid: pass rho > 0 (EDM uses 7)")
     if time_shift == 1:

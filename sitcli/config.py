@@ -48,7 +48,7 @@ class TrainConfig:
     sample_eps: float | None = None
     num_timesteps: int | None = None
     time_density: str = "uniform"  # training times: a name in transport.time_sampling.TIME_DENSITIES
-    logit_mean: float | None = None  # logit-normal's parameters (None: 0 and 1), sit's time
+    logit_mean: float | None = None  # logit-normal's parameters (None: 0 and 1, recorded once chosen), sit's time
     logit_std: float | None = None
     mode_scale: float | None = None  # the mode density's (None: 1.29)
     lr: float | None = None
@@ -100,7 +100,9 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be positive")
         if not 0 <= self.ema_decay < 1:
             raise InputError(f"--ema-decay {self.ema_decay} must lie in [0, 1), e.g. 0.9999")
-        self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight combination
+        transport = self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight / density
+        for name, value in transport.time_density_params.items():  # config.json records the values used, not "default"
+            setattr(self, name, value)
 
     def transport(self) -> Transport:
         params = {k: getattr(self, k) for k in DENSITY_PARAMS if getattr(self, k) is not None}

@@ -67,6 +67,8 @@ def test_time_density_is_recorded_and_resumes_exactly(tmp_path, density):
     assert_same_state(final_state(tmp_path / "straight")[1], final_state(tmp_path / "halves")[1])
     config = json.loads((tmp_path / "halves" / "config.json").read_text())
     assert {k: config[k] for k in density} == density
+    # The density's parameters are recorded as used (mode's default scale), the others stay unset.
+    assert config["mode_scale"] == (1.29 if density["time_density"] == "mode" else None)
     # ... and the density changes the training (the same run with uniform times ends elsewhere).
     train(tiny(tmp_path, "uniform", steps=4, num_timesteps=density.get("num_timesteps")), progress=False)
     other = final_state(tmp_path / "uniform")[1]

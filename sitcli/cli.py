@@ -89,6 +89,8 @@ def train(
     precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only, with a gradient scaler)."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     fused_adamw: bool | None = typer.Option(None, "--fused-adamw/--no-fused-adamw", help="AdamW as one fused kernel: a faster optimiser step, weights not bit-identical to the default (~3e-8 per step)."),
+    tf32: bool | None = typer.Option(None, "--tf32/--no-tf32", help="TF32 tensor cores for float32 matmuls and convolutions on CUDA (default on, as the official SiT/DiT scripts; --no-tf32 for bit-level reproduction; a run from before this setting resumes without). No effect on CPU."),
+    grad_checkpointing: bool | None = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing", help="Recompute each transformer block's activations in the backward pass: far less activation memory (larger per-GPU batches) for ~1/3 more compute; same loss and gradients."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for initialisation, data order and noise (default 0)."),
     num_workers: int | None = typer.Option(None, "--num-workers", help="Data-loading processes per rank (default 4; 0 on digits)."),
     threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads per rank (default: torch's; 1 on digits, whose tiny matrices gain nothing from more)."),
@@ -96,6 +98,10 @@ def train(
     ckpt_every: int | None = typer.Option(None, "--ckpt-every", help="Steps between checkpoints (one is always written at the end)."),
     sample_every: int | None = typer.Option(None, "--sample-every", help="Steps between EMA sample grids (0: none)."),
     class_dropout_prob: float | None = typer.Option(None, "--class-dropout-prob", help="Label dropout for classifier-free guidance (default 0.1)."),
+    repa_encoder: list[str] | None = typer.Option(None, "--repa-encoder", help="REPA alignment: a frozen encoder from a local file (a transformers folder, e.g. DINOv2, or torch hub's dinov2_vit*14*_pretrain.pth); repeat it or pass a comma list for several (default: off; pip install 'sit[repa]')."),
+    repa_depth: int | None = typer.Option(None, "--repa-depth", help="The SiT block (1-based) whose tokens are aligned (default: REPA's 8 for XL and L, 4 for B and S; depth // 3 otherwise)."),
+    repa_weight: float | None = typer.Option(None, "--repa-weight", help="Weight lambda of the alignment term (default 0.5)."),
+    repa_projector_dim: int | None = typer.Option(None, "--repa-projector-dim", help="Hidden width of the projectors, three linear layers with SiLU to the encoder's width (default 2048)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
     """Train a SiT model; run it under `torchrun --nproc_per_node=K -m sitcli train ...` for DDP.
@@ -151,6 +157,7 @@ def sample(
     seed: int = typer.Option(0, "--seed", help="Base seed; image i uses its own seed derived from (seed, i)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model: fused kernels, a one-off build (about a minute for SiT-B/2 on a CPU); outputs differ from eager by float round-off."),
+    tf32: bool = typer.Option(True, "--tf32/--no-tf32", help="TF32 tensor cores for float32 matmuls and convolutions on CUDA (default on, as the official sampling script; --no-tf32 for bit-level reproduction). No effect on CPU."),
     class_labels: str | None = typer.Option(None, "--class-labels", help="One label for all (3) or a comma list cycled over indices (1,4,7); default uniform random (see labels.csv)."),
     npz: bool = typer.Option(False, "--npz", help="Also write OUT/samples.npz (arr_0: N x H x W x 3 uint8, the ADM evaluator format)."),
     grid: str | None = typer.Option(None, "--grid", help="Also write a grid of the first 100 images to this PNG."),
@@ -218,14 +225,20 @@ def cache_latents(
     image_size: int = typer.Option(256, "--image-size", help="Side of the center-cropped images."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per VAE forward pass."),
     num_workers: int = typer.Option(4, "--num-workers", help="Image-decoding processes."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the VAE posterior samples."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the VAE posterior samples (image i draws its own noise, seeded by (seed, i))."),
+    shard_size: int = typer.Option(4096, "--shard-size", help="Images per shard: the unit that ranks share out and that an interrupted extraction keeps."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
-    """Encode an image folder once with the VAE (each image and its mirror image) for fast latent training."""
-    from sitcli.autoencoder import cache_latents as run_cache
+    """Encode an image folder once with the VAE (each image and its mirror image) for fast latent training.
 
-    path = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device)
-    console.print(f"latent cache written to {path}; train with: sit train --data {path}", highlight=False)
+    Under `torchrun --nproc_per_node=K -m sitcli cache-latents ...` the K ranks encode disjoint shards (the cache is bit for bit the one-process cache); run the same command again after an interruption and only unfinished shards are encoded.
+    """
+    from sitcli.latent_cache import cache_latents as run_cache
+
+    result = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device, shard_size=shard_size)
+    if result.is_main:
+        reused = f" ({result.reused_shards} of {result.shards} shards kept from an earlier run)" if result.reused_shards else ""
+        console.print(f"latent cache of {result.count} images written to {result.out}{reused}; train with: sit train --data {result.out}", highlight=False)
 
 
 @app.command()
@@ -233,7 +246,7 @@ def cache_latents(
 def fid(
     a: str = typer.Argument(..., metavar="A", help="Reference set: image folder, images .npz (arr_0, N x H x W x 3 uint8) or stats .npz (mu, sigma)."),
     b: str | None = typer.Argument(None, metavar="B", help="Sample set, same kinds. Optional with --save-stats, or with --metrics is alone."),
-    metrics: str | None = typer.Option(None, "--metrics", "-m", help="Comma list of fid, is, sfid, pr, kid, or 'all' (default: fid, or none with one input)."),
+    metrics: str | None = typer.Option(None, "--metrics", "-m", help="Comma list of fid, is, sfid, pr, kid, fd_dinov2 (needs --dinov2), or 'all' (the five Inception metrics; default: fid, or none with one input)."),
     save_stats: str | None = typer.Option(None, "--save-stats", help="Write A's statistics (mu, sigma, mu_s, sigma_s) to this .npz for reuse."),
     inception_weights: str | None = typer.Option(
         None, "--inception-weights",
@@ -249,11 +262,13 @@ def fid(
     kid_subsets: int = typer.Option(100, "--kid-subsets", help="KID: number of random subsets."),
     kid_subset_size: int = typer.Option(1000, "--kid-subset-size", help="KID: images per subset (capped at the smaller set)."),
     seed: int = typer.Option(2020, "--seed", help="Seed for the PR and KID subsets (2020 draws torch-fidelity's KID subsets)."),
+    dinov2: str | None = typer.Option(None, "--dinov2", help="DINOv2 encoder for --metrics fd_dinov2 (ViT-L/14 in the paper): a local transformers folder or torch hub's dinov2_vitl14_pretrain.pth (pip install 'sit[repa]')."),
     fast: bool = typer.Option(
         False, "--fast",
         help="Fold Inception's batch norms into its convolutions and run it channels-last: ~1.5x on CPU; "
         "features move by float32 round-off (~1e-7), so statistics are no longer bit-for-bit pytorch-fid's.",
     ),
+    tf32: bool = typer.Option(False, "--tf32", help="Let CUDA run Inception's float32 convolutions and matmuls in TF32: faster on A100/H100, features move by ~1e-3 (default: true float32, pytorch-fid's numbers on every GPU)."),
 ) -> None:
     """Compute FID and related metrics between a reference set A and a sample set B.
 
@@ -275,13 +290,13 @@ def fid(
 
         def progress(label: str, done: int, total: int) -> None:
             if label not in tasks:
-                tasks[label] = bar.add_task(f"Inception on {label}", total=total)
+                tasks[label] = bar.add_task(label if " " in label else f"Inception on {label}", total=total)
             bar.update(tasks[label], completed=done)
 
         result = evaluate(
             a, b, metrics, save_stats=save_stats, inception_weights=inception_weights, batch_size=batch_size,
             num_workers=num_workers, device=device, is_splits=is_splits, pr_subset=pr_subset,
-            kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, fast=fast, progress=progress,
+            kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, fast=fast, tf32=tf32, dinov2=dinov2, progress=progress,
         )
     for line in result["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -289,6 +304,7 @@ def fid(
     rows = [
         ("FID", "fid", None), ("sFID", "sfid", None), ("Inception Score", "is", "is_std"),
         ("Precision", "precision", None), ("Recall", "recall", None), ("KID", "kid", "kid_std"),
+        ("FD-DINOv2", "fd_dinov2", None),
     ]
     table = Table(title="sit fid")
     table.add_column("metric")

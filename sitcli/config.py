@@ -9,13 +9,13 @@ config built for a foreign checkpoint never inherits a preset it did not ask for
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 from sitcli.data import DIGITS
 from sitcli.errors import InputError
-from sitcli.models import SiT_models
+from sitcli.models import SIZES, SiT_models
 from sitcli.runtime import PRECISIONS
 from sitcli.transport import LAST_STEPS, ODE_METHODS, SDE_METHODS, Transport
 from sitcli.transport.diffusion import check_diffusion_coefficient
@@ -61,12 +61,19 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     fused_adamw: bool = False  # one fused kernel for the optimiser step: faster, not bit-identical (~3e-8)
+    tf32: bool = True  # TF32 float32 matmuls/convolutions on CUDA (runtime.tf32); no effect on CPU
+    grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
     seed: int = 0
     num_workers: int | None = None
     threads: int | None = None  # torch intra-op threads per rank; 0: torch's default
     log_every: int | None = None
     ckpt_every: int | None = None
     sample_every: int | None = None  # 0: no sample grids
+    # Representation alignment (REPA): tokens of block repa_depth, projected, vs frozen encoders' patch tokens.
+    repa_encoder: list[str] = field(default_factory=list)  # local encoder files/folders (sitcli.encoders); []: off
+    repa_depth: int | None = None  # 1-based SiT block; default from the model's depth (8 of 28, 4 of 12)
+    repa_weight: float = 0.5  # lambda
+    repa_projector_dim: int = 2048  # hidden width of the projectors
     # Filled from the data when the run starts (what a sampler needs to rebuild the model):
     in_channels: int | None = None
     input_size: int | None = None
@@ -76,13 +83,18 @@ class TrainConfig:
     def __post_init__(self):
         if self.loss_weight == "none":
             self.loss_weight = None
+        if isinstance(self.repa_encoder, str):
+            self.repa_encoder = [self.repa_encoder]
+        self.repa_encoder = [p.strip() for v in self.repa_encoder or [] for p in str(v).split(",") if p.strip()]
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
         unknown = sorted(set(values) - field_names(cls))
         if unknown or "data" not in values:
             raise InputError(f"{source} is not a sit training config (unknown keys: {', '.join(unknown) or 'none'}; needs 'data')")
-        return cls(**values)
+        # A run from before TF32 was a setting computed its matmuls in full float32 (torch's default):
+        # it goes on that way when resumed, not with the new default.
+        return cls(**{"tf32": False, **values})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +112,12 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be positive")
         if not 0 <= self.ema_decay < 1:
             raise InputError(f"--ema-decay {self.ema_decay} must lie in [0, 1), e.g. 0.9999")
+        if self.repa_encoder:
+            depth = SIZES[self.model.split("-")[1].split("/")[0]][0]
+            if not 1 <= self.repa_depth <= depth:
+                raise InputError(f"--repa-depth {self.repa_depth} must name a block of {self.model}: 1..{depth}")
+            if self.repa_weight < 0 or self.repa_projector_dim < 1:
+                raise InputError("--repa-weight must be >= 0 and --repa-projector-dim >= 1")
         transport = self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight / density
         for name, value in transport.time_density_params.items():  # config.json records the values used, not "default"
             setattr(self, name, value)
@@ -109,18 +127,20 @@ class TrainConfig:
         return Transport(self.interpolant, self.prediction, self.loss_weight, self.train_eps, self.sample_eps,
                          self.num_timesteps, self.time_density, params)
 
-    def build_model(self) -> torch.nn.Module:
-        """A freshly initialised model of this config's architecture and data shape."""
+    def build_model(self, projector_dims: tuple[int, ...] = ()) -> torch.nn.Module:
+        """A freshly initialised model of this config's architecture and data shape, with a
+        ``repa_projector_dim``-wide projector to each of ``projector_dims`` (the encoders' widths)."""
         return SiT_models[self.model](
             input_size=self.input_size, in_channels=self.in_channels, num_classes=self.num_classes,
             class_dropout_prob=self.class_dropout_prob, learn_sigma=self.learn_sigma,
+            projector_dims=projector_dims, projector_hidden=self.repa_projector_dim,
         )
 
 
 # Settings that may change when a run is resumed; every other one is fixed by the run's config.json.
 # (lr and grad_clip so that a diverged run can go on from its last good checkpoint more gently.)
 RESUMABLE = {"steps", "epochs", "lr", "grad_clip", "log_every", "ckpt_every", "sample_every", "num_workers", "threads",
-             "precision", "compile", "fused_adamw"}
+             "precision", "compile", "fused_adamw", "tf32", "grad_checkpointing"}
 
 
 @dataclass
@@ -155,6 +175,7 @@ class SampleConfig:
     seed: int = 0
     precision: str = "fp32"
     compile: bool = False  # torch.compile the model (fused kernels; float round-off differences)
+    tf32: bool = True  # TF32 float32 matmuls/convolutions on CUDA (runtime.tf32); no effect on CPU
     class_labels: str | None = None  # "3", "1,4,7" (cycled), or None for uniform random labels
     npz: bool = False
     grid: str | None = None
@@ -225,6 +246,9 @@ class SampleConfig:
 
 # Settings that do not change any image: they may differ when a folder is filled in several runs.
 FREE_SETTINGS = {"out", "num", "batch_size", "npz", "grid", "threads"}
+
+# What a sample.json written before a setting existed implies for it (the images were drawn that way).
+OLD_SAMPLE_DEFAULTS = {"tf32": False}
 
 
 def field_names(cls) -> set[str]:

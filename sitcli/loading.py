@@ -6,7 +6,8 @@
 
 Accepted (``src_format`` names the format where it cannot be detected):
     sit        a run folder (its newest complete checkpoint), a checkpoint folder, a .safetensors file
-    official   the official SiT code's .pt (raw state dict, or training checkpoint {model, ema, opt, args})
+    official   the official SiT code's .pt (raw state dict, or training checkpoint {model, ema, opt, args});
+               REPA's .pt (the same plus ``projectors.*``), detected and mapped to sit's time (``formats.repa``)
     dit        the DiT code's .pt: the same layout, trained as a DDPM (``sitcli.transport.ddpm``)
     diffusers  a diffusers folder of diffusers' ``DiTTransformer2DModel`` or sitcli's ``SiTTransformer2DModel``
 

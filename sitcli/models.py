@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -184,6 +185,14 @@ class SiT(nn.Module):
             With ``num_classes=0`` the model is unconditional (every input gets the null class).
         learn_sigma: keep the official checkpoints' extra ``in_channels`` output channels (their
             learned variance); they are computed but dropped from the output.
+        projector_dims: one MLP projector per width, ``projectors.i`` (REPA's layout): hidden ->
+            ``projector_hidden`` -> ``projector_hidden`` -> width, SiLU between. Used only by a
+            training loss on a block's tokens (``training.losses.AlignmentLoss``); never by forward.
+
+    Setting the attribute ``grad_checkpointing = True`` keeps only each block's input while
+    gradients are recorded and recomputes the block in the backward pass: the same outputs and
+    gradients, activation memory of one block instead of ``depth``, one more forward pass of
+    compute. It is not a parameter, so state dicts are unchanged.
 
     Example:
         >>> model = SiT_models["SiT-S/2"](input_size=32, num_classes=1000)
@@ -202,6 +211,8 @@ class SiT(nn.Module):
         class_dropout_prob: float = 0.1,
         num_classes: int = 1000,
         learn_sigma: bool = True,
+        projector_dims: Sequence[int] = (),
+        projector_hidden: int = 2048,
     ):
         super().__init__()
         if input_size % patch_size:
@@ -213,6 +224,7 @@ class SiT(nn.Module):
         self.learn_sigma = learn_sigma
         self.num_classes = num_classes
         self.num_heads = num_heads
+        self.grad_checkpointing = False
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -223,6 +235,10 @@ class SiT(nn.Module):
         self.blocks = nn.ModuleList([SiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
+        if projector_dims:
+            # Built after the backbone's init (with torch's default Linear init, as REPA), so that
+            # the backbone starts from the same weights with or without them.
+            self.projectors = nn.ModuleList([projector(hidden_size, projector_hidden, d) for d in projector_dims])
 
     def initialize_weights(self) -> None:
         """Every initialisation decision, in one place."""
@@ -282,14 +298,25 @@ class SiT(nn.Module):
         x = self.x_embedder(x) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)
         tokens = {}
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for depth, block in enumerate(self.blocks, start=1):
-            x = block(x, c)
+            # Non-reentrant: works with torch.compile and DDP, and with inputs that need no grad.
+            x = checkpoint(block, x, c, use_reentrant=False) if recompute else block(x, c)
             if depth in return_tokens:
                 tokens[depth] = x
         x = self.unpatchify(self.final_layer(x, c))
         if self.learn_sigma:
             x = x[:, : self.in_channels]
         return (x, tokens) if return_tokens else x
+
+
+def projector(hidden_size: int, projector_hidden: int, out_dim: int) -> nn.Sequential:
+    """Three linear layers with SiLU between: SiT tokens -> an encoder's feature width."""
+    return nn.Sequential(
+        nn.Linear(hidden_size, projector_hidden), nn.SiLU(),
+        nn.Linear(projector_hidden, projector_hidden), nn.SiLU(),
+        nn.Linear(projector_hidden, out_dim),
+    )
 
 
 #################################################################################

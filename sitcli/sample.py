@@ -20,12 +20,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sitcli import atomic, distributed, runs
-from sitcli.config import SampleConfig
+from sitcli.config import OLD_SAMPLE_DEFAULTS, SampleConfig
 from sitcli.errors import InputError
 from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
 from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
 from sitcli.loading import Loaded, load_model
-from sitcli.runtime import autocast_model, check_precision
+from sitcli.runtime import autocast_model, check_precision, tf32
 from sitcli.seeds import index_generator, labels_and_noise
 from sitcli.transport import sample_ode, sample_sde
 from sitcli.transport.time_conventions import interval_in_time
@@ -55,8 +55,9 @@ def sample(cfg: SampleConfig, progress: bool = True, device: str | None = None) 
     dist = distributed.setup(device)
     threads = torch.get_num_threads()
     try:
-        job = prepare(cfg, dist)
-        result = draw(job, progress)
+        with tf32(cfg.tf32):
+            job = prepare(cfg, dist)
+            result = draw(job, progress)
         if dist.is_main and (cfg.npz or cfg.grid):
             write_extras(job, result)
         distributed.barrier()
@@ -198,8 +199,11 @@ def _check_folder(out: Path, settings: dict) -> None:
         raise InputError(f"--out {out} is a file; pass a folder")
     saved_path = out / SETTINGS_FILE
     if saved_path.is_file():
-        saved = json.loads(saved_path.read_text())
+        saved = {**OLD_SAMPLE_DEFAULTS, **json.loads(saved_path.read_text())}
         changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        if changed == ["tf32"]:
+            flag = "--tf32" if saved["tf32"] else "--no-tf32"
+            raise InputError(f"{out} holds samples drawn with {flag}; pass {flag} to add to it, or pick a new --out")
         if changed:
             raise InputError(f"{out} holds samples drawn with other settings ({', '.join(changed)} differ); pick a new --out")
     elif out.is_dir() and any(out.iterdir()):

@@ -7,6 +7,7 @@ on restarts. Training previews use the same streams, so their noise is fixed acr
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from sitcli.errors import InputError
@@ -17,6 +18,19 @@ def index_generator(seed: int, index: int, device: str | torch.device = "cpu", s
     if not 0 <= seed < 2**30 or not 0 <= index < 2**32:
         raise InputError(f"--seed must lie in [0, {2**30}) and sample indices below 2**32")
     return torch.Generator(device).manual_seed((stream << 62) | (seed << 32) | index)
+
+
+def index_normal(seed: int, index: int, shape: tuple[int, ...], stream: int = 0) -> torch.Tensor:
+    """Standard normal float32 noise of ``shape`` owned by (seed, index, stream) alone, on the CPU.
+
+    Drawn from numpy's PCG64 seeded through a SeedSequence of all three numbers: torch's CPU
+    generator keeps only the low 32 bits of a seed, so a torch seed packed as in
+    ``index_generator`` would ignore ``seed`` and ``stream`` on the CPU.
+    """
+    if seed < 0 or index < 0 or stream < 0:
+        raise InputError(f"--seed must be 0 or more (got seed {seed}, index {index})")
+    rng = np.random.default_rng([index, seed, stream])
+    return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
 
 
 def labels_and_noise(seed: int, indices: list[int], shape: tuple[int, ...], num_classes: int, class_labels: str | None) -> tuple[torch.Tensor, torch.Tensor]:

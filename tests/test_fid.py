@@ -160,13 +160,23 @@ def test_fast_network_is_folded_channels_last_and_matches_pytorch_fid(weights, f
     np.testing.assert_allclose(ours["spatial"], reference["A"]["spatial"][:2], rtol=0, atol=1e-4)
 
 
-def test_fast_cli_fid_matches_pytorch_fid(weights, folders, reference, tmp_path):
-    args = ["fid", str(folders[0]), str(folders[1]), "--fast", "--num-workers", "0", "--device", "cpu",
+def test_fast_cli_fid_matches_pytorch_fid(weights, folders, reference, tmp_path, monkeypatch):
+    # With --tf32 as well: Inception then runs under TF32 (on CUDA; the same numbers on a CPU).
+    seen, load = [], inception.load_inception
+
+    def load_and_watch(*a, **kw):
+        net = load(*a, **kw)
+        net.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cudnn.conv.fp32_precision))
+        return net
+
+    monkeypatch.setattr(inception, "load_inception", load_and_watch)
+    args = ["fid", str(folders[0]), str(folders[1]), "--fast", "--tf32", "--num-workers", "0", "--device", "cpu",
             "--inception-weights", str(weights[0]), "--json", str(tmp_path / "r.json")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["settings"]["fast"] is True
+    assert report["settings"]["fast"] is True and report["settings"]["tf32"] is True
+    assert seen and set(seen) == {"tf32"}
     assert report["metrics"]["fid"] == pytest.approx(reference["fid"], abs=1e-3)
 
 
@@ -210,6 +220,7 @@ def test_cli_prints_table_and_writes_json(cli_run, folders):
     assert "singular" in result.output  # 3 images cannot give a full-rank 2048-d covariance
     assert data["inputs"]["A"] == {"path": str(folders[0]), "kind": "folder", "num_images": 3}
     assert data["saved_stats"] == str(stats) and data["settings"]["batch_size"] == 2
+    assert data["settings"]["tf32"] is False  # true float32 convolutions unless asked (pytorch-fid's numbers)
 
 
 def test_statistics_files_as_inputs(cli_run, reference, tmp_path):

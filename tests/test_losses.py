@@ -61,7 +61,7 @@ def test_a_term_gets_the_tokens_it_asks_for_and_is_weighted_into_the_total():
 
 def test_a_run_with_two_terms_logs_each(tmp_path, monkeypatch):
     monkeypatch.setattr("sitcli.training.prepare.loss_terms",
-                        lambda cfg, transport: [RegressionLoss(transport), TokenNorm()])
+                        lambda cfg, transport, *model_and_encoders: [RegressionLoss(transport), TokenNorm()])
     cfg = TrainConfig(data="digits", out=str(tmp_path / "run"), model="SiT-Ti/4", batch_size=16, steps=4, log_every=2,
                       sample_every=0)
     train(cfg, progress=False)

@@ -182,3 +182,41 @@ def test_tokens_of_chosen_blocks_come_back_beside_an_unchanged_output():
     assert torch.equal(tokens[1], after[0]) and torch.equal(tokens[3], after[2])
     with pytest.raises(ValueError, match="outside 1..3"):
         model(x, t, y, return_tokens=(4,))
+
+
+@pytest.mark.parametrize("return_tokens", [(), (1, 3)])
+def test_activation_checkpointing_gives_the_same_output_and_gradients(return_tokens):
+    # Label dropout on (train mode) draws from the global RNG: both passes must draw the same labels.
+    plain = randomize(tiny(depth=3, class_dropout_prob=0.5)).train()
+    checked = randomize(tiny(depth=3, class_dropout_prob=0.5)).train()
+    checked.load_state_dict(plain.state_dict())
+    checked.grad_checkpointing = True
+    x, t, y = torch.randn(4, 3, 8, 8), torch.rand(4), torch.tensor([0, 3, 5, 9])
+
+    def loss_and_grads(model):
+        torch.manual_seed(1)
+        out = model(x, t, y, return_tokens=return_tokens)
+        out, tokens = out if return_tokens else (out, {})
+        loss = out.square().mean() + sum(v.square().mean() for v in tokens.values())
+        model.zero_grad()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    saved = []
+    hooks = (lambda tensor: saved.append(tensor.numel()) or tensor, lambda tensor: tensor)
+    loss_a, grads_a = loss_and_grads(plain)
+    with torch.autograd.graph.saved_tensors_hooks(*hooks):
+        loss_b, grads_b = loss_and_grads(checked)
+    kept_checked = sum(saved)
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(*hooks):
+        loss_and_grads(plain)
+    assert kept_checked < sum(saved) / 2  # the blocks' activations were not kept for backward
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=0)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert "grad_checkpointing" not in "".join(checked.state_dict())  # official checkpoints load unchanged
+    with torch.no_grad():  # nothing to recompute when no gradient is recorded
+        checked.eval(), plain.eval()
+        torch.testing.assert_close(checked(x, t, y), plain(x, t, y), rtol=0, atol=0)

@@ -214,3 +214,13 @@ def test_cli_refuses_foreign_run_and_non_empty_out(tmp_path):
     (tmp_path / "full" / "notes.txt").write_text("mine")
     result = sit("train", "--out", tmp_path / "full")
     assert result.exit_code == 2 and "not an empty folder" in result.output
+
+
+def test_grad_checkpointing_trains_the_same_weights_and_is_recorded(tmp_path):
+    train(tiny(tmp_path, "plain", steps=3), progress=False)
+    train(tiny(tmp_path, "checked", steps=3, grad_checkpointing=True), progress=False)
+    _, a = final_state(tmp_path / "plain")
+    _, b = final_state(tmp_path / "checked")
+    for name in a["model"]:
+        torch.testing.assert_close(b["model"][name], a["model"][name], rtol=1e-5, atol=1e-6, msg=name)
+    assert json.loads((tmp_path / "checked" / "config.json").read_text())["grad_checkpointing"] is True

@@ -21,7 +21,9 @@ TINY = {"model": "SiT-Ti/4", "batch_size": 16, "lr": 0.001, "ckpt_every": 2, "sa
 
 
 def torchrun(*args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    # This checkout's sitcli first (an editable install may point at another one), then the test helpers.
+    here = Path(__file__).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -42,3 +44,15 @@ def test_two_ranks_train_resume_and_sample(tmp_path):
     # Indices sharded over two ranks give the images one process draws.
     sample(SampleConfig(ckpt=str(tmp_path / "straight"), out=str(tmp_path / "one"), num=5, batch_size=3, steps=3), progress=False)
     assert_same_images(pngs(tmp_path / "samples"), pngs(tmp_path / "one"))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo")
+def test_two_ranks_with_the_alignment_term_resume_exactly_and_average_projector_gradients(tmp_path):
+    from test_encoders import dinov2_folder
+
+    dinov2_folder(tmp_path / "dino")
+    torchrun(Path(__file__).parent / "ddp_jobs.py", "repa", tmp_path, tmp_path / "dino",
+             *[f"{k}={v}" for k, v in TINY.items()], cwd=tmp_path)
+    straight = runs.load_checkpoint(runs.latest_checkpoint(tmp_path / "straight"))
+    assert "projectors.0.4.weight" in straight["model"] and straight["state"]["world_size"] == 2
+    assert_same_state(straight, runs.load_checkpoint(runs.latest_checkpoint(tmp_path / "halves")))

@@ -84,3 +84,21 @@ def test_train_on_pixels_of_an_image_folder_with_loader_workers(folders, tmp_pat
                  "--steps", 2, "--batch-size", 4, "--sample-every", 2, "--num-workers", 1)
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "run" / "grids" / "0000002.png").mode == "RGB"
+
+
+def test_alignment_term_reads_pixels_with_a_vae_and_refuses_a_latent_cache(folders, tmp_path):
+    from test_encoders import dinov2_folder
+
+    dinov2_folder(tmp_path / "dino")
+    common = ["--model", "SiT-Ti/4", "--steps", 1, "--batch-size", 4, "--sample-every", 0, "--num-workers", 0,
+              "--repa-encoder", tmp_path / "dino", "--repa-projector-dim", 8]
+    result = sit("train", "--data", folders / "images", "--vae", folders / "vae", "--image-size", 16,
+                 "--out", tmp_path / "run", *common)
+    assert result.exit_code == 0, result.output
+    assert "loss_alignment" in (tmp_path / "run" / "log.csv").read_text().splitlines()[0]
+    cache = tmp_path / "cache"
+    assert sit("cache-latents", "--data", folders / "images", "--vae", folders / "vae", "--out", cache,
+               "--image-size", 16, "--num-workers", 0).exit_code == 0
+    result = sit("train", "--data", cache, "--out", tmp_path / "run2", *common)
+    assert result.exit_code == 2 and "is a latent cache" in result.output and "--vae instead" in result.output
+    assert not (tmp_path / "run2").exists()

@@ -13,6 +13,8 @@ Variants:
 - ``sit bf16``: the same under bf16 autocast (``--precision bf16``);
 - ``sit fp32 foreach adamw`` / ``sit fp32 fused adamw``: AdamW with ``foreach=True`` (bit-for-bit
   the same weights as the loop) / ``fused=True`` (not bit-identical: ~3e-8 differences);
+- ``sit fp32 checkpointed`` / ``sit bf16 checkpointed``: with activation checkpointing of the
+  blocks (``--grad-checkpointing``): each block's activations are recomputed in the backward pass;
 - ``sit fp32 compile`` / ``sit bf16 compile`` (only with ``--compile``): ``torch.compile`` of the
   model (``--compile``); build time is reported separately and not in images/s. On a CPU the first
   compile of a B/2 forward + backward takes minutes, which is why it is behind a flag.
@@ -23,7 +25,9 @@ alike; images/s = batch size / fastest step (the median in brackets). On a share
 time swings with the other jobs; images/CPU-s = batch size / median CPU time of this process per
 step (all its threads), which other jobs disturb far less (OpenMP spin-waits are counted in it). Peak memory: each variant
 alone for two steps in a fresh subprocess; on CPU its peak resident set (VmHWM) (it includes the ~0.7 GB of an imported
-torch, printed as "base"), on CUDA ``torch.cuda.max_memory_allocated``.
+torch, printed as "base"), on CUDA ``torch.cuda.max_memory_allocated``; "above base vs sit fp32" is
+(peak - base) over the same for ``sit fp32``: the memory the step itself (weights, optimiser state,
+activations) takes.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("plain fp32", "sit fp32", "sit bf16", "sit fp32 foreach adamw", "sit fp32 fused adamw")
+VARIANTS = ("plain fp32", "sit fp32", "sit bf16", "sit fp32 foreach adamw", "sit fp32 fused adamw",
+            "sit fp32 checkpointed", "sit bf16 checkpointed")
 COMPILED = ("sit fp32 compile", "sit bf16 compile")
 
 
@@ -97,6 +102,7 @@ def _steps(variants: list[str], model_name: str, batch_size: int, device: str) -
                     p_ema.lerp_(p, 1 - decay)
 
         def sit_step() -> None:
+            model.grad_checkpointing = "checkpointed" in variant  # the variants share one model
             loss, _ = step_loss(net, transport, terms, x1, y, noise, autocast)
             step_update(loss, model, ema, opt, decay)
 
@@ -181,8 +187,8 @@ def main() -> None:
         print(f"\n{model}, batch {args.batch_size}, 32x32x4 latents, {args.device}, {torch.get_num_threads()} threads, "
               + (f"best (median) of {args.iters} interleaved steps, " if args.only != "memory" else "")
               + f"load average {os.getloadavg()[0]:.1f}")
-        print("| variant | images/s | vs sit fp32 | images/CPU-s | vs sit fp32 | first step (s) | peak MB (base) |\n"
-              "|---|---|---|---|---|---|---|")
+        print("| variant | images/s | vs sit fp32 | images/CPU-s | vs sit fp32 | first step (s) | peak MB (base) "
+              "| above base vs sit fp32 |\n|---|---|---|---|---|---|---|---|")
         for variant, r in results.items():
             speed, ratio, cpu, cpu_ratio, first = "-", "-", "-", "-", "-"
             if "images_per_s" in r:
@@ -193,7 +199,10 @@ def main() -> None:
                          f"({r['median_images_per_s'] / ref['median_images_per_s']:.2f}x)")
                 cpu_ratio = f"{r['images_per_cpu_s'] / ref['images_per_cpu_s']:.2f}x"
             memory = f"{r['peak_mb']:.0f} ({r['base_mb']:.0f})" if "peak_mb" in r else "-"
-            print(f"| {variant} | {speed} | {ratio} | {cpu} | {cpu_ratio} | {first} | {memory} |", flush=True)
+            above = "-"
+            if "peak_mb" in r and ref and "peak_mb" in ref:
+                above = f"{(r['peak_mb'] - r['base_mb']) / (ref['peak_mb'] - ref['base_mb']):.2f}x"
+            print(f"| {variant} | {speed} | {ratio} | {cpu} | {cpu_ratio} | {first} | {memory} | {above} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from sitcli import atomic
 from sitcli.data import IMAGE_EXTENSIONS
 from sitcli.errors import InputError
 
-STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s", "mu_d", "sigma_d")  # _d: FD-DINOv2 (evaluate.dinov2)
 
 
 @dataclass
@@ -84,7 +84,7 @@ def read_stats(path: str | Path) -> dict[str, np.ndarray]:
             stats = {k: np.asarray(f[k], dtype=np.float64) for k in STATS_KEYS if k in f.files}
     except (ValueError, OSError, zipfile.BadZipFile) as err:
         raise InputError(f"cannot read statistics from {path} ({err})") from None
-    for mu_key, sigma_key in (("mu", "sigma"), ("mu_s", "sigma_s")):
+    for mu_key, sigma_key in (("mu", "sigma"), ("mu_s", "sigma_s"), ("mu_d", "sigma_d")):
         if mu_key not in stats:
             continue
         mu, sigma = stats[mu_key], stats.get(sigma_key)

@@ -13,9 +13,11 @@ import torch
 from sitcli.errors import InputError
 from sitcli.evaluate import inception, inputs, metrics as M
 from sitcli.evaluate.statistics import GaussianStats, SplitScore
-from sitcli.runtime import full_fp32, resolve_device
+from sitcli import runtime
+from sitcli.runtime import resolve_device
 
-METRICS = ("fid", "is", "sfid", "pr", "kid")
+METRICS = ("fid", "is", "sfid", "pr", "kid", "fd_dinov2")
+INCEPTION_METRICS = METRICS[:5]  # what "all" names: fd_dinov2 needs an encoder file besides
 ProgressFn = Callable[[str, int, int], None]
 """Called as ``progress(label, images_done, images_total)`` before the first and after each batch."""
 
@@ -25,7 +27,7 @@ def parse_metrics(spec: str | Iterable[str]) -> tuple[str, ...]:
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip().lower() for n in names if n.strip()]
     if "all" in names:
-        return METRICS
+        return INCEPTION_METRICS + (("fd_dinov2",) if "fd_dinov2" in names else ())
     unknown = sorted(set(names) - set(METRICS))
     if unknown:
         raise InputError(f"unknown metric {', '.join(unknown)}; choose from {','.join(METRICS)} or all")
@@ -57,6 +59,7 @@ def _summarise(
     batch_size: int,
     num_workers: int,
     progress: ProgressFn | None,
+    tf32: bool = False,
 ) -> Summary:
     """One pass of Inception over an image source, accumulating only what is asked for."""
     total = int(source.num_images)
@@ -73,7 +76,7 @@ def _summarise(
     if progress:
         progress(label, 0, total)
     loader = inputs.image_batches(source, batch_size, num_workers, pin_memory=device.type == "cuda")
-    with torch.inference_mode(), full_fp32():
+    with torch.inference_mode(), runtime.tf32(tf32):
         for batch in loader:
             if batch.error:
                 raise InputError(batch.error)
@@ -107,8 +110,9 @@ def _summarise(
     return summary
 
 
-def _needs(sources: dict[str, inputs.Source], wanted: Sequence[str], samples: str, saving: bool) -> dict[str, set[str]]:
-    """Which features each input must provide: gaussian, spatial, pool, is."""
+def _needs(sources: dict[str, inputs.Source], wanted: Sequence[str], samples: str, saving: bool,
+           dinov2: bool = False) -> dict[str, set[str]]:
+    """Which features each input must provide: gaussian, spatial, pool, is, dinov2."""
     needs: dict[str, set[str]] = {label: set() for label in sources}
     for label in sources:
         if "fid" in wanted:
@@ -117,10 +121,12 @@ def _needs(sources: dict[str, inputs.Source], wanted: Sequence[str], samples: st
             needs[label].add("spatial")
         if "pr" in wanted or "kid" in wanted:
             needs[label].add("pool")
+        if "fd_dinov2" in wanted:
+            needs[label].add("dinov2")
     if "is" in wanted:
         needs[samples].add("is")
     if saving:
-        needs["A"] |= {"gaussian", "spatial"}
+        needs["A"] |= {"gaussian", "spatial"} | ({"dinov2"} if dinov2 else set())
     return needs
 
 
@@ -138,6 +144,9 @@ def _check(
                 f"{where} has no sFID statistics (mu_s, sigma_s); recompute them with "
                 f"`sit fid IMAGES --save-stats OUT.npz`"
             )
+        if "dinov2" in needs and "mu_d" not in source.stats:
+            raise InputError(f"{where} has no FD-DINOv2 statistics (mu_d, sigma_d); recompute them with "
+                             f"`sit fid IMAGES --save-stats OUT.npz --dinov2 ENCODER`")
         return
     n = source.num_images
     if needs & {"gaussian", "spatial"} and n < 2:
@@ -190,6 +199,8 @@ def evaluate(
     kid_subset_size: int = 1000,
     seed: int = 2020,
     fast: bool = False,
+    tf32: bool = False,
+    dinov2: str | Path | None = None,
     progress: ProgressFn | None = None,
 ) -> dict:
     """Compare a reference set ``a`` with a sample set ``b`` (the order of the ADM evaluator).
@@ -206,11 +217,16 @@ def evaluate(
     - ``pr``: improved precision (samples inside the reference manifold) and recall (reference
       inside the sample manifold), ``pr_k`` nearest neighbours, on at most ``pr_subset`` random
       images of each set (default: all, as the ADM evaluator);
-    - ``kid``: KID mean and standard deviation over ``kid_subsets`` subsets of ``kid_subset_size``.
+    - ``kid``: KID mean and standard deviation over ``kid_subsets`` subsets of ``kid_subset_size``;
+    - ``fd_dinov2``: Fréchet distance of the class-token features of the DINOv2 encoder at
+      ``dinov2`` (a local folder or torch hub file, ``sitcli.encoders``; ViT-L/14 in the paper),
+      see ``evaluate.dinov2``. Not part of ``"all"``.
 
     ``fast`` folds Inception's batch norms into its convolutions and runs it channels-last
     (``inception.optimize_for_inference``): ~1.5x on CPU, features within float32 round-off of
-    the plain network; off by default so statistics stay bit-for-bit pytorch-fid's.
+    the plain network; off by default so statistics stay bit-for-bit pytorch-fid's. ``tf32`` lets
+    CUDA run Inception's float32 convolutions and matmuls in TF32 (faster on A100/H100, features
+    moved by ~1e-3); off by default: true float32, the same on every GPU (``runtime.tf32``).
 
     ``save_stats`` writes ``a``'s statistics (``mu``, ``sigma``, ``mu_s``, ``sigma_s``) for reuse;
     ``b`` may then be omitted. Every image input is read once, and only the features a metric
@@ -245,9 +261,12 @@ def evaluate(
     if save_stats is not None and sources["A"].kind == "stats_npz":
         raise InputError(f"A ({sources['A'].path}) already holds statistics; --save-stats needs images")
 
-    needs = _needs(sources, wanted, samples, save_stats is not None)
+    needs = _needs(sources, wanted, samples, save_stats is not None, dinov2 is not None)
     for label, source in sources.items():
         _check(label, source, needs[label], wanted, is_splits, pr_k)
+    if dinov2 is None and any("dinov2" in needs[k] and s.kind != "stats_npz" for k, s in sources.items()):
+        raise InputError("fd_dinov2 needs a DINOv2 encoder: pass --dinov2 PATH (a transformers folder such as "
+                         "facebook/dinov2-large, or torch hub's dinov2_vitl14_pretrain.pth)")
     if b is not None:
         _check_dimensions(sources, wanted)
 
@@ -256,9 +275,11 @@ def evaluate(
     summaries: dict[str, Summary] = {}
     net = None
     started = time.perf_counter()
+    encoder: dict = {}  # the DINOv2 encoder, loaded at its first use
     for label, source in sources.items():
-        if source.kind == "stats_npz" or not needs[label]:
-            summaries[label] = Summary(label, source, stats=source.stats)
+        if source.kind == "stats_npz" or not needs[label] - {"dinov2"}:
+            summaries[label] = Summary(label, source, stats=dict(source.stats))
+            _add_dinov2(summaries[label], needs[label], dinov2, encoder, dev, batch_size, workers, progress)
             continue
         if net is None:
             net = inception.load_inception(inception_weights, dev)
@@ -273,17 +294,22 @@ def evaluate(
             batch_size=batch_size,
             num_workers=workers,
             progress=progress,
+            tf32=tf32,
         )
+        _add_dinov2(summaries[label], needs[label], dinov2, encoder, dev, batch_size, workers, progress)
     feature_seconds = time.perf_counter() - started
 
     results: dict[str, float] = {}
     warnings: list[str] = []
     if b is not None:
         sa, sb = summaries["A"], summaries["B"]
-        for metric, mu, sigma in (("fid", "mu", "sigma"), ("sfid", "mu_s", "sigma_s")):
+        for metric, mu, sigma in (("fid", "mu", "sigma"), ("sfid", "mu_s", "sigma_s"), ("fd_dinov2", "mu_d", "sigma_d")):
             if metric not in wanted:
                 continue
             da = sa.stats[mu].shape[0]
+            if sb.stats[mu].shape[0] != da:
+                raise InputError(f"{metric}: A has {da}-d statistics but B has {sb.stats[mu].shape[0]}-d; "
+                                 f"compute both with the same network")
             results[metric] = M.frechet_distance(sa.stats[mu], sa.stats[sigma], sb.stats[mu], sb.stats[sigma])
             few = [f"{s.label} has {s.count}" for s in (sa, sb) if s.count is not None and s.count <= da]
             if few:
@@ -309,7 +335,8 @@ def evaluate(
 
     saved = None
     if save_stats is not None:
-        saved = str(inputs.save_stats(save_stats, {k: summaries["A"].stats[k] for k in inputs.STATS_KEYS}))
+        saved = str(inputs.save_stats(save_stats, {k: summaries["A"].stats[k] for k in inputs.STATS_KEYS
+                                                       if k in summaries["A"].stats}))
 
     return {
         "metrics": results,
@@ -326,8 +353,23 @@ def evaluate(
             "kid_subset_size": kid_subset_size,
             "seed": seed,
             "fast": fast,
+            "tf32": tf32,
+            "dinov2": str(dinov2) if dinov2 is not None else None,
             "feature_seconds": round(feature_seconds, 3),
         },
         "saved_stats": saved,
         "warnings": warnings,
     }
+
+
+def _add_dinov2(summary: Summary, needs: set[str], path, cache: dict, device, batch_size: int, workers: int,
+                progress: ProgressFn | None) -> None:
+    """FD-DINOv2 statistics of an image input (the encoder loaded once, kept in ``cache``)."""
+    if "dinov2" not in needs or summary.source.kind == "stats_npz":
+        return
+    from sitcli.encoders import load_encoder
+    from sitcli.evaluate.dinov2 import dinov2_stats
+
+    if "encoder" not in cache:
+        cache["encoder"] = load_encoder(path).to(device)
+    summary.stats.update(dinov2_stats(summary.source, cache["encoder"], summary.label, batch_size, workers, progress))

@@ -24,6 +24,15 @@ StateDict = dict[str, torch.Tensor]
 # hidden size -> heads, from the configuration table: the one number the shapes do not carry.
 HEADS_BY_HIDDEN = {hidden: heads for _, hidden, heads in SIZES.values()}
 
+# Heads used only by a training loss (REPA's alignment projectors): not part of the network that samples.
+TRAINING_ONLY_PREFIXES = ("projectors.",)
+
+
+def backbone(state_dict: StateDict) -> StateDict:
+    """The state dict without training-only heads (``projectors.*``), which sampling never uses."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+
+
 def heads_from_model_name(name: str | None) -> int | None:
     """Heads of an official model name such as "SiT-XL/2" or "DiT-B/4" (None when not one)."""
     match = re.fullmatch(r"(?:SiT|DiT)-(XL|L|B|S)/\d+", str(name or ""))

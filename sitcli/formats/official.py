@@ -6,7 +6,9 @@ and a training checkpoint ``{"model", "ema", "opt", "args"}`` whose ``args`` is 
 PyTorch's restricted unpickler (tensors, numbers, strings, containers), with exactly one class added
 to its allow-list, ``argparse.Namespace``; a file that needs anything else is refused before any of
 it runs. The SiT and DiT layouts are identical, so which one a raw file holds is told by its name
-(``SiT-…`` / ``DiT-…``) or by ``--from``; a training checkpoint tells by its ``args``.
+(``SiT-…`` / ``DiT-…``) or by ``--from``; a training checkpoint tells by its ``args``. REPA's files
+(the same layout plus ``projectors.*``) are told by those keys or their args and read into sit's
+time by ``formats.repa``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from sitcli.errors import InputError
 from sitcli.formats import DIT_TRANSPORT, SIT_DEFAULT_TRANSPORT, Checkpoint, StateDict, strip_prefixes
 from sitcli.formats.architecture import heads_from_model_name, infer_architecture
+from sitcli.formats.repa import is_repa, repa_transport, to_sit_time
 
 ALLOWED_CLASSES = [argparse.Namespace]
 TRAINING_KEYS = ("model", "ema")
@@ -78,6 +81,10 @@ def read_official(path: Path, kind: str | None = None, num_heads: int | None = N
             f"checkpoint {{'model', 'ema', 'opt', 'args'}}, got {_summary(obj)}"
         )
     args = vars(obj.get("args")) if shape == "training" and isinstance(obj.get("args"), argparse.Namespace) else {}
+    first_weights = (obj.get("ema") or obj.get("model")) if shape == "training" else obj
+    repa = is_repa(strip_prefixes(first_weights or {}), args)
+    if repa:
+        kind = "sit"
     if kind is None:
         kind = _kind_from_args(args) or kind_from_name(path)
         if kind is None:
@@ -91,6 +98,8 @@ def read_official(path: Path, kind: str | None = None, num_heads: int | None = N
             raise InputError(f"{path}: a training checkpoint with empty 'model' and 'ema' weights")
     else:
         weights = {"ema": strip_prefixes(obj)}
+    if repa:  # its time runs the other way: fold the map into the weights (formats.repa)
+        weights = {name: to_sit_time(state_dict) for name, state_dict in weights.items()}
     if num_heads is None:
         num_heads = heads_from_model_name(args.get("model"))
     first = next(iter(weights.values()))
@@ -103,11 +112,13 @@ def read_official(path: Path, kind: str | None = None, num_heads: int | None = N
             f"{path}: args.image_size={args['image_size']} implies latents of {args['image_size'] // 8}, but the "
             f"position embedding is for {arch['input_size']}: the file is inconsistent"
         )
-    transport = dict(DIT_TRANSPORT) if kind == "dit" else _sit_transport(args)
+    transport = dict(DIT_TRANSPORT) if kind == "dit" else repa_transport(args) if repa else _sit_transport(args)
     what = "training checkpoint" if shape == "training" else "weights"
-    return Checkpoint(weights, arch, kind, transport, source=f"{path} ({'DiT' if kind == 'dit' else 'SiT'} {what})",
-                      format="dit" if kind == "dit" else "official",
-                      transport_assumed=kind == "sit" and "path_type" not in args)
+    name = "REPA SiT" if repa else "DiT" if kind == "dit" else "SiT"
+    extra = {"image_size": int(args["resolution"])} if repa and args.get("resolution") else {}
+    return Checkpoint(weights, arch, kind, transport, source=f"{path} ({name} {what})",
+                      format="repa" if repa else "dit" if kind == "dit" else "official", extra=extra,
+                      transport_assumed=kind == "sit" and "path_type" not in args and not repa)
 
 
 def write_official(state_dict: StateDict, path: Path) -> None:

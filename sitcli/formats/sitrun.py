@@ -21,7 +21,7 @@ from sitcli import runs
 from sitcli.config import EXTERNAL, TrainConfig
 from sitcli.errors import InputError
 from sitcli.formats import DIT_TRANSPORT, SIT_DEFAULT_TRANSPORT, Checkpoint
-from sitcli.formats.architecture import assumed_latent_space, heads_from_model_name, infer_architecture, registry_name
+from sitcli.formats.architecture import assumed_latent_space, backbone, heads_from_model_name, infer_architecture, registry_name
 from sitcli.models import SIZES
 
 TRANSPORT_KEYS = ("interpolant", "prediction", "loss_weight", "train_eps", "sample_eps", "num_timesteps")
@@ -120,6 +120,6 @@ def write_sit(ckpt: Checkpoint, path: Path) -> None:
 
 def _load(path: Path):
     try:
-        return load_file(path)
+        return backbone(load_file(path))  # a REPA-trained run's projectors stay behind
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
         raise InputError(f"{path} is not a readable safetensors file ({err}): check the path") from None

@@ -20,7 +20,7 @@ import torch
 
 from sitcli import distributed, runs
 from sitcli.config import TrainConfig
-from sitcli.runtime import autocast
+from sitcli.runtime import autocast, tf32
 from sitcli.training.losses import LossTerm, step_losses
 from sitcli.training.prepare import Prepared, prepare
 from sitcli.training.reports import TrainLog
@@ -51,7 +51,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     dist = distributed.setup(device)
     threads = torch.get_num_threads()
     try:
-        return run_loop(prepare(cfg, resume, dist), progress)
+        with tf32(cfg.tf32):
+            return run_loop(prepare(cfg, resume, dist), progress)
     finally:
         torch.set_num_threads(threads)
         distributed.teardown(dist)
@@ -70,11 +71,13 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
         while p.step < cfg.steps:
             x, y = next(p.data)
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+            pixels = x
             if p.vae is not None:
                 from sitcli.autoencoder import encode
 
                 x = encode(p.vae, x, p.noise)
-            loss, parts = step_loss(p.net, p.transport, p.terms, x, y, p.noise, precision)
+            loss, parts = step_loss(p.net, p.transport, p.terms, x, y, p.noise, precision,
+                                    pixels if p.vae is not None else None)
             # One small all-reduce per step: every rank learns the mean losses and whether to stop.
             shown = [loss] + (list(parts.values()) if len(parts) > 1 else [])
             sums = distributed.all_reduce_sum(torch.stack(
@@ -99,14 +102,15 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
 
 
 def step_loss(net: torch.nn.Module, transport: Transport, terms: list[LossTerm], x: torch.Tensor, y: torch.Tensor,
-              noise: torch.Generator | None, precision: torch.autocast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              noise: torch.Generator | None, precision: torch.autocast,
+              images: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The first half of a training step: the batch's total loss and its terms, under ``precision``.
 
     For the linear interpolant and velocity prediction alone this is mean |net(x_t, t, y) - (x1 - eps)|^2
     with x_t = t x1 + (1 - t) eps; ``training.losses`` holds the terms.
     """
     with precision:
-        return step_losses(net, transport, terms, x, y, noise)
+        return step_losses(net, transport, terms, x, y, noise, images)
 
 
 def step_update(loss: torch.Tensor, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,

@@ -7,7 +7,8 @@ turns that into a per-sample loss, and the total is the weighted sum of the term
     loss = sum_k  weight_k * mean_b term_k(batch)_b
 
 The interpolant's own regression loss (``RegressionLoss``) is always the first term; a new
-objective adds a ``LossTerm`` subclass and appends it in ``loss_terms``.
+objective adds a ``LossTerm`` subclass and appends it in ``loss_terms``. ``AlignmentLoss`` (REPA)
+is the second when the config names encoders.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable
 import torch
 
 from sitcli.config import TrainConfig
+from sitcli.encoders import Encoder, match_grid
 from sitcli.transport import Transport
 
 
@@ -32,6 +34,7 @@ class StepBatch:
     y: torch.Tensor | None  # class labels (B,)
     output: torch.Tensor  # the model's prediction at (x_t, t)
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # block depth -> tokens (B, N, hidden)
+    images: torch.Tensor | None = None  # the batch in pixel space, [-1, 1] (x1 itself unless x1 is latent)
 
 
 class LossTerm:
@@ -60,16 +63,56 @@ class RegressionLoss(LossTerm):
         return self.transport.regression_loss(batch.output, batch.x1, batch.noise, batch.t)
 
 
-def loss_terms(cfg: TrainConfig, transport: Transport) -> list[LossTerm]:
-    """The terms a config asks for, the regression loss first."""
-    return [RegressionLoss(transport)]
+class AlignmentLoss(LossTerm):
+    """Representation alignment (REPA, Yu et al. 2025): SiT's tokens h after block ``depth``, through
+    a projector per encoder, against that frozen encoder's patch tokens f of the clean images:
+
+        term_b = -(1 / (K N)) sum_k sum_n  <g_k(h_bn) / |g_k(h_bn)|,  f_kbn / |f_kbn|>
+
+    (K encoders, N tokens; both sides L2-normalised in float32, so that bf16 cannot overflow the
+    norms). An encoder whose token grid differs from SiT's is resized to it (``encoders.match_grid``).
+    """
+
+    name = "alignment"
+
+    def __init__(self, encoders: list[Encoder], projectors: torch.nn.ModuleList, depth: int, weight: float, grid: int):
+        self.encoders, self.projectors, self.grid = encoders, projectors, grid
+        self.token_depths, self.weight = (depth,), weight
+
+    def notes(self) -> list[str]:
+        """One line per encoder whose token grid is interpolated to SiT's."""
+        return [f"note: encoder {e.source} gives a {n}x{n} token grid at {e.input_size(self.grid)} pixels; SiT's is "
+                f"{self.grid}x{self.grid}, so its tokens are interpolated (bilinear) to it"
+                for e in self.encoders if (n := e.token_grid(self.grid)) != self.grid]
+
+    def __call__(self, batch: StepBatch) -> torch.Tensor:
+        tokens = batch.tokens[self.token_depths[0]]
+        images = batch.x1 if batch.images is None else batch.images
+        total = 0
+        for encoder, projector in zip(self.encoders, self.projectors):
+            target = match_grid(encoder.features(images, self.grid), self.grid)
+            z = torch.nn.functional.normalize(projector(tokens).float(), dim=-1)
+            total = total - (z * torch.nn.functional.normalize(target.float(), dim=-1)).sum(-1).mean(-1)
+        return total / len(self.encoders)
+
+
+def loss_terms(cfg: TrainConfig, transport: Transport, model: torch.nn.Module | None = None,
+               encoders: list[Encoder] = ()) -> list[LossTerm]:
+    """The terms a config asks for, the regression loss first; ``model`` holds the projectors
+    (``model.projectors``) for the ``encoders`` when ``cfg.repa_encoder`` names any."""
+    terms: list[LossTerm] = [RegressionLoss(transport)]
+    if encoders:
+        grid = cfg.input_size // model.patch_size
+        terms.append(AlignmentLoss(list(encoders), model.projectors, cfg.repa_depth, cfg.repa_weight, grid))
+    return terms
 
 
 def step_losses(
     net: Callable, transport: Transport, terms: list[LossTerm], x1: torch.Tensor, y: torch.Tensor | None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, images: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(total loss, {term name: its batch mean}) of one forward pass on the batch (x1, y)."""
+    """(total loss, {term name: its batch mean}) of one forward pass on the batch (x1, y);
+    ``images``: the same batch in pixel space when x1 is latent."""
     t, noise = transport.draw_time_and_noise(x1, generator)
     x_t = transport.interpolant.interpolate(x1, noise, t)
     depths = sorted({d for term in terms for d in term.token_depths})
@@ -77,7 +120,7 @@ def step_losses(
         output, tokens = net(x_t, t, y=y, return_tokens=depths)
     else:
         output, tokens = net(x_t, t, y=y), {}
-    batch = StepBatch(x1, noise, t, x_t, y, output, tokens)
+    batch = StepBatch(x1, noise, t, x_t, y, output, tokens, images)
     parts = {term.name: term(batch).mean() for term in terms}
     total = None
     for term in terms:

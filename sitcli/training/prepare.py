@@ -136,6 +136,7 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
         torch.set_num_threads(cfg.threads)
     run = Path(cfg.out)
     dataset, vae = open_data(cfg, dist.device)
+    encoders = open_encoders(cfg, dataset, dist.device)
     latest = check_out(cfg, resume)
     distributed.barrier()  # every rank has checked the folder before rank 0 creates it
     if dist.is_main:
@@ -143,8 +144,9 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
 
     # Model and optimiser: same init on every rank; after that each rank has its own RNG streams.
     torch.manual_seed(cfg.seed)
-    model = cfg.build_model().to(dist.device)
+    model = cfg.build_model(tuple(e.width for e in encoders)).to(dist.device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
+    model.grad_checkpointing = cfg.grad_checkpointing
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=cfg.fused_adamw or None)  # None: torch's default implementation
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
@@ -167,8 +169,23 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
     transport = cfg.transport()
     data = batches(dataset, cfg.batch_size, cfg.seed, dist.rank, dist.world_size, step, cfg.num_workers)
     preview = TrainingPreview(cfg, run / "grids", vae) if dist.is_main and cfg.sample_every else None
+    terms = loss_terms(cfg, transport, model, encoders)
+    for note in (n for term in terms for n in getattr(term, "notes", list)()) if dist.is_main else ():
+        print(note)
     return Prepared(cfg, run, dist, dataset, data, vae, model, net, ema, opt, scaler, noise, transport,
-                    loss_terms(cfg, transport), step, latest, preview)
+                    terms, step, latest, preview)
+
+
+def open_encoders(cfg: TrainConfig, dataset, device: torch.device) -> list:
+    """The frozen encoders of the alignment term (none without ``repa_encoder``), on ``device``."""
+    if not cfg.repa_encoder:
+        return []
+    if dataset.info.latent:
+        raise InputError(f"--repa-encoder needs the training images in pixel space, and {cfg.data} is a latent cache "
+                         f"(latents only): train on the image folder with --vae instead")
+    from sitcli.encoders import load_encoder
+
+    return [load_encoder(path).to(device) for path in cfg.repa_encoder]
 
 
 def _restore(latest: Path, model, ema, opt, scaler, noise: torch.Generator, cfg: TrainConfig, dist) -> int:

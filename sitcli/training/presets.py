@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sitcli.config import TrainConfig
 from sitcli.data import DIGITS, is_latent_cache
+from sitcli.models import SIZES, SiT_models
 
 PRESETS: dict[str, dict] = {
     # A 0.7M-parameter SiT on the native 8x8 digits (4 tokens of 4x4 pixels): recognisable samples
@@ -25,6 +26,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# The aligned block by model depth: REPA's choice for SiT-XL (28 blocks) and L (24), and B (12).
+REPA_DEPTHS = {28: 8, 24: 8, 12: 4}
+
+
 def preset_name(data: str) -> str:
     return "digits" if data == DIGITS else "paper"
 
@@ -36,6 +41,9 @@ def apply_presets(cfg: TrainConfig) -> TrainConfig:
             if name == "image_size" and is_latent_cache(cfg.data):
                 continue  # the cache knows its size
             setattr(cfg, name, value)
+    if cfg.repa_encoder and cfg.repa_depth is None and cfg.model in SiT_models:
+        depth = SIZES[cfg.model.split("-")[1].split("/")[0]][0]
+        cfg.repa_depth = REPA_DEPTHS.get(depth, max(1, depth // 3))
     if cfg.out is None:
         cfg.out = str(Path("runs") / (Path(cfg.data).name or "run"))
     return cfg

@@ -1,0 +1,100 @@
+"""sitcli/latent_cache.py: shards over two torchrun ranks, bit for bit the one-process cache; resume after an interruption."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sitcli.latent_cache as lc
+from sitcli.errors import InputError
+from test_train_ddp import torchrun
+from test_train_latent import folders  # noqa: F401  (the tiny random VAE and 8 + 1 unreadable images)
+
+SETTINGS = dict(image_size=16, batch_size=2, num_workers=0, seed=3, progress=False, shard_size=3)
+
+
+def make(folders, out, **kw):
+    return lc.cache_latents(str(folders / "images"), str(folders / "vae"), out=str(out), **{**SETTINGS, **kw})
+
+
+def contents(cache: Path) -> dict:
+    manifest = json.loads((cache / "latents.json").read_text())
+    return {"latents": np.load(cache / "latents.npy"), "labels": np.load(cache / "labels.npy"), "manifest": manifest}
+
+
+def assert_same_cache(a: Path, b: Path):
+    ca, cb = contents(a), contents(b)
+    assert ca["manifest"] == cb["manifest"]
+    assert np.array_equal(ca["labels"], cb["labels"])
+    assert ca["latents"].tobytes() == cb["latents"].tobytes()
+
+
+@pytest.fixture(scope="module")
+def one_process(folders, tmp_path_factory, one_thread):  # noqa: F811
+    out = tmp_path_factory.mktemp("cache") / "one"
+    result = make(folders, out)
+    assert (result.count, result.shards, result.reused_shards) == (8, 3, 0)  # 9 files, one unreadable
+    assert not (out / lc.SHARDS).exists()
+    return out
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo")
+def test_two_ranks_make_the_one_process_cache_bit_for_bit(folders, one_process, tmp_path):  # noqa: F811
+    proc = torchrun("-m", "sitcli", "cache-latents", "--data", folders / "images", "--vae", folders / "vae",
+                    "--out", tmp_path / "two", "--image-size", 16, "--batch-size", 2, "--num-workers", 0, "--seed", 3,
+                    "--shard-size", 3, "--device", "cpu", cwd=tmp_path)
+    assert proc.stderr.count("latent cache of 8 images") + proc.stdout.count("latent cache of 8 images") == 1
+    assert_same_cache(one_process, tmp_path / "two")
+    assert contents(one_process)["latents"].shape == (8, 2, 4, 8, 8)
+
+
+def test_an_interrupted_extraction_encodes_only_the_unfinished_shards(folders, one_process, tmp_path, monkeypatch):  # noqa: F811
+    save, written = lc.atomic.save_npz, []
+
+    def save_twice_then_stop(path, **arrays):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        save(path, **arrays)
+        written.append(Path(path).name)
+
+    monkeypatch.setattr(lc.atomic, "save_npz", save_twice_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        make(folders, tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache" / lc.SHARDS).glob("*.npz")) == ["000000.npz", "000001.npz"]
+    assert not (tmp_path / "cache" / "latents.json").exists()  # nothing that looks finished
+
+    with pytest.raises(InputError, match="seed differ"):  # shards of other settings are not mixed in
+        make(folders, tmp_path / "cache", seed=4)
+    monkeypatch.setattr(lc.atomic, "save_npz", save)
+    encoded = []
+    encode = lc.encode
+    monkeypatch.setattr(lc, "encode", lambda vae, x, **kw: (encoded.append(len(x)), encode(vae, x, **kw))[1])
+    result = make(folders, tmp_path / "cache")
+    assert (result.shards, result.reused_shards) == (3, 2)
+    assert sum(encoded) == 2 * 3  # the last shard's 3 images, each with its mirror image
+    assert_same_cache(one_process, tmp_path / "cache")
+
+
+def test_each_image_draws_its_own_posterior_noise(folders, one_process, tmp_path):  # noqa: F811
+    # Other shards and batches change the VAE's batches (float round-off at most), never an image's noise.
+    other = contents(make(folders, tmp_path / "other", shard_size=9, batch_size=4).out)["latents"].astype(np.float32)
+    np.testing.assert_allclose(other, contents(one_process)["latents"].astype(np.float32), rtol=2e-3, atol=2e-3)
+    reseeded = contents(make(folders, tmp_path / "reseeded", seed=4).out)["latents"].astype(np.float32)
+    assert np.abs(reseeded - other).max() > 0.01
+
+
+def test_index_noise_depends_on_seed_index_and_stream_alone():
+    from sitcli.seeds import index_normal
+
+    base = index_normal(3, 5, (64,))
+    assert torch.equal(base, index_normal(3, 5, (64,)))
+    for other in (index_normal(4, 5, (64,)), index_normal(3, 6, (64,)), index_normal(3, 5, (64,), stream=1)):
+        assert not torch.allclose(base, other)
+    with pytest.raises(InputError, match="--seed"):
+        index_normal(-1, 0, ())

@@ -17,6 +17,9 @@ from rich.markup import escape
 
 from sitcli.errors import InputError
 from sitcli.transport import DIFFUSION_COEFFICIENTS, LAST_STEPS, LIKELIHOOD_METHODS, ODE_METHODS, SDE_METHODS
+from sitcli.transport.time_conventions import CONVENTIONS
+from sitcli.transport.time_grids import SPACINGS
+from sitcli.transport.time_sampling import TIME_DENSITIES
 
 app = typer.Typer(
     help="Scalable Interpolant Transformers: train, sample, evaluate (FID) and convert SiT models.",
@@ -72,6 +75,10 @@ def train(
     train_eps: float | None = typer.Option(None, "--train-eps", help="Keep training times this far from singular ends (default: per interpolant)."),
     sample_eps: float | None = typer.Option(None, "--sample-eps", help="The same for sampling and likelihoods."),
     num_timesteps: int | None = typer.Option(None, "--num-timesteps", help="Discrete time: train on this many grid points (default continuous)."),
+    time_density: str | None = typer.Option(None, "--time-density", help=f"Density of training times u in [0, 1] (sit's time, 0 noise), stretched over the train-eps interval: {'|'.join(TIME_DENSITIES)} (default uniform). In discrete time the grid points are weighted by it."),
+    logit_mean: float | None = typer.Option(None, "--logit-mean", help="logit-normal: mean m of logit(u) (default 0). A mean m in SD3's convention (t = 1 noise) is -m here."),
+    logit_std: float | None = typer.Option(None, "--logit-std", help="logit-normal: std of logit(u) (default 1; REPA's and LightningDiT's lognormal is 0, 1)."),
+    mode_scale: float | None = typer.Option(None, "--mode-scale", help="mode: SD3's scale c in [-1, 1.75] (default 1.29; 0 is uniform)."),
     lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-4; 1e-3 on digits)."),
     weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0)."),
     ema_decay: float | None = typer.Option(None, "--ema-decay", help="EMA decay per step (default 0.9999; 0.995 on digits)."),
@@ -137,8 +144,14 @@ def sample(
     last_step: str = typer.Option("mean", "--last-step", help=f"SDE last step: {'|'.join(LAST_STEPS)}."),
     last_step_size: float = typer.Option(0.04, "--last-step-size", help="Length in time of the SDE last step."),
     cfg_scale: float = typer.Option(1.0, "--cfg-scale", help="Classifier-free guidance scale (1 = none)."),
-    cfg_interval: tuple[float, float] = typer.Option((0.0, 1.0), "--cfg-interval", help="Guide only for LO <= t <= HI (t = 0 noise, 1 data)."),
+    cfg_interval: tuple[float, float] = typer.Option((0.0, 1.0), "--cfg-interval", help="Guide (classifier-free or autoguidance) only for LO <= t <= HI (t = 0 noise, 1 data), or LO, HI in --cfg-interval-in."),
     cfg_channels: str = typer.Option("all", "--cfg-channels", help="all, or 3 to guide the first 3 latent channels like the official checkpoints' numbers."),
+    cfg_interval_in: str = typer.Option("t", "--cfg-interval-in", help=f"Convention of --cfg-interval: {'|'.join(CONVENTIONS)}. With r = sigma_t / alpha_t of the model's interpolant: repa is REPA's time r / (1 + r) (1 - t for linear; REPA's --guidance-high 0.7 is --cfg-interval 0 0.7 --cfg-interval-in repa), sigma is EDM's sigma = r, logsnr is -2 log r."),
+    guidance_model: str | None = typer.Option(None, "--guidance-model", help="Autoguidance: a weaker checkpoint (e.g. an earlier one of the run, same shape, classes, interpolant and prediction) as the guide; out = weak + W (model - weak). Two networks per step: NFE counts both."),
+    guidance_scale: float = typer.Option(1.0, "--guidance-scale", help="Autoguidance scale W (1 = none); needs --guidance-model, excludes --cfg-scale."),
+    spacing: str | None = typer.Option(None, "--spacing", help=f"Time grid of fixed-grid methods, adams and the SDE: {'|'.join(SPACINGS)} (default: uniform; adams cosine). edm: EDM's rho-spaced sigma = sigma_t / alpha_t (within EDM's 0.002 .. 80)."),
+    time_shift: float = typer.Option(1.0, "--time-shift", help="Shift S of the time grid, SD3's t' = S t / (1 + (S - 1) t) with t = 1 noise, i.e. t / (S + (1 - S) t) in sit's time; S > 1 spends more steps near noise (1 = none; not for adaptive methods)."),
+    edm_rho: float = typer.Option(7.0, "--edm-rho", help="rho of --spacing edm (EDM: 7)."),
     num: int = typer.Option(64, "--num", help="Number of images (indices 0..num-1)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass per rank (does not change the images)."),
     seed: int = typer.Option(0, "--seed", help="Base seed; image i uses its own seed derived from (seed, i)."),

@@ -19,6 +19,9 @@ from sitcli.models import SIZES, SiT_models
 from sitcli.runtime import PRECISIONS
 from sitcli.transport import LAST_STEPS, ODE_METHODS, SDE_METHODS, Transport
 from sitcli.transport.diffusion import check_diffusion_coefficient
+from sitcli.transport.time_conventions import CONVENTIONS
+from sitcli.transport.time_grids import SPACINGS
+from sitcli.transport.time_sampling import DENSITY_PARAMS
 
 # The data a converted checkpoint says it was trained on: none that sit can open.
 EXTERNAL = "external"
@@ -44,6 +47,10 @@ class TrainConfig:
     train_eps: float | None = None
     sample_eps: float | None = None
     num_timesteps: int | None = None
+    time_density: str = "uniform"  # training times: a name in transport.time_sampling.TIME_DENSITIES
+    logit_mean: float | None = None  # logit-normal's parameters (None: 0 and 1, recorded once chosen), sit's time
+    logit_std: float | None = None
+    mode_scale: float | None = None  # the mode density's (None: 1.29)
     lr: float | None = None
     weight_decay: float = 0.0
     ema_decay: float | None = None
@@ -111,10 +118,14 @@ class TrainConfig:
                 raise InputError(f"--repa-depth {self.repa_depth} must name a block of {self.model}: 1..{depth}")
             if self.repa_weight < 0 or self.repa_projector_dim < 1:
                 raise InputError("--repa-weight must be >= 0 and --repa-projector-dim >= 1")
-        self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight combination
+        transport = self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight / density
+        for name, value in transport.time_density_params.items():  # config.json records the values used, not "default"
+            setattr(self, name, value)
 
     def transport(self) -> Transport:
-        return Transport(self.interpolant, self.prediction, self.loss_weight, self.train_eps, self.sample_eps, self.num_timesteps)
+        params = {k: getattr(self, k) for k in DENSITY_PARAMS if getattr(self, k) is not None}
+        return Transport(self.interpolant, self.prediction, self.loss_weight, self.train_eps, self.sample_eps,
+                         self.num_timesteps, self.time_density, params)
 
     def build_model(self, projector_dims: tuple[int, ...] = ()) -> torch.nn.Module:
         """A freshly initialised model of this config's architecture and data shape, with a
@@ -153,6 +164,12 @@ class SampleConfig:
     cfg_scale: float = 1.0
     cfg_interval: tuple[float, float] = (0.0, 1.0)
     cfg_channels: str = "all"
+    cfg_interval_in: str = "t"  # the convention of cfg_interval (transport.time_conventions.CONVENTIONS)
+    guidance_model: str | None = None  # autoguidance: the weak model (any checkpoint load_model reads)
+    guidance_scale: float = 1.0  # autoguidance's w (1 = none)
+    spacing: str | None = None  # the time grid (transport.time_grids.SPACINGS); None: the method's own
+    time_shift: float = 1.0  # SD3's shift s of the time grid (1 = none)
+    edm_rho: float = 7.0  # rho of the edm spacing
     num: int = 64
     batch_size: int = 64
     seed: int = 0
@@ -188,6 +205,32 @@ class SampleConfig:
                 raise InputError(f"unknown --last-step {self.last_step!r}; choose one of {', '.join(LAST_STEPS)}")
         if self.cfg_channels != "all" and not (str(self.cfg_channels).isdigit() and int(self.cfg_channels) > 0):
             raise InputError(f"--cfg-channels {self.cfg_channels!r}: pass 'all' or a number of channels such as 3")
+        self._check_time_grid()
+        self._check_guidance()
+
+    def _check_time_grid(self) -> None:
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise InputError(f"unknown --spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
+        if not self.time_shift > 0:
+            raise InputError(f"--time-shift {self.time_shift}: pass s > 0 (1 is no shift)")
+        if not self.edm_rho > 0 or (self.edm_rho != 7.0 and self.spacing != "edm"):
+            raise InputError(f"--edm-rho {self.edm_rho}: pass rho > 0, together with --spacing edm")
+        if self.sampler == "ode" and ODE_METHODS[self.method].kind == "adaptive" and (
+                self.time_shift != 1.0 or self.spacing is not None):
+            raise InputError(f"--method {self.method} is adaptive and chooses its own steps: --time-shift and "
+                             "--spacing apply to fixed-grid methods, adams and the SDE; drop them or pick such a method")
+
+    def _check_guidance(self) -> None:
+        if self.cfg_interval_in not in CONVENTIONS:
+            raise InputError(f"unknown --cfg-interval-in {self.cfg_interval_in!r}; choose one of {', '.join(CONVENTIONS)}")
+        if self.guidance_model is None:
+            if self.guidance_scale != 1.0:
+                raise InputError("--guidance-scale is autoguidance's scale: pass --guidance-model CKPT with it, or use --cfg-scale")
+            return
+        if self.cfg_scale != 1.0:
+            raise InputError("--guidance-model (autoguidance) and --cfg-scale (classifier-free guidance) do not combine: pick one")
+        if self.cfg_channels != "all":
+            raise InputError("--cfg-channels applies to classifier-free guidance only: drop it with --guidance-model")
 
     def transport_overrides(self) -> dict:
         """The transport settings given for a checkpoint that does not record its own."""

@@ -22,12 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sitcli import atomic, distributed, runs
 from sitcli.config import OLD_SAMPLE_DEFAULTS, SampleConfig
 from sitcli.errors import InputError
-from sitcli.guidance import ClassifierFreeGuidance
+from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
 from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
 from sitcli.loading import Loaded, load_model
 from sitcli.runtime import autocast_model, check_precision, tf32
 from sitcli.seeds import index_generator, labels_and_noise
 from sitcli.transport import sample_ode, sample_sde
+from sitcli.transport.time_conventions import interval_in_time
 
 SETTINGS_FILE = "sample.json"
 
@@ -94,13 +95,22 @@ def prepare(cfg: SampleConfig, dist: distributed.Dist) -> SampleJob:
     if tcfg.num_classes == 0 and (cfg.cfg_scale != 1.0 or cfg.class_labels):
         raise InputError("the model is unconditional: drop --cfg-scale and --class-labels")
     fn = autocast_model(model, cfg.precision, dist.device)
+    guide = None
+    if cfg.cfg_scale != 1.0 or cfg.guidance_model is not None:
+        interval = interval_in_time(loaded.transport.interpolant, *cfg.cfg_interval, cfg.cfg_interval_in)
     if cfg.cfg_scale != 1.0:
         channels = cfg.cfg_channels if cfg.cfg_channels == "all" else int(cfg.cfg_channels)
-        fn = ClassifierFreeGuidance(fn, cfg.cfg_scale, null_class=tcfg.num_classes, channels=channels, interval=cfg.cfg_interval)
+        fn = ClassifierFreeGuidance(fn, cfg.cfg_scale, null_class=tcfg.num_classes, channels=channels, interval=interval)
+    if cfg.guidance_model is not None:
+        guide = _load_guide(cfg, loaded)
+        weak = autocast_model(guide.model.to(dist.device), cfg.precision, dist.device)
+        fn = AutoGuidance(fn, weak, cfg.guidance_scale, interval=interval)
 
     out = Path(cfg.out or _default_out(cfg.ckpt))
     settings = cfg.record()
     settings["ckpt"] = str(loaded.weights.resolve())  # images from another checkpoint must not share the folder
+    if guide is not None:
+        settings["guidance_model"] = str(guide.weights.resolve())
     _check_folder(out, settings)
     width = max(6, len(str(cfg.num - 1)))
     names = [out / f"{i:0{width}d}.png" for i in range(cfg.num)]
@@ -131,11 +141,13 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
             began = time.perf_counter()
             x0 = x0.to(dist.device)
             if cfg.sampler == "ode":
-                x, nfe = sample_ode(transport, job.fn, x0, cfg.method, cfg.steps, cfg.atol, cfg.rtol, model_kwargs=kwargs)
+                x, nfe = sample_ode(transport, job.fn, x0, cfg.method, cfg.steps, cfg.atol, cfg.rtol, model_kwargs=kwargs,
+                                    spacing=cfg.spacing, time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
             else:
                 gens = [index_generator(cfg.seed, i, dist.device, stream=1) for i in idx]
                 x, nfe = sample_sde(transport, job.fn, x0, cfg.method, cfg.steps, cfg.w, cfg.w_norm, cfg.last_step,
-                                    cfg.last_step_size, generator=gens, model_kwargs=kwargs)
+                                    cfg.last_step_size, generator=gens, model_kwargs=kwargs, spacing=cfg.spacing,
+                                    time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
             images = to_images(x, job.vae)
             seconds += time.perf_counter() - began
             for i, image in zip(idx, images):
@@ -160,6 +172,21 @@ def write_extras(job: SampleJob, result: SampleResult) -> None:
     if job.cfg.grid:
         result.grid = Path(job.cfg.grid)
         atomic.save_image(result.grid, make_grid(images[:100]))
+
+
+def _load_guide(cfg: SampleConfig, main: Loaded) -> Loaded:
+    """The weak model of autoguidance, refused unless it can stand in for the main model."""
+    guide = load_model(cfg.guidance_model, cfg.ema, None, None, **cfg.transport_overrides())
+    a, b = main.config, guide.config
+    for name in ("in_channels", "input_size", "num_classes"):
+        if getattr(a, name) != getattr(b, name):
+            raise InputError(f"--guidance-model {cfg.guidance_model} has {name}={getattr(b, name)}, the model "
+                             f"{getattr(a, name)}: pass a checkpoint with the same latent shape and classes")
+    ta, tb = main.transport, guide.transport
+    if repr(ta.interpolant) != repr(tb.interpolant) or ta.prediction != tb.prediction:
+        raise InputError(f"--guidance-model {cfg.guidance_model} predicts {tb.prediction} on {tb.interpolant!r}, the model "
+                         f"{ta.prediction} on {ta.interpolant!r}: autoguidance needs the same interpolant and prediction")
+    return guide
 
 
 def _default_out(ckpt: str) -> Path:

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from sitcli.errors import InputError
-from sitcli.guidance import ClassifierFreeGuidance
+from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
 from sitcli.models import SiT
-from sitcli.transport import Transport, sample_ode
+from sitcli.transport import Transport, sample_ode, sample_sde
 
 NULL = 10
 
@@ -72,3 +72,60 @@ def test_guided_sit_model_samples_and_counts_one_nfe_per_call():
     x0 = torch.randn(2, 4, 4, 4)
     x, nfe = sample_ode(Transport(), guided, x0, method="euler", steps=5, model_kwargs={"y": torch.tensor([1, 2])})
     assert nfe == 5 and x.shape == x0.shape and torch.isfinite(x).all()
+
+
+# ------------------------------------------------------------------ autoguidance
+
+def mixtures():
+    from sitcli.transport import GaussianMixture
+
+    strong = GaussianMixture([[-1.5, 0.5], [1.0, -1.0]], [0.3, 0.4])
+    weak = GaussianMixture([[-1.5, 0.5], [1.0, -1.0]], [0.6, 0.8])  # the same modes, blurrier
+    return strong, weak
+
+
+@pytest.mark.parametrize("interpolant,prediction", [("linear", "velocity"), ("gvp", "score"), ("vp", "noise")])
+def test_autoguidance_of_exact_fields_is_the_formula_on_the_denoiser(interpolant, prediction):
+    strong, weak = mixtures()
+    tr = Transport(interpolant, prediction)
+    guided = AutoGuidance(strong.model(interpolant, prediction), weak.model(interpolant, prediction), 2.5)
+    x, t = torch.randn(6, 2, dtype=torch.float64), torch.full((6,), 0.4, dtype=torch.float64)
+    out = guided(x, t)
+    # D = D_weak + w (D_strong - D_weak) on the exact posterior means, and the same on velocities.
+    d_strong, d_weak = strong.data_mean(interpolant, x, t), weak.data_mean(interpolant, x, t)
+    torch.testing.assert_close(tr.data(out, x, t), d_weak + 2.5 * (d_strong - d_weak))
+    v_strong, v_weak = strong.velocity(interpolant, x, t), weak.velocity(interpolant, x, t)
+    torch.testing.assert_close(tr.velocity(out, x, t), v_weak + 2.5 * (v_strong - v_weak))
+
+
+def test_autoguided_sampling_counts_two_networks_and_keeps_the_interval():
+    strong, weak = mixtures()
+    tr = Transport("linear", "velocity")
+    guided = AutoGuidance(strong.model("linear", "velocity"), weak.model("linear", "velocity"), 2.0, interval=(0.5, 1.0))
+    x0 = torch.randn(5, 2, dtype=torch.float64)
+    x, nfe = sample_ode(tr, guided, x0, "euler", 10)
+    assert nfe == 5 * 1 + 5 * 2  # 5 steps at t < 0.5 run the model alone, 5 run both
+
+    def formula(x, t, **_):
+        out = strong.velocity("linear", x, t)
+        if float(t[0]) >= 0.5:
+            weak_v = weak.velocity("linear", x, t)
+            out = weak_v + 2.0 * (out - weak_v)
+        return out
+
+    expected, _ = sample_ode(tr, formula, x0, "euler", 10)
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-14)
+    with pytest.raises(InputError, match="guidance interval"):
+        AutoGuidance(formula, formula, 2.0, interval=(0.5, 0.2))
+
+
+@pytest.mark.parametrize("sampler", ["ode", "sde"])
+def test_a_guide_equal_to_the_model_is_unguided_sampling(sampler):
+    strong, _ = mixtures()
+    tr, model = Transport("gvp", "velocity"), strong.model("gvp", "velocity")
+    x0 = torch.randn(4, 2, dtype=torch.float64)
+    run = (lambda m, g: sample_ode(tr, m, x0, "heun", 6)) if sampler == "ode" else (
+        lambda m, g: sample_sde(tr, m, x0, "euler", 6, generator=g))
+    guided, nfe_guided = run(AutoGuidance(model, model, 3.0), torch.Generator().manual_seed(1))
+    plain, nfe = run(model, torch.Generator().manual_seed(1))
+    assert torch.equal(guided, plain) and nfe_guided == 2 * nfe

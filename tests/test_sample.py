@@ -131,10 +131,21 @@ def test_make_grid_upscales_small_images():
     (["--sampler", "sde", "--last-step", "jump"], "last-step"),
     (["--cfg-channels", "two"], "cfg-channels"),
     (["--class-labels", "a,b"], "comma list"),
+    (["--method", "dopri5", "--time-shift", 3], "adaptive and chooses its own steps"),
+    (["--spacing", "log"], "unknown --spacing 'log'"),
+    (["--time-shift", 0], "pass s > 0"),
+    (["--edm-rho", 5], "together with --spacing edm"),
+    (["--guidance-scale", 2], "pass --guidance-model CKPT"),
+    (["--guidance-model", "{run}", "--guidance-scale", 2, "--cfg-scale", 2], "do not combine"),
+    (["--cfg-scale", 2, "--cfg-interval-in", "edm"], "unknown --cfg-interval-in 'edm'"),
+    (["--cfg-scale", 2, "--cfg-interval", 3, 1, "--cfg-interval-in", "sigma"], "cfg interval (3.0, 1.0) in sigma"),
+    (["--guidance-model", "{tmp}/other.safetensors", "--guidance-scale", 2], "input_size=4"),
 ])
 def test_cli_refuses_bad_sampling_flags_before_writing(run, tmp_path, args, message):
-    result = sit("sample", "--ckpt", run, "--out", tmp_path / "x", *args)
-    assert result.exit_code == 2 and message in result.output, result.output
+    other = SiT_models["SiT-Ti/4"](input_size=4, in_channels=1, num_classes=10)  # another latent shape
+    save_file(other.state_dict(), tmp_path / "other.safetensors")
+    result = sit("sample", "--ckpt", run, "--out", tmp_path / "x", *[str(a).format(run=run, tmp=tmp_path) for a in args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
     assert not (tmp_path / "x").exists()
 
 
@@ -173,3 +184,31 @@ def test_adams_from_the_cli_costs_one_evaluation_per_step(run, tmp_path):
     result = sit("sample", "--ckpt", run, "--out", tmp_path / "a", "--num", 2, "--method", "adams", "--steps", 5)
     assert result.exit_code == 0, result.output
     assert "NFE per sample 5.0" in result.output and len(list((tmp_path / "a").glob("*.png"))) == 2
+
+
+def test_time_shift_one_and_a_guide_equal_to_the_model_change_no_image(run, tmp_path):
+    ref = pngs(_ref(run, tmp_path))
+    for name, flags in (("s1", ["--time-shift", 1]),
+                        ("self", ["--guidance-model", run, "--guidance-scale", 2.5, "--cfg-interval", 0.2, 0.9])):
+        result = sit("sample", "--ckpt", run, "--out", tmp_path / name, "--num", 2, "--steps", 2, *flags)
+        assert result.exit_code == 0, result.output
+        got = pngs(tmp_path / name)
+        assert got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref)  # bit for bit
+    # adams' 2 steps evaluate at t = 0 (outside the interval: one network) and t = 0.5 (inside: two).
+    assert "NFE per sample 3.0" in " ".join(result.output.split())
+    recorded = json.loads((tmp_path / "self" / "sample.json").read_text())
+    assert recorded["guidance_scale"] == 2.5 and recorded["guidance_model"].endswith("ema.safetensors")
+
+
+def test_shifted_edm_and_autoguided_sampling_from_the_cli(run, tmp_path):
+    early = run / "checkpoints" / "0000003" / "model.safetensors"  # the raw weights as a weaker guide
+    for name, flags, nfe in (("shift", ["--time-shift", 3, "--method", "heun", "--steps", 4], 8),
+                             ("edm", ["--spacing", "edm", "--sampler", "sde", "--steps", 5], 5),
+                             ("auto", ["--guidance-model", early, "--guidance-scale", 2, "--steps", 3], 6)):
+        result = sit("sample", "--ckpt", run, "--out", tmp_path / name, "--num", 2, *flags)
+        assert result.exit_code == 0, result.output
+        assert f"NFE per sample {nfe:.1f}" in " ".join(result.output.split()), result.output
+    result = sit("sample", "--ckpt", run, "--out", tmp_path / "cfg", "--num", 2, "--steps", 2, "--cfg-scale", 2,
+                 "--cfg-interval", 0, 0.7, "--cfg-interval-in", "repa")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "cfg" / "sample.json").read_text())["cfg_interval_in"] == "repa"

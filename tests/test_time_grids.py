@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from sitcli.errors import InputError
-from sitcli.transport import Transport
-from sitcli.transport.time_grids import SPACINGS, snap_to_grid, time_grid, training_grid
+from sitcli.transport import GVP, VP, Linear, Transport, sample_ode, sample_sde
+from sitcli.transport.time_conventions import noise_to_signal
+from sitcli.transport.time_grids import SPACINGS, shift_time, snap_to_grid, time_grid, training_grid
 
 F64 = torch.float64
 
@@ -23,7 +24,7 @@ def test_uniform_is_linspace_and_cosine_is_its_formula():
 
 @pytest.mark.parametrize("spacing", SPACINGS)
 def test_every_spacing_increases_from_t0_to_t1(spacing):
-    grid = time_grid(1e-3, 1 - 1e-3, 25, spacing, dtype=F64)
+    grid = time_grid(1e-3, 1 - 1e-3, 25, spacing, dtype=F64, interpolant=Linear())
     assert len(grid) == 26 and grid[0] == 1e-3 and grid[-1] == 1 - 1e-3
     assert bool((grid.diff() > 0).all())
 
@@ -50,9 +51,10 @@ def test_bad_arguments():
 def test_transport_time_grid_delegates(num_timesteps, spacing):
     tr = Transport("linear", "velocity", num_timesteps=num_timesteps)
     discrete = tr.timestep_grid(dtype=F64)
-    assert torch.equal(tr.time_grid(0.0, 1.0, 30, dtype=F64, spacing=spacing),
-                       time_grid(0.0, 1.0, 30, spacing, discrete, dtype=F64))
-    assert tr.time_grid(0.0, 1.0, 30, spacing=spacing).dtype == torch.float32
+    steps = 12 if spacing == "edm" else 30  # edm's short steps near the data snap together sooner
+    assert torch.equal(tr.time_grid(0.0, 1.0, steps, dtype=F64, spacing=spacing),
+                       time_grid(0.0, 1.0, steps, spacing, discrete, dtype=F64, interpolant=tr.interpolant))
+    assert tr.time_grid(0.0, 1.0, steps, spacing=spacing).dtype == torch.float32
 
 
 def test_cosine_time_grid_is_dense_at_both_ends_and_exact_at_the_ends():
@@ -68,3 +70,90 @@ def test_cosine_time_grid_is_dense_at_both_ends_and_exact_at_the_ends():
     with pytest.raises(InputError, match="fewer steps or a uniform-grid method"):
         discrete.time_grid(0.0, 1.0, 100, spacing="cosine")
     assert len(discrete.time_grid(0.0, 1.0, 100)) == 101
+
+
+# ------------------------------------------------------------------ time shift and the edm spacing
+
+SHIFTS = [0.3, 3.0]
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("num_timesteps", [None, 1000])
+def test_shift_one_is_no_shift_bit_for_bit(spacing, num_timesteps):
+    tr = Transport("gvp", "velocity", num_timesteps=num_timesteps)
+    if spacing == "edm" and num_timesteps:  # its steps crowd at the data end and do not fit: refused both ways
+        for shift in ({}, {"time_shift": 1.0}):
+            with pytest.raises(InputError, match="do not fit"):
+                tr.time_grid(1e-3, 1 - 1e-3, 10, spacing=spacing, **shift)
+        return
+    for dtype in (F64, torch.float32):
+        assert torch.equal(tr.time_grid(1e-3, 1 - 1e-3, 10, dtype=dtype, spacing=spacing, time_shift=1.0),
+                           tr.time_grid(1e-3, 1 - 1e-3, 10, dtype=dtype, spacing=spacing))
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("s", SHIFTS)
+def test_shifted_grids_are_the_shifted_points_of_a_grid_with_exact_ends(spacing, s):
+    t0, t1 = 1e-3, 1 - 1e-3
+    grid = time_grid(t0, t1, 16, spacing, dtype=F64, time_shift=s, interpolant=GVP())
+    assert len(grid) == 17 and grid[0] == t0 and grid[-1] == t1 and bool((grid.diff() > 0).all())
+    # SD3's map in its own time tau = 1 - t: tau' = s tau / (1 + (s - 1) tau), applied to the base grid.
+    tau = 1 - time_grid(float(shift_time(t0, 1 / s)), float(shift_time(t1, 1 / s)), 16, spacing, dtype=F64,
+                        interpolant=GVP())
+    expected = 1 - s * tau / (1 + (s - 1) * tau)
+    torch.testing.assert_close(grid[1:-1], expected[1:-1], rtol=0, atol=1e-14)
+    # s > 1 spends more steps near the noise end (t = 0), s < 1 near the data.
+    base = time_grid(t0, t1, 16, spacing, dtype=F64, interpolant=GVP())
+    assert bool((grid[1:-1] < base[1:-1]).all()) == (s > 1)
+
+
+@pytest.mark.parametrize("s", SHIFTS)
+def test_shifted_uniform_variable_has_the_transformed_cdf(s):
+    # phi_s(U), U ~ U[0, 1], has CDF P(phi_s(U) <= x) = phi_(1/s)(x): KS at 100,000 draws.
+    n = 100_000
+    x = shift_time(torch.rand(n, dtype=F64, generator=torch.Generator().manual_seed(7)), s).sort().values
+    f = shift_time(x, 1 / s)
+    d = max((torch.arange(1, n + 1, dtype=F64) / n - f).max().item(), (f - torch.arange(n, dtype=F64) / n).max().item())
+    assert d < 1.95 / n**0.5
+    wrong = shift_time(x, s)  # the map instead of its inverse fails the same test
+    assert (wrong - torch.arange(1, n + 1, dtype=F64) / n).abs().max().item() > 0.05
+
+
+@pytest.mark.parametrize("interpolant", [Linear(), GVP(), VP()])
+@pytest.mark.parametrize("rho", [1.0, 7.0])
+@pytest.mark.parametrize("t1", [0.99, 1.0])
+def test_edm_grid_is_rho_spaced_in_sigma(interpolant, rho, t1):
+    t0 = 0.0 if interpolant.name != "vp" else 1e-3
+    grid = time_grid(t0, t1, 12, "edm", dtype=F64, interpolant=interpolant, edm_rho=rho)
+    assert len(grid) == 13 and grid[0] == t0 and grid[-1] == t1 and bool((grid.diff() > 0).all())
+    sigma = noise_to_signal(interpolant, grid)
+    # sigma(t0) is infinite for linear and GVP and about 152 for VP, above EDM's 80: the grid is t0,
+    # then points from sigma = 80 evenly spaced in sigma^(1/rho) down to sigma(t1), or, where that is
+    # below EDM's 0.002 (t1 = 1), down to 0.002 and then t1.
+    inner = sigma[1:] if t1 < 1 else sigma[1:-1]
+    ends = torch.tensor([80.0, float(noise_to_signal(interpolant, torch.tensor(t1, dtype=F64))) if t1 < 1 else 0.002], dtype=F64)
+    root = inner ** (1 / rho)
+    torch.testing.assert_close(root[[0, -1]], ends ** (1 / rho), rtol=1e-10, atol=0)  # VP: sigma ~ sqrt(1 - t)
+    torch.testing.assert_close(root.diff(), root.diff()[:1].expand(len(root) - 1), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method,per_step", [("euler", 1), ("heun", 2), ("rk4", 4), ("adams", 1)])
+@pytest.mark.parametrize("spacing,s", [(None, 3.0), ("edm", 1.0), ("cosine", 0.3)])
+def test_nfe_is_exact_on_every_grid(method, per_step, spacing, s):
+    calls = []
+    model = lambda x, t, **_: calls.append(float(t[0])) or -x  # noqa: E731
+    tr = Transport("linear", "velocity")
+    x, nfe = sample_ode(tr, model, torch.randn(2, 3), method, 7, spacing=spacing, time_shift=s)
+    assert nfe == len(calls) == 7 * per_step and torch.isfinite(x).all()
+    _, nfe = sample_sde(tr, model, torch.randn(2, 3), "euler", 7, spacing=spacing, time_shift=s)
+    assert nfe == 7
+
+
+def test_adaptive_methods_refuse_a_shift_or_a_spacing():
+    tr, model = Transport("linear", "velocity"), (lambda x, t, **_: -x)
+    with pytest.raises(InputError, match="dopri5.*chooses its own steps.*time shift 3"):
+        sample_ode(tr, model, torch.randn(2, 3), "dopri5", time_shift=3.0)
+    with pytest.raises(InputError, match="spacing 'edm'"):
+        sample_ode(tr, model, torch.randn(2, 3), "dopri5", spacing="edm")
+    with pytest.raises(InputError, match="time_shift=-1"):
+        time_grid(0.0, 1.0, 4, time_shift=-1)

@@ -58,6 +58,24 @@ def test_resume_continues_exactly(tmp_path):
     assert config["steps"] == 6 and config["model"] == "SiT-Ti/4" and config["num_classes"] == 10
 
 
+@pytest.mark.parametrize("density", [dict(time_density="logit-normal", logit_mean=0.4, logit_std=0.8),
+                                     dict(time_density="mode", num_timesteps=50)])
+def test_time_density_is_recorded_and_resumes_exactly(tmp_path, density):
+    train(tiny(tmp_path, "straight", steps=4, **density), progress=False)
+    train(tiny(tmp_path, "halves", steps=2, **density), progress=False)
+    train(resume_config(tmp_path / "halves", {"steps": 4}), resume=True, progress=False)
+    assert_same_state(final_state(tmp_path / "straight")[1], final_state(tmp_path / "halves")[1])
+    config = json.loads((tmp_path / "halves" / "config.json").read_text())
+    assert {k: config[k] for k in density} == density
+    # The density's parameters are recorded as used (mode's default scale), the others stay unset.
+    assert config["mode_scale"] == (1.29 if density["time_density"] == "mode" else None)
+    # ... and the density changes the training (the same run with uniform times ends elsewhere).
+    train(tiny(tmp_path, "uniform", steps=4, num_timesteps=density.get("num_timesteps")), progress=False)
+    other = final_state(tmp_path / "uniform")[1]
+    assert not torch.equal(other["model"]["final_layer.linear.weight"],
+                           final_state(tmp_path / "straight")[1]["model"]["final_layer.linear.weight"])
+
+
 def test_ctrl_c_saves_and_resume_matches_straight_run(tmp_path, monkeypatch):
     original = Transport.regression_loss
     calls = {"n": 0}
@@ -172,6 +190,10 @@ def test_cli_run_folder(finished_run):
     (["--out", "{tmp}/new", "--precision", "fp16", "--device", "cpu"], "CUDA"),
     (["--out", "{tmp}/new", "--model", "SiT-Ti/8", "--image-size", 12], "divisible by its patch size"),
     (["--out", "{tmp}/new", "--vae", "{tmp}"], "drop --vae"),
+    (["--out", "{tmp}/new", "--time-density", "lognorm"], "unknown time density 'lognorm'"),
+    (["--out", "{tmp}/new", "--logit-mean", 0.5], "time density uniform takes no logit_mean"),
+    (["--out", "{tmp}/new", "--time-density", "mode", "--mode-scale", 3], "mode_scale=3.0"),
+    (["--resume", "{run}", "--steps", 4, "--time-density", "cosmap"], "keeps its settings"),
 ])
 def test_cli_refuses_bad_input_without_writing(finished_run, tmp_path, args, message):
     before = sorted(str(p) for p in finished_run.rglob("*"))

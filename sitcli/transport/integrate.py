@@ -23,6 +23,7 @@ from torchdiffeq import odeint
 
 import sitcli.transport.tsit5  # noqa: F401  (registers method "tsit5" with torchdiffeq)
 from sitcli.errors import InputError
+from sitcli.transport.interpolants import Interpolant
 from sitcli.transport.methods import ODEMethod, fixed_grid_names, ode_method
 from sitcli.transport.time_grids import time_grid
 
@@ -37,12 +38,17 @@ def integration_times(
     discrete_grid: torch.Tensor | None = None,
     device=None,
     dtype=torch.float32,
+    spacing: str | None = None,
+    time_shift: float = 1.0,
+    interpolant: Interpolant | None = None,
+    edm_rho: float = 7.0,
 ) -> torch.Tensor:
     """The increasing times ``method`` runs on from t0 to t1.
 
-    Fixed and multistep methods: the steps + 1 points of their spacing, snapped onto
-    ``discrete_grid`` (the training times of discrete time) when one is given. Adaptive methods:
-    (t0, t1); they choose their own steps, so they are refused in discrete time.
+    Fixed and multistep methods: the steps + 1 points of ``spacing`` (None: the method's own),
+    shifted by ``time_shift``, snapped onto ``discrete_grid`` (the training times of discrete time)
+    when one is given (``time_grids.time_grid``). Adaptive methods: (t0, t1); they choose their own
+    steps, so they are refused in discrete time and with a spacing or a time shift.
     """
     method = ode_method(method) if isinstance(method, str) else method
     if method.kind == "adaptive":
@@ -50,8 +56,15 @@ def integration_times(
             raise InputError(
                 f"adaptive ODE method {method.name!r} steps off the discrete time grid: use {fixed_grid_names()}"
             )
+        if time_shift != 1 or spacing is not None:
+            what = f"time shift {time_shift:g}" if time_shift != 1 else f"spacing {spacing!r}"
+            raise InputError(
+                f"adaptive ODE method {method.name!r} chooses its own steps, so a {what} means nothing to it: "
+                f"use a fixed-grid method ({fixed_grid_names()}) or adams, or drop the option"
+            )
         return torch.tensor([t0, t1], device=device, dtype=dtype)
-    return time_grid(t0, t1, steps, method.spacing, discrete_grid, device=device, dtype=dtype)
+    return time_grid(t0, t1, steps, spacing or method.spacing, discrete_grid, device=device, dtype=dtype,
+                     time_shift=time_shift, interpolant=interpolant, edm_rho=edm_rho)
 
 
 def integrate(

@@ -1,8 +1,8 @@
 """Samplers: carry N(0, I) noise at t = 0 to data at t = 1 with a trained model.
 
 Both take any callable ``model(x, t, **model_kwargs)`` (t of shape (B,)), convert its output with
-the transport, and return ``(samples, nfe)`` where nfe counts model evaluations (a guided model
-counts one per call). Samples keep the dtype and device of ``x0``.
+the transport, and return ``(samples, nfe)`` where nfe counts model evaluations (a classifier-free
+guided call counts one, its two passes being one doubled batch; an autoguided call two, one per network). Samples keep the dtype and device of ``x0``.
 
 ODE (probability flow):  dX = v(X, t) dt,   solved by ``integrate`` with a method of ``methods``.
 SDE:                     dX = [v(X, t) + w(t) s(X, t)] dt + sqrt(2 w(t)) dW,   see ``diffusion``.
@@ -25,7 +25,9 @@ Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
 class CountingModel:
-    """Calls ``model(x, t, **kwargs)`` with t broadcast to shape (B,) and counts the calls."""
+    """Calls ``model(x, t, **kwargs)`` with t broadcast to shape (B,) and counts the evaluations: one
+    per call, or ``model.evaluations(t)`` where the model says how many networks a call runs
+    (autoguidance runs two)."""
 
     def __init__(self, model: Callable, model_kwargs: dict | None):
         self.model = model
@@ -33,8 +35,8 @@ class CountingModel:
         self.nfe = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-        self.nfe += 1
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        self.nfe += self.model.evaluations(t) if hasattr(self.model, "evaluations") else 1
         return self.model(x, t, **self.model_kwargs).to(x.dtype), t
 
 
@@ -52,6 +54,9 @@ def sample_ode(
     atol: float = 1e-6,
     rtol: float = 1e-3,
     model_kwargs: dict | None = None,
+    spacing: str | None = None,
+    time_shift: float = 1.0,
+    edm_rho: float = 7.0,
 ) -> tuple[torch.Tensor, int]:
     """Integrate the probability-flow ODE from noise x0 at t0 to data at t1.
 
@@ -62,6 +67,8 @@ def sample_ode(
             ``examples/sampler_nfe.py`` it reaches dopri5's default accuracy with 0.52-0.59x its
             NFE for every interpolant, where rk4 needs 0.50-0.73x, or more than 64 NFE on VP); or
             adaptive "dopri5" | "dopri8" | "bosh3" | "tsit5" (``atol``, ``rtol``; ``steps`` ignored).
+        spacing, time_shift, edm_rho: the grid of a fixed-grid or multistep method (``time_grids``;
+            spacing None is the method's own); adaptive methods refuse them.
     Returns:
         (samples, nfe).
     """
@@ -73,7 +80,8 @@ def sample_ode(
 
     t0, t1 = transport.sample_interval()
     ode = ode_method(method)
-    times = integration_times(ode, t0, t1, steps, transport.timestep_grid(dtype=torch.float64), x0.device, x0.dtype)
+    times = integration_times(ode, t0, t1, steps, transport.timestep_grid(dtype=torch.float64), x0.device, x0.dtype,
+                              spacing, time_shift, transport.interpolant, edm_rho)
     with _grad_mode(x0):
         x = integrate(velocity, x0, ode, times, atol=atol, rtol=rtol)
     return x, counter.nfe
@@ -103,6 +111,9 @@ def sample_sde(
     last_step_size: float = 0.04,
     generator: Generator = None,
     model_kwargs: dict | None = None,
+    spacing: str | None = None,
+    time_shift: float = 1.0,
+    edm_rho: float = 7.0,
 ) -> tuple[torch.Tensor, int]:
     """Integrate dX = [v + w(t) s] dt + sqrt(2 w(t)) dW from noise x0 at t0 to data.
 
@@ -118,6 +129,8 @@ def sample_sde(
         last_step: "mean" (a drift step without noise), "tweedie" (the posterior mean E[x1 | x]),
             "euler" (a probability-flow ODE step), or "none".
         generator: a torch.Generator, or one per sample row (per-sample seeds).
+        spacing, time_shift, edm_rho: the grid of the SDE steps before the last step (``time_grids``;
+            spacing None is uniform).
     Returns:
         (samples, nfe).
     """
@@ -136,7 +149,8 @@ def sample_sde(
             raise InputError(f"last_step_size={last_step_size} must lie in (0, {1 - t0:g}): e.g. 0.04")
         if steps < 2:
             raise InputError("steps must be >= 2 with a last step (one SDE step plus the last step)")
-    grid = transport.time_grid(t0, t1, steps - 1 if last_step != "none" else steps, device=x0.device, dtype=x0.dtype)
+    grid = transport.time_grid(t0, t1, steps - 1 if last_step != "none" else steps, device=x0.device, dtype=x0.dtype,
+                               spacing=spacing or "uniform", time_shift=time_shift, edm_rho=edm_rho)
 
     interpolant = transport.interpolant
     counter = CountingModel(model, model_kwargs)

@@ -4,11 +4,30 @@ A grid is ``steps + 1`` increasing times from t0 to t1, laid out by a named spac
 
     uniform   t_i = t0 + (t1 - t0) i / steps
     cosine    t_i = t0 + (t1 - t0) (1 - cos(pi i / steps)) / 2
+    edm       EDM's rho-spacing of the noise level sigma = sigma_t / alpha_t of the interpolant
+              (``time_conventions``): sigma_i^(1/rho) evenly spaced from sigma_hi^(1/rho) to
+              sigma_lo^(1/rho), t_i the time of sigma_i, rho = ``edm_rho`` (EDM: 7). sigma_hi =
+              sigma(t0) and sigma_lo = sigma(t1), kept within EDM's [0.002, 80]: where sigma(t0) > 80
+              (linear and GVP at t0 = 0: infinite) the grid starts with the step from t0 to sigma = 80,
+              and where sigma(t1) < 0.002 (t1 = 1: zero) it ends with the step from sigma = 0.002 to
+              t1, as EDM's last step to sigma = 0; still ``steps`` steps in all.
 
-The cosine grid takes steps of O(1/steps^2) at both ends and O(1/steps) in the middle; its last
-point is set to t1 exactly, whatever the rounding. In discrete time (a model trained on the T
-points of ``training_grid``) every time is snapped to the nearest training time, and a grid
-whose snapped times stop increasing is refused.
+The cosine grid takes steps of O(1/steps^2) at both ends and O(1/steps) in the middle.
+
+Time shift (``time_shift`` = s, SD3's resolution shift, which SD3 writes with t = 1 noise). In the
+convention where tau = 1 is noise it is tau' = s tau / (1 + (s - 1) tau); with tau = 1 - t that is
+
+    phi_s(t) = t / (s + (1 - s) t)      in sit's time (t = 0 noise),
+
+which moves time towards the noise end for s > 1 (phi_s(t) < t) and towards the data for s < 1.
+The maps compose as phi_a(phi_b(t)) = phi_ab(t), so phi_s has the inverse phi_(1/s). A shifted grid
+is phi_s of the spacing's grid from phi_(1/s)(t0) to phi_(1/s)(t1): its points are exactly the
+shifted points of a spacing grid, and it still runs from t0 to t1 in ``steps`` steps (same NFE).
+s = 1 is no shift (the grid is returned untouched); s must be > 0.
+
+The first and last points of every grid are set to t0 and t1 exactly, whatever the rounding. In
+discrete time (a model trained on the T points of ``training_grid``) every time is snapped to the
+nearest training time, and a grid whose snapped times stop increasing is refused.
 
 Times are computed in float64 and returned in the dtype asked for.
 """
@@ -21,24 +40,53 @@ from typing import Callable
 import torch
 
 from sitcli.errors import InputError
+from sitcli.transport.interpolants import Interpolant
+from sitcli.transport.time_conventions import noise_to_signal, time_of_noise_to_signal
 
 
-def uniform_times(t0: float, t1: float, steps: int) -> torch.Tensor:
+EDM_SIGMA_MAX, EDM_SIGMA_MIN = 80.0, 0.002
+
+
+def uniform_times(t0: float, t1: float, steps: int, **_) -> torch.Tensor:
     return torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
 
 
-def cosine_times(t0: float, t1: float, steps: int) -> torch.Tensor:
+def cosine_times(t0: float, t1: float, steps: int, **_) -> torch.Tensor:
     u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     times = t0 + (t1 - t0) * (1 - torch.cos(math.pi * u)) / 2
     times[-1] = t1
     return times
 
 
-# name -> (t0, t1, steps) -> steps + 1 float64 times; a new spacing is one more entry.
-SPACINGS: dict[str, Callable[[float, float, int], torch.Tensor]] = {
+def edm_times(t0: float, t1: float, steps: int, interpolant: Interpolant | None = None, edm_rho: float = 7.0,
+              **_) -> torch.Tensor:
+    if interpolant is None:
+        raise ValueError("the edm spacing needs the interpolant (its sigma_t / alpha_t)")
+    sigma_start, sigma_end = (float(noise_to_signal(interpolant, torch.tensor(t, dtype=torch.float64))) for t in (t0, t1))
+    cap_hi, cap_lo = sigma_start > EDM_SIGMA_MAX, sigma_end < EDM_SIGMA_MIN
+    cap_lo = cap_lo and steps - cap_hi - cap_lo >= 1
+    cap_hi = cap_hi and steps - cap_hi - cap_lo >= 1
+    hi, lo = (EDM_SIGMA_MAX if cap_hi else sigma_start), (EDM_SIGMA_MIN if cap_lo else sigma_end)
+    u = torch.linspace(0, 1, steps - cap_hi - cap_lo + 1, dtype=torch.float64)
+    sigmas = ((1 - u) * hi ** (1 / edm_rho) + u * lo ** (1 / edm_rho)) ** edm_rho  # both ends exact
+    times = torch.cat([torch.tensor([t0] * cap_hi, dtype=torch.float64), time_of_noise_to_signal(interpolant, sigmas),
+                       torch.tensor([t1] * cap_lo, dtype=torch.float64)])
+    times[0], times[-1] = t0, t1
+    return times
+
+
+# name -> (t0, t1, steps, interpolant=, edm_rho=) -> steps + 1 float64 times; a new spacing is one more entry.
+SPACINGS: dict[str, Callable[..., torch.Tensor]] = {
     "uniform": uniform_times,
     "cosine": cosine_times,
+    "edm": edm_times,
 }
+
+
+def shift_time(t: torch.Tensor | float, time_shift: float) -> torch.Tensor:
+    """phi_s(t) = t / (s + (1 - s) t), the time shift in sit's time (float64; see the module)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return t / (time_shift + (1 - time_shift) * t)
 
 
 def training_grid(t0: float, t1: float, num_timesteps: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -59,18 +107,33 @@ def time_grid(
     discrete_grid: torch.Tensor | None = None,
     device=None,
     dtype=torch.float32,
+    time_shift: float = 1.0,
+    interpolant: Interpolant | None = None,
+    edm_rho: float = 7.0,
 ) -> torch.Tensor:
-    """steps + 1 increasing times from t0 to t1 on ``spacing``, snapped onto ``discrete_grid`` if given.
+    """steps + 1 increasing times from t0 to t1 on ``spacing``, shifted by ``time_shift``, snapped onto
+    ``discrete_grid`` if given.
 
     Args:
         spacing: a name in ``SPACINGS``.
         discrete_grid: the training times of discrete time (float64), or None in continuous time.
+        time_shift: s of the shift phi_s (1: none).
+        interpolant, edm_rho: what the edm spacing needs (the others ignore them).
     """
     if steps < 1:
         raise InputError(f"steps={steps} is invalid: pass at least 1 step")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: {' or '.join(SPACINGS)}")
-    times = SPACINGS[spacing](t0, t1, steps)
+    if not time_shift > 0:
+        raise InputError(f"time_shift={time_shift} is invalid: pass s > 0 (1 is no shift; SD3 uses 3)")
+    if not edm_rho > 0:
+        raise InputError(f"edm_rho={edm_rho} is invalid: pass rho > 0 (EDM uses 7)")
+    if time_shift == 1:
+        times = SPACINGS[spacing](t0, t1, steps, interpolant=interpolant, edm_rho=edm_rho)
+    else:
+        a, b = (float(shift_time(v, 1 / time_shift)) for v in (t0, t1))
+        times = shift_time(SPACINGS[spacing](a, b, steps, interpolant=interpolant, edm_rho=edm_rho), time_shift)
+        times[0], times[-1] = t0, t1
     if discrete_grid is not None:
         times = snap_to_grid(times, discrete_grid)
         if not bool((times[1:] > times[:-1]).all()):

@@ -14,8 +14,12 @@ By default only the singular ends are moved in, by 1e-3 (1e-5 when training VP);
 ``sample_eps`` that is given moves both ends in by that much. Either may be given without the other.
 An explicit 0 where an end is singular is refused with a message saying so.
 
+Training times are drawn from ``time_density`` (``time_sampling.TIME_DENSITIES``: uniform,
+logit-normal, mode, cosmap) stretched over the training interval; its parameters are checked here,
+when the transport is built, so a bad one is refused before a run writes anything.
+
 Discrete time (``num_timesteps=T``): training draws t from the T-point grid spanning the training
-interval, and fixed-grid and multistep samplers step on points of that grid.
+interval (weighted by the density), and fixed-grid and multistep samplers step on points of that grid.
 
 Training: ``training_loss`` is ``draw_time_and_noise``, the model at x_t, then ``regression_loss``;
 a training loop that adds loss terms calls the pieces itself, on the same draws.
@@ -28,10 +32,9 @@ from typing import Callable
 import torch
 
 from sitcli.errors import InputError
-from sitcli.transport import objectives, time_grids
+from sitcli.transport import objectives, time_grids, time_sampling
 from sitcli.transport.diffusion import check_diffusion_coefficient
 from sitcli.transport.interpolants import Interpolant, get_interpolant
-from sitcli.transport.time_sampling import sample_training_time
 
 
 class Transport:
@@ -44,6 +47,9 @@ class Transport:
         train_eps: distance kept from singular ends of [0, 1] while training (None = default).
         sample_eps: the same while sampling and computing likelihoods (None = default).
         num_timesteps: None for continuous time, or T >= 2 for a T-point time grid.
+        time_density: the density of training times, a name in ``time_sampling.TIME_DENSITIES``.
+        time_density_params: its parameters (``logit_mean``, ``logit_std``, ``mode_scale``); the
+            density's defaults for those not given.
 
     Example:
         >>> tr = Transport("linear", "velocity")
@@ -58,6 +64,8 @@ class Transport:
         train_eps: float | None = None,
         sample_eps: float | None = None,
         num_timesteps: int | None = None,
+        time_density: str = "uniform",
+        time_density_params: dict | None = None,
     ):
         self.interpolant = get_interpolant(interpolant)
         self.prediction = objectives.check_prediction(prediction)
@@ -71,12 +79,15 @@ class Transport:
         self.sample_eps = sample_eps
         self.num_timesteps = None if num_timesteps is None else int(num_timesteps)
         self._train_interval = self._interval(train_eps, training=True)
+        self.time_density = time_density
+        self.time_density_params = time_sampling.time_density(time_density, time_density_params)[1]
 
     def __repr__(self) -> str:
         return (
             f"Transport(interpolant={self.interpolant!r}, prediction={self.prediction!r}, "
             f"loss_weight={self.loss_weight!r}, train_eps={self.train_eps}, sample_eps={self.sample_eps}, "
-            f"num_timesteps={self.num_timesteps})"
+            f"num_timesteps={self.num_timesteps}, time_density={self.time_density!r}, "
+            f"time_density_params={self.time_density_params})"
         )
 
     # ---------------------------------------------------------------- time intervals
@@ -124,19 +135,23 @@ class Transport:
         return time_grids.training_grid(*self._train_interval, self.num_timesteps, device=device, dtype=dtype)
 
     def time_grid(
-        self, t0: float, t1: float, steps: int, device=None, dtype=torch.float32, spacing: str = "uniform"
+        self, t0: float, t1: float, steps: int, device=None, dtype=torch.float32, spacing: str = "uniform",
+        time_shift: float = 1.0, edm_rho: float = 7.0,
     ) -> torch.Tensor:
-        """steps + 1 increasing times from t0 to t1 on ``spacing`` ("uniform" or "cosine", see
-        ``time_grids``); in discrete time, snapped to the training grid."""
+        """steps + 1 increasing times from t0 to t1 on ``spacing`` (a name in ``time_grids.SPACINGS``;
+        edm on this interpolant's noise level), shifted by ``time_shift``; in discrete time, snapped
+        to the training grid."""
         discrete_grid = self.timestep_grid(dtype=torch.float64)
-        return time_grids.time_grid(t0, t1, steps, spacing, discrete_grid, device=device, dtype=dtype)
+        return time_grids.time_grid(t0, t1, steps, spacing, discrete_grid, device=device, dtype=dtype,
+                                    time_shift=time_shift, interpolant=self.interpolant, edm_rho=edm_rho)
 
     def sample_time(
         self, batch: int, device=None, dtype=torch.float32, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Training times, shape (batch,): uniform on [t0, t1], or on the grid in discrete time."""
-        return sample_training_time(
-            batch, self._train_interval, self.num_timesteps, device=device, dtype=dtype, generator=generator
+        """Training times, shape (batch,): from the time density on [t0, t1], or on the grid in discrete time."""
+        return time_sampling.sample_training_time(
+            batch, self._train_interval, self.num_timesteps, device=device, dtype=dtype, generator=generator,
+            density=self.time_density, params=self.time_density_params,
         )
 
     # ---------------------------------------------------------------- training

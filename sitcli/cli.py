@@ -141,7 +141,7 @@ def sample(
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of adaptive ODE solvers."),
     w: str = typer.Option("sigma", "--w", help=W_HELP + " Default sigma."),
     w_norm: float = typer.Option(1.0, "--w-norm", help="Scale of w(t) (the official code's --diffusion-norm)."),
-    last_step: str = typer.Option("mean", "--last-step", help=f"SDE last step: {'|'.join(LAST_STEPS)}."),
+    last_step: str = typer.Option("euler", "--last-step", help=f"SDE last step: {'|'.join(LAST_STEPS)}. euler (default): a probability-flow ODE step, right for every w(t); mean: the official code's drift step, which narrows samples for large w."),
     last_step_size: float = typer.Option(0.04, "--last-step-size", help="Length in time of the SDE last step."),
     cfg_scale: float = typer.Option(1.0, "--cfg-scale", help="Classifier-free guidance scale (1 = none)."),
     cfg_interval: tuple[float, float] = typer.Option((0.0, 1.0), "--cfg-interval", help="Guide (classifier-free or autoguidance) only for LO <= t <= HI (t = 0 noise, 1 data), or LO, HI in --cfg-interval-in."),

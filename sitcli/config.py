@@ -9,7 +9,7 @@ config built for a foreign checkpoint never inherits a preset it did not ask for
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import torch
 
@@ -159,7 +159,7 @@ class SampleConfig:
     rtol: float = 1e-3
     w: str = "sigma"  # the SDE's diffusion coefficient w(t)
     w_norm: float = 1.0
-    last_step: str = "mean"
+    last_step: str = "euler"  # the official code's default is "mean" (see transport.samplers.sample_sde)
     last_step_size: float = 0.04
     cfg_scale: float = 1.0
     cfg_interval: tuple[float, float] = (0.0, 1.0)
@@ -243,12 +243,22 @@ class SampleConfig:
         settings["cfg_interval"] = list(settings["cfg_interval"])
         return settings
 
+    @classmethod
+    def recorded_before(cls, saved: dict) -> dict:
+        """A ``sample.json`` written by an older sit, completed with what it implies for settings
+        that did not exist then: their defaults, except where OLD_SAMPLE_DEFAULTS says otherwise."""
+        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        defaults["cfg_interval"] = list(defaults["cfg_interval"])
+        return {**defaults, **OLD_SAMPLE_DEFAULTS, **saved}
+
 
 # Settings that do not change any image: they may differ when a folder is filled in several runs.
 FREE_SETTINGS = {"out", "num", "batch_size", "npz", "grid", "threads"}
 
 # What a sample.json written before a setting existed implies for it (the images were drawn that way).
 OLD_SAMPLE_DEFAULTS = {"tf32": False}
+# Settings a sampler never reads: an ODE folder's images do not depend on the SDE's w or last step.
+UNUSED_BY = {"ode": {"w", "w_norm", "last_step", "last_step_size"}, "sde": {"atol", "rtol"}}
 
 
 def field_names(cls) -> set[str]:

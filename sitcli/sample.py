@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sitcli import atomic, distributed, runs
-from sitcli.config import OLD_SAMPLE_DEFAULTS, SampleConfig
+from sitcli.config import UNUSED_BY, SampleConfig
 from sitcli.errors import InputError
 from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
 from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
@@ -199,8 +199,9 @@ def _check_folder(out: Path, settings: dict) -> None:
         raise InputError(f"--out {out} is a file; pass a folder")
     saved_path = out / SETTINGS_FILE
     if saved_path.is_file():
-        saved = {**OLD_SAMPLE_DEFAULTS, **json.loads(saved_path.read_text())}
-        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        saved = SampleConfig.recorded_before(json.loads(saved_path.read_text()))
+        unused = UNUSED_BY.get(settings.get("sampler"), set())
+        changed = sorted(k for k in settings if k not in unused and saved.get(k) != settings[k])
         if changed == ["tf32"]:
             flag = "--tf32" if saved["tf32"] else "--no-tf32"
             raise InputError(f"{out} holds samples drawn with {flag}; pass {flag} to add to it, or pick a new --out")

@@ -212,3 +212,20 @@ def test_shifted_edm_and_autoguided_sampling_from_the_cli(run, tmp_path):
                  "--cfg-interval", 0, 0.7, "--cfg-interval-in", "repa")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "cfg" / "sample.json").read_text())["cfg_interval_in"] == "repa"
+
+
+def test_a_folder_from_an_older_sit_can_be_filled_in(run, tmp_path):
+    """An ODE folder whose sample.json predates newer settings (and the SDE's new default last step)
+    takes more images with today's defaults; a setting that changes images is still refused."""
+    out = tmp_path / "old"
+    sample(SampleConfig(ckpt=str(run), out=str(out), num=2, steps=3, tf32=False), progress=False)
+    saved = json.loads((out / "sample.json").read_text())
+    for key in ("time_shift", "spacing", "guidance_model", "cfg_interval_in", "tf32"):
+        saved.pop(key, None)
+    saved["last_step"] = "mean"  # the SDE default when the folder was drawn; an ODE never reads it
+    (out / "sample.json").write_text(json.dumps(saved))
+    (out / "000001.png").unlink()
+    result = sample(SampleConfig(ckpt=str(run), out=str(out), num=3, steps=3, tf32=False), progress=False)
+    assert result.new == 2
+    with pytest.raises(InputError, match="steps differ"):
+        sample(SampleConfig(ckpt=str(run), out=str(out), num=3, steps=4, tf32=False), progress=False)

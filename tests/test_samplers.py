@@ -16,6 +16,7 @@ import torch
 from sitcli.errors import InputError
 from sitcli.transport import (
     DIFFUSION_COEFFICIENTS,
+    LAST_STEPS,
     GaussianMixture,
     Transport,
     diffusion_coefficient,
@@ -232,3 +233,36 @@ def test_diffusion_coefficients_are_finite_and_nonnegative(w):
     }
     if w in expected:
         torch.testing.assert_close(diffusion_coefficient(w, linear, t), torch.tensor(expected[w], dtype=F64))
+
+
+MIX4 = GaussianMixture([[-2.0, 0.0, 1.0, 0.5], [1.5, 1.0, -1.0, 0.0], [0.0, -1.5, 0.0, 2.0]], [0.3, 0.5, 0.4],
+                       [0.3, 0.4, 0.3])
+
+
+def sliced_w1(a: torch.Tensor, b: torch.Tensor, projections: int = 100) -> float:
+    """Mean over random unit directions of the 1-D Wasserstein-1 distance of the projections (quantiles)."""
+    d = torch.randn(a.shape[1], projections, generator=torch.Generator().manual_seed(0), dtype=a.dtype)
+    d = d / d.norm(dim=0)
+    q = torch.linspace(0, 1, 1000, dtype=a.dtype)
+    pa, pb = (a @ d).sort(0).values, (b @ d).sort(0).values
+    return (pa[(q * (len(pa) - 1)).long()] - pb[(q * (len(pb) - 1)).long()]).abs().mean().item()
+
+
+@pytest.mark.parametrize("interpolant", ["linear", "gvp", "vp"])
+def test_the_default_last_step_is_as_good_as_the_best_for_every_w(interpolant):
+    """250 SDE steps on a 4-D mixture, the same noise for every last step (paired): the default is
+    within 0.01 sliced W1 of the best form for every w (paired differences between forms that are
+    all right reach 0.008 here), while "mean" over-contracts w = constant by 0.035-0.045."""
+    tr = Transport(interpolant, "velocity")
+    model = MIX4.model(tr.interpolant, "velocity")
+    reference = MIX4.sample(3000, torch.Generator().manual_seed(1))
+    x0 = torch.randn(1500, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for w in DIFFUSION_COEFFICIENTS:
+        errors = {}
+        for last in (None, *(s for s in LAST_STEPS if s != "euler")):  # None: the default (euler)
+            kwargs = {} if last is None else {"last_step": last}
+            x, _ = sample_sde(tr, model, x0, steps=250, w=w, generator=torch.Generator().manual_seed(4), **kwargs)
+            errors[last or "default"] = sliced_w1(x, reference)
+        assert errors["default"] <= min(errors.values()) + 0.01, (w, errors)
+        if w == "constant":
+            assert errors["mean"] > min(errors.values()) + 0.02, errors  # the official step over-contracts

@@ -107,7 +107,7 @@ def sample_sde(
     steps: int = 250,
     w: str = "sigma",
     w_norm: float = 1.0,
-    last_step: str | None = "mean",
+    last_step: str | None = "euler",
     last_step_size: float = 0.04,
     generator: Generator = None,
     model_kwargs: dict | None = None,
@@ -126,8 +126,14 @@ def sample_sde(
             steps - 1 steps from t0 to 1 - last_step_size and then the last step to t = 1;
             with ``last_step="none"`` it takes ``steps`` steps from t0 to t1.
         w, w_norm: the diffusion coefficient (``diffusion.DIFFUSION_COEFFICIENTS``) and its scale.
-        last_step: "mean" (a drift step without noise), "tweedie" (the posterior mean E[x1 | x]),
-            "euler" (a probability-flow ODE step), or "none".
+        last_step: how the final ``last_step_size`` of time is crossed without noise:
+            "euler" (the default): one probability-flow ODE step x + v h. It follows the marginals
+            whatever w(t) is, so it is right for every diffusion coefficient and interpolant.
+            "mean": the official code's default, a drift step x + (v + w s) h without noise; for a
+            large w it pulls every sample towards its posterior mean and narrows the distribution
+            (4-D mixture, w = constant, 250 steps: sliced W1 0.079 against 0.038 with "euler", and
+            more steps do not help). Kept by name to reproduce the official code.
+            "tweedie": the posterior mean E[x1 | x] in one jump. "none": the SDE runs to t1.
         generator: a torch.Generator, or one per sample row (per-sample seeds).
         spacing, time_shift, edm_rho: the grid of the SDE steps before the last step (``time_grids``;
             spacing None is uniform).

@@ -89,6 +89,13 @@ def train(
     ckpt_every: int | None = typer.Option(None, "--ckpt-every", help="Steps between checkpoints (one is always written at the end)."),
     sample_every: int | None = typer.Option(None, "--sample-every", help="Steps between EMA sample grids (0: none)."),
     class_dropout_prob: float | None = typer.Option(None, "--class-dropout-prob", help="Label dropout for classifier-free guidance (default 0.1)."),
+    log: str | None = typer.Option(None, "--log", help="Where the numbers go: a comma list of csv (log.csv, always written), tensorboard (<run>/tensorboard) and wandb (<run>/wandb; WANDB_MODE=offline for no network). Default csv."),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between FIDs of EMA samples during training (default 0: none); the weights stay what they are without it."),
+    eval_num: int | None = typer.Option(None, "--eval-num", help="EMA samples per FID, sharded over ranks (default 5000)."),
+    eval_ref: str | None = typer.Option(None, "--eval-ref", help="Reference statistics .npz for the FID, from `sit fid REF_IMAGES --save-stats STATS.npz`."),
+    eval_method: str | None = typer.Option(None, "--eval-method", help=f"ODE method of the evaluation samples: {'|'.join(ODE_METHODS)} (default adams)."),
+    eval_steps: int | None = typer.Option(None, "--eval-steps", help="Steps of that method (default 50)."),
+    inception_weights: str | None = typer.Option(None, "--inception-weights", help="Inception weights for --eval-every, as in `sit fid` (default: the torch hub checkpoints folder)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
     """Train a SiT model; run it under `torchrun --nproc_per_node=K -m sitcli train ...` for DDP.

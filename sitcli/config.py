@@ -60,6 +60,14 @@ class TrainConfig:
     log_every: int | None = None
     ckpt_every: int | None = None
     sample_every: int | None = None  # 0: no sample grids
+    log: str = "csv"  # comma list of training.loggers.BACKENDS; log.csv is always written
+    # FID during training (training.evaluation): eval_num EMA samples every eval_every steps (0: never)
+    eval_every: int = 0
+    eval_num: int = 5000
+    eval_ref: str | None = None  # reference statistics .npz from `sit fid --save-stats`
+    eval_method: str = "adams"  # ODE method of the evaluation samples (unguided)
+    eval_steps: int = 50
+    inception_weights: str | None = None  # pytorch-fid's Inception weights (default: the torch hub cache)
     # Filled from the data when the run starts (what a sampler needs to rebuild the model):
     in_channels: int | None = None
     input_size: int | None = None
@@ -94,6 +102,11 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise InputError(f"--ema-decay {self.ema_decay} must lie in [0, 1), e.g. 0.9999")
         self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight combination
+        if self.eval_every < 0 or self.eval_every and (self.eval_ref is None or self.eval_num < 2 or self.eval_steps < 1):
+            raise InputError("--eval-every N needs --eval-ref STATS.npz (from `sit fid REF --save-stats STATS.npz`), "
+                             "--eval-num of at least 2 and --eval-steps of at least 1")
+        if self.eval_method not in ODE_METHODS:
+            raise InputError(f"--eval-method {self.eval_method!r} is not an ODE method; choose one of {', '.join(ODE_METHODS)}")
 
     def transport(self) -> Transport:
         return Transport(self.interpolant, self.prediction, self.loss_weight, self.train_eps, self.sample_eps, self.num_timesteps)
@@ -109,7 +122,7 @@ class TrainConfig:
 # Settings that may change when a run is resumed; every other one is fixed by the run's config.json.
 # (lr and grad_clip so that a diverged run can go on from its last good checkpoint more gently.)
 RESUMABLE = {"steps", "epochs", "lr", "grad_clip", "log_every", "ckpt_every", "sample_every", "num_workers", "threads",
-             "precision", "compile", "fused_adamw"}
+             "precision", "compile", "fused_adamw", "log", "inception_weights"}
 
 
 @dataclass

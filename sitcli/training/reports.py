@@ -127,7 +127,9 @@ class TrainLog:
             if new:
                 f.write(",".join(columns) + "\n")
             f.write(",".join([str(step)] + [f"{metrics[c]:.6g}" for c in columns[1:]]) + "\n")
-        write_best(path.parent)
+        best = write_best(path.parent)
+        self.bar.console.print(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                               + (f"; best fid {best['fid']:.4g} at step {best['step']}" if best else ""), highlight=False)
         for logger in self.loggers:
             logger.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
 

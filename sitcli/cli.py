@@ -124,7 +124,7 @@ def train(
 @_user_errors
 def sample(
     ckpt: str = typer.Option(..., "--ckpt", help="A run folder (newest checkpoint), a checkpoint folder, a .safetensors weights file, or anything `sit convert` reads (official SiT/DiT .pt, diffusers folder)."),
-    out: str | None = typer.Option(None, "--out", help="Folder for the PNGs (default <run>/samples); re-running into it draws only missing indices."),
+    out: str | None = typer.Option(None, "--out", help="Folder for the PNGs (default: <run>/samples for a run folder, <name>-samples/ beside a checkpoint file); re-running into it draws only missing indices."),
     model: str | None = typer.Option(None, "--model", help="Check that --ckpt holds this architecture, e.g. SiT-XL/2 (it is read from the weights' shapes)."),
     src_format: str | None = typer.Option(None, "--from", help="Format of --ckpt where it cannot be told: official (SiT .pt) | dit | diffusers | sit (default: detected, as in `sit convert`)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),

@@ -130,7 +130,7 @@ class SampleConfig:
     """Every sampling setting (``sample.json`` in the output folder records the image-changing ones)."""
 
     ckpt: str
-    out: str | None = None  # default: <run>/samples
+    out: str | None = None  # default: <run>/samples, or <name>-samples/ beside a checkpoint file
     model: str | None = None  # checked against the architecture of ckpt when given
     src_format: str | None = None  # format of ckpt (sit convert's --from); None: detected
     ema: bool = True

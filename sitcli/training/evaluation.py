@@ -49,6 +49,12 @@ class TrainingEval:
 
     def __init__(self, cfg: TrainConfig, dist: Dist, vae=None, batch_size: int = 50):
         self.cfg, self.dist, self.vae, self.batch_size = cfg, dist, vae, batch_size
+        if self.vae is None and cfg.latent_scale is not None:  # a latent cache: decode with the VAE it names
+            if not cfg.vae:
+                raise InputError("--eval-every on latents needs the VAE that decodes them: pass --vae FOLDER")
+            from sitcli.autoencoder import load_vae
+
+            self.vae = load_vae(cfg.vae, dist.device)
         self.ref = open_reference(cfg)
         self.net = inception.load_inception(cfg.inception_weights, dist.device)
         self.transport = cfg.transport()

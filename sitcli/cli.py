@@ -27,6 +27,23 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"sit {version('sit')}")
+        except PackageNotFoundError:  # a source tree that was never installed
+            typer.echo("sit (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version of sit and exit.")) -> None:
+    """Scalable Interpolant Transformers: train, sample, evaluate (FID) and convert SiT models."""
+
+
 def _methods_by_kind(names) -> str:
     """"euler|heun|midpoint|rk4 (fixed grid), adams (multistep) or dopri5|... (adaptive)" from the registry."""
     groups: dict[str, list[str]] = {}

@@ -62,3 +62,14 @@ def test_old_flag_spellings_still_work_but_are_hidden(tmp_path):
     for command, flag in (("convert", "--use"), ("nll", "--limit")):
         text = runner.invoke(cli.app, [command, "--help"]).output
         assert flag not in text
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from sitcli.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"sit {version('sit')}"

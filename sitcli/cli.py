@@ -7,6 +7,7 @@ coefficients) are read from the transport's registries.
 
 from __future__ import annotations
 
+import enum
 import functools
 import sys
 from typing import Callable
@@ -16,7 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from sitcli.errors import InputError
-from sitcli.transport import DIFFUSION_COEFFICIENTS, LAST_STEPS, LIKELIHOOD_METHODS, ODE_METHODS, SDE_METHODS
+from sitcli.runtime import PRECISIONS
+from sitcli.transport import (DIFFUSION_COEFFICIENTS, INTERPOLANTS, LAST_STEPS, LIKELIHOOD_METHODS, LOSS_WEIGHTS,
+                              ODE_METHODS, PREDICTIONS, SDE_METHODS)
 
 app = typer.Typer(
     help="Scalable Interpolant Transformers: train, sample, evaluate (FID) and convert SiT models.",
@@ -25,6 +28,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+
+
+def _choices(name: str, *registries) -> type[enum.Enum]:
+    """The names of the library's registries as a choice type: --help lists them, a typo exits 2 naming them."""
+    names = dict.fromkeys("none" if n is None else str(n) for registry in registries for n in registry)
+    return enum.Enum(name, {n: n for n in names}, type=str)
+
+
+Interpolant = _choices("Interpolant", INTERPOLANTS)
+Prediction = _choices("Prediction", PREDICTIONS)
+LossWeight = _choices("LossWeight", LOSS_WEIGHTS)
+Precision = _choices("Precision", PRECISIONS)
+OdeMethod = _choices("OdeMethod", ODE_METHODS)
+Sampler = _choices("Sampler", ("ode", "sde"))
+Method = _choices("Method", ODE_METHODS, SDE_METHODS)
+LikelihoodMethod = _choices("LikelihoodMethod", LIKELIHOOD_METHODS)
+DiffusionCoefficient = _choices("DiffusionCoefficient", DIFFUSION_COEFFICIENTS)
+LastStep = _choices("LastStep", LAST_STEPS)
+
+
+def _plain(flags: dict) -> dict:
+    """Choice members back to the plain strings the library takes."""
+    return {k: v.value if isinstance(v, enum.Enum) else v for k, v in flags.items()}
 
 
 def _version(value: bool) -> None:
@@ -83,9 +109,9 @@ def train(
     model: str | None = typer.Option(None, "--model", help="SiT-{Ti,S,B,L,XL}/{2,4,8} (default: SiT-Ti/4 on digits, SiT-XL/2 otherwise)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Side of the center-cropped images (default: 8 on digits, 256 otherwise)."),
     vae: str | None = typer.Option(None, "--vae", help="Local diffusers AutoencoderKL folder: train in its latent space (a latent cache records its own)."),
-    interpolant: str | None = typer.Option(None, "--interpolant", help="linear | gvp | vp (default linear; the official code's --path-type)."),
-    prediction: str | None = typer.Option(None, "--prediction", "--pred", help="What the model predicts: velocity | score | noise (default velocity)."),
-    loss_weight: str | None = typer.Option(None, "--loss-weight", help="none | velocity | likelihood (default none)."),
+    interpolant: Interpolant | None = typer.Option(None, "--interpolant", case_sensitive=False, help="linear | gvp | vp (default linear; the official code's --path-type)."),
+    prediction: Prediction | None = typer.Option(None, "--prediction", "--pred", case_sensitive=False, help="What the model predicts: velocity | score | noise (default velocity)."),
+    loss_weight: LossWeight | None = typer.Option(None, "--loss-weight", case_sensitive=False, help="none | velocity | likelihood (default none)."),
     train_eps: float | None = typer.Option(None, "--train-eps", help="Keep training times this far from singular ends (default: per interpolant)."),
     sample_eps: float | None = typer.Option(None, "--sample-eps", help="The same for sampling and likelihoods."),
     num_timesteps: int | None = typer.Option(None, "--num-timesteps", help="Discrete time: train on this many grid points (default continuous)."),
@@ -96,7 +122,7 @@ def train(
     steps: int | None = typer.Option(None, "--steps", help="Training steps (default 400000; 2000 on digits)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Passes over the data, instead of --steps."),
     grad_clip: float | None = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value (default off)."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only, with a gradient scaler)."),
+    precision: Precision | None = typer.Option(None, "--precision", case_sensitive=False, help="fp32 | bf16 (autocast) | fp16 (CUDA only, with a gradient scaler)."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     fused_adamw: bool | None = typer.Option(None, "--fused-adamw/--no-fused-adamw", help="AdamW as one fused kernel: a faster optimiser step, weights not bit-identical to the default (~3e-8 per step)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for initialisation, data order and noise (default 0)."),
@@ -110,7 +136,7 @@ def train(
     eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between FIDs of EMA samples during training (default 0: none); the weights stay what they are without it."),
     eval_num: int | None = typer.Option(None, "--eval-num", help="EMA samples per FID, sharded over ranks (default 5000)."),
     eval_ref: str | None = typer.Option(None, "--eval-ref", help="Reference statistics .npz for the FID, from `sit fid REF_IMAGES --save-stats STATS.npz`."),
-    eval_method: str | None = typer.Option(None, "--eval-method", help=f"ODE method of the evaluation samples: {'|'.join(ODE_METHODS)} (default adams)."),
+    eval_method: OdeMethod | None = typer.Option(None, "--eval-method", case_sensitive=False, help=f"ODE method of the evaluation samples: {'|'.join(ODE_METHODS)} (default adams)."),
     eval_steps: int | None = typer.Option(None, "--eval-steps", help="Steps of that method (default 50)."),
     inception_weights: str | None = typer.Option(None, "--inception-weights", help="Inception weights for --eval-every, as in `sit fid` (default: the torch hub checkpoints folder)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
@@ -119,7 +145,7 @@ def train(
 
     Unset flags come from a preset chosen by --data: 'digits' gets the CPU quickstart (SiT-Ti/4 on 8x8, lr 1e-3, EMA 0.995, batch 128, 2000 steps); any other data the paper's settings (SiT-XL/2, 256x256, AdamW lr 1e-4, no weight decay, EMA 0.9999, batch 256). Flags you pass always win.
     """
-    flags = {k: v for k, v in locals().items() if k not in ("resume", "device")}
+    flags = _plain({k: v for k, v in locals().items() if k not in ("resume", "device")})
     from sitcli.training import TrainingDiverged, config_from_flags
     from sitcli.training import train as run_training
 
@@ -145,14 +171,14 @@ def sample(
     model: str | None = typer.Option(None, "--model", help="Check that --ckpt holds this architecture, e.g. SiT-XL/2 (it is read from the weights' shapes)."),
     src_format: str | None = typer.Option(None, "--from", help="Format of --ckpt where it cannot be told: official (SiT .pt) | dit | diffusers | sit (default: detected, as in `sit convert`)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
-    sampler: str = typer.Option("ode", "--sampler", help="ode (probability flow) | sde."),
-    method: str | None = typer.Option(None, "--method", help=METHOD_HELP),
+    sampler: Sampler = typer.Option("ode", "--sampler", case_sensitive=False, help="ode (probability flow) | sde."),
+    method: Method | None = typer.Option(None, "--method", case_sensitive=False, help=METHOD_HELP),
     steps: int | None = typer.Option(None, "--steps", help="Steps of a fixed-grid solver (default 50 ODE, 250 SDE)."),
     atol: float = typer.Option(1e-6, "--atol", help="Absolute tolerance of adaptive ODE solvers."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of adaptive ODE solvers."),
-    w: str = typer.Option("sigma", "--w", help=W_HELP + " Default sigma."),
+    w: DiffusionCoefficient = typer.Option("sigma", "--w", case_sensitive=False, help=W_HELP + " Default sigma."),
     w_norm: float = typer.Option(1.0, "--w-norm", help="Scale of w(t) (the official code's --diffusion-norm)."),
-    last_step: str = typer.Option("mean", "--last-step", help=f"SDE last step: {'|'.join(LAST_STEPS)}."),
+    last_step: LastStep = typer.Option("mean", "--last-step", case_sensitive=False, help=f"SDE last step: {'|'.join(LAST_STEPS)}."),
     last_step_size: float = typer.Option(0.04, "--last-step-size", help="Length in time of the SDE last step."),
     cfg_scale: float = typer.Option(1.0, "--cfg-scale", help="Classifier-free guidance scale (1 = none)."),
     cfg_interval: tuple[float, float] = typer.Option((0.0, 1.0), "--cfg-interval", help="Guide only for LO <= t <= HI (t = 0 noise, 1 data)."),
@@ -160,20 +186,20 @@ def sample(
     num: int = typer.Option(64, "--num", help="Number of images (indices 0..num-1)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass per rank (does not change the images)."),
     seed: int = typer.Option(0, "--seed", help="Base seed; image i uses its own seed derived from (seed, i)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only)."),
+    precision: Precision = typer.Option("fp32", "--precision", case_sensitive=False, help="fp32 | bf16 (autocast) | fp16 (CUDA only)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model: fused kernels, a one-off build (about a minute for SiT-B/2 on a CPU); outputs differ from eager by float round-off."),
     class_labels: str | None = typer.Option(None, "--class-labels", help="One label for all (3) or a comma list cycled over indices (1,4,7); default uniform random (see labels.csv)."),
     npz: bool = typer.Option(False, "--npz", help="Also write OUT/samples.npz (arr_0: N x H x W x 3 uint8, the ADM evaluator format)."),
     grid: str | None = typer.Option(None, "--grid", help="Also write a grid of the first 100 images to this PNG."),
     vae: str | None = typer.Option(None, "--vae", help="VAE folder for a latent model (default: the one the run was trained with)."),
     threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads (default: the run's --threads setting)."),
-    interpolant: str | None = typer.Option(None, "--interpolant", help="For a checkpoint that does not record it (a bare weights file, a raw official .pt): linear|gvp|vp (default linear)."),
-    prediction: str | None = typer.Option(None, "--prediction", "--pred", help="Likewise: velocity|score|noise (default velocity)."),
+    interpolant: Interpolant | None = typer.Option(None, "--interpolant", case_sensitive=False, help="For a checkpoint that does not record it (a bare weights file, a raw official .pt): linear|gvp|vp (default linear)."),
+    prediction: Prediction | None = typer.Option(None, "--prediction", "--pred", case_sensitive=False, help="Likewise: velocity|score|noise (default velocity)."),
     sample_eps: float | None = typer.Option(None, "--sample-eps", help="Keep the sampler this far from singular ends of [0, 1] (a run's config.json fixes it)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
     """Sample images from a trained SiT model, one PNG per index; shards over ranks under torchrun."""
-    flags = {k: v for k, v in locals().items() if k != "device"}
+    flags = _plain({k: v for k, v in locals().items() if k != "device"})
     from sitcli.config import SampleConfig
     from sitcli.sample import sample as run_sampling
 
@@ -202,21 +228,21 @@ def nll(
     num: int | None = typer.Option(None, "--num", help="Score this many images, a seeded random subset (default 1000)."),
     limit: int | None = typer.Option(None, "--limit", hidden=True, help="Old spelling of --num."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per likelihood solve."),
-    method: str = typer.Option("dopri5", "--method", help=f"ODE method: {_methods_by_kind(LIKELIHOOD_METHODS)}."),
+    method: LikelihoodMethod = typer.Option("dopri5", "--method", case_sensitive=False, help=f"ODE method: {_methods_by_kind(LIKELIHOOD_METHODS)}."),
     steps: int = typer.Option(100, "--steps", help="Steps of a fixed-grid method."),
     atol: float = typer.Option(1e-5, "--atol", help="Absolute tolerance."),
     rtol: float = typer.Option(1e-5, "--rtol", help="Relative tolerance."),
     divergence: str | None = typer.Option(None, "--divergence", help="exact | hutchinson (default: exact up to 1024 dimensions)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the subset, the dequantization noise and Hutchinson probes."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16."),
+    precision: Precision = typer.Option("fp32", "--precision", case_sensitive=False, help="fp32 | bf16."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
     """Bits per dimension of a data set under a trained model (ODE likelihood, uniform dequantization)."""
     from sitcli.nll import nll as run_nll
 
-    result = run_nll(ckpt, data, num or limit or 1000, batch_size, method, steps, atol, rtol, divergence, seed, ema,
-                     precision, device, model=model)
+    result = run_nll(ckpt, data, num or limit or 1000, batch_size, method.value, steps, atol, rtol, divergence, seed, ema,
+                     precision.value, device, model=model)
     typer.echo(f"{result.bits_per_dim:.4f} ± {result.std_error:.4f} bits/dim over {result.num} images ({result.dims} dimensions)")
 
 

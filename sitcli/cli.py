@@ -36,16 +36,11 @@ def _choices(name: str, *registries) -> type[enum.Enum]:
     return enum.Enum(name, {n: n for n in names}, type=str)
 
 
-Interpolant = _choices("Interpolant", INTERPOLANTS)
-Prediction = _choices("Prediction", PREDICTIONS)
-LossWeight = _choices("LossWeight", LOSS_WEIGHTS)
-Precision = _choices("Precision", PRECISIONS)
-OdeMethod = _choices("OdeMethod", ODE_METHODS)
-Sampler = _choices("Sampler", ("ode", "sde"))
-Method = _choices("Method", ODE_METHODS, SDE_METHODS)
-LikelihoodMethod = _choices("LikelihoodMethod", LIKELIHOOD_METHODS)
-DiffusionCoefficient = _choices("DiffusionCoefficient", DIFFUSION_COEFFICIENTS)
-LastStep = _choices("LastStep", LAST_STEPS)
+Interpolant, Prediction, LossWeight = (_choices(n, r) for n, r in (
+    ("Interpolant", INTERPOLANTS), ("Prediction", PREDICTIONS), ("LossWeight", LOSS_WEIGHTS)))
+Precision, Sampler, OdeMethod = _choices("Precision", PRECISIONS), _choices("Sampler", ("ode", "sde")), _choices("OdeMethod", ODE_METHODS)
+Method, LikelihoodMethod = _choices("Method", ODE_METHODS, SDE_METHODS), _choices("LikelihoodMethod", LIKELIHOOD_METHODS)
+DiffusionCoefficient, LastStep = _choices("DiffusionCoefficient", DIFFUSION_COEFFICIENTS), _choices("LastStep", LAST_STEPS)
 
 
 def _plain(flags: dict) -> dict:
@@ -55,12 +50,9 @@ def _plain(flags: dict) -> dict:
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import PackageNotFoundError, version
+        from importlib.metadata import version
 
-        try:
-            typer.echo(f"sit {version('sit')}")
-        except PackageNotFoundError:  # a source tree that was never installed
-            typer.echo("sit (not installed)")
+        typer.echo(f"sit {version('sit')}")
         raise typer.Exit()
 
 

@@ -15,8 +15,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from sitcli.cli_choices import (METHOD_HELP, W_HELP, Convention, DiffusionCoefficient, Interpolant, LastStep,
+                                LikelihoodMethod, LossWeight, Method, OdeMethod, Precision, Prediction, Sampler, Spacing,
+                                TimeDensity, methods_by_kind, plain)
 from sitcli.errors import InputError
-from sitcli.transport import DIFFUSION_COEFFICIENTS, LAST_STEPS, LIKELIHOOD_METHODS, ODE_METHODS, SDE_METHODS
+from sitcli.transport import LAST_STEPS, LIKELIHOOD_METHODS, ODE_METHODS, SDE_METHODS
 from sitcli.transport.time_conventions import CONVENTIONS
 from sitcli.transport.time_grids import SPACINGS
 from sitcli.transport.time_sampling import TIME_DENSITIES
@@ -30,20 +33,18 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def _methods_by_kind(names) -> str:
-    """"euler|heun|midpoint|rk4 (fixed grid), adams (multistep) or dopri5|... (adaptive)" from the registry."""
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        groups.setdefault(ODE_METHODS[name].kind, []).append(name)
-    label = {"fixed": "fixed grid", "multistep": "multistep, one NFE per step", "adaptive": "adaptive"}
-    parts = [f"{'|'.join(v)} ({label[k]})" for k, v in groups.items()]
-    return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0]
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"sit {version('sit')}")
+        raise typer.Exit()
 
 
-METHOD_HELP = (f"ODE: {_methods_by_kind(ODE_METHODS)}, default adams; SDE: {'|'.join(SDE_METHODS)}, default euler. "
-               "`sit methods` lists each with its order and NFE per step.")
-W_HELP = (f"The SDE's diffusion coefficient w(t) in dX = \\[v + w s] dt + sqrt(2 w) dW: {'|'.join(DIFFUSION_COEFFICIENTS)}. "
-          "The official code's --diffusion-form; the SiT paper's w_t is 2 w(t).")
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version of sit and exit.")) -> None:
+    """Scalable Interpolant Transformers: train, sample, evaluate (FID) and convert SiT models."""
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -69,13 +70,13 @@ def train(
     model: str | None = typer.Option(None, "--model", help="SiT-{Ti,S,B,L,XL}/{2,4,8} (default: SiT-Ti/4 on digits, SiT-XL/2 otherwise)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Side of the center-cropped images (default: 8 on digits, 256 otherwise)."),
     vae: str | None = typer.Option(None, "--vae", help="Local diffusers AutoencoderKL folder: train in its latent space (a latent cache records its own)."),
-    interpolant: str | None = typer.Option(None, "--interpolant", help="linear | gvp | vp (default linear; the official code's --path-type)."),
-    prediction: str | None = typer.Option(None, "--prediction", "--pred", help="What the model predicts: velocity | score | noise (default velocity)."),
-    loss_weight: str | None = typer.Option(None, "--loss-weight", help="none | velocity | likelihood (default none)."),
+    interpolant: Interpolant | None = typer.Option(None, "--interpolant", case_sensitive=False, help="linear | gvp | vp (default linear; the official code's --path-type)."),
+    prediction: Prediction | None = typer.Option(None, "--prediction", "--pred", case_sensitive=False, help="What the model predicts: velocity | score | noise (default velocity)."),
+    loss_weight: LossWeight | None = typer.Option(None, "--loss-weight", case_sensitive=False, help="none | velocity | likelihood (default none)."),
     train_eps: float | None = typer.Option(None, "--train-eps", help="Keep training times this far from singular ends (default: per interpolant)."),
     sample_eps: float | None = typer.Option(None, "--sample-eps", help="The same for sampling and likelihoods."),
     num_timesteps: int | None = typer.Option(None, "--num-timesteps", help="Discrete time: train on this many grid points (default continuous)."),
-    time_density: str | None = typer.Option(None, "--time-density", help=f"Density of training times u in [0, 1] (sit's time, 0 noise), stretched over the train-eps interval: {'|'.join(TIME_DENSITIES)} (default uniform). In discrete time the grid points are weighted by it."),
+    time_density: TimeDensity | None = typer.Option(None, "--time-density", case_sensitive=False, help=f"Density of training times u in [0, 1] (sit's time, 0 noise), stretched over the train-eps interval: {'|'.join(TIME_DENSITIES)} (default uniform). In discrete time the grid points are weighted by it."),
     logit_mean: float | None = typer.Option(None, "--logit-mean", help="logit-normal: mean m of logit(u) (default 0). A mean m in SD3's convention (t = 1 noise) is -m here."),
     logit_std: float | None = typer.Option(None, "--logit-std", help="logit-normal: std of logit(u) (default 1; REPA's and LightningDiT's lognormal is 0, 1)."),
     mode_scale: float | None = typer.Option(None, "--mode-scale", help="mode: SD3's scale c in [-1, 1.75] (default 1.29; 0 is uniform)."),
@@ -86,7 +87,7 @@ def train(
     steps: int | None = typer.Option(None, "--steps", help="Training steps (default 400000; 2000 on digits)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Passes over the data, instead of --steps."),
     grad_clip: float | None = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value (default off)."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only, with a gradient scaler)."),
+    precision: Precision | None = typer.Option(None, "--precision", case_sensitive=False, help="fp32 | bf16 (autocast) | fp16 (CUDA only, with a gradient scaler)."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     fused_adamw: bool | None = typer.Option(None, "--fused-adamw/--no-fused-adamw", help="AdamW as one fused kernel: a faster optimiser step, weights not bit-identical to the default (~3e-8 per step)."),
     tf32: bool | None = typer.Option(None, "--tf32/--no-tf32", help="TF32 tensor cores for float32 matmuls and convolutions on CUDA (default on, as the official SiT/DiT scripts; --no-tf32 for bit-level reproduction; a run from before this setting resumes without). No effect on CPU."),
@@ -102,13 +103,20 @@ def train(
     repa_depth: int | None = typer.Option(None, "--repa-depth", help="The SiT block (1-based) whose tokens are aligned (default: REPA's 8 for XL and L, 4 for B and S; depth // 3 otherwise)."),
     repa_weight: float | None = typer.Option(None, "--repa-weight", help="Weight lambda of the alignment term (default 0.5)."),
     repa_projector_dim: int | None = typer.Option(None, "--repa-projector-dim", help="Hidden width of the projectors, three linear layers with SiLU to the encoder's width (default 2048)."),
+    log: str | None = typer.Option(None, "--log", help="Where the numbers go: a comma list of csv (log.csv, always written), tensorboard (<run>/tensorboard) and wandb (<run>/wandb; WANDB_MODE=offline for no network). Default csv."),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between FIDs of EMA samples during training (default 0: none); the weights stay what they are without it."),
+    eval_num: int | None = typer.Option(None, "--eval-num", help="EMA samples per FID, sharded over ranks (default 5000)."),
+    eval_ref: str | None = typer.Option(None, "--eval-ref", help="Reference statistics .npz for the FID, from `sit fid REF_IMAGES --save-stats STATS.npz`."),
+    eval_method: OdeMethod | None = typer.Option(None, "--eval-method", case_sensitive=False, help=f"ODE method of the evaluation samples: {'|'.join(ODE_METHODS)} (default adams)."),
+    eval_steps: int | None = typer.Option(None, "--eval-steps", help="Steps of that method (default 50)."),
+    inception_weights: str | None = typer.Option(None, "--inception-weights", help="Inception weights for --eval-every, as in `sit fid` (default: the torch hub checkpoints folder)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
     """Train a SiT model; run it under `torchrun --nproc_per_node=K -m sitcli train ...` for DDP.
 
     Unset flags come from a preset chosen by --data: 'digits' gets the CPU quickstart (SiT-Ti/4 on 8x8, lr 1e-3, EMA 0.995, batch 128, 2000 steps); any other data the paper's settings (SiT-XL/2, 256x256, AdamW lr 1e-4, no weight decay, EMA 0.9999, batch 256). Flags you pass always win.
     """
-    flags = {k: v for k, v in locals().items() if k not in ("resume", "device")}
+    flags = plain({k: v for k, v in locals().items() if k not in ("resume", "device")})
     from sitcli.training import TrainingDiverged, config_from_flags
     from sitcli.training import train as run_training
 
@@ -130,32 +138,32 @@ def train(
 @_user_errors
 def sample(
     ckpt: str = typer.Option(..., "--ckpt", help="A run folder (newest checkpoint), a checkpoint folder, a .safetensors weights file, or anything `sit convert` reads (official SiT/DiT .pt, diffusers folder)."),
-    out: str | None = typer.Option(None, "--out", help="Folder for the PNGs (default <run>/samples); re-running into it draws only missing indices."),
+    out: str | None = typer.Option(None, "--out", help="Folder for the PNGs (default: <run>/samples for a run folder, <name>-samples/ beside a checkpoint file); re-running into it draws only missing indices."),
     model: str | None = typer.Option(None, "--model", help="Check that --ckpt holds this architecture, e.g. SiT-XL/2 (it is read from the weights' shapes)."),
     src_format: str | None = typer.Option(None, "--from", help="Format of --ckpt where it cannot be told: official (SiT .pt) | dit | diffusers | sit (default: detected, as in `sit convert`)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
-    sampler: str = typer.Option("ode", "--sampler", help="ode (probability flow) | sde."),
-    method: str | None = typer.Option(None, "--method", help=METHOD_HELP),
+    sampler: Sampler = typer.Option("ode", "--sampler", case_sensitive=False, help="ode (probability flow) | sde."),
+    method: Method | None = typer.Option(None, "--method", case_sensitive=False, help=METHOD_HELP),
     steps: int | None = typer.Option(None, "--steps", help="Steps of a fixed-grid solver (default 50 ODE, 250 SDE)."),
     atol: float = typer.Option(1e-6, "--atol", help="Absolute tolerance of adaptive ODE solvers."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of adaptive ODE solvers."),
-    w: str = typer.Option("sigma", "--w", help=W_HELP + " Default sigma."),
+    w: DiffusionCoefficient = typer.Option("sigma", "--w", case_sensitive=False, help=W_HELP + " Default sigma."),
     w_norm: float = typer.Option(1.0, "--w-norm", help="Scale of w(t) (the official code's --diffusion-norm)."),
-    last_step: str = typer.Option("euler", "--last-step", help=f"SDE last step: {'|'.join(LAST_STEPS)}. euler (default): a probability-flow ODE step, right for every w(t); mean: the official code's drift step, which narrows samples for large w."),
+    last_step: LastStep = typer.Option("euler", "--last-step", case_sensitive=False, help=f"SDE last step: {'|'.join(LAST_STEPS)}. euler (default): a probability-flow ODE step, right for every w(t); mean: the official code's drift step, which narrows samples for large w."),
     last_step_size: float = typer.Option(0.04, "--last-step-size", help="Length in time of the SDE last step."),
     cfg_scale: float = typer.Option(1.0, "--cfg-scale", help="Classifier-free guidance scale (1 = none)."),
     cfg_interval: tuple[float, float] = typer.Option((0.0, 1.0), "--cfg-interval", help="Guide (classifier-free or autoguidance) only for LO <= t <= HI (t = 0 noise, 1 data), or LO, HI in --cfg-interval-in."),
     cfg_channels: str = typer.Option("all", "--cfg-channels", help="all, or 3 to guide the first 3 latent channels like the official checkpoints' numbers."),
-    cfg_interval_in: str = typer.Option("t", "--cfg-interval-in", help=f"Convention of --cfg-interval: {'|'.join(CONVENTIONS)}. With r = sigma_t / alpha_t of the model's interpolant: repa is REPA's time r / (1 + r) (1 - t for linear; REPA's --guidance-high 0.7 is --cfg-interval 0 0.7 --cfg-interval-in repa), sigma is EDM's sigma = r, logsnr is -2 log r."),
+    cfg_interval_in: Convention = typer.Option("t", "--cfg-interval-in", case_sensitive=False, help=f"Convention of --cfg-interval: {'|'.join(CONVENTIONS)}. With r = sigma_t / alpha_t of the model's interpolant: repa is REPA's time r / (1 + r) (1 - t for linear; REPA's --guidance-high 0.7 is --cfg-interval 0 0.7 --cfg-interval-in repa), sigma is EDM's sigma = r, logsnr is -2 log r."),
     guidance_model: str | None = typer.Option(None, "--guidance-model", help="Autoguidance: a weaker checkpoint (e.g. an earlier one of the run, same shape, classes, interpolant and prediction) as the guide; out = weak + W (model - weak). Two networks per step: NFE counts both."),
     guidance_scale: float = typer.Option(1.0, "--guidance-scale", help="Autoguidance scale W (1 = none); needs --guidance-model, excludes --cfg-scale."),
-    spacing: str | None = typer.Option(None, "--spacing", help=f"Time grid of fixed-grid methods, adams and the SDE: {'|'.join(SPACINGS)} (default: uniform; adams cosine). edm: EDM's rho-spaced sigma = sigma_t / alpha_t (within EDM's 0.002 .. 80)."),
+    spacing: Spacing | None = typer.Option(None, "--spacing", case_sensitive=False, help=f"Time grid of fixed-grid methods, adams and the SDE: {'|'.join(SPACINGS)} (default: uniform; adams cosine). edm: EDM's rho-spaced sigma = sigma_t / alpha_t (within EDM's 0.002 .. 80)."),
     time_shift: float = typer.Option(1.0, "--time-shift", help="Shift S of the time grid, SD3's t' = S t / (1 + (S - 1) t) with t = 1 noise, i.e. t / (S + (1 - S) t) in sit's time; S > 1 spends more steps near noise (1 = none; not for adaptive methods)."),
     edm_rho: float = typer.Option(7.0, "--edm-rho", help="rho of --spacing edm (EDM: 7)."),
     num: int = typer.Option(64, "--num", help="Number of images (indices 0..num-1)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass per rank (does not change the images)."),
     seed: int = typer.Option(0, "--seed", help="Base seed; image i uses its own seed derived from (seed, i)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast) | fp16 (CUDA only)."),
+    precision: Precision = typer.Option("fp32", "--precision", case_sensitive=False, help="fp32 | bf16 (autocast) | fp16 (CUDA only)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model: fused kernels, a one-off build (about a minute for SiT-B/2 on a CPU); outputs differ from eager by float round-off."),
     tf32: bool = typer.Option(True, "--tf32/--no-tf32", help="TF32 tensor cores for float32 matmuls and convolutions on CUDA (default on, as the official sampling script; --no-tf32 for bit-level reproduction). No effect on CPU."),
     class_labels: str | None = typer.Option(None, "--class-labels", help="One label for all (3) or a comma list cycled over indices (1,4,7); default uniform random (see labels.csv)."),
@@ -163,13 +171,13 @@ def sample(
     grid: str | None = typer.Option(None, "--grid", help="Also write a grid of the first 100 images to this PNG."),
     vae: str | None = typer.Option(None, "--vae", help="VAE folder for a latent model (default: the one the run was trained with)."),
     threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads (default: the run's --threads setting)."),
-    interpolant: str | None = typer.Option(None, "--interpolant", help="For a checkpoint that does not record it (a bare weights file, a raw official .pt): linear|gvp|vp (default linear)."),
-    prediction: str | None = typer.Option(None, "--prediction", "--pred", help="Likewise: velocity|score|noise (default velocity)."),
+    interpolant: Interpolant | None = typer.Option(None, "--interpolant", case_sensitive=False, help="For a checkpoint that does not record it (a bare weights file, a raw official .pt): linear|gvp|vp (default linear)."),
+    prediction: Prediction | None = typer.Option(None, "--prediction", "--pred", case_sensitive=False, help="Likewise: velocity|score|noise (default velocity)."),
     sample_eps: float | None = typer.Option(None, "--sample-eps", help="Keep the sampler this far from singular ends of [0, 1] (a run's config.json fixes it)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
     """Sample images from a trained SiT model, one PNG per index; shards over ranks under torchrun."""
-    flags = {k: v for k, v in locals().items() if k != "device"}
+    flags = plain({k: v for k, v in locals().items() if k != "device"})
     from sitcli.config import SampleConfig
     from sitcli.sample import sample as run_sampling
 
@@ -198,21 +206,21 @@ def nll(
     num: int | None = typer.Option(None, "--num", help="Score this many images, a seeded random subset (default 1000)."),
     limit: int | None = typer.Option(None, "--limit", hidden=True, help="Old spelling of --num."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per likelihood solve."),
-    method: str = typer.Option("dopri5", "--method", help=f"ODE method: {_methods_by_kind(LIKELIHOOD_METHODS)}."),
+    method: LikelihoodMethod = typer.Option("dopri5", "--method", case_sensitive=False, help=f"ODE method: {methods_by_kind(LIKELIHOOD_METHODS)}."),
     steps: int = typer.Option(100, "--steps", help="Steps of a fixed-grid method."),
     atol: float = typer.Option(1e-5, "--atol", help="Absolute tolerance."),
     rtol: float = typer.Option(1e-5, "--rtol", help="Relative tolerance."),
     divergence: str | None = typer.Option(None, "--divergence", help="exact | hutchinson (default: exact up to 1024 dimensions)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the subset, the dequantization noise and Hutchinson probes."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16."),
+    precision: Precision = typer.Option("fp32", "--precision", case_sensitive=False, help="fp32 | bf16."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
     """Bits per dimension of a data set under a trained model (ODE likelihood, uniform dequantization)."""
     from sitcli.nll import nll as run_nll
 
-    result = run_nll(ckpt, data, num or limit or 1000, batch_size, method, steps, atol, rtol, divergence, seed, ema,
-                     precision, device, model=model)
+    result = run_nll(ckpt, data, num or limit or 1000, batch_size, method.value, steps, atol, rtol, divergence, seed, ema,
+                     precision.value, device, model=model)
     typer.echo(f"{result.bits_per_dim:.4f} ± {result.std_error:.4f} bits/dim over {result.num} images ({result.dims} dimensions)")
 
 

@@ -74,6 +74,14 @@ class TrainConfig:
     repa_depth: int | None = None  # 1-based SiT block; default from the model's depth (8 of 28, 4 of 12)
     repa_weight: float = 0.5  # lambda
     repa_projector_dim: int = 2048  # hidden width of the projectors
+    log: str = "csv"  # comma list of training.loggers.BACKENDS; log.csv is always written
+    # FID during training (training.evaluation): eval_num EMA samples every eval_every steps (0: never)
+    eval_every: int = 0
+    eval_num: int = 5000
+    eval_ref: str | None = None  # reference statistics .npz from `sit fid --save-stats`
+    eval_method: str = "adams"  # ODE method of the evaluation samples (unguided)
+    eval_steps: int = 50
+    inception_weights: str | None = None  # pytorch-fid's Inception weights (default: the torch hub cache)
     # Filled from the data when the run starts (what a sampler needs to rebuild the model):
     in_channels: int | None = None
     input_size: int | None = None
@@ -121,6 +129,11 @@ class TrainConfig:
         transport = self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight / density
         for name, value in transport.time_density_params.items():  # config.json records the values used, not "default"
             setattr(self, name, value)
+        if self.eval_every < 0 or self.eval_every and (self.eval_ref is None or self.eval_num < 2 or self.eval_steps < 1):
+            raise InputError("--eval-every N needs --eval-ref STATS.npz (from `sit fid REF --save-stats STATS.npz`), "
+                             "--eval-num of at least 2 and --eval-steps of at least 1")
+        if self.eval_method not in ODE_METHODS:
+            raise InputError(f"--eval-method {self.eval_method!r} is not an ODE method; choose one of {', '.join(ODE_METHODS)}")
 
     def transport(self) -> Transport:
         params = {k: getattr(self, k) for k in DENSITY_PARAMS if getattr(self, k) is not None}
@@ -140,7 +153,7 @@ class TrainConfig:
 # Settings that may change when a run is resumed; every other one is fixed by the run's config.json.
 # (lr and grad_clip so that a diverged run can go on from its last good checkpoint more gently.)
 RESUMABLE = {"steps", "epochs", "lr", "grad_clip", "log_every", "ckpt_every", "sample_every", "num_workers", "threads",
-             "precision", "compile", "fused_adamw", "tf32", "grad_checkpointing"}
+             "precision", "compile", "fused_adamw", "tf32", "grad_checkpointing", "log", "inception_weights"}
 
 
 @dataclass
@@ -148,7 +161,7 @@ class SampleConfig:
     """Every sampling setting (``sample.json`` in the output folder records the image-changing ones)."""
 
     ckpt: str
-    out: str | None = None  # default: <run>/samples
+    out: str | None = None  # default: <run>/samples, or <name>-samples/ beside a checkpoint file
     model: str | None = None  # checked against the architecture of ckpt when given
     src_format: str | None = None  # format of ckpt (sit convert's --from); None: detected
     ema: bool = True

@@ -77,3 +77,12 @@ def all_gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def all_gather_tensors(x: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``x`` (same shape on every rank), gathered on every rank; ``[x]`` in a single process."""
+    if not dist.is_initialized():
+        return [x]
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return out

@@ -1,6 +1,7 @@
 """A run folder: its config.json, its checkpoints (save, load, the newest complete one), its log.
 
-A run folder holds ``config.json`` (the training settings), ``log.csv``, ``loss.png``, EMA sample
+A run folder holds ``config.json`` (the training settings), ``log.csv``, ``loss.png`` (with matplotlib),
+``eval.csv`` and ``best.json`` (with --eval-every), ``tensorboard/`` and ``wandb/`` (with --log), EMA sample
 grids ``grids/NNNNNNN.png``, and ``checkpoints/NNNNNNN/`` with
 
     model.safetensors, ema.safetensors   weights (fp32), official SiT parameter names

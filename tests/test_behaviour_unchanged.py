@@ -24,10 +24,16 @@ from typer.testing import CliRunner
 from sitcli.cli import app
 
 RECORD = Path(__file__).parent / "golden" / "behaviour.json"
-# Changes of behaviour made on purpose since the record: output -> (JSON keys -> their value now, why).
-# Re-recorded after the SDE seed fix (stream 1 no longer repeats stream 0 on the CPU): the redesign's
-# one intended change (a converted run's config.json without the paper preset) is part of the record.
-INTENDED: dict[str, tuple[dict, str]] = {}
+# Changes of behaviour made on purpose since the record: output -> (JSON keys -> their value now, why);
+# (None, why) for an output that is no longer compared at all. Re-recorded after the SDE seed fix (the
+# redesign's intended change, a converted run's config.json without the paper preset, is in the record).
+INTENDED = {
+    **{f"train {name}: loss.png": (
+        None,
+        "issue 16: the loss plot is drawn by matplotlib (none without it), no longer by hand with Pillow; its bytes "
+        "depend on matplotlib's version and fonts, and log.csv, which it shows, is still compared",
+    ) for name in ("A", "B", "C", "R (resumed)")},
+}
 TRAIN = ["--data", "digits", "--batch-size", "32", "--log-every", "2", "--ckpt-every", "4", "--threads", "1"]
 runner = CliRunner()
 
@@ -182,7 +188,11 @@ def _same(recorded, now) -> bool:
 def test_every_output_is_what_it_was_before_the_redesign(recorded_and_now):
     recorded, now = recorded_and_now
     for key, (values, _why) in INTENDED.items():
-        recorded[key] = {**recorded[key], **values}
+        if values is None:
+            recorded.pop(key)
+            now.pop(key, None)
+        else:
+            recorded[key] = {**recorded[key], **values}
     missing = sorted(set(recorded) - set(now))
     changed = sorted(k for k in recorded if k in now and not _same(recorded[k], now[k]))
     assert not missing, f"outputs no longer written: {missing}"

@@ -62,3 +62,39 @@ def test_old_flag_spellings_still_work_but_are_hidden(tmp_path):
     for command, flag in (("convert", "--use"), ("nll", "--limit")):
         text = runner.invoke(cli.app, [command, "--help"]).output
         assert flag not in text
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from sitcli.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"sit {version('sit')}"
+
+
+def test_help_lists_every_choice_from_the_registries_and_a_typo_exits_2_naming_them():
+    from typer.testing import CliRunner
+
+    from sitcli.cli import app
+    from sitcli.runtime import PRECISIONS
+    from sitcli.transport import DIFFUSION_COEFFICIENTS, INTERPOLANTS, LAST_STEPS, LIKELIHOOD_METHODS, ODE_METHODS, \
+        PREDICTIONS, SDE_METHODS
+
+    wide = CliRunner(env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    shown = {command: " ".join(wide.invoke(app, [command, "--help"]).output.split()) for command in ("train", "sample", "nll")}
+    expected = {
+        "train": [*INTERPOLANTS, *PREDICTIONS, *PRECISIONS, *ODE_METHODS],
+        "sample": [*ODE_METHODS, *SDE_METHODS, *DIFFUSION_COEFFICIENTS, *LAST_STEPS, *INTERPOLANTS, *PRECISIONS],
+        "nll": [*LIKELIHOOD_METHODS, *PRECISIONS],
+    }
+    for command, names in expected.items():
+        missing = [n for n in names if n.lower() not in shown[command].lower()]
+        assert not missing, f"sit {command} --help does not list {missing}"
+    # As the flag's own choice list (its metavar), not only in the prose of the help:
+    assert "|".join(INTERPOLANTS) in shown["train"] and "|".join(LAST_STEPS) in shown["sample"]
+    result = wide.invoke(app, ["train", "--interpolant", "linaer"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "'linaer' is not one of" in said and all(f"'{n}'" in said for n in INTERPOLANTS), said

@@ -66,7 +66,7 @@ def test_a_run_with_two_terms_logs_each(tmp_path, monkeypatch):
                       sample_every=0)
     train(cfg, progress=False)
     header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0]
-    assert header == "step,loss,loss_regression,loss_tokens,steps_per_s,images_per_s,elapsed_s"
+    assert header == "step,loss,loss_regression,loss_tokens,grad_norm,lr,steps_per_s,images_per_s,elapsed_s"
     rows = read_log(tmp_path / "run" / "log.csv")
     assert [r["step"] for r in rows] == [2, 4]
     for r in rows:  # each row holds means over the same steps, so the total is their weighted sum

@@ -126,8 +126,8 @@ def test_make_grid_upscales_small_images():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "rk45"], "unknown ODE method"),
-    (["--sampler", "sde", "--w", "cubic"], "diffusion coefficient"),
+    (["--method", "rk45"], "'rk45' is not one of"),  # a choice of the CLI, from the registry
+    (["--sampler", "sde", "--w", "cubic"], "'cubic' is not one of"),
     (["--sampler", "sde", "--last-step", "jump"], "last-step"),
     (["--cfg-channels", "two"], "cfg-channels"),
     (["--class-labels", "a,b"], "comma list"),

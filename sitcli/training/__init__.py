@@ -5,7 +5,9 @@
     losses.py    the loss as named terms (the interpolant's regression loss first)
     loop.py      the loop: step -> log -> save, and the two halves of a step
     state.py     EMA update, RNG states, the stop request of Ctrl-C / SIGTERM
-    reports.py   progress bar, log.csv, loss.png, EMA sample grids
+    reports.py   progress bar, log.csv, loss.png, EMA sample grids, eval.csv / best.json
+    loggers.py   TensorBoard and W&B (--log), one class each
+    evaluation.py  FID of EMA samples during training (--eval-every)
 """
 
 from sitcli.training.loop import TrainingDiverged, TrainResult, train

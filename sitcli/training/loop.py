@@ -65,7 +65,7 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
     precision = autocast(dist.device, cfg.precision)
     stop = StopRequest()
     log = TrainLog(p.run, cfg.steps, dist.is_main, progress, start=p.step, log_every=cfg.log_every,
-                   terms=tuple(term.name for term in p.terms))
+                   terms=tuple(term.name for term in p.terms), loggers=p.loggers or ())
     last_ckpt = p.latest
     with stop, log:
         while p.step < cfg.steps:
@@ -85,19 +85,21 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
             losses, stop_votes = [v / dist.world_size for v in sums[:-1]], sums[-1]
             if not math.isfinite(sums[0]):
                 raise TrainingDiverged(_diverged_message(sums[0], p.step + 1, last_ckpt, p.run))
-            step_update(loss, p.model, p.ema, p.opt, cfg.ema_decay, cfg.grad_clip, p.scaler)
+            grad_norm = step_update(loss, p.model, p.ema, p.opt, cfg.ema_decay, cfg.grad_clip, p.scaler)
             p.step += 1
 
-            log.step(p.step, losses, x.shape[0] * dist.world_size)
+            log.step(p.step, losses, x.shape[0] * dist.world_size, grad_norm, p.opt.param_groups[0]["lr"])
             if p.step % cfg.ckpt_every == 0 or p.step == cfg.steps:
                 last_ckpt = save(p)
             if p.preview is not None and p.step % cfg.sample_every == 0:
-                p.preview.save(p.ema, p.step)
+                log.image(p.step, "ema_samples", p.preview.save(p.ema, p.step))
+            if p.evaluation is not None and p.evaluation.due(p.step):
+                log.evaluation(p.step, p.evaluation.run(p.ema, p.step))
             if stop_votes > 0:
                 last_ckpt = save(p)
                 return TrainResult(p.run, p.step, last_ckpt, interrupted=True, is_main=dist.is_main)
-    if p.preview is not None and p.step % cfg.sample_every and p.step == cfg.steps:
-        p.preview.save(p.ema, p.step)
+        if p.preview is not None and p.step % cfg.sample_every and p.step == cfg.steps:
+            log.image(p.step, "ema_samples", p.preview.save(p.ema, p.step))
     return TrainResult(p.run, p.step, last_ckpt, is_main=dist.is_main)
 
 
@@ -114,8 +116,11 @@ def step_loss(net: torch.nn.Module, transport: Transport, terms: list[LossTerm],
 
 
 def step_update(loss: torch.Tensor, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
-                ema_decay: float, grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
+                ema_decay: float, grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """The second half: backward, optional gradient clipping, optimiser step, EMA update.
+
+    Returns the gradient norm before clipping (a 0-d tensor, not synchronised); without clipping
+    it is only read from the gradients, so the update is the same bit for bit.
 
     Split from ``step_loss`` so that the loop can check the loss (and stop requests) across ranks
     before any weight changes; the benchmarks time the two halves together as sit's training step.
@@ -127,13 +132,23 @@ def step_update(loss: torch.Tensor, model: torch.nn.Module, ema: torch.nn.Module
     else:
         loss.backward()
     if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:
+        grad_norm = gradient_norm(model.parameters())
     if scaler is not None:
         scaler.step(opt)
         scaler.update()
     else:
         opt.step()
     update_ema(ema, model, ema_decay)
+    return grad_norm
+
+
+@torch.no_grad()
+def gradient_norm(parameters) -> torch.Tensor:
+    """The 2-norm of all gradients together, the number ``clip_grad_norm_`` returns, leaving them as they are."""
+    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in parameters if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
 def save(p: Prepared) -> Path:

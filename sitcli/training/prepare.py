@@ -18,9 +18,10 @@ from sitcli.config import EXTERNAL, RESUMABLE, TrainConfig
 from sitcli.data import DIGITS, batches, is_latent_cache, open_dataset
 from sitcli.errors import InputError
 from sitcli.runtime import check_precision
+from sitcli.training.loggers import Logger, check_log, open_loggers
 from sitcli.training.losses import LossTerm, loss_terms
 from sitcli.training.presets import apply_presets
-from sitcli.training.reports import TrainingPreview, truncate_log
+from sitcli.training.reports import EVAL_LOG, TrainingPreview, truncate_log, write_best
 from sitcli.training.state import restore_rng_state
 from sitcli.transport import Transport
 
@@ -46,6 +47,8 @@ class Prepared:
     step: int
     latest: Path | None  # the checkpoint resumed from
     preview: TrainingPreview | None
+    evaluation: object | None = None  # training.evaluation.TrainingEval when --eval-every is set
+    loggers: list[Logger] | None = None  # besides log.csv (rank 0)
 
 
 def resume_config(run: str | Path, given: dict | None = None) -> TrainConfig:
@@ -138,6 +141,12 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
     dataset, vae = open_data(cfg, dist.device)
     encoders = open_encoders(cfg, dataset, dist.device)
     latest = check_out(cfg, resume)
+    check_log(cfg.log)
+    evaluation = None
+    if cfg.eval_every:
+        from sitcli.training.evaluation import TrainingEval
+
+        evaluation = TrainingEval(cfg, dist, vae)  # reads the reference statistics and Inception weights
     distributed.barrier()  # every rank has checked the folder before rank 0 creates it
     if dist.is_main:
         runs.write_config(run, cfg.to_dict())
@@ -158,6 +167,8 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
         step = _restore(latest, model, ema, opt, scaler, noise, cfg, dist)
         if dist.is_main:
             truncate_log(run / "log.csv", step)
+            truncate_log(run / EVAL_LOG, step)
+            write_best(run)
 
     net = model
     if dist.active:
@@ -172,8 +183,9 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
     terms = loss_terms(cfg, transport, model, encoders)
     for note in (n for term in terms for n in getattr(term, "notes", list)()) if dist.is_main else ():
         print(note)
+    loggers = open_loggers(cfg.log, run, cfg.to_dict()) if dist.is_main else []
     return Prepared(cfg, run, dist, dataset, data, vae, model, net, ema, opt, scaler, noise, transport,
-                    terms, step, latest, preview)
+                    terms, step, latest, preview, evaluation, loggers)
 
 
 def open_encoders(cfg: TrainConfig, dataset, device: torch.device) -> list:

@@ -1,7 +1,9 @@
-"""What a training run shows (rank 0 only): the progress bar, ``log.csv``, ``loss.png`` and EMA sample grids."""
+"""What a training run shows (rank 0 only): the progress bar, ``log.csv``, ``loss.png``, EMA sample grids,
+``eval.csv`` and ``best.json`` (FID during training), and the same numbers to the ``loggers``."""
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from pathlib import Path
@@ -17,23 +19,31 @@ from sitcli.seeds import labels_and_noise
 from sitcli.transport import sample_ode
 
 TIMING_COLUMNS = ("steps_per_s", "images_per_s", "elapsed_s")
+OPTIMISER_COLUMNS = ("grad_norm", "lr")  # the gradient norm before clipping; the learning rate
+EVAL_LOG, BEST = "eval.csv", "best.json"
 
 
 def log_columns(terms: list[str]) -> tuple[str, ...]:
-    """step, the total loss, one ``loss_<name>`` column per term when there is more than one, timing."""
+    """step, the total loss, one ``loss_<name>`` column per term when there is more than one,
+    gradient norm and learning rate, timing."""
     parts = tuple(f"loss_{name}" for name in terms) if len(terms) > 1 else ()
-    return ("step", "loss", *parts, *TIMING_COLUMNS)
+    return ("step", "loss", *parts, *OPTIMISER_COLUMNS, *TIMING_COLUMNS)
 
 
 class TrainLog:
-    """Progress bar every step; a ``log.csv`` row (means since the last row) every ``log_every`` steps."""
+    """Progress bar every step; a ``log.csv`` row (means since the last row) every ``log_every`` steps,
+    sent to every logger of ``loggers`` (``training.loggers``) too."""
 
     def __init__(self, run: Path, total: int, is_main: bool, progress: bool, start: int = 0, log_every: int = 100,
-                 terms: tuple[str, ...] = ("regression",)):
+                 terms: tuple[str, ...] = ("regression",), loggers: list | tuple = ()):
         self.path = Path(run) / "log.csv"
         self.is_main, self.total, self.log_every = is_main, total, log_every
-        self.columns = log_columns(list(terms))
+        self.loggers = list(loggers)
+        # A resumed run keeps the columns its log.csv began with (one written before a column existed too).
+        self.columns = _header(self.path) if is_main and self.path.is_file() else log_columns(list(terms))
         self.losses: list[list[float]] = []
+        self.grad_norms: list[torch.Tensor] = []
+        self.lr = float("nan")
         self.images = 0
         self.window_start = time.perf_counter()
         self.elapsed_before = self._previous_elapsed()
@@ -60,12 +70,18 @@ class TrainLog:
 
     def __exit__(self, *exc) -> None:
         self.bar.__exit__(*exc)
+        for logger in self.loggers:
+            logger.close()
 
-    def step(self, step: int, losses: list[float], images: int) -> None:
+    def step(self, step: int, losses: list[float], images: int, grad_norm: torch.Tensor | None = None,
+             lr: float | None = None) -> None:
         """Record one step: ``losses`` is the total, then each term's value when there are several."""
         if not self.is_main:
             return
         self.losses.append(losses)
+        if grad_norm is not None:
+            self.grad_norms.append(grad_norm.detach())  # read at the next row: no device sync per step
+        self.lr = self.lr if lr is None else lr
         self.images += images
         now = time.perf_counter()
         window = max(now - self.window_start, 1e-9)
@@ -74,14 +90,72 @@ class TrainLog:
         self.bar.update(self.task, completed=step, loss=shown, speed=f"{steps_per_s:.2f} steps/s {images_per_s:.0f} img/s")
         if step % self.log_every == 0 or step == self.total:
             means = [sum(column) / len(column) for column in zip(*self.losses)]
+            grad_norm = float(torch.stack(self.grad_norms).float().mean()) if self.grad_norms else float("nan")
+            elapsed = self.elapsed_before + now - self.started
+            values = {**dict(zip(("loss", *(c for c in self.columns if c.startswith("loss_"))), means)),
+                      "grad_norm": grad_norm, "lr": self.lr, "steps_per_s": steps_per_s, "images_per_s": images_per_s,
+                      "elapsed_s": elapsed}
             new = not self.path.is_file()
             with open(self.path, "a") as f:  # appending one line; a torn last line is dropped on resume
                 if new:
                     f.write(",".join(self.columns) + "\n")
-                elapsed = self.elapsed_before + now - self.started
-                f.write(f"{step}," + "".join(f"{m:.6g}," for m in means) + f"{steps_per_s:.4g},{images_per_s:.4g},{elapsed:.1f}\n")
-            self.losses, self.images, self.window_start = [], 0, now
+                f.write(",".join([str(step)] + [_format(c, values.get(c, float("nan"))) for c in self.columns[1:]]) + "\n")
+            self.losses, self.grad_norms, self.images, self.window_start = [], [], 0, now
             plot_loss(read_log(self.path), self.path.parent / "loss.png")
+            for logger in self.loggers:
+                logger.scalars(step, {("train/" + k if k.startswith("loss") or k in OPTIMISER_COLUMNS else "speed/" + k): v
+                                      for k, v in values.items()})
+
+    def image(self, step: int, tag: str, path: Path | None) -> None:
+        """An image the run wrote (an EMA sample grid) to every logger."""
+        if self.is_main and path is not None:
+            for logger in self.loggers:
+                logger.image(step, tag, path)
+
+    def evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        """One evaluation during training: a row of ``eval.csv``, ``best.json`` (the lowest FID so far), the loggers.
+
+        Its seconds (``metrics["eval_s"]``) are left out of the training speed shown and logged.
+        """
+        self.window_start += metrics.get("eval_s", 0.0)
+        if not self.is_main:
+            return
+        path = self.path.parent / EVAL_LOG
+        columns = ("step", *metrics)
+        new = not path.is_file()
+        with open(path, "a") as f:
+            if new:
+                f.write(",".join(columns) + "\n")
+            f.write(",".join([str(step)] + [f"{metrics[c]:.6g}" for c in columns[1:]]) + "\n")
+        best = write_best(path.parent)
+        self.bar.console.print(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                               + (f"; best fid {best['fid']:.4g} at step {best['step']}" if best else ""), highlight=False)
+        for logger in self.loggers:
+            logger.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+
+
+def _format(column: str, value: float) -> str:
+    return f"{value:.4g}" if column in ("steps_per_s", "images_per_s") else f"{value:.1f}" if column == "elapsed_s" \
+        else f"{value:.6g}"
+
+
+def _header(path: Path) -> tuple[str, ...]:
+    return tuple(Path(path).read_text().splitlines()[0].split(","))
+
+
+def write_best(run: Path) -> dict | None:
+    """``best.json``: the step of the lowest FID in ``eval.csv`` (its checkpoint, when one was saved at that
+    step), rewritten atomically; removed when there is no evaluation (a resume cut them all)."""
+    rows = [r for r in read_log(Path(run) / EVAL_LOG) if math.isfinite(r.get("fid", math.nan))]
+    if not rows:
+        (Path(run) / BEST).unlink(missing_ok=True)
+        return None
+    row = min(rows, key=lambda r: (r["fid"], r["step"]))
+    step = int(row["step"])
+    ckpt = Path(run) / "checkpoints" / f"{step:07d}"
+    best = {"step": step, "fid": row["fid"], "checkpoint": str(ckpt) if ckpt.is_dir() else None}
+    atomic.write_json(Path(run) / BEST, best)
+    return best
 
 
 def read_log(path: Path) -> list[dict]:
@@ -111,29 +185,28 @@ def truncate_log(path: Path, step: int) -> None:
     atomic.write_text(path, "\n".join(lines) + "\n")
 
 
-def plot_loss(rows: list[dict], path: Path, width: int = 640, height: int = 360) -> None:
-    """A plain loss-vs-step line chart (log-scale loss) drawn with Pillow."""
-    from PIL import Image, ImageDraw
-
+def plot_loss(rows: list[dict], path: Path) -> Path | None:
+    """Training loss against step (log scale) as a PNG, drawn by matplotlib; without matplotlib
+    (``pip install 'sit[plots]'``) no plot is drawn and None returned: log.csv holds the numbers."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
     points = [(r["step"], r["loss"]) for r in rows if r["loss"] > 0 and math.isfinite(r["loss"])]
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    left, right, top, bottom = 60, width - 20, 20, height - 40
-    draw.rectangle([left, top, right, bottom], outline="black")
-    if len(points) >= 2:
-        steps, losses = zip(*points)
-        lo, hi = math.log10(min(losses)), math.log10(max(losses))
-        hi = hi if hi > lo else lo + 1e-3
-        s0, s1 = min(steps), max(steps)
-        xy = [(left + (s - s0) / max(s1 - s0, 1) * (right - left), bottom - (math.log10(v) - lo) / (hi - lo) * (bottom - top))
-              for s, v in points]
-        draw.line(xy, fill=(31, 119, 180), width=2)
-        draw.text((5, top), f"{10 ** hi:.3g}", fill="black")
-        draw.text((5, bottom - 10), f"{10 ** lo:.3g}", fill="black")
-        draw.text((left, bottom + 8), f"step {int(s0)}", fill="black")
-        draw.text((right - 80, bottom + 8), f"step {int(s1)}", fill="black")
-    draw.text((width // 2 - 40, height - 18), "training loss (log scale)", fill="black")
-    atomic.save_image(path, image)
+    figure = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if points:
+        axes.plot(*zip(*points), marker="." if len(points) < 30 else None)
+    axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel("training loss")
+    axes.grid(True, which="both", alpha=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    atomic.atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    return Path(path)
 
 
 class TrainingPreview:

@@ -190,7 +190,7 @@ def test_cli_run_folder(finished_run):
     (["--out", "{tmp}/new", "--precision", "fp16", "--device", "cpu"], "CUDA"),
     (["--out", "{tmp}/new", "--model", "SiT-Ti/8", "--image-size", 12], "divisible by its patch size"),
     (["--out", "{tmp}/new", "--vae", "{tmp}"], "drop --vae"),
-    (["--out", "{tmp}/new", "--time-density", "lognorm"], "unknown time density 'lognorm'"),
+    (["--out", "{tmp}/new", "--time-density", "lognorm"], "'lognorm' is not one of"),
     (["--out", "{tmp}/new", "--logit-mean", 0.5], "time density uniform takes no logit_mean"),
     (["--out", "{tmp}/new", "--time-density", "mode", "--mode-scale", 3], "mode_scale=3.0"),
     (["--resume", "{run}", "--steps", 4, "--time-density", "cosmap"], "keeps its settings"),

@@ -30,7 +30,7 @@ from sitcli.evaluate.inputs import read_stats
 from sitcli.evaluate.metrics import frechet_distance
 from sitcli.evaluate.statistics import GaussianStats
 from sitcli.images import to_images
-from sitcli.runtime import full_fp32
+from sitcli.runtime import tf32
 from sitcli.seeds import labels_and_noise
 from sitcli.transport import sample_ode
 
@@ -90,7 +90,7 @@ class TrainingEval:
             images = torch.from_numpy(to_images(x, self.vae)).to(device).permute(0, 3, 1, 2)
             if images.shape[1] == 1:  # grey images as RGB, the way `sit fid` reads a grey PNG
                 images = images.expand(-1, 3, -1, -1)
-            with torch.inference_mode(), full_fp32():
+            with torch.inference_mode(), tf32(False):  # FID in true float32, as `sit fid`
                 out.append(self.net(images.float() / 255, ("pool",))["pool"].double().cpu())
         return torch.cat(out) if out else torch.zeros(0, inception.POOL_DIM, dtype=torch.float64)
 

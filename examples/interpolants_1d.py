@@ -96,8 +96,11 @@ def main() -> None:
 
 
 def plot(figures: dict, png: str) -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # the table above is printed; only the figure needs matplotlib
+        print(f'not drawing {png}: matplotlib is not installed (pip install -e ".[examples]")')
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

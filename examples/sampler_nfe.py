@@ -91,8 +91,11 @@ def target(n: int, png: str | None) -> None:
 
 
 def plot(curves: dict, png: str) -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # the table above is printed; only the figure needs matplotlib
+        print(f'not drawing {png}: matplotlib is not installed (pip install -e ".[examples]")')
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -15,11 +15,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sitcli.cli_choices import (METHOD_HELP, W_HELP, Convention, DiffusionCoefficient, Interpolant, LastStep,
+from sitcli.cli_choices import (METHOD_HELP, SAMPLE_PANELS, TRAIN_PANELS, listed as _listed, panels, W_HELP, Convention, DiffusionCoefficient, Interpolant, LastStep,
                                 LikelihoodMethod, LossWeight, Method, OdeMethod, Precision, Prediction, Sampler, Spacing,
                                 TimeDensity, methods_by_kind, plain)
 from sitcli.errors import InputError
-from sitcli.transport import LAST_STEPS, LIKELIHOOD_METHODS, ODE_METHODS, SDE_METHODS
+from sitcli.runtime import PRECISIONS
+from sitcli.transport import INTERPOLANTS, LAST_STEPS, LIKELIHOOD_METHODS, LOSS_WEIGHTS, ODE_METHODS, PREDICTIONS, SDE_METHODS
 from sitcli.transport.time_conventions import CONVENTIONS
 from sitcli.transport.time_grids import SPACINGS
 from sitcli.transport.time_sampling import TIME_DENSITIES
@@ -27,7 +28,7 @@ from sitcli.transport.time_sampling import TIME_DENSITIES
 app = typer.Typer(
     help="Scalable Interpolant Transformers: train, sample, evaluate (FID) and convert SiT models.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # sit --install-completion: bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
@@ -62,6 +63,7 @@ def _user_errors(fn: Callable) -> Callable:
 
 
 @app.command()
+@panels(**TRAIN_PANELS)
 @_user_errors
 def train(
     data: str | None = typer.Option(None, "--data", help="'digits' (built in, the default), an image folder with one sub-folder per class, or a latent cache from `sit cache-latents`."),
@@ -70,9 +72,9 @@ def train(
     model: str | None = typer.Option(None, "--model", help="SiT-{Ti,S,B,L,XL}/{2,4,8} (default: SiT-Ti/4 on digits, SiT-XL/2 otherwise)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Side of the center-cropped images (default: 8 on digits, 256 otherwise)."),
     vae: str | None = typer.Option(None, "--vae", help="Local diffusers AutoencoderKL folder: train in its latent space (a latent cache records its own)."),
-    interpolant: Interpolant | None = typer.Option(None, "--interpolant", case_sensitive=False, help="linear | gvp | vp (default linear; the official code's --path-type)."),
-    prediction: Prediction | None = typer.Option(None, "--prediction", "--pred", case_sensitive=False, help="What the model predicts: velocity | score | noise (default velocity)."),
-    loss_weight: LossWeight | None = typer.Option(None, "--loss-weight", case_sensitive=False, help="none | velocity | likelihood (default none)."),
+    interpolant: Interpolant | None = typer.Option(None, "--interpolant", case_sensitive=False, help=f"{_listed(INTERPOLANTS)} (default linear; the official code's --path-type)."),
+    prediction: Prediction | None = typer.Option(None, "--prediction", "--pred", case_sensitive=False, help=f"What the model predicts: {_listed(PREDICTIONS)} (default velocity)."),
+    loss_weight: LossWeight | None = typer.Option(None, "--loss-weight", case_sensitive=False, help=f"{_listed(LOSS_WEIGHTS)} (default none)."),
     train_eps: float | None = typer.Option(None, "--train-eps", help="Keep training times this far from singular ends (default: per interpolant)."),
     sample_eps: float | None = typer.Option(None, "--sample-eps", help="The same for sampling and likelihoods."),
     num_timesteps: int | None = typer.Option(None, "--num-timesteps", help="Discrete time: train on this many grid points (default continuous)."),
@@ -87,7 +89,7 @@ def train(
     steps: int | None = typer.Option(None, "--steps", help="Training steps (default 400000; 2000 on digits)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Passes over the data, instead of --steps."),
     grad_clip: float | None = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value (default off)."),
-    precision: Precision | None = typer.Option(None, "--precision", case_sensitive=False, help="fp32 | bf16 (autocast) | fp16 (CUDA only, with a gradient scaler)."),
+    precision: Precision | None = typer.Option(None, "--precision", case_sensitive=False, help=f"{_listed(PRECISIONS)}: bf16 autocast; fp16 on CUDA only, with a gradient scaler."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     fused_adamw: bool | None = typer.Option(None, "--fused-adamw/--no-fused-adamw", help="AdamW as one fused kernel: a faster optimiser step, weights not bit-identical to the default (~3e-8 per step)."),
     tf32: bool | None = typer.Option(None, "--tf32/--no-tf32", help="TF32 tensor cores for float32 matmuls and convolutions on CUDA (default on, as the official SiT/DiT scripts; --no-tf32 for bit-level reproduction; a run from before this setting resumes without). No effect on CPU."),
@@ -135,6 +137,7 @@ def train(
 
 
 @app.command()
+@panels(**SAMPLE_PANELS)
 @_user_errors
 def sample(
     ckpt: str = typer.Option(..., "--ckpt", help="A run folder (newest checkpoint), a checkpoint folder, a .safetensors weights file, or anything `sit convert` reads (official SiT/DiT .pt, diffusers folder)."),
@@ -142,14 +145,14 @@ def sample(
     model: str | None = typer.Option(None, "--model", help="Check that --ckpt holds this architecture, e.g. SiT-XL/2 (it is read from the weights' shapes)."),
     src_format: str | None = typer.Option(None, "--from", help="Format of --ckpt where it cannot be told: official (SiT .pt) | dit | diffusers | sit (default: detected, as in `sit convert`)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
-    sampler: Sampler = typer.Option("ode", "--sampler", case_sensitive=False, help="ode (probability flow) | sde."),
+    sampler: Sampler = typer.Option("ode", "--sampler", case_sensitive=False, help="ode | sde: the probability-flow ODE, or the SDE with diffusion coefficient --w."),
     method: Method | None = typer.Option(None, "--method", case_sensitive=False, help=METHOD_HELP),
     steps: int | None = typer.Option(None, "--steps", help="Steps of a fixed-grid solver (default 50 ODE, 250 SDE)."),
     atol: float = typer.Option(1e-6, "--atol", help="Absolute tolerance of adaptive ODE solvers."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of adaptive ODE solvers."),
     w: DiffusionCoefficient = typer.Option("sigma", "--w", case_sensitive=False, help=W_HELP + " Default sigma."),
     w_norm: float = typer.Option(1.0, "--w-norm", help="Scale of w(t) (the official code's --diffusion-norm)."),
-    last_step: LastStep = typer.Option("euler", "--last-step", case_sensitive=False, help=f"SDE last step: {'|'.join(LAST_STEPS)}. euler (default): a probability-flow ODE step, right for every w(t); mean: the official code's drift step, which narrows samples for large w."),
+    last_step: LastStep = typer.Option("euler", "--last-step", case_sensitive=False, help=f"SDE last step: {_listed(LAST_STEPS)}. euler (default): a probability-flow ODE step, right for every w(t); mean: the official code's drift step, which narrows samples for large w."),
     last_step_size: float = typer.Option(0.04, "--last-step-size", help="Length in time of the SDE last step."),
     cfg_scale: float = typer.Option(1.0, "--cfg-scale", help="Classifier-free guidance scale (1 = none)."),
     cfg_interval: tuple[float, float] = typer.Option((0.0, 1.0), "--cfg-interval", help="Guide (classifier-free or autoguidance) only for LO <= t <= HI (t = 0 noise, 1 data), or LO, HI in --cfg-interval-in."),
@@ -163,7 +166,7 @@ def sample(
     num: int = typer.Option(64, "--num", help="Number of images (indices 0..num-1)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass per rank (does not change the images)."),
     seed: int = typer.Option(0, "--seed", help="Base seed; image i uses its own seed derived from (seed, i)."),
-    precision: Precision = typer.Option("fp32", "--precision", case_sensitive=False, help="fp32 | bf16 (autocast) | fp16 (CUDA only)."),
+    precision: Precision = typer.Option("fp32", "--precision", case_sensitive=False, help=f"{_listed(PRECISIONS)}: bf16 autocast; fp16 on CUDA only."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model: fused kernels, a one-off build (about a minute for SiT-B/2 on a CPU); outputs differ from eager by float round-off."),
     tf32: bool = typer.Option(True, "--tf32/--no-tf32", help="TF32 tensor cores for float32 matmuls and convolutions on CUDA (default on, as the official sampling script; --no-tf32 for bit-level reproduction). No effect on CPU."),
     class_labels: str | None = typer.Option(None, "--class-labels", help="One label for all (3) or a comma list cycled over indices (1,4,7); default uniform random (see labels.csv)."),
@@ -171,8 +174,8 @@ def sample(
     grid: str | None = typer.Option(None, "--grid", help="Also write a grid of the first 100 images to this PNG."),
     vae: str | None = typer.Option(None, "--vae", help="VAE folder for a latent model (default: the one the run was trained with)."),
     threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads (default: the run's --threads setting)."),
-    interpolant: Interpolant | None = typer.Option(None, "--interpolant", case_sensitive=False, help="For a checkpoint that does not record it (a bare weights file, a raw official .pt): linear|gvp|vp (default linear)."),
-    prediction: Prediction | None = typer.Option(None, "--prediction", "--pred", case_sensitive=False, help="Likewise: velocity|score|noise (default velocity)."),
+    interpolant: Interpolant | None = typer.Option(None, "--interpolant", case_sensitive=False, help=f"For a checkpoint that does not record it (a bare weights file, a raw official .pt): {_listed(INTERPOLANTS)} (default linear)."),
+    prediction: Prediction | None = typer.Option(None, "--prediction", "--pred", case_sensitive=False, help=f"Likewise: {_listed(PREDICTIONS)} (default velocity)."),
     sample_eps: float | None = typer.Option(None, "--sample-eps", help="Keep the sampler this far from singular ends of [0, 1] (a run's config.json fixes it)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
@@ -213,7 +216,7 @@ def nll(
     divergence: str | None = typer.Option(None, "--divergence", help="exact | hutchinson (default: exact up to 1024 dimensions)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the subset, the dequantization noise and Hutchinson probes."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
-    precision: Precision = typer.Option("fp32", "--precision", case_sensitive=False, help="fp32 | bf16."),
+    precision: Precision = typer.Option("fp32", "--precision", case_sensitive=False, help=f"{_listed(PRECISIONS[:2])}."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
     """Bits per dimension of a data set under a trained model (ODE likelihood, uniform dequantization)."""

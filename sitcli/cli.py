@@ -111,6 +111,7 @@ def train(
     eval_ref: str | None = typer.Option(None, "--eval-ref", help="Reference statistics .npz for the FID, from `sit fid REF_IMAGES --save-stats STATS.npz`."),
     eval_method: OdeMethod | None = typer.Option(None, "--eval-method", case_sensitive=False, help=f"ODE method of the evaluation samples: {'|'.join(ODE_METHODS)} (default adams)."),
     eval_steps: int | None = typer.Option(None, "--eval-steps", help="Steps of that method (default 50)."),
+    eval_metrics: str | None = typer.Option(None, "--eval-metrics", help="Metrics of each evaluation: fid (always), is (Inception Score), sfid (needs mu_s, sigma_s in --eval-ref); a comma list. Default fid."),
     inception_weights: str | None = typer.Option(None, "--inception-weights", help="Inception weights for --eval-every, as in `sit fid` (default: the torch hub checkpoints folder)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:

@@ -90,7 +90,7 @@ TRAIN_PANELS = dict(
     Optimisation=("lr", "weight_decay", "ema_decay", "batch_size", "steps", "epochs", "grad_clip", "fused_adamw"),
     Representation_alignment=("repa_encoder", "repa_depth", "repa_weight", "repa_projector_dim"),
     Logs_checkpoints_and_evaluation=("log", "log_every", "ckpt_every", "sample_every", "eval_every", "eval_num", "eval_ref",
-                                     "eval_method", "eval_steps", "inception_weights"),
+                                     "eval_method", "eval_steps", "eval_metrics", "inception_weights"),
     Speed=("precision", "compile", "tf32", "num_workers", "threads"),
 )
 SAMPLE_PANELS = dict(

@@ -81,6 +81,7 @@ class TrainConfig:
     eval_ref: str | None = None  # reference statistics .npz from `sit fid --save-stats`
     eval_method: str = "adams"  # ODE method of the evaluation samples (unguided)
     eval_steps: int = 50
+    eval_metrics: str = "fid"  # comma list: fid (always), is, sfid (training.evaluation.EVAL_METRICS)
     inception_weights: str | None = None  # pytorch-fid's Inception weights (default: the torch hub cache)
     # Filled from the data when the run starts (what a sampler needs to rebuild the model):
     in_channels: int | None = None

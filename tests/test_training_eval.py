@@ -77,3 +77,20 @@ def test_evaluation_without_reference_statistics_is_refused_before_anything_is_w
                                  str(reference[0]), "--inception-weights", str(reference[0])])
     assert result.exit_code == 2 and "holds no 2048-d Inception statistics" in result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_inception_score_and_sfid_come_from_the_same_samples(tmp_path, reference, one_thread):
+    """--eval-metrics is,sfid adds columns from the same samples (the FID does not move); kid is refused up front."""
+    train(TrainConfig(out=str(tmp_path / "fid"), steps=2, **TINY, **evaluating(reference)), progress=False)
+    train(TrainConfig(out=str(tmp_path / "more"), steps=2, **TINY, **evaluating(reference, eval_metrics="is,sfid")),
+          progress=False)
+    plain, more = read_log(tmp_path / "fid" / "eval.csv"), read_log(tmp_path / "more" / "eval.csv")
+    header = (tmp_path / "more" / "eval.csv").read_text().splitlines()[0]
+    assert header == "step,fid,is,is_std,sfid,eval_s"
+    assert more[0]["fid"] == plain[0]["fid"]
+    assert more[0]["is"] > 1 and more[0]["is_std"] == 0  # 3 samples: one split, whose score exceeds 1 unless all agree
+    assert math.isfinite(more[0]["sfid"]) and more[0]["sfid"] > 0
+    with pytest.raises(Exception, match="--eval-metrics 'kid'"):
+        train(TrainConfig(out=str(tmp_path / "bad"), steps=2, **TINY, **evaluating(reference, eval_metrics="kid")),
+              progress=False)
+    assert not (tmp_path / "bad").exists()

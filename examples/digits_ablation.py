@@ -44,6 +44,8 @@ SAMPLERS = [
     ("SDE euler 250 w=sigma", ["--sampler", "sde", "--w", "sigma"]),
     ("SDE euler 250 w=SBDM", ["--sampler", "sde", "--w", "SBDM"]),
     ("SDE euler 250 w=constant", ["--sampler", "sde", "--w", "constant"]),
+    # The official code's last step (sit's default before it became the probability-flow step):
+    ("SDE euler 250 w=constant, last step mean", ["--sampler", "sde", "--w", "constant", "--last-step", "mean"]),
 ]
 
 

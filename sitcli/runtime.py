@@ -1,4 +1,4 @@
-"""Where and how a job computes: the device, the precision (autocast, TF32) and the thread count.
+"""Where and how a job computes: the device and the precision (autocast, TF32).
 
 Every job takes ``device`` and ``precision`` strings from its config; this module is the one place
 that turns them into torch objects, so "cuda if available" and "bf16 means autocast to bfloat16"
@@ -56,18 +56,6 @@ def autocast_model(model: Callable, precision: str, device: torch.device) -> Cal
             return model(x, t, y)
 
     return call
-
-
-@contextlib.contextmanager
-def threads(count: int | None) -> Iterator[None]:
-    """torch intra-op threads set to ``count`` (None or 0: left as they are) and restored after."""
-    before = torch.get_num_threads()
-    try:
-        if count:
-            torch.set_num_threads(count)
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Protocol
 
+from sitcli import atomic
 from sitcli.errors import InputError
 
 # backend -> (module it needs, the pip command that installs it)
@@ -105,7 +106,7 @@ class WandbLogger:
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / "sit-run-id"
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
-        id_file.write_text(run_id + "\n")
+        atomic.write_text(id_file, run_id + "\n")
         self.wandb = wandb
         self.run = wandb.init(project="sit", name=Path(run).name, id=run_id, resume="allow", dir=str(run),
                               config=config)

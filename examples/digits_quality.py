@@ -43,8 +43,8 @@ def load_samples(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.array(labels)
 
 
-def report(score: DigitsScore, what: str) -> str:
-    return (f"{what}: {score.n} images\n"
+def report(score: DigitsScore, what: str, count: int) -> str:
+    return (f"{what}: {count} images (features of the first {score.n}, floors at the same n)\n"
             f"  FD (classifier features) {score.fd:8.2f}   floor {score.fd_floor:.2f}\n"
             f"  precision                {score.precision:8.3f}   floor {score.precision_floor:.3f}\n"
             f"  recall                   {score.recall:8.3f}   floor {score.recall_floor:.3f}\n"
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("samples", type=Path, help="output folder of `sit sample` on a digits run")
     args = parser.parse_args()
     images, labels = load_samples(args.samples)
-    print(report(DigitsJudge.default().score(images, labels), str(args.samples)))
+    print(report(DigitsJudge.default().score(images, labels), str(args.samples), len(images)))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ def save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-{step:07d}-"))
     try:
+        os.chmod(tmp, atomic.folder_mode())  # a colleague may read the run: mkdtemp's folder is private
         save_file(_contiguous(model), tmp / "model.safetensors")
         save_file(_contiguous(ema), tmp / "ema.safetensors")
         torch.save(optimizer, tmp / "optimizer.pt")

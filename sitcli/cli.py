@@ -205,7 +205,8 @@ def nll(
     """Bits per dimension of a data set under a trained model (ODE likelihood, uniform dequantization)."""
     from sitcli.nll import nll as run_nll
 
-    result = run_nll(ckpt, data, num or limit or 1000, batch_size, method.value, steps, atol, rtol, divergence, seed, ema,
+    num = next((v for v in (num, limit) if v is not None), 1000)  # None is unset: 0 is refused, not the default
+    result = run_nll(ckpt, data, num, batch_size, method.value, steps, atol, rtol, divergence, seed, ema,
                      precision.value, device, model=model)
     typer.echo(f"{result.bits_per_dim:.4f} ± {result.std_error:.4f} bits/dim over {result.num} images ({result.dims} dimensions)")
 

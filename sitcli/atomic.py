@@ -55,6 +55,15 @@ def check_can_create(folder: str | Path, flag: str) -> None:
             return
 
 
+def honour_umask(path: str | Path) -> None:
+    """Give ``path`` and everything under it the modes the umask asks for: mkdtemp makes private
+    folders, and some writers (safetensors) private files, where a colleague should be able to read."""
+    path = Path(path)
+    for part in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not part.is_symlink():
+            os.chmod(part, folder_mode() if part.is_dir() else file_mode())
+
+
 def _umask() -> int:
     mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
     os.umask(mask)

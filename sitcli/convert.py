@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from sitcli import atomic
 from sitcli.config import check_flags
 from sitcli.errors import InputError
 from sitcli.formats import Checkpoint, nonfinite_tensors
@@ -153,6 +154,7 @@ def convert(
         if check and "diffusers" in (ckpt.format, dst_format):
             diffusers_model = load_diffusers_model(staged if dst_format == "diffusers" else src)
             result.deviation = measure_deviation(ckpt, ema, diffusers_model)
+        atomic.honour_umask(staged)
         _commit(staged, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

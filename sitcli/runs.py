@@ -93,7 +93,6 @@ def save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-{step:07d}-"))
     try:
-        os.chmod(tmp, atomic.folder_mode())  # a colleague may read the run: mkdtemp's folder is private
         save_file(_contiguous(model), tmp / "model.safetensors")
         save_file(_contiguous(ema), tmp / "ema.safetensors")
         torch.save(optimizer, tmp / "optimizer.pt")
@@ -102,6 +101,7 @@ def save_checkpoint(
         for path in tmp.iterdir():  # the rename must not overtake the data on a crash
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+        atomic.honour_umask(tmp)  # a colleague may read the run: mkdtemp's folder and safetensors' files are private
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

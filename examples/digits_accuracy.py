@@ -3,7 +3,7 @@
 The quickstart (see README) trains on scikit-learn's 8x8 digits; this script scores its samples:
 
     sit train
-    sit sample --ckpt runs/digits --num 1000 --out runs/digits/samples-1000
+    sit sample --ckpt runs/digits --num-samples 1000 --out runs/digits/samples-1000
     python examples/digits_accuracy.py runs/digits/samples-1000
 
 It prints the classifier's accuracy on held-out real digits (the ceiling), then its accuracy on the

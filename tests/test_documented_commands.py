@@ -88,6 +88,7 @@ def stand_in(command: str, world: Path) -> list[str]:
         words = words[1:]
     job, args = words[0], words[1:]
     small = {"--num": 2 if job == "nll" else 10, "--batch-size": 8, "--steps": 5, "--image-size": 16}
+    small["--num-samples"] = small["--num"]
     out = []
     for i, word in enumerate(args):
         flag = args[i - 1] if i else None

@@ -160,7 +160,10 @@ class TrainConfig:
             raise InputError(f"{source} is not a sit training config (unknown keys: {', '.join(unknown) or 'none'}; needs 'data')")
         # A run from before TF32 was a setting computed its matmuls in full float32 (torch's default):
         # it goes on that way when resumed, not with the new default.
-        return cls(**{"tf32": False, **values})
+        values = {"tf32": False, **values}
+        if values.get("grad_clip") == 0:  # "off" before --grad-clip declared its domain (> 0; unset is off)
+            values["grad_clip"] = None
+        return cls(**values)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -68,6 +68,7 @@ def cache_latents(
     out_dir = Path(out)
     if is_latent_cache(out_dir):
         raise InputError(f"{out_dir} already holds a latent cache; train on it with --data {out_dir} or pick a new --out")
+    atomic.check_can_create(out_dir, "--out")
     index_normal(seed, 0, ())  # refuses a negative seed before anything is written
     dist = distributed.setup(device)
     try:

@@ -114,6 +114,8 @@ def prepare(cfg: SampleConfig, dist: distributed.Dist) -> SampleJob:
     _check_sampler(cfg, loaded, dist.device)
     out = Path(cfg.out or _default_out(cfg.ckpt))
     atomic.check_can_create(out, "--out")
+    if cfg.grid:  # written last, after all the sampling: refuse a --grid under a file now
+        atomic.check_can_create(Path(cfg.grid).parent, "--grid")
     settings = cfg.record()
     settings["ckpt"] = str(loaded.weights.resolve())  # images from another checkpoint must not share the folder
     if guide is not None:

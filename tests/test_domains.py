@@ -103,6 +103,11 @@ def test_the_other_commands_refuse_every_value_outside_a_declared_domain(command
         _job(command)(**{name: value})
 
 
+def test_a_run_that_recorded_grad_clip_zero_for_off_still_reads_as_off():
+    assert TrainConfig.from_dict({"data": "digits", "grad_clip": 0.0}).grad_clip is None
+    assert TrainConfig.from_dict({"data": "digits", "grad_clip": 2.0}).grad_clip == 2.0
+
+
 def test_steps_zero_is_refused_and_unset_steps_take_the_samplers_default():
     with pytest.raises(InputError, match="--steps 0"):
         SampleConfig(ckpt="run", steps=0)

@@ -51,6 +51,7 @@ CASES = [
     (SAMPLE, ["--sampler", "sde", "--last-step-size", "1.5"], [], "--last-step-size 1.5"),
     (SAMPLE, ["--num-samples", "0"], [], "--num-samples 0"),
     (SAMPLE, ["--out", "{w}/afile/s"], ["--out", "{w}/samples"], "which is a file"),
+    (SAMPLE, ["--grid", "{w}/afile/grid.png"], [], "--grid"),  # the grid is written last: checked first
     (NLL, ["--num-samples", "0"], [], "--num-samples 0"),
     (NLL, ["--atol", "-1"], [], "--atol -1"),
     (CONVERT, ["--num-heads", "0"], [], "--num-heads 0"),

@@ -3,7 +3,7 @@
 The quickstart (see README) trains on scikit-learn's 8x8 digits; this script scores its samples:
 
     sit train
-    sit sample --ckpt runs/digits --num 1000 --out runs/digits/samples-1000
+    sit sample --ckpt runs/digits --num-samples 1000 --out runs/digits/samples-1000
     python examples/digits_quality.py runs/digits/samples-1000
 
 It prints, each beside its real-vs-real floor at the same number of images

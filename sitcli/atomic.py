@@ -9,19 +9,75 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from sitcli.errors import InputError
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``.
+
+    The file gets the mode an ordinary ``open`` would give it (0666 less the umask: 0644 under umask 022),
+    not mkstemp's private 0600. An OSError (a full disk, a read-only folder) names ``path``, not the
+    temporary file, and leaves nothing behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise with_path(err, path) from None
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise with_path(err, path, tmp) from None
         raise
+
+
+def with_path(err: OSError, path: str | Path, tmp: str | None = None) -> OSError:
+    """``err`` naming ``path`` when it names no file or only the temporary one."""
+    if err.filename is not None and str(err.filename) != str(tmp):
+        return err
+    return type(err)(err.errno, err.strerror or str(err), str(path))
+
+
+def check_can_create(folder: str | Path, flag: str) -> None:
+    """Refuse a ``folder`` (given as ``flag``) that is a file, or lies under one, before anything is written."""
+    folder = Path(folder)
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == folder else f"lies under {part}, which is a file"
+                raise InputError(f"{flag} {folder} {where}, not a folder: pick another {flag}")
+            return
+
+
+def honour_umask(path: str | Path) -> None:
+    """Give ``path`` and everything under it the modes the umask asks for: mkdtemp makes private
+    folders, and some writers (safetensors) private files, where a colleague should be able to read."""
+    path = Path(path)
+    for part in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not part.is_symlink():
+            os.chmod(part, folder_mode() if part.is_dir() else file_mode())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open``: 0o666 less the umask."""
+    return 0o666 & ~_umask()
+
+
+def folder_mode() -> int:
+    """The mode a new folder gets from ``mkdir``: 0o777 less the umask (mkdtemp's is 0o700)."""
+    return 0o777 & ~_umask()
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -7,9 +7,7 @@ coefficients) are read from the transport's registries.
 
 from __future__ import annotations
 
-import functools
 import sys
-from typing import Callable
 
 import typer
 from rich.console import Console
@@ -18,6 +16,7 @@ from rich.markup import escape
 from sitcli.cli_choices import (METHOD_HELP, SAMPLE_PANELS, TRAIN_PANELS, listed as _listed, panels, W_HELP, Convention, DiffusionCoefficient, Interpolant, LastStep,
                                 LikelihoodMethod, LossWeight, Method, OdeMethod, Precision, Prediction, Sampler, Spacing,
                                 TimeDensity, methods_by_kind, plain)
+from sitcli.cli_errors import console, user_errors
 from sitcli.errors import InputError
 from sitcli.runtime import PRECISIONS
 from sitcli.transport import INTERPOLANTS, LAST_STEPS, LIKELIHOOD_METHODS, LOSS_WEIGHTS, ODE_METHODS, PREDICTIONS, SDE_METHODS
@@ -31,9 +30,6 @@ app = typer.Typer(
     add_completion=True,  # sit --install-completion: bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-
-
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
@@ -48,23 +44,9 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     """Scalable Interpolant Transformers: train, sample, evaluate (FID) and convert SiT models."""
 
 
-def _user_errors(fn: Callable) -> Callable:
-    """Turn an InputError from the library into a one-line message and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except InputError as err:
-            console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 @app.command()
 @panels(**TRAIN_PANELS)
-@_user_errors
+@user_errors
 def train(
     data: str | None = typer.Option(None, "--data", help="'digits' (built in, the default), an image folder with one sub-folder per class, or a latent cache from `sit cache-latents`."),
     out: str | None = typer.Option(None, "--out", help="Run folder to create (default runs/<data name>); an existing run is refused unless you --resume it."),
@@ -105,7 +87,7 @@ def train(
     repa_depth: int | None = typer.Option(None, "--repa-depth", help="The SiT block (1-based) whose tokens are aligned (default: REPA's 8 for XL and L, 4 for B and S; depth // 3 otherwise)."),
     repa_weight: float | None = typer.Option(None, "--repa-weight", help="Weight lambda of the alignment term (default 0.5)."),
     repa_projector_dim: int | None = typer.Option(None, "--repa-projector-dim", help="Hidden width of the projectors, three linear layers with SiLU to the encoder's width (default 2048)."),
-    log: str | None = typer.Option(None, "--log", help="Where the numbers go: a comma list of csv (log.csv, always written), tensorboard (<run>/tensorboard) and wandb (<run>/wandb; WANDB_MODE=offline for no network). Default csv."),
+    log: str | None = typer.Option(None, "--log-to", "--log", help="Where the numbers go (--log outside torchrun, which takes it for its --log-dir): a comma list of csv (log.csv, always written), tensorboard (<run>/tensorboard) and wandb (<run>/wandb; WANDB_MODE=offline for no network). Default csv."),
     eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between FIDs of EMA samples during training (default 0: none); the weights stay what they are without it."),
     eval_num: int | None = typer.Option(None, "--eval-num", help="EMA samples per FID, sharded over ranks (default 5000)."),
     eval_ref: str | None = typer.Option(None, "--eval-ref", help="Reference statistics .npz for the FID, from `sit fid REF_IMAGES --save-stats STATS.npz`."),
@@ -139,7 +121,7 @@ def train(
 
 @app.command()
 @panels(**SAMPLE_PANELS)
-@_user_errors
+@user_errors
 def sample(
     ckpt: str = typer.Option(..., "--ckpt", help="A run folder (newest checkpoint), a checkpoint folder, a .safetensors weights file, or anything `sit convert` reads (official SiT/DiT .pt, diffusers folder)."),
     out: str | None = typer.Option(None, "--out", help="Folder for the PNGs (default: <run>/samples for a run folder, <name>-samples/ beside a checkpoint file); re-running into it draws only missing indices."),
@@ -164,7 +146,7 @@ def sample(
     spacing: Spacing | None = typer.Option(None, "--spacing", case_sensitive=False, help=f"Time grid of fixed-grid methods, adams and the SDE: {'|'.join(SPACINGS)} (default: uniform; adams cosine). edm: EDM's rho-spaced sigma = sigma_t / alpha_t (within EDM's 0.002 .. 80)."),
     time_shift: float = typer.Option(1.0, "--time-shift", help="Shift S of the time grid, SD3's t' = S t / (1 + (S - 1) t) with t = 1 noise, i.e. t / (S + (1 - S) t) in sit's time; S > 1 spends more steps near noise (1 = none; not for adaptive methods)."),
     edm_rho: float = typer.Option(7.0, "--edm-rho", help="rho of --spacing edm (EDM: 7)."),
-    num: int = typer.Option(64, "--num", help="Number of images (indices 0..num-1)."),
+    num: int = typer.Option(64, "--num-samples", "--num", help="Number of images (indices 0..N-1). Spelled --num-samples under torchrun, which takes --num for its own --numa-binding."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass per rank (does not change the images)."),
     seed: int = typer.Option(0, "--seed", help="Base seed; image i uses its own seed derived from (seed, i)."),
     precision: Precision = typer.Option("fp32", "--precision", case_sensitive=False, help=f"{_listed(PRECISIONS)}: bf16 autocast; fp16 on CUDA only."),
@@ -202,12 +184,12 @@ def sample(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def nll(
     ckpt: str = typer.Option(..., "--ckpt", help="A pixel-space model: a run folder, checkpoint folder, weights file, or anything `sit sample` reads."),
     model: str | None = typer.Option(None, "--model", help="Check that --ckpt holds this architecture, e.g. SiT-S/2."),
     data: str | None = typer.Option(None, "--data", help="Data to score (default: the run's training data)."),
-    num: int | None = typer.Option(None, "--num", help="Score this many images, a seeded random subset (default 1000)."),
+    num: int | None = typer.Option(None, "--num-samples", "--num", help="Score this many images, a seeded random subset (default 1000)."),
     limit: int | None = typer.Option(None, "--limit", hidden=True, help="Old spelling of --num."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per likelihood solve."),
     method: LikelihoodMethod = typer.Option("dopri5", "--method", case_sensitive=False, help=f"ODE method: {methods_by_kind(LIKELIHOOD_METHODS)}."),
@@ -223,13 +205,14 @@ def nll(
     """Bits per dimension of a data set under a trained model (ODE likelihood, uniform dequantization)."""
     from sitcli.nll import nll as run_nll
 
-    result = run_nll(ckpt, data, num or limit or 1000, batch_size, method.value, steps, atol, rtol, divergence, seed, ema,
+    num = next((v for v in (num, limit) if v is not None), 1000)  # None is unset: 0 is refused, not the default
+    result = run_nll(ckpt, data, num, batch_size, method.value, steps, atol, rtol, divergence, seed, ema,
                      precision.value, device, model=model)
     typer.echo(f"{result.bits_per_dim:.4f} ± {result.std_error:.4f} bits/dim over {result.num} images ({result.dims} dimensions)")
 
 
 @app.command("cache-latents")
-@_user_errors
+@user_errors
 def cache_latents(
     data: str = typer.Option(..., "--data", help="Image folder with one sub-folder per class."),
     vae: str = typer.Option(..., "--vae", help="Local diffusers AutoencoderKL folder."),
@@ -254,7 +237,7 @@ def cache_latents(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def fid(
     a: str = typer.Argument(..., metavar="A", help="Reference set: image folder, images .npz (arr_0, N x H x W x 3 uint8) or stats .npz (mu, sigma)."),
     b: str | None = typer.Argument(None, metavar="B", help="Sample set, same kinds. Optional with --save-stats, or with --metrics is alone."),
@@ -337,7 +320,7 @@ def fid(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def convert(
     src: str = typer.Argument(..., metavar="SRC", help="Checkpoint to read: a .pt file, a sit run/checkpoint folder or .safetensors, or a diffusers folder."),
     dst: str = typer.Argument(..., metavar="DST", help="File (official/dit) or folder (sit, diffusers) to create."),
@@ -372,6 +355,8 @@ def convert(
         console.print(f"check: {result.deviation}", highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    for line in result.warnings:
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

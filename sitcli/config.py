@@ -9,6 +9,7 @@ config built for a foreign checkpoint never inherits a preset it did not ask for
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import torch
@@ -25,6 +26,62 @@ from sitcli.transport.time_sampling import DENSITY_PARAMS
 
 # The data a converted checkpoint says it was trained on: none that sit can open.
 EXTERNAL = "external"
+
+
+#################################################################################
+#                          The domains of numeric settings                      #
+#################################################################################
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The values a numeric setting may take: a number between ``lo`` and ``hi`` (each end open or
+    closed), an integer when ``integer``, finite unless ``infinite`` lets an end be +-inf; never NaN.
+    None is always allowed: it means "unset" (a preset or the documented default applies)."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+    infinite: bool = False
+
+    def contains(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if math.isnan(value) or (math.isinf(value) and not self.infinite) or (self.integer and value != int(value)):
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else ("a number" if self.infinite else "a finite number")
+        lo, hi = (f"{v:g}" for v in (self.lo, self.hi))
+        if math.isinf(self.lo) and math.isinf(self.hi):
+            return kind
+        if math.isinf(self.hi):
+            return f"{kind} {'>' if self.lo_open else '>='} {lo}"
+        if math.isinf(self.lo):
+            return f"{kind} {'<' if self.hi_open else '<='} {hi}"
+        return f"{kind} in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+
+
+def check_domains(values: dict, domains: dict[str, Domain], flags: dict[str, str] | None = None) -> None:
+    """Refuse the first value outside its declared domain, naming its flag (``--name`` unless ``flags``
+    spells it otherwise) and the domain. Tuples and lists are checked element by element."""
+    for name, domain in domains.items():
+        value = values.get(name)
+        for item in value if isinstance(value, (tuple, list)) else [value]:
+            if item is not None and not domain.contains(item):
+                flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
+                raise InputError(f"{flag} {item}: pass {domain.describe()}")
+
+
+POSITIVE, NON_NEGATIVE, FINITE = Domain(0, lo_open=True), Domain(0), Domain()
+COUNT, COUNT_OR_ZERO = Domain(1, integer=True), Domain(0, integer=True)  # 0 where it means "none" / "torch's default"
+SEED = Domain(0, 2**30, hi_open=True, integer=True)  # seeds.index_generator's range
+EPS = Domain(0, 0.5, hi_open=True)  # distance from a singular end of [0, 1]
 
 
 @dataclass
@@ -103,7 +160,10 @@ class TrainConfig:
             raise InputError(f"{source} is not a sit training config (unknown keys: {', '.join(unknown) or 'none'}; needs 'data')")
         # A run from before TF32 was a setting computed its matmuls in full float32 (torch's default):
         # it goes on that way when resumed, not with the new default.
-        return cls(**{"tf32": False, **values})
+        values = {"tf32": False, **values}
+        if values.get("grad_clip") == 0:  # "off" before --grad-clip declared its domain (> 0; unset is off)
+            values["grad_clip"] = None
+        return cls(**values)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,13 +174,7 @@ class TrainConfig:
             raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(SiT_models)}")
         if self.precision not in PRECISIONS:
             raise InputError(f"unknown precision {self.precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
-        if self.steps is not None and self.steps < 1 or self.epochs is not None and self.epochs < 1:
-            raise InputError("--steps and --epochs must be at least 1")
-        for name in ("lr", "batch_size", "log_every", "ckpt_every"):
-            if getattr(self, name) <= 0:
-                raise InputError(f"--{name.replace('_', '-')} must be positive")
-        if not 0 <= self.ema_decay < 1:
-            raise InputError(f"--ema-decay {self.ema_decay} must lie in [0, 1), e.g. 0.9999")
+        check_domains(asdict(self), TRAIN_DOMAINS)
         if self.repa_encoder:
             depth = SIZES[self.model.split("-")[1].split("/")[0]][0]
             if not 1 <= self.repa_depth <= depth:
@@ -150,6 +204,19 @@ class TrainConfig:
             projector_dims=projector_dims, projector_hidden=self.repa_projector_dim,
         )
 
+
+# The domain of every numeric TrainConfig field (tests/test_domains.py checks that none is missing and
+# builds its bad values from this table). Fields filled from the data are declared too: they are
+# checked when a config.json is read back.
+TRAIN_DOMAINS: dict[str, Domain] = dict(
+    image_size=COUNT, class_dropout_prob=Domain(0, 1, hi_open=True), train_eps=EPS, sample_eps=EPS,
+    num_timesteps=Domain(2, integer=True), logit_mean=FINITE, logit_std=POSITIVE, mode_scale=Domain(-1, 1.75),
+    lr=POSITIVE, weight_decay=NON_NEGATIVE, ema_decay=Domain(0, 1, hi_open=True), batch_size=COUNT, steps=COUNT,
+    epochs=COUNT, grad_clip=POSITIVE, seed=SEED, num_workers=COUNT_OR_ZERO, threads=COUNT_OR_ZERO, log_every=COUNT,
+    ckpt_every=COUNT, sample_every=COUNT_OR_ZERO, repa_depth=COUNT, repa_weight=NON_NEGATIVE, repa_projector_dim=COUNT,
+    eval_every=COUNT_OR_ZERO, eval_num=Domain(2, integer=True), eval_steps=COUNT, in_channels=COUNT, input_size=COUNT,
+    num_classes=COUNT_OR_ZERO, latent_scale=POSITIVE,
+)
 
 # Settings that may change when a run is resumed; every other one is fixed by the run's config.json.
 # (lr and grad_clip so that a diverged run can go on from its last good checkpoint more gently.)
@@ -203,11 +270,11 @@ class SampleConfig:
     def __post_init__(self):
         if self.sampler not in ("ode", "sde"):
             raise InputError(f"unknown sampler {self.sampler!r}; choose ode or sde")
-        self.method = self.method or ("adams" if self.sampler == "ode" else "euler")
-        self.steps = self.steps or (50 if self.sampler == "ode" else 250)
         self.cfg_interval = tuple(float(v) for v in self.cfg_interval)
-        if self.num < 1 or self.batch_size < 1:
-            raise InputError("--num and --batch-size must be at least 1")
+        check_domains(asdict(self), SAMPLE_DOMAINS, SAMPLE_FLAGS)
+        # None, not 0, is "unset": --steps 0 is refused above instead of becoming the default.
+        self.method = self.method or ("adams" if self.sampler == "ode" else "euler")
+        self.steps = (50 if self.sampler == "ode" else 250) if self.steps is None else self.steps
         if self.precision not in PRECISIONS:
             raise InputError(f"unknown precision {self.precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
         methods = list(ODE_METHODS if self.sampler == "ode" else SDE_METHODS)
@@ -225,10 +292,8 @@ class SampleConfig:
     def _check_time_grid(self) -> None:
         if self.spacing is not None and self.spacing not in SPACINGS:
             raise InputError(f"unknown --spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
-        if not self.time_shift > 0:
-            raise InputError(f"--time-shift {self.time_shift}: pass s > 0 (1 is no shift)")
-        if not self.edm_rho > 0 or (self.edm_rho != 7.0 and self.spacing != "edm"):
-            raise InputError(f"--edm-rho {self.edm_rho}: pass rho > 0, together with --spacing edm")
+        if self.edm_rho != 7.0 and self.spacing != "edm":
+            raise InputError(f"--edm-rho {self.edm_rho}: pass it together with --spacing edm")
         if self.sampler == "ode" and ODE_METHODS[self.method].kind == "adaptive" and (
                 self.time_shift != 1.0 or self.spacing is not None):
             raise InputError(f"--method {self.method} is adaptive and chooses its own steps: --time-shift and "
@@ -264,6 +329,31 @@ class SampleConfig:
         defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
         defaults["cfg_interval"] = list(defaults["cfg_interval"])
         return {**defaults, **OLD_SAMPLE_DEFAULTS, **saved}
+
+
+# The domain of every numeric SampleConfig field (see TRAIN_DOMAINS). cfg_interval's ends may be inf in
+# the sigma and logsnr conventions; time_conventions.interval_in_time checks them against the convention.
+SAMPLE_DOMAINS: dict[str, Domain] = dict(
+    steps=COUNT, atol=POSITIVE, rtol=POSITIVE, w_norm=NON_NEGATIVE, last_step_size=Domain(0, 1, lo_open=True),
+    cfg_scale=FINITE, cfg_interval=Domain(infinite=True), guidance_scale=FINITE, time_shift=POSITIVE, edm_rho=POSITIVE,
+    num=COUNT, batch_size=COUNT, seed=SEED, threads=COUNT_OR_ZERO, sample_eps=EPS,
+)
+SAMPLE_FLAGS = {"num": "--num-samples"}
+
+# The numeric flags of the other commands, by command: each job checks its arguments against its table first.
+FLAG_DOMAINS: dict[str, dict[str, Domain]] = {
+    "nll": dict(num=COUNT, batch_size=COUNT, steps=COUNT, atol=POSITIVE, rtol=POSITIVE, seed=SEED),
+    "cache-latents": dict(image_size=COUNT, batch_size=COUNT, num_workers=COUNT_OR_ZERO, seed=SEED, shard_size=COUNT),
+    "fid": dict(batch_size=COUNT, num_workers=COUNT_OR_ZERO, is_splits=COUNT, pr_subset=Domain(2, integer=True),
+                kid_subsets=COUNT, kid_subset_size=Domain(2, integer=True), seed=SEED),
+    "convert": dict(num_heads=COUNT),
+}
+FLAG_NAMES = {"nll": {"num": "--num-samples"}}
+
+
+def check_flags(command: str, **values) -> None:
+    """Refuse a numeric argument of ``command`` outside its domain in FLAG_DOMAINS."""
+    check_domains(values, FLAG_DOMAINS[command], FLAG_NAMES.get(command))
 
 
 # Settings that do not change any image: they may differ when a folder is filled in several runs.

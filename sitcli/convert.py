@@ -30,8 +30,10 @@ from typing import Any
 
 import torch
 
+from sitcli import atomic
+from sitcli.config import check_flags
 from sitcli.errors import InputError
-from sitcli.formats import Checkpoint
+from sitcli.formats import Checkpoint, nonfinite_tensors
 from sitcli.formats.architecture import build_model
 from sitcli.formats.diffusers import load_diffusers_model, write_diffusers
 from sitcli.formats.official import write_official
@@ -81,6 +83,7 @@ class ConvertResult:
     weights: str
     deviation: Deviation | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. weights that hold NaN or inf
 
 
 #################################################################################
@@ -111,6 +114,7 @@ def convert(
         check: when either side is diffusers, measure its output against sit's (``Deviation``).
     """
     src, dst = Path(src), Path(dst)
+    check_flags("convert", num_heads=num_heads)
     if diffusers_class not in DIFFUSERS_CLASSES:
         raise InputError(f"--diffusers-class {diffusers_class!r}: choose auto, sit or dit")
     dst_format = _target_format(dst, dst_format)
@@ -119,6 +123,11 @@ def convert(
     if dst_format == "dit" and ckpt.kind != "dit":
         raise InputError(f"{src} holds SiT weights, not DiT ones: write them with --to official")
     result = ConvertResult(src, dst, ckpt.format, dst_format, ckpt.kind, ckpt.arch, ckpt.used(ema))
+    for name, weights in ckpt.weights.items():  # copied as they are, but a model that samples black images is worth a word
+        bad = nonfinite_tensors(weights)
+        if bad:
+            result.warnings.append(f"the {name} weights hold NaN or inf in {len(bad)} of {len(weights)} tensors: "
+                                   f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; they are converted unchanged")
     if diffusers_class == "auto":
         diffusers_class = "dit" if ckpt.kind == "dit" else "sit"
 
@@ -145,6 +154,7 @@ def convert(
         if check and "diffusers" in (ckpt.format, dst_format):
             diffusers_model = load_diffusers_model(staged if dst_format == "diffusers" else src)
             result.deviation = measure_deviation(ckpt, ema, diffusers_model)
+        atomic.honour_umask(staged)
         _commit(staged, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

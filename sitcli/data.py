@@ -244,11 +244,8 @@ class EpochBatches:
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, flip: bool, rank: int = 0, world_size: int = 1, start_step: int = 0):
-        if batch_size % world_size:
-            raise InputError(f"--batch-size {batch_size} is not divisible by the {world_size} ranks; pick a multiple")
+        check_batch_size(n, batch_size, world_size)
         self.batches_per_epoch = n // batch_size
-        if self.batches_per_epoch == 0:
-            raise InputError(f"the data set has {n} items, fewer than --batch-size {batch_size}; lower --batch-size")
         self.n, self.batch_size, self.seed, self.flip = n, batch_size, seed, flip
         self.rank, self.world_size, self.start_step = rank, world_size, start_step
 
@@ -267,6 +264,14 @@ class EpochBatches:
                 lo = k * self.batch_size + self.rank * per_rank
                 yield [(int(order[i]), bool(flips[order[i]])) for i in range(lo, lo + per_rank)]
             epoch, batch = epoch + 1, 0
+
+
+def check_batch_size(n: int, batch_size: int, world_size: int = 1) -> None:
+    """Refuse a global batch that the ranks cannot share equally or that the data set cannot fill once."""
+    if batch_size % world_size:
+        raise InputError(f"--batch-size {batch_size} is not divisible by the {world_size} ranks; pick a multiple")
+    if n < batch_size:
+        raise InputError(f"the data set has {n} items, fewer than --batch-size {batch_size}; lower --batch-size")
 
 
 def batches(dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0, num_workers: int = 0) -> Iterator:

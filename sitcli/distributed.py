@@ -51,6 +51,11 @@ def setup(device: str | None = None) -> Dist:
     return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, owns_group=owns)
 
 
+def world_size() -> int:
+    """The number of ranks torchrun started (1 without torchrun)."""
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def teardown(d: Dist) -> None:
     """Destroy the process group if ``setup`` created it; a caller's own group is left alone."""
     if d.owns_group and dist.is_initialized():

@@ -29,6 +29,7 @@ import torch
 
 from sitcli import atomic, distributed
 from sitcli.autoencoder import encode, latent_scale, latent_shape, load_vae
+from sitcli.config import check_flags
 from sitcli.data import LATENT_MANIFEST, ImageFolderDataset, is_latent_cache, to_unit_range
 from sitcli.errors import InputError
 from sitcli.seeds import index_normal
@@ -62,11 +63,12 @@ def cache_latents(
     under torchrun encodes its shards, rank 0 assembles. Each image is stored twice, as itself and
     mirrored (the training flip), as float16; images that cannot be read are listed in the manifest
     and left out."""
-    if batch_size < 1 or shard_size < 1:
-        raise InputError("--batch-size and --shard-size must be at least 1")
+    check_flags("cache-latents", image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
+                shard_size=shard_size)
     out_dir = Path(out)
     if is_latent_cache(out_dir):
         raise InputError(f"{out_dir} already holds a latent cache; train on it with --data {out_dir} or pick a new --out")
+    atomic.check_can_create(out_dir, "--out")
     index_normal(seed, 0, ())  # refuses a negative seed before anything is written
     dist = distributed.setup(device)
     try:

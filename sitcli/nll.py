@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sitcli.config import EXTERNAL
+from sitcli.config import EXTERNAL, check_flags
 from sitcli.data import open_dataset
 from sitcli.errors import InputError
 from sitcli.loading import load_model
@@ -67,6 +67,7 @@ def nll(
     ``steps`` is for fixed-grid methods; ``divergence`` None picks "exact" up to 1,024 dimensions and
     "hutchinson" above. ``model`` checks the architecture (as for ``sit sample``).
     """
+    check_flags("nll", num=num, batch_size=batch_size, steps=steps, atol=atol, rtol=rtol, seed=seed)
     dev = resolve_device(device)
     check_precision(precision, dev)
     loaded = load_model(ckpt, ema, model=model)

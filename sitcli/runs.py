@@ -101,6 +101,7 @@ def save_checkpoint(
         for path in tmp.iterdir():  # the rename must not overtake the data on a crash
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+        atomic.honour_umask(tmp)  # a colleague may read the run: mkdtemp's folder and safetensors' files are private
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

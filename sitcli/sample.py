@@ -22,12 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sitcli import atomic, distributed, runs
 from sitcli.config import UNUSED_BY, SampleConfig
 from sitcli.errors import InputError
+from sitcli.formats import nonfinite_tensors
 from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
 from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
 from sitcli.loading import Loaded, load_model
 from sitcli.runtime import autocast_model, check_precision, tf32
 from sitcli.seeds import index_generator, labels_and_noise
-from sitcli.transport import sample_ode, sample_sde
+from sitcli.transport import sample_ode, sample_sde, samplers
 from sitcli.transport.time_conventions import interval_in_time
 
 SETTINGS_FILE = "sample.json"
@@ -86,6 +87,10 @@ def prepare(cfg: SampleConfig, dist: distributed.Dist) -> SampleJob:
     check_precision(cfg.precision, dist.device)
     loaded = load_model(cfg.ckpt, cfg.ema, cfg.src_format, cfg.model, **cfg.transport_overrides())
     tcfg = loaded.config
+    bad = nonfinite_tensors(loaded.model.state_dict())
+    if bad:
+        raise InputError(f"the weights of {loaded.weights} hold NaN or inf in {len(bad)} tensors ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}): the run diverged or the file is damaged; sample an earlier checkpoint")
     if cfg.threads if cfg.threads is not None else tcfg.threads:
         torch.set_num_threads(cfg.threads if cfg.threads is not None else tcfg.threads)
     model = loaded.model.to(dist.device)
@@ -106,7 +111,11 @@ def prepare(cfg: SampleConfig, dist: distributed.Dist) -> SampleJob:
         weak = autocast_model(guide.model.to(dist.device), cfg.precision, dist.device)
         fn = AutoGuidance(fn, weak, cfg.guidance_scale, interval=interval)
 
+    _check_sampler(cfg, loaded, dist.device)
     out = Path(cfg.out or _default_out(cfg.ckpt))
+    atomic.check_can_create(out, "--out")
+    if cfg.grid:  # written last, after all the sampling: refuse a --grid under a file now
+        atomic.check_can_create(Path(cfg.grid).parent, "--grid")
     settings = cfg.record()
     settings["ckpt"] = str(loaded.weights.resolve())  # images from another checkpoint must not share the folder
     if guide is not None:
@@ -148,6 +157,8 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
                 x, nfe = sample_sde(transport, job.fn, x0, cfg.method, cfg.steps, cfg.w, cfg.w_norm, cfg.last_step,
                                     cfg.last_step_size, generator=gens, model_kwargs=kwargs, spacing=cfg.spacing,
                                     time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
+            if not bool(torch.isfinite(x).all()):
+                raise InputError(_nonfinite_message(cfg, idx))
             images = to_images(x, job.vae)
             seconds += time.perf_counter() - began
             for i, image in zip(idx, images):
@@ -174,6 +185,39 @@ def write_extras(job: SampleJob, result: SampleResult) -> None:
         atomic.save_image(result.grid, make_grid(images[:100]))
 
 
+class _Checked(Exception):
+    """Raised by the probe model of ``_check_sampler``: the sampler got as far as its first model call."""
+
+
+def _check_sampler(cfg: SampleConfig, loaded: Loaded, device: torch.device) -> None:
+    """Run the sampler up to its first model call on one zero input, so that every refusal of its
+    settings (time grid, steps, last step) comes before the folder is touched."""
+
+    def probe(x, t, **kwargs):
+        raise _Checked
+
+    tcfg = loaded.config
+    x0 = torch.zeros(1, tcfg.in_channels, tcfg.input_size, tcfg.input_size, device=device)
+    try:
+        if cfg.sampler == "ode":
+            samplers.sample_ode(loaded.transport, probe, x0, cfg.method, cfg.steps, cfg.atol, cfg.rtol, spacing=cfg.spacing,
+                       time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
+        else:
+            samplers.sample_sde(loaded.transport, probe, x0, cfg.method, cfg.steps, cfg.w, cfg.w_norm, cfg.last_step,
+                       cfg.last_step_size, spacing=cfg.spacing, time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
+    except _Checked:
+        pass
+
+
+def _nonfinite_message(cfg: SampleConfig, idx: list[int]) -> str:
+    scales = [f"--{k.replace('_', '-')} {getattr(cfg, k):g}" for k in ("cfg_scale", "guidance_scale", "time_shift")
+              if getattr(cfg, k) != 1.0]
+    cause = f"a scale too large ({', '.join(scales)})" if scales else "the model's outputs overflow"
+    precision = f" or --precision {cfg.precision} overflowing (try fp32)" if cfg.precision != "fp32" else ""
+    return (f"the samples of indices {idx[0]}..{idx[-1]} came out NaN or inf, so no PNG was written for them: likely "
+            f"{cause}{precision}; change it and draw into a new --out")
+
+
 def _load_guide(cfg: SampleConfig, main: Loaded) -> Loaded:
     """The weak model of autoguidance, refused unless it can stand in for the main model."""
     guide = load_model(cfg.guidance_model, cfg.ema, None, None, **cfg.transport_overrides())
@@ -195,8 +239,6 @@ def _default_out(ckpt: str) -> Path:
 
 
 def _check_folder(out: Path, settings: dict) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; pass a folder")
     saved_path = out / SETTINGS_FILE
     if saved_path.is_file():
         saved = SampleConfig.recorded_before(json.loads(saved_path.read_text()))

@@ -75,8 +75,29 @@ def check_projector_gradients_are_averaged(encoder) -> None:
     assert not torch.allclose(local.projectors[0][0].weight.grad, alone.projectors[0][0].weight.grad)
 
 
+def cli(commands_file: str) -> None:
+    """The `sit` commands in ``commands_file`` (one JSON list of words per line), one after the other through
+    the CLI on every rank of one launch, which joins the process group created here."""
+    import json
+
+    from sitcli.cli import app
+
+    dist.init_process_group("gloo")
+    for line in open(commands_file).read().splitlines():
+        words = json.loads(line)
+        try:
+            app(words)
+        except SystemExit as exit:
+            if exit.code not in (0, None):
+                raise RuntimeError(f"`sit {' '.join(words)}` exited with status {exit.code}") from None
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "repa":
         repa(*sys.argv[2:])
+    elif sys.argv[1] == "cli":
+        cli(*sys.argv[2:])
     else:
         main(*sys.argv[1:])

@@ -4,6 +4,7 @@ import typer
 from typer.testing import CliRunner
 
 from sitcli import cli
+from sitcli.cli_errors import user_errors
 from sitcli.errors import InputError
 
 runner = CliRunner()
@@ -20,7 +21,7 @@ def test_input_errors_print_one_line_verbatim_and_exit_2():
     app = typer.Typer()
 
     @app.command()
-    @cli._user_errors
+    @user_errors
     def fail() -> None:
         raise InputError("folder [data]/x has no images: pass a folder of PNGs")
 

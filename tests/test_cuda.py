@@ -188,7 +188,7 @@ def test_ddp_over_nccl_trains_resumes_and_samples(tmp_path):
     assert a["state"]["world_size"] == 2 and {"noise.rank0", "noise.rank1"} <= set(a["rng"])
     for name in a["model"]:  # NCCL all-reduce order is fixed for a fixed world size; kernels may still differ
         torch.testing.assert_close(b["model"][name], a["model"][name], rtol=0, atol=1e-5)
-    torchrun("-m", "sitcli", "sample", "--ckpt", tmp_path / "straight", "--out", tmp_path / "s", "--num", 5,
+    torchrun("-m", "sitcli", "sample", "--ckpt", tmp_path / "straight", "--out", tmp_path / "s", "--num-samples", 5,
              "--steps", 4, "--device", "cuda", cwd=tmp_path)
     assert len(list((tmp_path / "s").glob("*.png"))) == 5
 

@@ -33,9 +33,9 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "examples").glob("*.md"))]
 COMMANDS = ("train", "sample", "nll", "fid", "convert", "cache-latents", "methods")
 # Commands shown but not run here, by their first words, and why.
 NOT_RUN = {
-    "torchrun --nnodes=4": "four nodes of 8 GPUs (the DDP path runs on 2 CPU ranks in tests/test_train_ddp.py)",
+    "torchrun --nnodes=4": "four nodes of 8 GPUs (run on 2 CPU ranks under torchrun in tests/test_torchrun_commands.py)",
     "torchrun --nnodes=1 --nproc_per_node=8 -m sitcli sample --ckpt /runs/sit-xl2":
-        "samples the run of the 32-GPU training above, on 8 GPUs",
+        "samples the run of the 32-GPU training above, on 8 GPUs (2 CPU ranks: tests/test_torchrun_commands.py)",
     "sit fid /data/VIRTUAL_imagenet256_labeled.npz": "needs the ADM reference batch (real data) and a GPU",
     "sit fid /data/adm-in256-stats.npz": "needs the statistics of the ADM reference batch, on a GPU",
     "sit fid REF_IMAGES": "a template (upper-case placeholders), not a command",
@@ -88,6 +88,7 @@ def stand_in(command: str, world: Path) -> list[str]:
         words = words[1:]
     job, args = words[0], words[1:]
     small = {"--num": 2 if job == "nll" else 10, "--batch-size": 8, "--steps": 5, "--image-size": 16}
+    small["--num-samples"] = small["--num"]
     out = []
     for i, word in enumerate(args):
         flag = args[i - 1] if i else None

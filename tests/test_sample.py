@@ -133,7 +133,7 @@ def test_make_grid_upscales_small_images():
     (["--class-labels", "a,b"], "comma list"),
     (["--method", "dopri5", "--time-shift", 3], "adaptive and chooses its own steps"),
     (["--spacing", "log"], "'log' is not one of"),
-    (["--time-shift", 0], "pass s > 0"),
+    (["--time-shift", 0], "--time-shift 0.0: pass a finite number > 0"),  # its declared domain
     (["--edm-rho", 5], "together with --spacing edm"),
     (["--guidance-scale", 2], "pass --guidance-model CKPT"),
     (["--guidance-model", "{run}", "--guidance-scale", 2, "--cfg-scale", 2], "do not combine"),

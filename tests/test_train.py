@@ -192,7 +192,7 @@ def test_cli_run_folder(finished_run):
     (["--out", "{tmp}/new", "--vae", "{tmp}"], "drop --vae"),
     (["--out", "{tmp}/new", "--time-density", "lognorm"], "'lognorm' is not one of"),
     (["--out", "{tmp}/new", "--logit-mean", 0.5], "time density uniform takes no logit_mean"),
-    (["--out", "{tmp}/new", "--time-density", "mode", "--mode-scale", 3], "mode_scale=3.0"),
+    (["--out", "{tmp}/new", "--time-density", "mode", "--mode-scale", 3], "--mode-scale 3.0: pass a finite number in [-1, 1.75]"),
     (["--resume", "{run}", "--steps", 4, "--time-density", "cosmap"], "keeps its settings"),
 ])
 def test_cli_refuses_bad_input_without_writing(finished_run, tmp_path, args, message):

@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from sitcli.config import check_flags
 from sitcli.errors import InputError
 from sitcli.evaluate import inception, inputs, metrics as M
 from sitcli.evaluate.statistics import GaussianStats, SplitScore
@@ -236,6 +237,8 @@ def evaluate(
     Returns ``{"metrics": {name: value}, "inputs": {...}, "settings": {...}, "warnings": [...]}``
     with metric names ``fid, sfid, is, is_std, precision, recall, kid, kid_std``.
     """
+    check_flags("fid", batch_size=batch_size, num_workers=num_workers, is_splits=is_splits, pr_subset=pr_subset,
+                kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
     wanted = parse_metrics(metrics if metrics is not None else ("fid",) if b is not None else ())
     for name, value, least in (("batch_size", batch_size, 1), ("is_splits", is_splits, 1), ("pr_k", pr_k, 1),
                                ("kid_subsets", kid_subsets, 1), ("kid_subset_size", kid_subset_size, 2)):

@@ -78,6 +78,11 @@ class Checkpoint:
         return use if use in self.weights else next(iter(self.weights))
 
 
+def nonfinite_tensors(state_dict: StateDict) -> list[str]:
+    """The names of the floating-point tensors that hold a NaN or an infinity."""
+    return [k for k, v in state_dict.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+
+
 def strip_prefixes(state_dict: StateDict) -> StateDict:
     """Drop the "module." (DDP) and "_orig_mod." (torch.compile) prefixes some saved state dicts carry."""
     out = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +33,67 @@ PATH_TYPES = ("linear", "gvp", "vp")  # the official --path-type values (Linear,
 
 
 def safe_load(path: Path) -> Any:
-    """``torch.load`` restricted to tensors, plain containers and ``argparse.Namespace``."""
+    """``torch.load`` restricted to tensors, plain containers and ``argparse.Namespace``.
+
+    A pickle that asks for anything else (``os.system``, ``builtins.eval``, ...) is refused as unsafe,
+    naming what it tried to import; nothing in it runs.
+    """
     try:
-        with torch.serialization.safe_globals(ALLOWED_CLASSES):
+        with torch.serialization.safe_globals(ALLOWED_CLASSES), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the refusal below says more
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found:
+        found = re.findall(r"(?:GLOBAL|global:) (?:GLOBAL )?([\w.]+)", str(err))
+        imports = list(dict.fromkeys(found or [g for g in pickle_globals(path) if not g.startswith(SAFE_MODULES)]))
+        if imports:
             raise InputError(
-                f"{path}: refused to load: the pickle asks for {found.group(1)}, which is not on the allow-list "
-                f"(tensors, plain containers, argparse.Namespace); nothing in it was run. Re-save the weights as "
-                f"a plain state dict or safetensors from code you trust"
+                f"{path} was refused as unsafe: its pickle imports {', '.join(imports)}, which no checkpoint needs "
+                f"(only tensors, plain containers and argparse.Namespace are loaded); nothing in it was run. Use it only "
+                f"if you trust its source, and then re-save its weights as safetensors or a plain state dict"
             ) from None
         raise InputError(
             f"{path} is not a PyTorch checkpoint (it cannot be unpickled safely): check the path"
         ) from None
     except Exception as err:  # noqa: BLE001 - torch raises many kinds (struct.error, KeyError, ...) on non-checkpoints
         raise InputError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}): check the path") from None
+
+
+# Modules whose globals a checkpoint's pickle legitimately names (tensors' rebuild functions, OrderedDict, ...).
+SAFE_MODULES = ("torch.", "collections.", "argparse.", "_codecs.", "numpy.")
+
+
+def pickle_globals(path: Path) -> list[str]:
+    """The ``module.name`` globals a pickle (or the pickles in a torch zip file) imports, read opcode by
+    opcode with ``pickletools`` and never executed."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                blobs = [z.read(name) for name in z.namelist() if name.endswith(".pkl")]
+        else:
+            blobs = [Path(path).read_bytes()]
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found = []
+    for blob in blobs:
+        stack, memo = [], []  # the strings pushed, and the memo, enough to follow STACK_GLOBAL's two arguments
+        try:
+            for op, arg, _ in pickletools.genops(blob):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(stack) >= 2:
+                    found.append(f"{stack[-2]}.{stack[-1]}")
+                elif op.name == "MEMOIZE" and stack:
+                    memo.append(stack[-1])
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and int(arg) < len(memo):
+                    stack.append(memo[int(arg)])
+                elif isinstance(arg, str):
+                    stack.append(arg)
+        except Exception:  # noqa: BLE001 - a damaged pickle: report what was read up to the damage
+            pass
+    return found
 
 
 def classify(obj: Any) -> str:

@@ -44,7 +44,7 @@ def parse_log(spec: str | None) -> tuple[str, ...]:
     names = [n.strip().lower() for n in (spec or "csv").split(",") if n.strip()]
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
-        raise InputError(f"--log {unknown[0]!r} is not a logger; choose a comma list of {', '.join(BACKENDS)}")
+        raise InputError(f"--log-to {unknown[0]!r} is not a logger; choose a comma list of {', '.join(BACKENDS)}")
     return tuple(n for n in BACKENDS if n in names or n == "csv")
 
 
@@ -54,7 +54,7 @@ def check_log(spec: str | None) -> tuple[str, ...]:
     for name in names:
         module, pip = BACKENDS[name]
         if module is not None and importlib.util.find_spec(module) is None:
-            raise InputError(f"--log {name} needs the {module} package, which is not installed: {pip}")
+            raise InputError(f"--log-to {name} needs the {module} package, which is not installed: {pip}")
     return names
 
 

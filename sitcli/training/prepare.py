@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from sitcli import distributed, runs
+from sitcli import atomic, distributed, runs
 from sitcli.config import EXTERNAL, RESUMABLE, TrainConfig
-from sitcli.data import DIGITS, batches, is_latent_cache, open_dataset
+from sitcli.data import DIGITS, batches, check_batch_size, is_latent_cache, open_dataset
 from sitcli.errors import InputError
 from sitcli.runtime import check_precision
 from sitcli.training.loggers import Logger, check_log, open_loggers
@@ -99,6 +99,7 @@ def check_out(cfg: TrainConfig, resume: bool) -> Path | None:
         return latest
     if runs.is_run(run):
         raise InputError(f"{run} is already a run; continue it with --resume {run}, or pick a new --out")
+    atomic.check_can_create(run, "--out")
     if run.exists() and (not run.is_dir() or any(run.iterdir())):
         raise InputError(f"--out {run} exists and is not an empty folder; pick a new --out")
     return None
@@ -123,6 +124,7 @@ def open_data(cfg: TrainConfig, device: torch.device):
         cfg.vae = cfg.vae or info.vae
         cfg.image_size = info.image_size
     cfg.num_classes = info.num_classes
+    check_batch_size(len(dataset), cfg.batch_size, distributed.world_size())
     if cfg.epochs is not None:
         cfg.steps = cfg.epochs * (len(dataset) // cfg.batch_size)
     if cfg.input_size % int(cfg.model.rsplit("/", 1)[-1]):

@@ -19,7 +19,6 @@ import socket
 import time
 from pathlib import Path
 
-from sitcli import distributed
 from sitcli.errors import InputError
 
 LOCK = ".lock"
@@ -116,6 +115,8 @@ def _describe(holder: dict) -> str:
 def lock_on_rank0(folder: str | Path, job: str) -> FolderLock | None:
     """Rank 0 locks ``folder`` (the other ranks hold None); when it cannot, every rank raises its message,
     so that no rank waits for one that gave up."""
+    from sitcli import distributed  # torch: not needed by a bare FolderLock
+
     lock, refused = None, None
     if distributed.is_main():
         try:

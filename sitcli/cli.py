@@ -248,8 +248,7 @@ def cache_latents(
     """
     from sitcli.latent_cache import cache_latents as run_cache
 
-    result = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device, shard_size=shard_size,
-                       overwrite=overwrite)
+    result = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device, shard_size=shard_size, overwrite=overwrite)
     if result.is_main:
         reused = f" ({result.reused_shards} of {result.shards} shards kept from an earlier run)" if result.reused_shards else ""
         console.print(f"latent cache of {result.count} images written to {result.out}{reused}; train with: sit train --data {result.out}", highlight=False)
@@ -295,11 +294,9 @@ def fid(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from sitcli.evaluate import evaluate
-    from sitcli.evaluate.inputs import check_destination
+    from sitcli.evaluate import evaluate, inputs
 
-    if json_out:
-        check_destination(json_out, overwrite, "--json")
+    inputs.check_destination(json_out, overwrite, "--json")
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
         TimeRemainingColumn(), console=console, transient=True,
@@ -338,9 +335,7 @@ def fid(
     if result["saved_stats"]:
         console.print(f"statistics of A written to {result['saved_stats']}", highlight=False, markup=False)
     if json_out:
-        from sitcli.evaluate.inputs import write_json
-
-        console.print(f"results written to {write_json(json_out, result)}", highlight=False, markup=False)
+        console.print(f"results written to {inputs.write_json(json_out, result)}", highlight=False, markup=False)
 
 
 @app.command()

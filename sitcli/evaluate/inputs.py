@@ -262,9 +262,11 @@ def _writable(path: str | Path) -> Path:
     return path
 
 
-def check_destination(path: str | Path, overwrite: bool, flag: str) -> None:
+def check_destination(path: str | Path | None, overwrite: bool, flag: str) -> None:
     """Refuse an output that would replace an existing file unless ``overwrite`` (as `sit convert` does),
-    and one whose folder does not exist; called before any image is read."""
+    and one whose folder does not exist; called before any image is read (no output named: nothing to check)."""
+    if path is None:
+        return
     path = _writable(path)
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise InputError(f"{flag} {path} already exists: pass --overwrite to replace it, or pick another destination")

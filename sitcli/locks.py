@@ -43,8 +43,17 @@ class FolderLock:
     def acquire(self) -> "FolderLock":
         if fcntl is None:
             return self
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError(f"{self.folder} is a file, not a folder; pick another --out")
         self.created = not self.folder.exists()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            return self._lock()
+        except OSError as err:  # a read-only or full disk, a parent that is a file
+            self._remove_folder()
+            raise InputError(f"cannot lock {self.folder} ({err.strerror or err}); pick a folder you can write to") from None
+
+    def _lock(self) -> "FolderLock":
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
@@ -65,8 +74,12 @@ class FolderLock:
         self.previous = _read(fd) or None
         record = {"pid": os.getpid(), "host": socket.gethostname(), "job": self.job,
                   "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        except OSError:
+            os.close(fd)
+            raise
         self.fd = fd
         return self
 

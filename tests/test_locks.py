@@ -109,3 +109,12 @@ def test_a_sample_folder_in_use_is_refused(run, tmp_path):
     result = sit("sample", "--ckpt", run, "--out", out, "--num", 2, "--steps", 2)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "labels.csv", "sample.json"]
+
+
+def test_an_out_that_is_a_file_or_cannot_be_created_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        FolderLock(tmp_path / "file", "sit train").acquire()
+    with pytest.raises(InputError, match="cannot lock .*under"):
+        FolderLock(tmp_path / "file" / "under", "sit train").acquire()
+    assert (tmp_path / "file").read_text() == "x"

@@ -223,6 +223,7 @@ def cache_latents(
     seed: int = typer.Option(0, "--seed", help="Seed for the VAE posterior samples (image i draws its own noise, seeded by (seed, i))."),
     shard_size: int = typer.Option(4096, "--shard-size", help="Images per shard: the unit that ranks share out and that an interrupted extraction keeps."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out, replacing a cache there (its other files are left alone)."),
 ) -> None:
     """Encode an image folder once with the VAE (each image and its mirror image) for fast latent training.
 
@@ -230,7 +231,7 @@ def cache_latents(
     """
     from sitcli.latent_cache import cache_latents as run_cache
 
-    result = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device, shard_size=shard_size)
+    result = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device, shard_size=shard_size, overwrite=overwrite)
     if result.is_main:
         reused = f" ({result.reused_shards} of {result.shards} shards kept from an earlier run)" if result.reused_shards else ""
         console.print(f"latent cache of {result.count} images written to {result.out}{reused}; train with: sit train --data {result.out}", highlight=False)
@@ -264,6 +265,7 @@ def fid(
         "features move by float32 round-off (~1e-7), so statistics are no longer bit-for-bit pytorch-fid's.",
     ),
     tf32: bool = typer.Option(False, "--tf32", help="Let CUDA run Inception's float32 convolutions and matmuls in TF32: faster on A100/H100, features move by ~1e-3 (default: true float32, pytorch-fid's numbers on every GPU)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --save-stats or --json file (only once the new one is complete)."),
 ) -> None:
     """Compute FID and related metrics between a reference set A and a sample set B.
 
@@ -275,8 +277,9 @@ def fid(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from sitcli.evaluate import evaluate
+    from sitcli.evaluate import evaluate, inputs
 
+    inputs.check_destination(json_out, overwrite, "--json")
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
         TimeRemainingColumn(), console=console, transient=True,
@@ -292,6 +295,7 @@ def fid(
             a, b, metrics, save_stats=save_stats, inception_weights=inception_weights, batch_size=batch_size,
             num_workers=num_workers, device=device, is_splits=is_splits, pr_subset=pr_subset,
             kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, fast=fast, tf32=tf32, dinov2=dinov2, progress=progress,
+            overwrite=overwrite,
         )
     for line in result["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -314,9 +318,7 @@ def fid(
     if result["saved_stats"]:
         console.print(f"statistics of A written to {result['saved_stats']}", highlight=False, markup=False)
     if json_out:
-        from sitcli.evaluate.inputs import write_json
-
-        console.print(f"results written to {write_json(json_out, result)}", highlight=False, markup=False)
+        console.print(f"results written to {inputs.write_json(json_out, result)}", highlight=False, markup=False)
 
 
 @app.command()

@@ -183,9 +183,7 @@ class LatentDataset:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        manifest = json.loads((self.root / LATENT_MANIFEST).read_text())
-        self.latents = np.load(self.root / "latents.npy", mmap_mode="r")
-        self.labels = np.load(self.root / "labels.npy", mmap_mode="r")
+        manifest, self.latents, self.labels = _open_cache(self.root)
         _, _, channels, size, _ = self.latents.shape
         self.classes = manifest["classes"]
         self.num_classes = len(self.classes)
@@ -209,6 +207,41 @@ class LatentDataset:
         return x, torch.from_numpy(np.asarray(self.labels[idx], dtype=np.int64))
 
 
+def _open_cache(root: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(manifest, latents, labels) of a cache, each checked against the others; a damaged cache is an InputError."""
+    def damaged(what: str, manifest: dict | None = None) -> InputError:
+        m = manifest or {}
+        redo = (f"sit cache-latents --data {m['data']} --vae {m['vae']} --image-size {m['image_size']} --seed "
+                f"{m.get('seed', 0)} --out {root} --overwrite") if {"data", "vae", "image_size"} <= set(m) else \
+            f"sit cache-latents --data IMAGES --vae VAE --out {root} --overwrite"
+        return InputError(f"the cache at {root} is damaged ({what}); rebuild it with {redo}")
+
+    try:
+        manifest = json.loads((root / LATENT_MANIFEST).read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise damaged(f"{LATENT_MANIFEST} is not valid JSON") from None
+    missing = [k for k in ("classes", "image_size", "vae", "latent_scale", "count") if k not in manifest]
+    if missing:
+        raise damaged(f"{LATENT_MANIFEST} lacks {', '.join(missing)}", manifest)
+    arrays = []
+    for name in ("latents.npy", "labels.npy"):
+        if not (root / name).is_file():
+            raise damaged(f"{name} is missing", manifest)
+        try:
+            arrays.append(np.load(root / name, mmap_mode="r"))
+        except (ValueError, OSError, EOFError) as err:  # a cut header, or data shorter than the header says
+            raise damaged(f"{name} cannot be read: {err}", manifest) from None
+    latents, labels = arrays
+    if latents.ndim != 5 or latents.shape[1] != 2 or labels.ndim != 1:
+        raise damaged(f"latents.npy has shape {latents.shape}, labels.npy {labels.shape}; "
+                      "expected (N, 2, C, h, w) and (N,)", manifest)
+    if not len(latents) == len(labels) == manifest["count"]:
+        raise damaged(f"{len(latents)} latents, {len(labels)} labels, {manifest['count']} in {LATENT_MANIFEST}", manifest)
+    return manifest, latents, labels
+
+
 def is_latent_cache(path: str | Path) -> bool:
     return (Path(path) / LATENT_MANIFEST).is_file()
 
@@ -217,6 +250,9 @@ def open_dataset(data: str, image_size: int | None = None):
     """``digits``, a latent cache folder, or an image folder (which needs ``image_size``)."""
     if data == DIGITS:
         return DigitsDataset(image_size or 8)
+    if not is_latent_cache(data) and any((Path(data) / name).is_file() for name in ("latents.npy", "labels.npy")):
+        raise InputError(f"the cache at {data} is damaged ({LATENT_MANIFEST} is missing: its extraction did not finish); "
+                         f"run the same sit cache-latents command again to finish it")
     if is_latent_cache(data):
         dataset = LatentDataset(data)
         if image_size is not None and image_size != dataset.info.image_size:

@@ -62,6 +62,11 @@ def teardown(d: Dist) -> None:
         dist.destroy_process_group()
 
 
+def is_main() -> bool:
+    """Rank 0 of the process group, or the single process without one."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -58,17 +58,18 @@ def cache_latents(
     device: str | None = None,
     progress: bool = True,
     shard_size: int = 4096,
+    overwrite: bool = False,
 ) -> CacheResult:
     """Encode ``data`` (an image folder) with the VAE into the latent cache ``out``; every rank
     under torchrun encodes its shards, rank 0 assembles. Each image is stored twice, as itself and
     mirrored (the training flip), as float16; images that cannot be read are listed in the manifest
-    and left out."""
+    and left out. An ``out`` holding anything but the shards of an interrupted extraction is refused
+    unless ``overwrite`` (then the cache's own files are replaced and any others left alone)."""
     check_flags("cache-latents", image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
                 shard_size=shard_size)
     out_dir = Path(out)
-    if is_latent_cache(out_dir):
-        raise InputError(f"{out_dir} already holds a latent cache; train on it with --data {out_dir} or pick a new --out")
     atomic.check_can_create(out_dir, "--out")
+    _check_out(out_dir, overwrite)
     index_normal(seed, 0, ())  # refuses a negative seed before anything is written
     dist = distributed.setup(device)
     try:
@@ -91,6 +92,23 @@ def cache_latents(
         return CacheResult(out_dir, count, total, total - len(todo), dist.is_main)
     finally:
         distributed.teardown(dist)
+
+
+def _check_out(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file; pass a folder")
+    if overwrite:
+        return
+    if is_latent_cache(out_dir):
+        raise InputError(f"{out_dir} already holds a latent cache; train on it with --data {out_dir}, pass --overwrite "
+                         "to replace it, or pick a new --out")
+    resumable = {SHARDS, "latents.npy.tmp", "labels.npy.tmp"}  # what an interrupted extraction leaves
+    if (out_dir / SHARDS).is_dir():  # interrupted while joining the shards, before the manifest
+        resumable |= {"latents.npy", "labels.npy"}
+    other = sorted(p.name for p in out_dir.iterdir() if p.name not in resumable) if out_dir.is_dir() else []
+    if other:
+        raise InputError(f"--out {out_dir} is not empty (it holds {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}): "
+                         "pass --overwrite to write the cache into it, or pick a new --out")
 
 
 def _shard_path(shards: Path, k: int) -> Path:
@@ -169,6 +187,7 @@ def _assemble(out_dir: Path, shards: Path, total: int, dataset, settings: dict, 
     del latents
     with open(out_dir / "labels.npy.tmp", "wb") as f:
         np.save(f, labels[keep])
+    (out_dir / LATENT_MANIFEST).unlink(missing_ok=True)  # an old cache (--overwrite) is incomplete from here on
     os.replace(tmp, out_dir / "latents.npy")
     os.replace(out_dir / "labels.npy.tmp", out_dir / "labels.npy")
     manifest = {

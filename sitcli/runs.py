@@ -8,18 +8,25 @@ grids ``grids/NNNNNNN.png``, and ``checkpoints/NNNNNNN/`` with
     optimizer.pt                         AdamW state, loadable with torch.load(weights_only=True)
     rng.safetensors                      RNG states of every rank (uint8 tensors)
     state.json                           step and data position
+    manifest.json                        size and SHA-256 of each file above, written last
 
 A checkpoint is written into a hidden temporary folder and renamed into place in one step, so a
-folder named by its step is always complete; anything interrupted is a ``.tmp-*`` folder that is
-ignored (and cleaned up by the next save). Nothing here unpickles arbitrary objects.
+folder named by its step is complete when written; anything interrupted is a ``.tmp-*`` folder that
+is ignored (and cleaned up by the next save). What happens to the files later (a full disk, a copy
+cut short, a bad sector) is caught by ``checkpoint_problem``: a checkpoint counts only when every
+file matches its manifest (older checkpoints, written before manifests, when every file parses).
+Nothing here unpickles arbitrary objects.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -32,6 +39,7 @@ CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
 WEIGHT_FILES = ("model.safetensors", "ema.safetensors")
 CHECKPOINT_FILES = (*WEIGHT_FILES, "optimizer.pt", "rng.safetensors", "state.json")
+MANIFEST = "manifest.json"
 
 
 #################################################################################
@@ -58,7 +66,8 @@ def read_config(run: str | Path) -> dict:
 
 
 def list_checkpoints(run: str | Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first."""
+    """Checkpoint folders of a run with every file present, oldest first (not yet verified: see
+    ``newest_checkpoint``)."""
     folder = Path(run) / CHECKPOINTS
     if not folder.is_dir():
         return []
@@ -66,9 +75,89 @@ def list_checkpoints(run: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name))
 
 
+def newest_checkpoint(run: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint of ``run`` whose files all verify, and the damaged ones newer than it
+    (newest first, each with what is wrong). A step folder with a file missing counts as damaged."""
+    folder = Path(run) / CHECKPOINTS
+    steps = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: -int(p.name)) \
+        if folder.is_dir() else []
+    damaged = []
+    for path in steps:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, damaged
+        damaged.append((path, problem))
+    return None, damaged
+
+
 def latest_checkpoint(run: str | Path) -> Path | None:
-    found = list_checkpoints(run)
-    return found[-1] if found else None
+    """The newest checkpoint whose files all verify (None when there is none)."""
+    return newest_checkpoint(run)[0]
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """What is wrong with checkpoint folder ``path`` (a short phrase), or None when every file verifies.
+
+    With a manifest: every file has its recorded size and SHA-256. Without one (written before
+    manifests): the safetensors headers account for their file sizes, optimizer.pt is a zip whose
+    CRCs match, state.json parses.
+    """
+    path = Path(path)
+    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    if (path / MANIFEST).is_file():
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())["files"]
+        except (ValueError, KeyError, TypeError):
+            return f"{MANIFEST} is not a manifest"
+        for name in CHECKPOINT_FILES:
+            want = manifest.get(name) if isinstance(manifest, dict) else None
+            if not isinstance(want, dict):
+                return f"{MANIFEST} does not list {name}"
+            size = (path / name).stat().st_size
+            if size != want.get("size"):
+                return f"{name} has {size} bytes, {want.get('size')} written"
+            if _sha256(path / name) != want.get("sha256"):
+                return f"{name} does not match its SHA-256 in {MANIFEST}"
+        return None
+    for name in CHECKPOINT_FILES:
+        problem = _file_problem(path / name)
+        if problem is not None:
+            return f"{name} {problem}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    """A file of a checkpoint without manifest, read as its kind (the cheap checks that catch truncation)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty"
+    try:
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n)) if 8 + n <= size else None
+            if header is None:
+                return "is cut short (its header runs past the end)"
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            return None if 8 + n + end == size else f"has {size} bytes, its header describes {8 + n + end}"
+        if path.suffix == ".pt":
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            return None if bad is None else f"is corrupt ({bad} fails its CRC)"
+        state = json.loads(path.read_text())
+        return None if isinstance(state, dict) and isinstance(state.get("step"), int) else "holds no step"
+    except (ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile, UnicodeDecodeError):
+        return "does not parse"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -82,27 +171,36 @@ def save_checkpoint(
 ) -> Path:
     """Write ``checkpoints/<step>/`` atomically (temporary folder, then one rename). Returns its path.
 
-    An existing checkpoint of the same step is left as it is: it holds the same training state.
+    An existing checkpoint of the same step is left as it is (it holds the same training state),
+    unless it is damaged (``checkpoint_problem``): then the new one replaces it.
     """
     folder = Path(run) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{step:07d}"
-    if final.exists():
+    if final.exists() and checkpoint_problem(final) is None:
         return final
     for stale in folder.glob(".tmp-*"):  # left by an interrupted save
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-{step:07d}-"))
+    aside = None
     try:
         save_file(_contiguous(model), tmp / "model.safetensors")
         save_file(_contiguous(ema), tmp / "ema.safetensors")
         torch.save(optimizer, tmp / "optimizer.pt")
         save_file(_contiguous(rng), tmp / "rng.safetensors")
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        files = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in CHECKPOINT_FILES}
+        (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=2) + "\n")
         for path in tmp.iterdir():  # the rename must not overtake the data on a crash
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
         atomic.honour_umask(tmp)  # a colleague may read the run: mkdtemp's folder and safetensors' files are private
+        if final.exists():  # damaged: set aside, replaced in one rename, then removed
+            aside = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-damaged-{step:07d}-"))
+            os.rename(final, aside / final.name)
         os.rename(tmp, final)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -26,12 +26,14 @@ from sitcli.formats import nonfinite_tensors
 from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
 from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
 from sitcli.loading import Loaded, load_model
+from sitcli.locks import LOCK, FolderLock, lock_on_rank0
 from sitcli.runtime import autocast_model, check_precision, tf32
 from sitcli.seeds import index_generator, labels_and_noise
 from sitcli.transport import sample_ode, sample_sde, samplers
 from sitcli.transport.time_conventions import interval_in_time
 
 SETTINGS_FILE = "sample.json"
+NPZ = "samples.npz"  # kept describing every PNG: rewritten whenever images are added to a folder that has one
 
 
 #################################################################################
@@ -55,15 +57,18 @@ def sample(cfg: SampleConfig, progress: bool = True, device: str | None = None) 
     """Draw the missing images of ``cfg.out`` (indices 0..num-1), sharded over torchrun ranks."""
     dist = distributed.setup(device)
     threads = torch.get_num_threads()
+    job = None
     try:
         with tf32(cfg.tf32):
             job = prepare(cfg, dist)
             result = draw(job, progress)
-        if dist.is_main and (cfg.npz or cfg.grid):
+        if dist.is_main and (cfg.npz or cfg.grid or (job.out / NPZ).is_file() and result.new):
             write_extras(job, result)
         distributed.barrier()
         return result
     finally:
+        if job is not None and job.lock is not None:
+            job.lock.release()
         torch.set_num_threads(threads)
         distributed.teardown(dist)
 
@@ -80,6 +85,7 @@ class SampleJob:
     out: Path
     names: list[Path]  # the PNG of every index
     mine: list[int]  # the missing indices this rank draws
+    lock: FolderLock | None = None  # held by rank 0 while drawing
 
 
 def prepare(cfg: SampleConfig, dist: distributed.Dist) -> SampleJob:
@@ -120,18 +126,46 @@ def prepare(cfg: SampleConfig, dist: distributed.Dist) -> SampleJob:
     settings["ckpt"] = str(loaded.weights.resolve())  # images from another checkpoint must not share the folder
     if guide is not None:
         settings["guidance_model"] = str(guide.weights.resolve())
-    _check_folder(out, settings)
-    width = max(6, len(str(cfg.num - 1)))
-    names = [out / f"{i:0{width}d}.png" for i in range(cfg.num)]
-    all_labels, _ = labels_and_noise(cfg.seed, list(range(cfg.num)), (0,), max(tcfg.num_classes, 1), cfg.class_labels)
-    todo = [i for i in range(cfg.num) if not names[i].is_file()]
-    distributed.barrier()  # every rank has listed the folder before any rank writes to it
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(out / SETTINGS_FILE, settings)
-        atomic.write_text(out / "labels.csv", "index,label\n" + "".join(f"{i},{int(v)}\n" for i, v in enumerate(all_labels)))
-    distributed.barrier()
-    return SampleJob(cfg, dist, loaded, fn, vae, out, names, todo[dist.rank :: dist.world_size])
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; pass a folder")
+    lock = lock_on_rank0(out, "sit sample")
+    try:
+        _check_folder(out, settings, cfg.num)
+        width = max(6, len(str(cfg.num - 1)))
+        names = [out / f"{i:0{width}d}.png" for i in range(cfg.num)]
+        all_labels, _ = labels_and_noise(cfg.seed, list(range(cfg.num)), (0,), max(tcfg.num_classes, 1), cfg.class_labels)
+        side = None if vae is not None else tcfg.input_size  # a VAE's output size is its own
+        mode = "RGB" if vae is not None or tcfg.in_channels == 3 else "L"
+        todo = [i for i in range(cfg.num) if not is_finished(names[i], side, mode)]
+        redo = sum(names[i].exists() for i in todo)
+        if redo and dist.is_main:
+            print(f"note: {redo} PNG(s) in {out} are not whole {side}x{side} {mode} images; drawing them again")
+        distributed.barrier()  # every rank has listed the folder before any rank writes to it
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(out / SETTINGS_FILE, settings)
+            atomic.write_text(out / "labels.csv", "index,label\n" + "".join(f"{i},{int(v)}\n" for i, v in enumerate(all_labels)))
+        distributed.barrier()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return SampleJob(cfg, dist, loaded, fn, vae, out, names, todo[dist.rank :: dist.world_size], lock)
+
+
+def is_finished(path: Path, side: int | None, mode: str) -> bool:
+    """Whether ``path`` is a whole PNG of the expected size and mode: its header and its final IEND chunk
+    are read, not its pixels, so checking a folder of 50,000 images takes seconds."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            fits = image.format == "PNG" and image.mode == mode and (side is None or image.size == (side, side))
+        with open(path, "rb") as f:
+            f.seek(-12, 2)
+            return fits and f.read(12)[4:8] == b"IEND"
+    except (OSError, ValueError, SyntaxError):  # missing, empty, not an image (PIL raises OSError subclasses)
+        return False
 
 
 def draw(job: SampleJob, progress: bool = True) -> SampleResult:
@@ -176,8 +210,8 @@ def write_extras(job: SampleJob, result: SampleResult) -> None:
     images = np.stack([np.asarray(read_png(p)) for p in job.names])
     if images.ndim == 3:
         images = images[..., None]
-    if job.cfg.npz:
-        result.npz = job.out / "samples.npz"
+    if job.cfg.npz or (job.out / NPZ).is_file():
+        result.npz = job.out / NPZ
         rgb = images if images.shape[-1] == 3 else np.repeat(images, 3, axis=-1)
         atomic.save_npz(result.npz, arr_0=rgb)
     if job.cfg.grid:
@@ -238,7 +272,7 @@ def _default_out(ckpt: str) -> Path:
     return path / "samples" if runs.is_run(path) else path.with_suffix("").parent / f"{path.stem}-samples"
 
 
-def _check_folder(out: Path, settings: dict) -> None:
+def _check_folder(out: Path, settings: dict, num: int) -> None:
     saved_path = out / SETTINGS_FILE
     if saved_path.is_file():
         saved = SampleConfig.recorded_before(json.loads(saved_path.read_text()))
@@ -249,5 +283,15 @@ def _check_folder(out: Path, settings: dict) -> None:
             raise InputError(f"{out} holds samples drawn with {flag}; pass {flag} to add to it, or pick a new --out")
         if changed:
             raise InputError(f"{out} holds samples drawn with other settings ({', '.join(changed)} differ); pick a new --out")
-    elif out.is_dir() and any(out.iterdir()):
+        held = _held(out)
+        if held > num:  # fewer would leave PNGs (and samples.npz) that labels.csv no longer lists
+            raise InputError(f"{out} holds {held} samples; pass --num {held} or more to finish or extend it, or pick a new --out")
+    elif out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         raise InputError(f"--out {out} exists, is not empty and holds no {SETTINGS_FILE}; pick a new --out")
+
+
+def _held(out: Path) -> int:
+    """How many samples a folder describes: the rows of labels.csv, or one past its highest PNG index."""
+    rows = (out / "labels.csv").read_text().splitlines()[1:] if (out / "labels.csv").is_file() else []
+    indices = [int(p.stem) for p in out.glob("*.png") if p.stem.isdigit()]
+    return max(len(rows), max(indices, default=-1) + 1)

@@ -52,7 +52,8 @@ def _child(tool: str, folder: str, weights: str, out: str, batch_size: int, num_
         from sitcli.evaluate import evaluate
 
         result = evaluate(folder, save_stats=out, inception_weights=weights, batch_size=batch_size,
-                          num_workers=num_workers, device=device, fast=tool == "sit --fast")
+                          num_workers=num_workers, device=device, fast=tool == "sit --fast",
+                          overwrite=True)  # repeats replace the same temporary file
         count = result["inputs"]["A"]["num_images"]
     else:
         from unittest import mock

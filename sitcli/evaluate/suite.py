@@ -203,6 +203,7 @@ def evaluate(
     tf32: bool = False,
     dinov2: str | Path | None = None,
     progress: ProgressFn | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Compare a reference set ``a`` with a sample set ``b`` (the order of the ADM evaluator).
 
@@ -230,7 +231,7 @@ def evaluate(
     moved by ~1e-3); off by default: true float32, the same on every GPU (``runtime.tf32``).
 
     ``save_stats`` writes ``a``'s statistics (``mu``, ``sigma``, ``mu_s``, ``sigma_s``) for reuse;
-    ``b`` may then be omitted. Every image input is read once, and only the features a metric
+    ``b`` may then be omitted; an existing file is refused unless ``overwrite``. Every image input is read once, and only the features a metric
     needs are kept: mean and covariance stream in float64; pool features are held (N x 2048
     float32) only for ``pr`` and ``kid``.
 
@@ -256,6 +257,8 @@ def evaluate(
     # pytorch-fid recognises a statistics file by its .npz suffix only.
     if save_stats is not None and Path(save_stats).suffix.lower() != ".npz":
         raise InputError(f"--save-stats {save_stats}: name the file *.npz")
+    if save_stats is not None:
+        inputs.check_destination(save_stats, overwrite, "--save-stats")
 
     sources = {"A": inputs.open_source(a)}
     if b is not None:

@@ -42,11 +42,12 @@ def read_sit(path: Path, num_heads: int | None = None) -> Checkpoint:
         weights, files = {weight_set: _load(path)}, {weight_set: str(path)}
         run = path.parents[2] if len(path.parents) > 2 and runs.is_run(path.parents[2]) else None
     elif runs.is_run(path):
-        folder, run = runs.latest_checkpoint(path), path
-        if folder is None:
-            raise InputError(f"run {path} has no complete checkpoint yet; wait for one (--ckpt-every) or train longer")
+        folder, run = _newest_intact(path), path
     else:
         folder, run = path, path.parent.parent if runs.is_run(path.parent.parent) else None
+        problem = runs.checkpoint_problem(path) if path.name.isdigit() and run is not None else None
+        if problem is not None:
+            raise InputError(f"checkpoint {path} is damaged ({problem}); pass another checkpoint of {run}")
     if folder is not None:
         names = [name for name in runs.WEIGHT_FILES if (folder / name).is_file()]
         weights = {name.split(".")[0]: _load(folder / name) for name in names}
@@ -69,6 +70,19 @@ def read_sit(path: Path, num_heads: int | None = None) -> Checkpoint:
     extra = {k: config[k] for k in ("vae", "latent_scale", "image_size") if config.get(k) is not None}
     return Checkpoint(weights, arch, kind, transport, source=f"{path} (sit)", format="sit", extra=extra,
                       transport_assumed=run is None, run_config=config if run is not None else None, files=files)
+
+
+def _newest_intact(run: Path) -> Path:
+    """The newest checkpoint of ``run``, refused when it is damaged: images from an older one would differ
+    from what the user asked for, so the message names the newest intact one instead of taking it."""
+    folder, damaged = runs.newest_checkpoint(run)
+    if damaged:
+        path, problem = damaged[0]
+        older = f"sample the newest intact one with --ckpt {folder}" if folder else "no older checkpoint is intact"
+        raise InputError(f"the newest checkpoint of {run}, {path}, is damaged ({problem}); {older}")
+    if folder is None:
+        raise InputError(f"run {run} has no complete checkpoint yet; wait for one (--ckpt-every) or train longer")
+    return folder
 
 
 def run_config(ckpt: Checkpoint, source: str) -> dict[str, Any]:

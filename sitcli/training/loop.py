@@ -50,10 +50,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     """
     dist = distributed.setup(device)
     threads = torch.get_num_threads()
+    prepared = None
     try:
         with tf32(cfg.tf32):
-            return run_loop(prepare(cfg, resume, dist), progress)
+            prepared = prepare(cfg, resume, dist)
+            return run_loop(prepared, progress)
     finally:
+        if prepared is not None and prepared.lock is not None:
+            prepared.lock.release()
         torch.set_num_threads(threads)
         distributed.teardown(dist)
 
@@ -65,7 +69,7 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
     precision = autocast(dist.device, cfg.precision)
     stop = StopRequest()
     log = TrainLog(p.run, cfg.steps, dist.is_main, progress, start=p.step, log_every=cfg.log_every,
-                   terms=tuple(term.name for term in p.terms), loggers=p.loggers or ())
+                   terms=tuple(term.name for term in p.terms), loggers=p.loggers or (), window=p.log_window)
     last_ckpt = p.latest
     with stop, log:
         while p.step < cfg.steps:
@@ -90,13 +94,13 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
 
             log.step(p.step, losses, x.shape[0] * dist.world_size, grad_norm, p.opt.param_groups[0]["lr"])
             if p.step % cfg.ckpt_every == 0 or p.step == cfg.steps:
-                last_ckpt = save(p)
+                last_ckpt = save(p, log)
             if p.preview is not None and p.step % cfg.sample_every == 0:
                 log.image(p.step, "ema_samples", p.preview.save(p.ema, p.step))
             if p.evaluation is not None and p.evaluation.due(p.step):
                 log.evaluation(p.step, p.evaluation.run(p.ema, p.step))
             if stop_votes > 0:
-                last_ckpt = save(p)
+                last_ckpt = save(p, log)
                 return TrainResult(p.run, p.step, last_ckpt, interrupted=True, is_main=dist.is_main)
         if p.preview is not None and p.step % cfg.sample_every and p.step == cfg.steps:
             log.image(p.step, "ema_samples", p.preview.save(p.ema, p.step))
@@ -151,8 +155,9 @@ def gradient_norm(parameters) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
-def save(p: Prepared) -> Path:
-    """A checkpoint of step ``p.step`` (written by rank 0, with every rank's RNG state)."""
+def save(p: Prepared, log: TrainLog | None = None) -> Path:
+    """A checkpoint of step ``p.step`` (written by rank 0, with every rank's RNG state, the data size and
+    the steps ``log`` has not yet written a row for, so that a resumed run logs the rows of a straight one)."""
     rng = distributed.all_gather_objects(rng_state(p.noise, p.dist))
     path = None
     if p.dist.is_main:
@@ -161,7 +166,8 @@ def save(p: Prepared) -> Path:
         epoch, batch = divmod(p.step, len(p.dataset) // p.cfg.batch_size)
         path = runs.save_checkpoint(p.run, p.step, p.model.state_dict(), p.ema.state_dict(), opt_state, rng_tensors,
                                     {"step": p.step, "epoch": epoch, "batch_in_epoch": batch,
-                                     "world_size": p.dist.world_size})
+                                     "world_size": p.dist.world_size, "data_size": len(p.dataset),
+                                     "log_window": log.window() if log is not None else None})
     distributed.barrier()
     return path or p.run / runs.CHECKPOINTS / f"{p.step:07d}"
 

@@ -8,6 +8,7 @@ them from the newest checkpoint when resuming.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sitcli import atomic, distributed, runs
 from sitcli.config import EXTERNAL, RESUMABLE, TrainConfig
 from sitcli.data import DIGITS, batches, check_batch_size, is_latent_cache, open_dataset
 from sitcli.errors import InputError
+from sitcli.locks import LOCK, FolderLock, lock_on_rank0
 from sitcli.runtime import check_precision
 from sitcli.training.loggers import Logger, check_log, open_loggers
 from sitcli.training.losses import LossTerm, loss_terms
@@ -49,6 +51,11 @@ class Prepared:
     preview: TrainingPreview | None
     evaluation: object | None = None  # training.evaluation.TrainingEval when --eval-every is set
     loggers: list[Logger] | None = None  # besides log.csv (rank 0)
+    log_window: dict | None = None  # the resumed checkpoint's steps since its last log.csv row
+    lock: FolderLock | None = None  # held by rank 0 until the run ends
+
+
+DATA_FIELDS = ("num_classes", "in_channels", "input_size")  # what the data decides about the model
 
 
 def resume_config(run: str | Path, given: dict | None = None) -> TrainConfig:
@@ -85,14 +92,26 @@ def config_from_flags(flags: dict, resume: str | None = None) -> TrainConfig:
 
 
 def check_out(cfg: TrainConfig, resume: bool) -> Path | None:
-    """The checkpoint to resume from (None for a new run); refuses anything that would overwrite."""
+    """The checkpoint to resume from (None for a new run); refuses anything that would overwrite.
+
+    Resuming takes the newest checkpoint whose files all verify (``runs.checkpoint_problem``): a
+    damaged newer one is named in a note, and its steps are trained again, to the same weights, since
+    training is deterministic; when no checkpoint verifies, the resume is refused.
+    """
     run = Path(cfg.out)
     if resume:
         if not runs.is_run(run):
             raise InputError(f"--resume {run}: not a sit run (no config.json); pass the folder `sit train --out` created")
-        latest = runs.latest_checkpoint(run)
+        latest, damaged = runs.newest_checkpoint(run)
+        if latest is None and damaged:
+            path, problem = damaged[0]
+            raise InputError(f"--resume {run}: checkpoint {path} is damaged ({problem}) and no older one is intact; "
+                             f"start the run again with a new --out")
         if latest is None:
             raise InputError(f"--resume {run}: the run has no complete checkpoint yet; start it again with a new --out")
+        for path, problem in damaged if distributed.is_main() else ():
+            print(f"note: checkpoint {path} is damaged ({problem}); resuming from {latest}, the newest intact one "
+                  f"(its later steps are trained again and the damaged checkpoint replaced)")
         done = int(latest.name)
         if done >= cfg.steps:
             raise InputError(f"--resume {run}: the run already finished at step {done}; pass --steps N with N > {done} to train further")
@@ -100,9 +119,25 @@ def check_out(cfg: TrainConfig, resume: bool) -> Path | None:
     if runs.is_run(run):
         raise InputError(f"{run} is already a run; continue it with --resume {run}, or pick a new --out")
     atomic.check_can_create(run, "--out")
-    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+    if run.exists() and (not run.is_dir() or any(p.name != LOCK for p in run.iterdir())):
         raise InputError(f"--out {run} exists and is not an empty folder; pick a new --out")
     return None
+
+
+def check_resumed_data(cfg: TrainConfig, saved: dict, dataset, latest: Path) -> None:
+    """A resumed run's data must give the model it was trained with; a change of size changes the data order."""
+    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in DATA_FIELDS if saved[k] != getattr(cfg, k)]
+    if changed:
+        raise InputError(f"--resume {cfg.out}: the data {cfg.data} no longer matches the run ({', '.join(changed)}); "
+                         f"restore the data the run was trained on, or train a new run with --out")
+    state = json.loads((latest / "state.json").read_text())
+    size = state.get("data_size")
+    if size is None and state.get("epoch"):  # checkpoints written before data_size: batches per epoch tell
+        per_epoch = (state["step"] - state["batch_in_epoch"]) // state["epoch"]
+        size = None if per_epoch == len(dataset) // cfg.batch_size else f"about {per_epoch * cfg.batch_size}"
+    if size is not None and size != len(dataset) and distributed.is_main():
+        print(f"warning: {cfg.data} now holds {len(dataset)} images, the run was trained on {size}: the data order "
+              f"changed, so the resumed run is not the one an uninterrupted run would have trained")
 
 
 def open_data(cfg: TrainConfig, device: torch.device):
@@ -133,44 +168,53 @@ def open_data(cfg: TrainConfig, device: torch.device):
 
 
 def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
-    """Check, write config.json, and build (or restore) everything the loop steps."""
+    """Check, lock the run folder, build (or restore) everything the loop steps, then write config.json."""
     apply_presets(cfg)
     cfg.check()
     check_precision(cfg.precision, dist.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run = Path(cfg.out)
+    saved = {k: getattr(cfg, k) for k in DATA_FIELDS}
     dataset, vae = open_data(cfg, dist.device)
     encoders = open_encoders(cfg, dataset, dist.device)
-    latest = check_out(cfg, resume)
-    check_log(cfg.log)
-    evaluation = None
-    if cfg.eval_every:
-        from sitcli.training.evaluation import TrainingEval
+    lock = lock_on_rank0(run, "sit train")
+    try:
+        latest = check_out(cfg, resume)
+        if latest is not None:
+            check_resumed_data(cfg, saved, dataset, latest)
+        check_log(cfg.log)
+        evaluation = None
+        if cfg.eval_every:
+            from sitcli.training.evaluation import TrainingEval
 
-        evaluation = TrainingEval(cfg, dist, vae)  # reads the reference statistics and Inception weights
-    distributed.barrier()  # every rank has checked the folder before rank 0 creates it
-    if dist.is_main:
-        runs.write_config(run, cfg.to_dict())
+            evaluation = TrainingEval(cfg, dist, vae)  # reads the reference statistics and Inception weights
 
-    # Model and optimiser: same init on every rank; after that each rank has its own RNG streams.
-    torch.manual_seed(cfg.seed)
-    model = cfg.build_model(tuple(e.width for e in encoders)).to(dist.device)
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    model.grad_checkpointing = cfg.grad_checkpointing
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=cfg.fused_adamw or None)  # None: torch's default implementation
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    rank_seed = cfg.seed * dist.world_size + dist.rank
-    torch.manual_seed(rank_seed)  # the model's label dropout draws from the global RNG
-    noise = torch.Generator(dist.device).manual_seed(rank_seed)
-    step = 0
-    if latest is not None:
-        step = _restore(latest, model, ema, opt, scaler, noise, cfg, dist)
+        # Model and optimiser: same init on every rank; after that each rank has its own RNG streams.
+        torch.manual_seed(cfg.seed)
+        model = cfg.build_model(tuple(e.width for e in encoders)).to(dist.device)
+        ema = copy.deepcopy(model).requires_grad_(False).eval()
+        model.grad_checkpointing = cfg.grad_checkpointing
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                fused=cfg.fused_adamw or None)  # None: torch's default implementation
+        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        rank_seed = cfg.seed * dist.world_size + dist.rank
+        torch.manual_seed(rank_seed)  # the model's label dropout draws from the global RNG
+        noise = torch.Generator(dist.device).manual_seed(rank_seed)
+        step, log_window = 0, None
+        if latest is not None:  # restored before config.json changes: a resume that cannot load rewrites nothing
+            step, log_window = _restore(latest, model, ema, opt, scaler, noise, cfg, dist)
+        distributed.barrier()  # every rank has checked the folder (and loaded its checkpoint) before rank 0 writes
         if dist.is_main:
-            truncate_log(run / "log.csv", step)
-            truncate_log(run / EVAL_LOG, step)
-            write_best(run)
+            runs.write_config(run, cfg.to_dict())
+            if latest is not None:
+                truncate_log(run / "log.csv", step)
+                truncate_log(run / EVAL_LOG, step)
+                write_best(run)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
 
     net = model
     if dist.active:
@@ -187,7 +231,7 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
         print(note)
     loggers = open_loggers(cfg.log, run, cfg.to_dict()) if dist.is_main else []
     return Prepared(cfg, run, dist, dataset, data, vae, model, net, ema, opt, scaler, noise, transport,
-                    terms, step, latest, preview, evaluation, loggers)
+                    terms, step, latest, preview, evaluation, loggers, log_window, lock)
 
 
 def open_encoders(cfg: TrainConfig, dataset, device: torch.device) -> list:
@@ -202,15 +246,20 @@ def open_encoders(cfg: TrainConfig, dataset, device: torch.device) -> list:
     return [load_encoder(path).to(device) for path in cfg.repa_encoder]
 
 
-def _restore(latest: Path, model, ema, opt, scaler, noise: torch.Generator, cfg: TrainConfig, dist) -> int:
-    """Load weights, optimiser and RNG state from a checkpoint folder; returns its step."""
+def _restore(latest: Path, model, ema, opt, scaler, noise: torch.Generator, cfg: TrainConfig, dist) -> tuple[int, dict | None]:
+    """Load weights, optimiser and RNG state from a checkpoint folder; returns its step and log window."""
     state = runs.load_checkpoint(latest, dist.device)
-    model.load_state_dict(state["model"])
-    ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["optimizer"]["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"]["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()
+        raise InputError(f"--resume {cfg.out}: checkpoint {latest} does not fit the model config.json describes "
+                         f"({first}); the run folder was changed by hand or comes from another version") from None
     for group in opt.param_groups:  # --lr may have been changed for the resumed run
         group["lr"] = cfg.lr
     if scaler is not None and state["optimizer"].get("scaler"):
         scaler.load_state_dict(state["optimizer"]["scaler"])
     restore_rng_state(state["rng"], noise, dist)
-    return state["state"]["step"]
+    return state["state"]["step"], state["state"].get("log_window")

@@ -32,17 +32,23 @@ def log_columns(terms: list[str]) -> tuple[str, ...]:
 
 class TrainLog:
     """Progress bar every step; a ``log.csv`` row (means since the last row) every ``log_every`` steps,
-    sent to every logger of ``loggers`` (``training.loggers``) too."""
+    sent to every logger of ``loggers`` (``training.loggers``) too.
+
+    A checkpoint keeps the steps since the last row (``window``) and a resumed run starts from them, so
+    its rows are the ones of an uninterrupted run in every column but the timing ones (``TIMING_COLUMNS``).
+    """
 
     def __init__(self, run: Path, total: int, is_main: bool, progress: bool, start: int = 0, log_every: int = 100,
-                 terms: tuple[str, ...] = ("regression",), loggers: list | tuple = ()):
+                 terms: tuple[str, ...] = ("regression",), loggers: list | tuple = (), window: dict | None = None):
         self.path = Path(run) / "log.csv"
         self.is_main, self.total, self.log_every = is_main, total, log_every
         self.loggers = list(loggers)
         # A resumed run keeps the columns its log.csv began with (one written before a column existed too).
         self.columns = _header(self.path) if is_main and self.path.is_file() else log_columns(list(terms))
-        self.losses: list[list[float]] = []
-        self.grad_norms: list[torch.Tensor] = []
+        window = window or {}
+        self.losses: list[list[float]] = [list(v) for v in window.get("losses", [])]
+        self.grad_norms: list[torch.Tensor | float] = list(window.get("grad_norms", []))  # floats: from a checkpoint
+        self.norm_dtype = getattr(torch, window.get("grad_norm_dtype", "float32"))
         self.lr = float("nan")
         self.images = 0
         self.window_start = time.perf_counter()
@@ -90,7 +96,7 @@ class TrainLog:
         self.bar.update(self.task, completed=step, loss=shown, speed=f"{steps_per_s:.2f} steps/s {images_per_s:.0f} img/s")
         if step % self.log_every == 0 or step == self.total:
             means = [sum(column) / len(column) for column in zip(*self.losses)]
-            grad_norm = float(torch.stack(self.grad_norms).float().mean()) if self.grad_norms else float("nan")
+            grad_norm = float(torch.stack(self._norms()).float().mean()) if self.grad_norms else float("nan")
             elapsed = self.elapsed_before + now - self.started
             values = {**dict(zip(("loss", *(c for c in self.columns if c.startswith("loss_"))), means)),
                       "grad_norm": grad_norm, "lr": self.lr, "steps_per_s": steps_per_s, "images_per_s": images_per_s,
@@ -105,6 +111,18 @@ class TrainLog:
             for logger in self.loggers:
                 logger.scalars(step, {("train/" + k if k.startswith("loss") or k in OPTIMISER_COLUMNS else "speed/" + k): v
                                       for k, v in values.items()})
+
+    def _norms(self) -> list[torch.Tensor]:
+        """The gradient norms of the window as tensors, those from a checkpoint on the device of the others."""
+        device = next((g.device for g in self.grad_norms if isinstance(g, torch.Tensor)), "cpu")
+        return [g if isinstance(g, torch.Tensor) else torch.tensor(g, dtype=self.norm_dtype, device=device)
+                for g in self.grad_norms]
+
+    def window(self) -> dict:
+        """The steps since the last row, for a checkpoint: per-step losses and gradient norms (exact in JSON)."""
+        norms = self._norms()
+        return {"losses": self.losses, "grad_norms": [float(g) for g in norms],
+                "grad_norm_dtype": str(norms[0].dtype).removeprefix("torch.") if norms else "float32"}
 
     def image(self, step: int, tag: str, path: Path | None) -> None:
         """An image the run wrote (an EMA sample grid) to every logger."""

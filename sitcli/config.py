@@ -19,6 +19,7 @@ from sitcli.models import SIZES, SiT_models
 from sitcli.runtime import PRECISIONS
 from sitcli.transport import LAST_STEPS, ODE_METHODS, SDE_METHODS, Transport
 from sitcli.transport.diffusion import check_diffusion_coefficient
+from sitcli.transport.meanflow import DOMAINS as MEANFLOW_DOMAINS
 from sitcli.transport.time_conventions import CONVENTIONS
 from sitcli.transport.time_grids import SPACINGS
 from sitcli.transport.time_sampling import DENSITY_PARAMS
@@ -51,6 +52,12 @@ class TrainConfig:
     logit_mean: float | None = None  # logit-normal's parameters (None: 0 and 1, recorded once chosen), sit's time
     logit_std: float | None = None
     mode_scale: float | None = None  # the mode density's (None: 1.29)
+    # Mean flows (transport.meanflow): the model learns the average velocity u(z, t, r) and samples in few jumps.
+    objective: str = "flow"  # "flow" (the interpolant's regression) or "meanflow"; the times come from time_density
+    meanflow_share: float = 0.25  # share of (t, r) pairs with r != t
+    meanflow_p: float = 1.0  # adaptive weight 1 / (mse + c)^p
+    meanflow_c: float = 1e-3
+    meanflow_omega: float = 1.0  # classifier-free guidance scale folded into the target (1: none)
     lr: float | None = None
     weight_decay: float = 0.0
     ema_decay: float | None = None
@@ -127,6 +134,7 @@ class TrainConfig:
                 raise InputError(f"--repa-depth {self.repa_depth} must name a block of {self.model}: 1..{depth}")
             if self.repa_weight < 0 or self.repa_projector_dim < 1:
                 raise InputError("--repa-weight must be >= 0 and --repa-projector-dim >= 1")
+        self._check_objective()
         transport = self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight / density
         for name, value in transport.time_density_params.items():  # config.json records the values used, not "default"
             setattr(self, name, value)
@@ -135,6 +143,31 @@ class TrainConfig:
                              "--eval-num of at least 2 and --eval-steps of at least 1")
         if self.eval_method not in ODE_METHODS:
             raise InputError(f"--eval-method {self.eval_method!r} is not an ODE method; choose one of {', '.join(ODE_METHODS)}")
+
+    def _check_objective(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"unknown --objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        given = {n: getattr(self, n) for n in MEANFLOW_DOMAINS}
+        if self.objective == "flow":
+            changed = [n for n, v in given.items() if v != _FIELD_DEFAULTS[n]]
+            if changed:
+                raise InputError(f"--{changed[0].replace('_', '-')} is a setting of mean flows: add --objective meanflow or drop it")
+            return
+        share, p, c, omega = (given[n] for n in MEANFLOW_DOMAINS)
+        for name, bad in (("meanflow_share", not 0 <= share <= 1), ("meanflow_p", not p >= 0),
+                          ("meanflow_c", not c > 0), ("meanflow_omega", not omega >= 1)):
+            if bad:
+                raise InputError(f"--{name.replace('_', '-')} {given[name]} is out of range: pass {MEANFLOW_DOMAINS[name]}")
+        why = {"prediction": (self.prediction != "velocity", "the model predicts the average velocity: drop --prediction"),
+               "interpolant": (self.interpolant not in ("linear", "gvp"), "jumps reach t = 1, where VP's sigma'_t is "
+                               "infinite: use --interpolant linear or gvp"),
+               "num_timesteps": (self.num_timesteps is not None, "the jumps need continuous time: drop --num-timesteps"),
+               "loss_weight": (self.loss_weight is not None, "the adaptive weight (--meanflow-p, --meanflow-c) "
+                               "replaces it: drop --loss-weight"),
+               "repa_encoder": (bool(self.repa_encoder), "the alignment term is not combined with it yet: drop --repa-encoder")}
+        for name, (bad, message) in why.items():
+            if bad:
+                raise InputError(f"--objective meanflow: {message}")
 
     def transport(self) -> Transport:
         params = {k: getattr(self, k) for k in DENSITY_PARAMS if getattr(self, k) is not None}
@@ -148,8 +181,12 @@ class TrainConfig:
             input_size=self.input_size, in_channels=self.in_channels, num_classes=self.num_classes,
             class_dropout_prob=self.class_dropout_prob, learn_sigma=self.learn_sigma,
             projector_dims=projector_dims, projector_hidden=self.repa_projector_dim,
+            **({"mean_flow": True} if self.objective == "meanflow" else {}),
         )
 
+
+OBJECTIVES = ("flow", "meanflow")
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 # Settings that may change when a run is resumed; every other one is fixed by the run's config.json.
 # (lr and grad_clip so that a diverged run can go on from its last good checkpoint more gently.)

@@ -139,6 +139,9 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
         torch.set_num_threads(cfg.threads)
     run = Path(cfg.out)
     dataset, vae = open_data(cfg, dist.device)
+    if cfg.objective == "meanflow" and cfg.meanflow_omega != 1 and not (cfg.num_classes and cfg.class_dropout_prob > 0):
+        raise InputError("--meanflow-omega folds classifier-free guidance into the target, which needs class labels and "
+                         "--class-dropout-prob > 0 (the unconditional velocity is learnt from dropped labels)")
     encoders = open_encoders(cfg, dataset, dist.device)
     latest = check_out(cfg, resume)
     check_log(cfg.log)

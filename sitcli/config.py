@@ -17,7 +17,7 @@ from sitcli.data import DIGITS
 from sitcli.errors import InputError
 from sitcli.models import SIZES, SiT_models
 from sitcli.runtime import PRECISIONS
-from sitcli.transport import LAST_STEPS, ODE_METHODS, SDE_METHODS, Transport
+from sitcli.transport import LAST_STEPS, MEANFLOW_METHODS, ODE_METHODS, SDE_METHODS, Transport
 from sitcli.transport.diffusion import check_diffusion_coefficient
 from sitcli.transport.meanflow import DOMAINS as MEANFLOW_DOMAINS
 from sitcli.transport.time_conventions import CONVENTIONS
@@ -203,9 +203,9 @@ class SampleConfig:
     model: str | None = None  # checked against the architecture of ckpt when given
     src_format: str | None = None  # format of ckpt (sit convert's --from); None: detected
     ema: bool = True
-    sampler: str = "ode"
-    method: str | None = None  # ode: adams; sde: euler
-    steps: int | None = None  # ode: 50; sde: 250
+    sampler: str | None = "ode"  # ode, sde, or meanflow (a mean-flow model's jumps); None: meanflow for such a model, else ode
+    method: str | None = None  # ode: adams; sde: euler; meanflow: jump
+    steps: int | None = None  # ode: 50; sde: 250; meanflow: 1
     atol: float = 1e-6
     rtol: float = 1e-3
     w: str = "sigma"  # the SDE's diffusion coefficient w(t)
@@ -238,26 +238,48 @@ class SampleConfig:
     sample_eps: float | None = None
 
     def __post_init__(self):
-        if self.sampler not in ("ode", "sde"):
-            raise InputError(f"unknown sampler {self.sampler!r}; choose ode or sde")
-        self.method = self.method or ("adams" if self.sampler == "ode" else "euler")
-        self.steps = self.steps or (50 if self.sampler == "ode" else 250)
         self.cfg_interval = tuple(float(v) for v in self.cfg_interval)
         if self.num < 1 or self.batch_size < 1:
             raise InputError("--num and --batch-size must be at least 1")
         if self.precision not in PRECISIONS:
             raise InputError(f"unknown precision {self.precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
-        methods = list(ODE_METHODS if self.sampler == "ode" else SDE_METHODS)
+        if self.cfg_channels != "all" and not (str(self.cfg_channels).isdigit() and int(self.cfg_channels) > 0):
+            raise InputError(f"--cfg-channels {self.cfg_channels!r}: pass 'all' or a number of channels such as 3")
+        self._check_guidance()
+        if self.sampler is not None:  # None: chosen by the model (``for_model``)
+            self._check_sampler()
+
+    def for_model(self, mean_flow: bool) -> "SampleConfig":
+        """Choose the sampler the model calls for when none was given: the mean-flow jumps for a
+        mean-flow model, the ODE otherwise; refuse the jumps for a model without a second time."""
+        if self.sampler is None:
+            self.sampler = "meanflow" if mean_flow else "ode"
+            self._check_sampler()
+        elif self.sampler == "meanflow" and not mean_flow:
+            raise InputError("--sampler meanflow needs a mean-flow model (sit train --objective meanflow); "
+                             "this one predicts instantaneous velocities: use --sampler ode or sde")
+        return self
+
+    def _check_sampler(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        self.method = self.method or {"ode": "adams", "sde": "euler", "meanflow": "jump"}[self.sampler]
+        self.steps = self.steps or {"ode": 50, "sde": 250, "meanflow": 1}[self.sampler]
+        methods = list({"ode": ODE_METHODS, "sde": SDE_METHODS, "meanflow": MEANFLOW_METHODS}[self.sampler])
         if self.method not in methods:
-            raise InputError(f"unknown {self.sampler.upper()} method {self.method!r}; choose one of {', '.join(methods)}")
+            raise InputError(f"unknown {self.sampler} method {self.method!r}; choose one of {', '.join(methods)}")
         if self.sampler == "sde":
             self.w = check_diffusion_coefficient(self.w)
             if self.last_step not in LAST_STEPS:
                 raise InputError(f"unknown --last-step {self.last_step!r}; choose one of {', '.join(LAST_STEPS)}")
-        if self.cfg_channels != "all" and not (str(self.cfg_channels).isdigit() and int(self.cfg_channels) > 0):
-            raise InputError(f"--cfg-channels {self.cfg_channels!r}: pass 'all' or a number of channels such as 3")
+        if self.sampler == "meanflow":
+            defaults = {f.name: f.default for f in fields(SampleConfig)}
+            given = [n for n in MEANFLOW_UNUSED if getattr(self, n) != defaults[n]]
+            if given:
+                raise InputError(f"--{given[0].replace('_', '-')} does not apply to the mean-flow sampler (uniform "
+                                 "jumps, --steps of them): drop it, or pass --sampler ode or sde")
+            return
         self._check_time_grid()
-        self._check_guidance()
 
     def _check_time_grid(self) -> None:
         if self.spacing is not None and self.spacing not in SPACINGS:
@@ -309,7 +331,11 @@ FREE_SETTINGS = {"out", "num", "batch_size", "npz", "grid", "threads"}
 # What a sample.json written before a setting existed implies for it (the images were drawn that way).
 OLD_SAMPLE_DEFAULTS = {"tf32": False}
 # Settings a sampler never reads: an ODE folder's images do not depend on the SDE's w or last step.
-UNUSED_BY = {"ode": {"w", "w_norm", "last_step", "last_step_size"}, "sde": {"atol", "rtol"}}
+UNUSED_BY = {"ode": {"w", "w_norm", "last_step", "last_step_size"}, "sde": {"atol", "rtol"},
+             "meanflow": {"atol", "rtol", "w", "w_norm", "last_step", "last_step_size"}}
+SAMPLERS = ("ode", "sde", "meanflow")
+# Settings the mean-flow sampler has no use for: refused when given.
+MEANFLOW_UNUSED = ("atol", "rtol", "w", "w_norm", "last_step", "last_step_size", "spacing", "time_shift", "edm_rho")
 
 
 def field_names(cls) -> set[str]:

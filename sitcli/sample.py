@@ -27,7 +27,7 @@ from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
 from sitcli.loading import Loaded, load_model
 from sitcli.runtime import autocast_model, check_precision, tf32
 from sitcli.seeds import index_generator, labels_and_noise
-from sitcli.transport import sample_ode, sample_sde
+from sitcli.transport import sample_meanflow, sample_ode, sample_sde
 from sitcli.transport.time_conventions import interval_in_time
 
 SETTINGS_FILE = "sample.json"
@@ -86,6 +86,7 @@ def prepare(cfg: SampleConfig, dist: distributed.Dist) -> SampleJob:
     check_precision(cfg.precision, dist.device)
     loaded = load_model(cfg.ckpt, cfg.ema, cfg.src_format, cfg.model, **cfg.transport_overrides())
     tcfg = loaded.config
+    cfg.for_model(bool(loaded.checkpoint.arch.get("mean_flow")))
     if cfg.threads if cfg.threads is not None else tcfg.threads:
         torch.set_num_threads(cfg.threads if cfg.threads is not None else tcfg.threads)
     model = loaded.model.to(dist.device)
@@ -140,7 +141,9 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
             kwargs = {"y": y.to(dist.device) if tcfg.num_classes > 0 else None}
             began = time.perf_counter()
             x0 = x0.to(dist.device)
-            if cfg.sampler == "ode":
+            if cfg.sampler == "meanflow":
+                x, nfe = sample_meanflow(job.fn, x0, cfg.steps, model_kwargs=kwargs, interval=transport.sample_interval())
+            elif cfg.sampler == "ode":
                 x, nfe = sample_ode(transport, job.fn, x0, cfg.method, cfg.steps, cfg.atol, cfg.rtol, model_kwargs=kwargs,
                                     spacing=cfg.spacing, time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
             else:

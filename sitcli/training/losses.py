@@ -139,8 +139,8 @@ class MeanFlowLoss(LossTerm):
         """t <= r from the time density (r = t on a share 1 - ``share``), eps, then the label dropout."""
         t, r = meanflow.draw_times(transport.sample_time, x1.shape[0], self.share, x1.device, x1.dtype, generator)
         _, noise = transport.draw_time_and_noise(x1, generator, t=t)
-        embedder = self.model.y_embedder
-        if y is not None and self.model.training and embedder.dropout_prob > 0:
+        embedder = getattr(self.model, "y_embedder", None) if y is not None else None
+        if embedder is not None and self.model.training and embedder.dropout_prob > 0:
             y = embedder.token_drop(y)  # the global RNG, as the model's own dropout
         return StepInputs(t, noise, y, r, {"r": r, "drop_labels": False})
 

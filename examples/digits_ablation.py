@@ -4,7 +4,7 @@ Every configuration trains SiT-Ti/4 on scikit-learn's 8x8 digits for ``--steps``
 batch, learning rate), samples ``--num`` class-conditional digits and scores them two ways against
 the real digits:
 
-- accuracy: an RBF SVM trained on all real digits (``digits_accuracy.py``) classifies the samples;
+- accuracy: an RBF SVM trained on all real digits (``sitcli.evaluate.digits``) classifies the samples;
   the fraction given the label they were generated for. It asks "is this recognisably a 3?" and
   misses a lack of variety (a model that drew one perfect 3 for every 3 would score 100%).
 - FD: the Frechet distance between Gaussians fitted to the samples and to the real digits, on the
@@ -31,7 +31,9 @@ from scipy import linalg
 from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).parent))
-from digits_accuracy import classifier, load_samples  # noqa: E402
+from digits_quality import load_samples  # noqa: E402
+
+from sitcli.evaluate.digits import DigitsJudge  # noqa: E402
 
 # (interpolant, prediction): the paper's Table 1 axes at digits scale.
 TRAININGS = [("linear", "velocity"), ("gvp", "velocity"), ("vp", "velocity"), ("linear", "score"), ("linear", "noise")]
@@ -82,7 +84,7 @@ def main() -> None:
 
     digits = load_digits()
     x_real, y_real = digits.data, digits.target
-    svm = classifier(x_real, y_real)
+    svm = DigitsJudge.default().svm
     # Samples are compared with a fixed reference set of real digits; the floor is a set of other
     # real digits, as many as the samples, against the same reference (FD is biased by set size).
     order = np.random.default_rng(0).permutation(len(x_real))
@@ -97,6 +99,7 @@ def main() -> None:
             run(["sit", "sample", "--ckpt", str(folder), *flags, "--num", str(args.num), "--seed", "0",
                  "--class-labels", "0,1,2,3,4,5,6,7,8,9", "--threads", str(args.threads), "--out", str(samples)])
         x, y = load_samples(samples)
+        x = x.reshape(len(x), -1) * 16.0  # the real digits' grey levels 0..16
         accuracy = (svm.predict(x) == y).mean()
         rows.append((model, sampler, accuracy, frechet_distance(x[:n], reference)))
 

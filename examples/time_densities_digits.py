@@ -2,7 +2,7 @@
 
 Three measurements on SiT-Ti/4 trained on scikit-learn's 8x8 digits (``--steps`` steps each, seeds
 0 .. ``--seeds`` - 1, everything else the digits preset), scored as in ``digits_ablation.py``: the
-RBF-SVM accuracy of ``digits_accuracy.py`` and the raw-pixel Frechet distance (FD) against real digits.
+RBF-SVM accuracy of ``sitcli.evaluate.digits`` and the raw-pixel Frechet distance (FD) against real digits.
 
 1. Densities: one run per density (uniform, logit-normal(0, 1), mode(1.29)) and seed; ``--num``
    class-conditional samples with adams at 20 steps.
@@ -32,10 +32,10 @@ from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).parent))
 from digits_ablation import frechet_distance  # noqa: E402
-from digits_accuracy import classifier  # noqa: E402
 
 from sitcli import runs  # noqa: E402
 from sitcli.config import TrainConfig  # noqa: E402
+from sitcli.evaluate.digits import DigitsJudge  # noqa: E402
 from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance  # noqa: E402
 from sitcli.loading import load_model  # noqa: E402
 from sitcli.training import train  # noqa: E402
@@ -90,7 +90,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     digits = load_digits()
-    svm = classifier(digits.data, digits.target)
+    svm = DigitsJudge.default().svm  # an RBF SVM on all real digits' raw pixels (0..16)
     order = np.random.default_rng(0).permutation(len(digits.data))
     n = min(args.num, len(digits.data) // 2)
     reference = digits.data[order[n:]]

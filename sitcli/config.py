@@ -267,7 +267,7 @@ class SampleConfig:
         self.steps = self.steps or {"ode": 50, "sde": 250, "meanflow": 1}[self.sampler]
         methods = list({"ode": ODE_METHODS, "sde": SDE_METHODS, "meanflow": MEANFLOW_METHODS}[self.sampler])
         if self.method not in methods:
-            raise InputError(f"unknown {self.sampler} method {self.method!r}; choose one of {', '.join(methods)}")
+            raise InputError(f"unknown {self.sampler.upper()} method {self.method!r}; choose one of {', '.join(methods)}")
         if self.sampler == "sde":
             self.w = check_diffusion_coefficient(self.w)
             if self.last_step not in LAST_STEPS:

@@ -117,7 +117,7 @@ def test_sampling_a_mean_flow_run_jumps_once_by_default(run, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--atol", "1e-3"], "does not apply to the mean-flow sampler"),
     (["--sampler", "meanflow", "--spacing", "cosine"], "does not apply to the mean-flow sampler"),
-    (["--sampler", "meanflow", "--method", "adams"], "unknown meanflow method"),
+    (["--sampler", "meanflow", "--method", "adams"], "unknown MEANFLOW method"),
 ])
 def test_sampler_flags_that_do_not_apply_are_refused_before_writing(run, tmp_path, args, message):
     result = runner.invoke(app, ["sample", "--ckpt", str(run), "--out", str(tmp_path / "s"), *args])

@@ -14,12 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from sitcli.cli_choices import (METHOD_HELP, SAMPLE_PANELS, TRAIN_PANELS, listed as _listed, panels, W_HELP, Convention, DiffusionCoefficient, Interpolant, LastStep,
-                                LikelihoodMethod, LossWeight, Method, OdeMethod, Precision, Prediction, Sampler, Spacing,
+                                LikelihoodMethod, LossWeight, Method, Objective, OdeMethod, Precision, Prediction, Sampler, Spacing,
                                 TimeDensity, methods_by_kind, plain)
 from sitcli.cli_errors import console, user_errors
 from sitcli.errors import InputError
 from sitcli.runtime import PRECISIONS
-from sitcli.transport import INTERPOLANTS, LAST_STEPS, LIKELIHOOD_METHODS, LOSS_WEIGHTS, ODE_METHODS, PREDICTIONS, SDE_METHODS
+from sitcli.transport import INTERPOLANTS, LAST_STEPS, LIKELIHOOD_METHODS, LOSS_WEIGHTS, MEANFLOW_METHODS, ODE_METHODS, PREDICTIONS, SDE_METHODS
 from sitcli.transport.time_conventions import CONVENTIONS
 from sitcli.transport.time_grids import SPACINGS
 from sitcli.transport.time_sampling import TIME_DENSITIES
@@ -64,6 +64,11 @@ def train(
     logit_mean: float | None = typer.Option(None, "--logit-mean", help="logit-normal: mean m of logit(u) (default 0). A mean m in SD3's convention (t = 1 noise) is -m here."),
     logit_std: float | None = typer.Option(None, "--logit-std", help="logit-normal: std of logit(u) (default 1; REPA's and LightningDiT's lognormal is 0, 1)."),
     mode_scale: float | None = typer.Option(None, "--mode-scale", help="mode: SD3's scale c in [-1, 1.75] (default 1.29; 0 is uniform)."),
+    objective: Objective | None = typer.Option(None, "--objective", case_sensitive=False, help="flow: the interpolant's regression (default); meanflow: Mean Flows (Geng et al. 2025), the average velocity u(z, t, r) for one-step sampling, its target from one JVP (linear or gvp, velocity, continuous time; t and r from --time-density, the paper's is --time-density logit-normal --logit-mean 0.4 in sit's time)."),
+    meanflow_share: float | None = typer.Option(None, "--meanflow-share", help="meanflow: share of (t, r) pairs with r != t, in [0, 1] (default 0.25, the paper's)."),
+    meanflow_p: float | None = typer.Option(None, "--meanflow-p", help="meanflow: power p >= 0 of the adaptive weight 1 / (mse + c)^p (default 1; 0 is the plain squared error)."),
+    meanflow_c: float | None = typer.Option(None, "--meanflow-c", help="meanflow: c > 0 of the adaptive weight (default 1e-3)."),
+    meanflow_omega: float | None = typer.Option(None, "--meanflow-omega", help="meanflow: classifier-free guidance scale omega >= 1 folded into the target, sampled with one evaluation (default 1: none; needs labels and --class-dropout-prob > 0)."),
     lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-4; 1e-3 on digits)."),
     weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0)."),
     ema_decay: float | None = typer.Option(None, "--ema-decay", help="EMA decay per step (default 0.9999; 0.995 on digits)."),
@@ -128,9 +133,9 @@ def sample(
     model: str | None = typer.Option(None, "--model", help="Check that --ckpt holds this architecture, e.g. SiT-XL/2 (it is read from the weights' shapes)."),
     src_format: str | None = typer.Option(None, "--from", help="Format of --ckpt where it cannot be told: official (SiT .pt) | dit | diffusers | sit (default: detected, as in `sit convert`)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights (default) or the raw ones."),
-    sampler: Sampler = typer.Option("ode", "--sampler", case_sensitive=False, help="ode | sde: the probability-flow ODE, or the SDE with diffusion coefficient --w."),
+    sampler: Sampler | None = typer.Option(None, "--sampler", case_sensitive=False, help="ode | sde | meanflow: the probability-flow ODE, the SDE with diffusion coefficient --w, or a mean-flow model's jumps (its default; --steps 1 is one-step generation). Default: meanflow for a mean-flow run, else ode (a mean-flow model's u(z, t, t) is its velocity, so ode and sde run it too)."),
     method: Method | None = typer.Option(None, "--method", case_sensitive=False, help=METHOD_HELP),
-    steps: int | None = typer.Option(None, "--steps", help="Steps of a fixed-grid solver (default 50 ODE, 250 SDE)."),
+    steps: int | None = typer.Option(None, "--steps", help="Steps of a fixed-grid solver (default 50 ODE, 250 SDE), or mean-flow jumps (default 1)."),
     atol: float = typer.Option(1e-6, "--atol", help="Absolute tolerance of adaptive ODE solvers."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of adaptive ODE solvers."),
     w: DiffusionCoefficient = typer.Option("sigma", "--w", case_sensitive=False, help=W_HELP + " Default sigma."),
@@ -366,13 +371,10 @@ def methods() -> None:
     """List the sampler methods with their model evaluations (NFE) per step and time grid."""
     from rich.table import Table
 
-    table = Table(title="sit sample --method")
-    for column in ("sampler", "method", "NFE per step", "what it is"):
-        table.add_column(column)
-    for m in ODE_METHODS.values():
-        table.add_row("ode", m.name, str(m.nfe_per_step or "adaptive"), m.summary)
-    for m in SDE_METHODS.values():
-        table.add_row("sde", m.name, str(m.nfe_per_step), m.summary + ", uniform grid")
+    table = Table("sampler", "method", "NFE per step", "what it is", title="sit sample --method")
+    for sampler, registry, grid in (("ode", ODE_METHODS, ""), ("sde", SDE_METHODS, ", uniform grid"), ("meanflow", MEANFLOW_METHODS, "")):
+        for m in registry.values():
+            table.add_row(sampler, m.name, str(m.nfe_per_step or "adaptive"), m.summary + grid)
     Console().print(table)
 
 

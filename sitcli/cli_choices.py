@@ -13,7 +13,7 @@ from typing import Callable
 
 from sitcli.runtime import PRECISIONS
 from sitcli.transport import (DIFFUSION_COEFFICIENTS, INTERPOLANTS, LAST_STEPS, LIKELIHOOD_METHODS, LOSS_WEIGHTS,
-                              ODE_METHODS, PREDICTIONS, SDE_METHODS)
+                              MEANFLOW_METHODS, ODE_METHODS, PREDICTIONS, SDE_METHODS)
 from sitcli.transport.time_conventions import CONVENTIONS
 from sitcli.transport.time_grids import SPACINGS
 from sitcli.transport.time_sampling import TIME_DENSITIES
@@ -27,8 +27,9 @@ def choices(name: str, *registries) -> type[enum.Enum]:
 
 Interpolant, Prediction, LossWeight = (choices(n, r) for n, r in (
     ("Interpolant", INTERPOLANTS), ("Prediction", PREDICTIONS), ("LossWeight", LOSS_WEIGHTS)))
-Precision, Sampler, OdeMethod = choices("Precision", PRECISIONS), choices("Sampler", ("ode", "sde")), choices("OdeMethod", ODE_METHODS)
-Method, LikelihoodMethod = choices("Method", ODE_METHODS, SDE_METHODS), choices("LikelihoodMethod", LIKELIHOOD_METHODS)
+Precision, Sampler, OdeMethod = choices("Precision", PRECISIONS), choices("Sampler", ("ode", "sde", "meanflow")), choices("OdeMethod", ODE_METHODS)
+Method, LikelihoodMethod = choices("Method", ODE_METHODS, SDE_METHODS, MEANFLOW_METHODS), choices("LikelihoodMethod", LIKELIHOOD_METHODS)
+Objective = choices("Objective", ("flow", "meanflow"))
 DiffusionCoefficient, LastStep = choices("DiffusionCoefficient", DIFFUSION_COEFFICIENTS), choices("LastStep", LAST_STEPS)
 
 
@@ -36,7 +37,7 @@ TimeDensity, Spacing, Convention = (choices(n, r) for n, r in (
     ("TimeDensity", TIME_DENSITIES), ("Spacing", SPACINGS), ("Convention", CONVENTIONS)))
 
 
-CHOICE_TYPES = {t.__name__ for t in (Interpolant, Prediction, LossWeight, Precision, Sampler, OdeMethod, Method,
+CHOICE_TYPES = {t.__name__ for t in (Interpolant, Prediction, LossWeight, Precision, Sampler, OdeMethod, Method, Objective,
                                      LikelihoodMethod, DiffusionCoefficient, LastStep, TimeDensity, Spacing, Convention)}
 
 
@@ -60,7 +61,8 @@ def methods_by_kind(names) -> str:
     return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0]
 
 
-METHOD_HELP = (f"ODE: {methods_by_kind(ODE_METHODS)}, default adams; SDE: {'|'.join(SDE_METHODS)}, default euler. "
+METHOD_HELP = (f"ODE: {methods_by_kind(ODE_METHODS)}, default adams; SDE: {'|'.join(SDE_METHODS)}, default euler; "
+               f"meanflow: {'|'.join(MEANFLOW_METHODS)}. "
                "`sit methods` lists each with its order and NFE per step.")
 W_HELP = (f"The SDE's diffusion coefficient w(t) in dX = \\[v + w s] dt + sqrt(2 w) dW: {listed(DIFFUSION_COEFFICIENTS)}. "
           "The official code's --diffusion-form; the SiT paper's w_t is 2 w(t).")
@@ -87,6 +89,7 @@ TRAIN_PANELS = dict(
     Model=("model", "class_dropout_prob", "grad_checkpointing"),
     Transport=("interpolant", "prediction", "loss_weight", "train_eps", "sample_eps", "num_timesteps", "time_density",
                "logit_mean", "logit_std", "mode_scale"),
+    Mean_flows=("objective", "meanflow_share", "meanflow_p", "meanflow_c", "meanflow_omega"),
     Optimisation=("lr", "weight_decay", "ema_decay", "batch_size", "steps", "epochs", "grad_clip", "fused_adamw"),
     Representation_alignment=("repa_encoder", "repa_depth", "repa_weight", "repa_projector_dim"),
     Logs_checkpoints_and_evaluation=("log", "log_every", "ckpt_every", "sample_every", "eval_every", "eval_num", "eval_ref",

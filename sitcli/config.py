@@ -18,7 +18,7 @@ from sitcli.data import DIGITS
 from sitcli.errors import InputError
 from sitcli.models import SIZES, SiT_models
 from sitcli.runtime import PRECISIONS
-from sitcli.transport import LAST_STEPS, ODE_METHODS, SDE_METHODS, Transport
+from sitcli.transport import LAST_STEPS, MEANFLOW_METHODS, ODE_METHODS, SDE_METHODS, Transport
 from sitcli.transport.diffusion import check_diffusion_coefficient
 from sitcli.transport.time_conventions import CONVENTIONS
 from sitcli.transport.time_grids import SPACINGS
@@ -108,6 +108,12 @@ class TrainConfig:
     logit_mean: float | None = None  # logit-normal's parameters (None: 0 and 1, recorded once chosen), sit's time
     logit_std: float | None = None
     mode_scale: float | None = None  # the mode density's (None: 1.29)
+    # Mean flows (transport.meanflow): the model learns the average velocity u(z, t, r) and samples in few jumps.
+    objective: str = "flow"  # "flow" (the interpolant's regression) or "meanflow"; the times come from time_density
+    meanflow_share: float = 0.25  # share of (t, r) pairs with r != t
+    meanflow_p: float = 1.0  # adaptive weight 1 / (mse + c)^p
+    meanflow_c: float = 1e-3
+    meanflow_omega: float = 1.0  # classifier-free guidance scale folded into the target (1: none)
     lr: float | None = None
     weight_decay: float = 0.0
     ema_decay: float | None = None
@@ -181,6 +187,7 @@ class TrainConfig:
                 raise InputError(f"--repa-depth {self.repa_depth} must name a block of {self.model}: 1..{depth}")
             if self.repa_weight < 0 or self.repa_projector_dim < 1:
                 raise InputError("--repa-weight must be >= 0 and --repa-projector-dim >= 1")
+        self._check_objective()
         transport = self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight / density
         for name, value in transport.time_density_params.items():  # config.json records the values used, not "default"
             setattr(self, name, value)
@@ -189,6 +196,25 @@ class TrainConfig:
                              "--eval-num of at least 2 and --eval-steps of at least 1")
         if self.eval_method not in ODE_METHODS:
             raise InputError(f"--eval-method {self.eval_method!r} is not an ODE method; choose one of {', '.join(ODE_METHODS)}")
+
+    def _check_objective(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"unknown --objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.objective == "flow":  # the fields' domains are checked with every other field's
+            changed = [n for n in MEANFLOW_FIELDS if getattr(self, n) != _FIELD_DEFAULTS[n]]
+            if changed:
+                raise InputError(f"--{changed[0].replace('_', '-')} is a setting of mean flows: add --objective meanflow or drop it")
+            return
+        why = {"prediction": (self.prediction != "velocity", "the model predicts the average velocity: drop --prediction"),
+               "interpolant": (self.interpolant not in ("linear", "gvp"), "jumps reach t = 1, where VP's sigma'_t is "
+                               "infinite: use --interpolant linear or gvp"),
+               "num_timesteps": (self.num_timesteps is not None, "the jumps need continuous time: drop --num-timesteps"),
+               "loss_weight": (self.loss_weight is not None, "the adaptive weight (--meanflow-p, --meanflow-c) "
+                               "replaces it: drop --loss-weight"),
+               "repa_encoder": (bool(self.repa_encoder), "the alignment term is not combined with it yet: drop --repa-encoder")}
+        for name, (bad, message) in why.items():
+            if bad:
+                raise InputError(f"--objective meanflow: {message}")
 
     def transport(self) -> Transport:
         params = {k: getattr(self, k) for k in DENSITY_PARAMS if getattr(self, k) is not None}
@@ -202,6 +228,7 @@ class TrainConfig:
             input_size=self.input_size, in_channels=self.in_channels, num_classes=self.num_classes,
             class_dropout_prob=self.class_dropout_prob, learn_sigma=self.learn_sigma,
             projector_dims=projector_dims, projector_hidden=self.repa_projector_dim,
+            **({"mean_flow": True} if self.objective == "meanflow" else {}),
         )
 
 
@@ -216,7 +243,11 @@ TRAIN_DOMAINS: dict[str, Domain] = dict(
     ckpt_every=COUNT, sample_every=COUNT_OR_ZERO, repa_depth=COUNT, repa_weight=NON_NEGATIVE, repa_projector_dim=COUNT,
     eval_every=COUNT_OR_ZERO, eval_num=Domain(2, integer=True), eval_steps=COUNT, in_channels=COUNT, input_size=COUNT,
     num_classes=COUNT_OR_ZERO, latent_scale=POSITIVE,
+    meanflow_share=Domain(0, 1), meanflow_p=NON_NEGATIVE, meanflow_c=POSITIVE, meanflow_omega=Domain(1),
 )
+MEANFLOW_FIELDS = ("meanflow_share", "meanflow_p", "meanflow_c", "meanflow_omega")
+OBJECTIVES = ("flow", "meanflow")
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 # Settings that may change when a run is resumed; every other one is fixed by the run's config.json.
 # (lr and grad_clip so that a diverged run can go on from its last good checkpoint more gently.)
@@ -233,9 +264,9 @@ class SampleConfig:
     model: str | None = None  # checked against the architecture of ckpt when given
     src_format: str | None = None  # format of ckpt (sit convert's --from); None: detected
     ema: bool = True
-    sampler: str = "ode"
-    method: str | None = None  # ode: adams; sde: euler
-    steps: int | None = None  # ode: 50; sde: 250
+    sampler: str | None = "ode"  # ode, sde, or meanflow (a mean-flow model's jumps); None: meanflow for such a model, else ode
+    method: str | None = None  # ode: adams; sde: euler; meanflow: jump
+    steps: int | None = None  # ode: 50; sde: 250; meanflow: 1
     atol: float = 1e-6
     rtol: float = 1e-3
     w: str = "sigma"  # the SDE's diffusion coefficient w(t)
@@ -268,26 +299,49 @@ class SampleConfig:
     sample_eps: float | None = None
 
     def __post_init__(self):
-        if self.sampler not in ("ode", "sde"):
-            raise InputError(f"unknown sampler {self.sampler!r}; choose ode or sde")
         self.cfg_interval = tuple(float(v) for v in self.cfg_interval)
         check_domains(asdict(self), SAMPLE_DOMAINS, SAMPLE_FLAGS)
-        # None, not 0, is "unset": --steps 0 is refused above instead of becoming the default.
-        self.method = self.method or ("adams" if self.sampler == "ode" else "euler")
-        self.steps = (50 if self.sampler == "ode" else 250) if self.steps is None else self.steps
         if self.precision not in PRECISIONS:
             raise InputError(f"unknown precision {self.precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
-        methods = list(ODE_METHODS if self.sampler == "ode" else SDE_METHODS)
+        if self.cfg_channels != "all" and not (str(self.cfg_channels).isdigit() and int(self.cfg_channels) > 0):
+            raise InputError(f"--cfg-channels {self.cfg_channels!r}: pass 'all' or a number of channels such as 3")
+        self._check_guidance()
+        if self.sampler is not None:  # None: chosen by the model (``for_model``)
+            self._check_sampler()
+
+    def for_model(self, mean_flow: bool) -> "SampleConfig":
+        """Choose the sampler the model calls for when none was given: the mean-flow jumps for a
+        mean-flow model, the ODE otherwise; refuse the jumps for a model without a second time."""
+        if self.sampler is None:
+            self.sampler = "meanflow" if mean_flow else "ode"
+            self._check_sampler()
+        elif self.sampler == "meanflow" and not mean_flow:
+            raise InputError("--sampler meanflow needs a mean-flow model (sit train --objective meanflow); "
+                             "this one predicts instantaneous velocities: use --sampler ode or sde")
+        return self
+
+    def _check_sampler(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        self.method = self.method or {"ode": "adams", "sde": "euler", "meanflow": "jump"}[self.sampler]
+        # None, not 0, is "unset": --steps 0 is refused by its domain instead of becoming the default.
+        if self.steps is None:
+            self.steps = {"ode": 50, "sde": 250, "meanflow": 1}[self.sampler]
+        methods = list({"ode": ODE_METHODS, "sde": SDE_METHODS, "meanflow": MEANFLOW_METHODS}[self.sampler])
         if self.method not in methods:
             raise InputError(f"unknown {self.sampler.upper()} method {self.method!r}; choose one of {', '.join(methods)}")
         if self.sampler == "sde":
             self.w = check_diffusion_coefficient(self.w)
             if self.last_step not in LAST_STEPS:
                 raise InputError(f"unknown --last-step {self.last_step!r}; choose one of {', '.join(LAST_STEPS)}")
-        if self.cfg_channels != "all" and not (str(self.cfg_channels).isdigit() and int(self.cfg_channels) > 0):
-            raise InputError(f"--cfg-channels {self.cfg_channels!r}: pass 'all' or a number of channels such as 3")
+        if self.sampler == "meanflow":
+            defaults = {f.name: f.default for f in fields(SampleConfig)}
+            given = [n for n in MEANFLOW_UNUSED if getattr(self, n) != defaults[n]]
+            if given:
+                raise InputError(f"--{given[0].replace('_', '-')} does not apply to the mean-flow sampler (uniform "
+                                 "jumps, --steps of them): drop it, or pass --sampler ode or sde")
+            return
         self._check_time_grid()
-        self._check_guidance()
 
     def _check_time_grid(self) -> None:
         if self.spacing is not None and self.spacing not in SPACINGS:
@@ -362,7 +416,11 @@ FREE_SETTINGS = {"out", "num", "batch_size", "npz", "grid", "threads"}
 # What a sample.json written before a setting existed implies for it (the images were drawn that way).
 OLD_SAMPLE_DEFAULTS = {"tf32": False}
 # Settings a sampler never reads: an ODE folder's images do not depend on the SDE's w or last step.
-UNUSED_BY = {"ode": {"w", "w_norm", "last_step", "last_step_size"}, "sde": {"atol", "rtol"}}
+UNUSED_BY = {"ode": {"w", "w_norm", "last_step", "last_step_size"}, "sde": {"atol", "rtol"},
+             "meanflow": {"atol", "rtol", "w", "w_norm", "last_step", "last_step_size"}}
+SAMPLERS = ("ode", "sde", "meanflow")
+# Settings the mean-flow sampler has no use for: refused when given.
+MEANFLOW_UNUSED = ("atol", "rtol", "w", "w_norm", "last_step", "last_step_size", "spacing", "time_shift", "edm_rho")
 
 
 def field_names(cls) -> set[str]:

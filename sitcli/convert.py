@@ -122,6 +122,9 @@ def convert(
     ckpt = read_checkpoint(src, src_format, num_heads)
     if dst_format == "dit" and ckpt.kind != "dit":
         raise InputError(f"{src} holds SiT weights, not DiT ones: write them with --to official")
+    if ckpt.arch.get("mean_flow") and dst_format != "sit":
+        raise InputError(f"{src} is a mean-flow model (a second time embedder, r_embedder): the official code and "
+                         f"diffusers have no such model, so it converts --to sit only")
     result = ConvertResult(src, dst, ckpt.format, dst_format, ckpt.kind, ckpt.arch, ckpt.used(ema))
     for name, weights in ckpt.weights.items():  # copied as they are, but a model that samples black images is worth a word
         bad = nonfinite_tensors(weights)

@@ -185,6 +185,10 @@ class SiT(nn.Module):
             With ``num_classes=0`` the model is unconditional (every input gets the null class).
         learn_sigma: keep the official checkpoints' extra ``in_channels`` output channels (their
             learned variance); they are computed but dropped from the output.
+        mean_flow: also condition on a second time r >= t, the end of the jump of a mean-flow model
+            (``transport.meanflow``): ``r_embedder`` embeds the interval r - t like t (Geng et al.
+            2025 found (t, t - r) works well in their time), and its embedding is added to t's. Off,
+            the model and its state dict are those of an ordinary SiT.
         projector_dims: one MLP projector per width, ``projectors.i`` (REPA's layout): hidden ->
             ``projector_hidden`` -> ``projector_hidden`` -> width, SiLU between. Used only by a
             training loss on a block's tokens (``training.losses.AlignmentLoss``); never by forward.
@@ -213,6 +217,7 @@ class SiT(nn.Module):
         learn_sigma: bool = True,
         projector_dims: Sequence[int] = (),
         projector_hidden: int = 2048,
+        mean_flow: bool = False,
     ):
         super().__init__()
         if input_size % patch_size:
@@ -229,6 +234,9 @@ class SiT(nn.Module):
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.mean_flow = mean_flow
+        if mean_flow:
+            self.r_embedder = TimestepEmbedder(hidden_size)
         num_patches = (input_size // patch_size) ** 2
         # Fixed (not trained) sin-cos embedding; a parameter only because official checkpoints store it as one.
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
@@ -263,6 +271,9 @@ class SiT(nn.Module):
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.mean_flow:
+            nn.init.normal_(self.r_embedder.mlp[0].weight, std=0.02)
+            nn.init.normal_(self.r_embedder.mlp[2].weight, std=0.02)
 
         # adaLN-Zero: every block starts as the identity and the output starts at zero.
         for block in self.blocks:
@@ -282,13 +293,16 @@ class SiT(nn.Module):
         return x.reshape(x.shape[0], c, h * p, w * p)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, return_tokens: Sequence[int] = ()
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, return_tokens: Sequence[int] = (),
+        r: torch.Tensor | None = None, drop_labels: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Predict the model output (velocity, score or noise, per the transport) for x at times t.
 
         With ``return_tokens`` (block depths d in 1..depth), also return {d: the (B, N, hidden)
         tokens after the first d blocks}, e.g. for a loss on intermediate features; the output
-        alone otherwise.
+        alone otherwise. A mean-flow model (``mean_flow``) predicts the average velocity from t to
+        ``r`` (shape (B,)); ``r=None`` is r = t, the instantaneous velocity. ``drop_labels=False``
+        skips the training-time label dropout (for a caller that dropped labels itself).
         """
         if y is None:
             y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
@@ -296,7 +310,11 @@ class SiT(nn.Module):
             if not 1 <= d <= len(self.blocks):
                 raise ValueError(f"return_tokens: depth {d} is outside 1..{len(self.blocks)}")
         x = self.x_embedder(x) + self.pos_embed.to(x.dtype)
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)
+        c = self.t_embedder(t) + self.y_embedder(y, self.training and drop_labels)
+        if self.mean_flow:
+            c = c + self.r_embedder(torch.zeros_like(t) if r is None else r - t)
+        elif r is not None:
+            raise ValueError("r is the second time of a mean-flow model; this SiT has none (mean_flow=False)")
         tokens = {}
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for depth, block in enumerate(self.blocks, start=1):

@@ -49,11 +49,11 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
 
 
 def autocast_model(model: Callable, precision: str, device: torch.device) -> Callable:
-    """``model(x, t, y)`` run under ``autocast(device, precision)``."""
+    """``model(x, t, y, **kwargs)`` run under ``autocast(device, precision)`` (kwargs: e.g. a mean-flow model's r)."""
 
-    def call(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def call(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         with autocast(device, precision):
-            return model(x, t, y)
+            return model(x, t, y, **kwargs)
 
     return call
 

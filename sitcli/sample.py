@@ -29,7 +29,7 @@ from sitcli.loading import Loaded, load_model
 from sitcli.locks import LOCK, FolderLock, lock_on_rank0
 from sitcli.runtime import autocast_model, check_precision, tf32
 from sitcli.seeds import index_generator, labels_and_noise
-from sitcli.transport import sample_ode, sample_sde, samplers
+from sitcli.transport import sample_meanflow, sample_ode, sample_sde
 from sitcli.transport.time_conventions import interval_in_time
 
 SETTINGS_FILE = "sample.json"
@@ -93,6 +93,7 @@ def prepare(cfg: SampleConfig, dist: distributed.Dist) -> SampleJob:
     check_precision(cfg.precision, dist.device)
     loaded = load_model(cfg.ckpt, cfg.ema, cfg.src_format, cfg.model, **cfg.transport_overrides())
     tcfg = loaded.config
+    cfg.for_model(bool(loaded.checkpoint.arch.get("mean_flow")))
     bad = nonfinite_tensors(loaded.model.state_dict())
     if bad:
         raise InputError(f"the weights of {loaded.weights} hold NaN or inf in {len(bad)} tensors ({', '.join(bad[:3])}"
@@ -183,7 +184,9 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
             kwargs = {"y": y.to(dist.device) if tcfg.num_classes > 0 else None}
             began = time.perf_counter()
             x0 = x0.to(dist.device)
-            if cfg.sampler == "ode":
+            if cfg.sampler == "meanflow":
+                x, nfe = sample_meanflow(job.fn, x0, cfg.steps, model_kwargs=kwargs, interval=transport.sample_interval())
+            elif cfg.sampler == "ode":
                 x, nfe = sample_ode(transport, job.fn, x0, cfg.method, cfg.steps, cfg.atol, cfg.rtol, model_kwargs=kwargs,
                                     spacing=cfg.spacing, time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
             else:
@@ -233,11 +236,13 @@ def _check_sampler(cfg: SampleConfig, loaded: Loaded, device: torch.device) -> N
     tcfg = loaded.config
     x0 = torch.zeros(1, tcfg.in_channels, tcfg.input_size, tcfg.input_size, device=device)
     try:
-        if cfg.sampler == "ode":
-            samplers.sample_ode(loaded.transport, probe, x0, cfg.method, cfg.steps, cfg.atol, cfg.rtol, spacing=cfg.spacing,
+        if cfg.sampler == "meanflow":
+            sample_meanflow(probe, x0, cfg.steps, interval=loaded.transport.sample_interval())
+        elif cfg.sampler == "ode":
+            sample_ode(loaded.transport, probe, x0, cfg.method, cfg.steps, cfg.atol, cfg.rtol, spacing=cfg.spacing,
                        time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
         else:
-            samplers.sample_sde(loaded.transport, probe, x0, cfg.method, cfg.steps, cfg.w, cfg.w_norm, cfg.last_step,
+            sample_sde(loaded.transport, probe, x0, cfg.method, cfg.steps, cfg.w, cfg.w_norm, cfg.last_step,
                        cfg.last_step_size, spacing=cfg.spacing, time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
     except _Checked:
         pass

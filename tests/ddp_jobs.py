@@ -45,6 +45,17 @@ def repa(root: str, encoder: str, *train_flags: str) -> None:
     dist.destroy_process_group()
 
 
+def meanflow(root: str, *train_flags: str) -> None:
+    """The mean-flow objective on two ranks: 4 steps straight, and 2 + resume + 2."""
+    dist.init_process_group("gloo")
+    settings = dict(flag.split("=", 1) for flag in train_flags)
+    settings = {k: int(v) if v.isdigit() else (float(v) if "." in v or "e-" in v else v) for k, v in settings.items()}
+    train(TrainConfig(out=f"{root}/straight", **{**settings, "steps": 4}), progress=False)
+    train(TrainConfig(out=f"{root}/halves", **{**settings, "steps": 2}), progress=False)
+    train(resume_config(f"{root}/halves", {"steps": 4}), resume=True, progress=False)
+    dist.destroy_process_group()
+
+
 def check_projector_gradients_are_averaged(encoder) -> None:
     """The projectors live in the SiT that DDP wraps but run outside its forward: their gradients
     must still be the mean over ranks, i.e. those of the whole batch on one process."""
@@ -99,5 +110,7 @@ if __name__ == "__main__":
         repa(*sys.argv[2:])
     elif sys.argv[1] == "cli":
         cli(*sys.argv[2:])
+    elif sys.argv[1] == "meanflow":
+        meanflow(*sys.argv[2:])
     else:
         main(*sys.argv[1:])

@@ -56,3 +56,14 @@ def test_two_ranks_with_the_alignment_term_resume_exactly_and_average_projector_
     straight = runs.load_checkpoint(runs.latest_checkpoint(tmp_path / "straight"))
     assert "projectors.0.4.weight" in straight["model"] and straight["state"]["world_size"] == 2
     assert_same_state(straight, runs.load_checkpoint(runs.latest_checkpoint(tmp_path / "halves")))
+
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo")
+def test_two_ranks_train_a_guided_mean_flow_run_and_resume_exactly(tmp_path):
+    settings = {**TINY, "objective": "meanflow", "meanflow_omega": 1.5}
+    torchrun(Path(__file__).parent / "ddp_jobs.py", "meanflow", tmp_path, *[f"{k}={v}" for k, v in settings.items()],
+             cwd=tmp_path)
+    straight = runs.load_checkpoint(runs.latest_checkpoint(tmp_path / "straight"))
+    assert "r_embedder.mlp.0.weight" in straight["model"] and straight["state"]["world_size"] == 2
+    assert_same_state(straight, runs.load_checkpoint(runs.latest_checkpoint(tmp_path / "halves")))

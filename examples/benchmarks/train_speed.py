@@ -15,6 +15,10 @@ Variants:
   the same weights as the loop) / ``fused=True`` (not bit-identical: ~3e-8 differences);
 - ``sit fp32 checkpointed`` / ``sit bf16 checkpointed``: with activation checkpointing of the
   blocks (``--grad-checkpointing``): each block's activations are recomputed in the backward pass;
+- ``sit fp32 meanflow`` / ``sit bf16 meanflow``: a step of the mean-flow objective (``--objective meanflow``)
+  on the same architecture with its second time embedder: the ordinary forward and backward plus
+  one forward-mode JVP without gradients (math attention kernel); ``sit fp32 meanflow cfg`` adds
+  the folded guidance (``--meanflow-omega 2``), one more forward without gradients;
 - ``sit fp32 compile`` / ``sit bf16 compile`` (only with ``--compile``): ``torch.compile`` of the
   model (``--compile``); build time is reported separately and not in images/s. On a CPU the first
   compile of a B/2 forward + backward takes minutes, which is why it is behind a flag.
@@ -43,7 +47,8 @@ import sys
 import time
 
 VARIANTS = ("plain fp32", "sit fp32", "sit bf16", "sit fp32 foreach adamw", "sit fp32 fused adamw",
-            "sit fp32 checkpointed", "sit bf16 checkpointed")
+            "sit fp32 checkpointed", "sit bf16 checkpointed", "sit fp32 meanflow", "sit bf16 meanflow",
+            "sit fp32 meanflow cfg")
 COMPILED = ("sit fp32 compile", "sit bf16 compile")
 
 
@@ -61,7 +66,7 @@ def _steps(variants: list[str], model_name: str, batch_size: int, device: str) -
     import torch
 
     from sitcli.models import SiT_models
-    from sitcli.training.losses import RegressionLoss
+    from sitcli.training.losses import MeanFlowLoss, RegressionLoss
     from sitcli.training.loop import step_loss, step_update
     from sitcli.transport import Transport
 
@@ -76,6 +81,7 @@ def _steps(variants: list[str], model_name: str, batch_size: int, device: str) -
     terms = [RegressionLoss(transport)]
     noise = torch.Generator(device).manual_seed(0)
     compiled = None
+    mean_flow = {}  # one mean-flow model (the same architecture plus r_embedder), built when a variant needs it
 
     def make(variant: str):
         nonlocal compiled
@@ -100,6 +106,22 @@ def _steps(variants: list[str], model_name: str, batch_size: int, device: str) -
             with torch.no_grad():
                 for p_ema, p in zip(ema.parameters(), model.parameters()):
                     p_ema.lerp_(p, 1 - decay)
+
+        if "meanflow" in variant:
+            if not mean_flow:
+                torch.manual_seed(0)
+                mf = SiT_models[model_name](input_size=32, in_channels=4, num_classes=1000, learn_sigma=True,
+                                            mean_flow=True).to(device).train()
+                mean_flow.update(model=mf, ema=copy.deepcopy(mf).requires_grad_(False).eval())
+            mf, mf_ema = mean_flow["model"], mean_flow["ema"]
+            mf_opt = torch.optim.AdamW(mf.parameters(), lr=1e-4, weight_decay=0.0)
+            mf_terms = [MeanFlowLoss(mf, transport, 0.25, 1.0, 1e-3, 2.0 if "cfg" in variant else 1.0)]
+
+            def meanflow_step() -> None:
+                loss, _ = step_loss(mf, transport, mf_terms, x1, y, noise, autocast)
+                step_update(loss, mf, mf_ema, mf_opt, decay)
+
+            return meanflow_step
 
         def sit_step() -> None:
             model.grad_checkpointing = "checkpointed" in variant  # the variants share one model

@@ -47,7 +47,8 @@ def infer_architecture(
     hidden size, patch size and input channels come from ``x_embedder.proj.weight`` (D, C, p, p);
     the input size from the N = (input_size / p)^2 rows of ``pos_embed``; depth from the block
     count; mlp ratio from ``fc1``; classes from the label table (its last row is the null class);
-    learn_sigma from the output layer (p^2 C or p^2 2C rows). Heads are not in any shape: they
+    learn_sigma from the output layer (p^2 C or p^2 2C rows); a mean-flow model (``mean_flow=True``,
+    only then in the result) from its second time embedder, ``r_embedder.*``. Heads are not in any shape: they
     come from ``num_heads``, else from the configuration table by hidden size. Anything that does
     not fit the SiT layout exactly is refused with the reason.
     """
@@ -97,6 +98,8 @@ def infer_architecture(
         input_size=grid * patch, patch_size=patch, in_channels=in_channels, hidden_size=hidden, depth=depth,
         num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=num_classes, learn_sigma=learn_sigma,
     )
+    if any(k.startswith("r_embedder.") for k in state_dict):
+        arch["mean_flow"] = True
     check_layout(state_dict, arch, where)
     return arch
 
@@ -148,7 +151,8 @@ def describe(arch: dict[str, Any]) -> str:
     name = registry_name(arch) or "custom"
     return (f"{name} layout: {arch['depth']} blocks, hidden {arch['hidden_size']}, {arch['num_heads']} heads, patch "
             f"{arch['patch_size']}, input {arch['in_channels']}x{arch['input_size']}x{arch['input_size']}, "
-            f"{arch['num_classes']} classes, learn_sigma={arch['learn_sigma']}")
+            f"{arch['num_classes']} classes, learn_sigma={arch['learn_sigma']}"
+            + (", mean flow (second time r)" if arch.get("mean_flow") else ""))
 
 
 def assumed_latent_space(in_channels: int, input_size: int) -> tuple[int, float | None]:

@@ -68,6 +68,9 @@ def read_sit(path: Path, num_heads: int | None = None) -> Checkpoint:
     else:
         transport = {k: config[k] for k in TRANSPORT_KEYS if config.get(k) is not None} or dict(SIT_DEFAULT_TRANSPORT)
     extra = {k: config[k] for k in ("vae", "latent_scale", "image_size") if config.get(k) is not None}
+    if bool(arch.get("mean_flow")) != (config.get("objective", "flow") == "meanflow") and run is not None:
+        raise InputError(f"{path}: the weights {'have' if arch.get('mean_flow') else 'lack'} a second time embedder "
+                         f"(r_embedder), but config.json says objective={config.get('objective', 'flow')}")
     return Checkpoint(weights, arch, kind, transport, source=f"{path} (sit)", format="sit", extra=extra,
                       transport_assumed=run is None, run_config=config if run is not None else None, files=files)
 
@@ -113,6 +116,7 @@ def run_config(ckpt: Checkpoint, source: str) -> dict[str, Any]:
         num_classes=arch["num_classes"],
         latent_scale=ckpt.extra.get("latent_scale") or latent_scale,
         steps=0,
+        **({"objective": "meanflow"} if arch.get("mean_flow") else {}),
         **transport,
     )
     return cfg.to_dict()

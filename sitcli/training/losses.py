@@ -6,9 +6,12 @@ turns that into a per-sample loss, and the total is the weighted sum of the term
 
     loss = sum_k  weight_k * mean_b term_k(batch)_b
 
-The interpolant's own regression loss (``RegressionLoss``) is always the first term; a new
-objective adds a ``LossTerm`` subclass and appends it in ``loss_terms``. ``AlignmentLoss`` (REPA)
-is the second when the config names encoders.
+The first term is the objective: the interpolant's own regression loss (``RegressionLoss``), or
+with ``objective="meanflow"`` the mean-flow loss (``MeanFlowLoss``). The objective also draws the
+step's inputs (``LossTerm.inputs``: times, noise, labels and extra model arguments), so a mean-flow
+step draws its second time r and calls the model at (x_t, t, r). A new term adds a ``LossTerm``
+subclass and appends it in ``loss_terms``; ``AlignmentLoss`` (REPA) is the second when the config
+names encoders.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from sitcli.config import TrainConfig
 from sitcli.encoders import Encoder, match_grid
-from sitcli.transport import Transport
+from sitcli.transport import Transport, meanflow
 
 
 @dataclass
@@ -35,6 +38,18 @@ class StepBatch:
     output: torch.Tensor  # the model's prediction at (x_t, t)
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # block depth -> tokens (B, N, hidden)
     images: torch.Tensor | None = None  # the batch in pixel space, [-1, 1] (x1 itself unless x1 is latent)
+    r: torch.Tensor | None = None  # a mean-flow step's second time (B,), r >= t
+
+
+@dataclass
+class StepInputs:
+    """What an objective draws for one step: times, noise, the labels the model sees and its extra arguments."""
+
+    t: torch.Tensor
+    noise: torch.Tensor
+    y: torch.Tensor | None
+    r: torch.Tensor | None = None
+    model_kwargs: dict = field(default_factory=dict)
 
 
 class LossTerm:
@@ -49,6 +64,12 @@ class LossTerm:
 
     def __call__(self, batch: StepBatch) -> torch.Tensor:
         raise NotImplementedError
+
+    def inputs(self, transport: Transport, x1: torch.Tensor, y: torch.Tensor | None,
+               generator: torch.Generator | None) -> StepInputs:
+        """The step's draws when this term is the objective: t, then eps, from ``generator``."""
+        t, noise = transport.draw_time_and_noise(x1, generator)
+        return StepInputs(t, noise, y)
 
 
 class RegressionLoss(LossTerm):
@@ -96,11 +117,62 @@ class AlignmentLoss(LossTerm):
         return total / len(self.encoders)
 
 
+class MeanFlowLoss(LossTerm):
+    """The mean-flow objective (``transport.meanflow``, sit's time): per sample
+
+        sg(w) |u_theta(x_t, t, r) - sg(v_g + (r - t) du_theta/dt)|^2 / D,    w = 1 / (that mse + c)^p,
+
+    du/dt from one ``torch.func.jvp`` through ``model`` with tangents (v_g, 1, 0), without gradients
+    (it is under the stop-gradient), so the step's forward with gradients is the ordinary one,
+    through DDP and torch.compile like any other. The labels are dropped (classifier-free dropout)
+    once, in ``inputs``, so that the forward, the JVP and the folded guidance see the same ones.
+    """
+
+    name = "meanflow"
+
+    def __init__(self, model: torch.nn.Module, transport: Transport, share: float, p: float, c: float, omega: float):
+        self.model, self.transport = model, transport
+        self.share, self.p, self.c, self.omega = share, p, c, omega
+
+    def inputs(self, transport: Transport, x1: torch.Tensor, y: torch.Tensor | None,
+               generator: torch.Generator | None) -> StepInputs:
+        """t <= r from the time density (r = t on a share 1 - ``share``), eps, then the label dropout."""
+        t, r = meanflow.draw_times(transport.sample_time, x1.shape[0], self.share, x1.device, x1.dtype, generator)
+        _, noise = transport.draw_time_and_noise(x1, generator, t=t)
+        embedder = getattr(self.model, "y_embedder", None) if y is not None else None
+        if embedder is not None and self.model.training and embedder.dropout_prob > 0:
+            y = embedder.token_drop(y)  # the global RNG, as the model's own dropout
+        return StepInputs(t, noise, y, r, {"r": r, "drop_labels": False})
+
+    def __call__(self, batch: StepBatch) -> torch.Tensor:
+        model, t, r = self.model, batch.t, batch.r
+        v = meanflow.conditional_velocity(self.transport.interpolant, batch.x1, batch.noise, t)
+        if self.omega != 1 and batch.y is not None:
+            null = torch.full_like(batch.y, model.num_classes)
+            with torch.no_grad():
+                unconditional = model(batch.x_t, t, y=null, drop_labels=False).to(v.dtype)
+            guided = self.omega * v + (1 - self.omega) * unconditional
+            v = torch.where((batch.y != null).reshape(-1, *[1] * (v.dim() - 1)), guided, v)
+
+        def u(z: torch.Tensor, tt: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
+            return model(z, tt, y=batch.y, r=rr, drop_labels=False)
+
+        _, du_dt = meanflow.total_derivative(u, batch.x_t, t, r, v.to(batch.x_t.dtype))
+        target = meanflow.meanflow_target(v.float(), du_dt.float(), t.float(), r.float())
+        error = batch.output.float() - target
+        return meanflow.adaptive_weight(error, self.p, self.c) * error.pow(2).flatten(1).mean(1)
+
+
 def loss_terms(cfg: TrainConfig, transport: Transport, model: torch.nn.Module | None = None,
                encoders: list[Encoder] = ()) -> list[LossTerm]:
     """The terms a config asks for, the regression loss first; ``model`` holds the projectors
     (``model.projectors``) for the ``encoders`` when ``cfg.repa_encoder`` names any."""
-    terms: list[LossTerm] = [RegressionLoss(transport)]
+    if cfg.objective == "meanflow":
+        objective: LossTerm = MeanFlowLoss(model, transport, cfg.meanflow_share, cfg.meanflow_p, cfg.meanflow_c,
+                                           cfg.meanflow_omega)
+    else:
+        objective = RegressionLoss(transport)
+    terms: list[LossTerm] = [objective]
     if encoders:
         grid = cfg.input_size // model.patch_size
         terms.append(AlignmentLoss(list(encoders), model.projectors, cfg.repa_depth, cfg.repa_weight, grid))
@@ -113,14 +185,15 @@ def step_losses(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(total loss, {term name: its batch mean}) of one forward pass on the batch (x1, y);
     ``images``: the same batch in pixel space when x1 is latent."""
-    t, noise = transport.draw_time_and_noise(x1, generator)
+    drawn = terms[0].inputs(transport, x1, y, generator)
+    t, noise, y = drawn.t, drawn.noise, drawn.y
     x_t = transport.interpolant.interpolate(x1, noise, t)
     depths = sorted({d for term in terms for d in term.token_depths})
     if depths:
-        output, tokens = net(x_t, t, y=y, return_tokens=depths)
+        output, tokens = net(x_t, t, y=y, return_tokens=depths, **drawn.model_kwargs)
     else:
-        output, tokens = net(x_t, t, y=y), {}
-    batch = StepBatch(x1, noise, t, x_t, y, output, tokens, images)
+        output, tokens = net(x_t, t, y=y, **drawn.model_kwargs), {}
+    batch = StepBatch(x1, noise, t, x_t, y, output, tokens, images, drawn.r)
     parts = {term.name: term(batch).mean() for term in terms}
     total = None
     for term in terms:

@@ -177,6 +177,9 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
     run = Path(cfg.out)
     saved = {k: getattr(cfg, k) for k in DATA_FIELDS}
     dataset, vae = open_data(cfg, dist.device)
+    if cfg.objective == "meanflow" and cfg.meanflow_omega != 1 and not (cfg.num_classes and cfg.class_dropout_prob > 0):
+        raise InputError("--meanflow-omega folds classifier-free guidance into the target, which needs class labels and "
+                         "--class-dropout-prob > 0 (the unconditional velocity is learnt from dropped labels)")
     encoders = open_encoders(cfg, dataset, dist.device)
     lock = lock_on_rank0(run, "sit train")
     try:

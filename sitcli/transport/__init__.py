@@ -17,13 +17,15 @@ Modules (time runs from t = 0, noise, to t = 1, data):
     diffusion       the diffusion coefficients w(t) of the sampling SDE
     likelihood      ``log_likelihood`` through the probability-flow ODE
     mixture         ``GaussianMixture``: exact fields and densities, for tests and examples
+    meanflow        mean flows: the average velocity u(z, t, r), its training target and jump sampler
     ddpm            DiT's discrete DDPM schedule as an interpolant
 """
 
 from sitcli.transport.diffusion import DIFFUSION_COEFFICIENTS, diffusion_coefficient
 from sitcli.transport.interpolants import GVP, INTERPOLANTS, VP, Interpolant, Linear, get_interpolant
 from sitcli.transport.likelihood import log_likelihood
-from sitcli.transport.methods import LAST_STEPS, LIKELIHOOD_METHODS, ODE_METHODS, SDE_METHODS
+from sitcli.transport.meanflow import sample_meanflow
+from sitcli.transport.methods import LAST_STEPS, LIKELIHOOD_METHODS, MEANFLOW_METHODS, ODE_METHODS, SDE_METHODS
 from sitcli.transport.mixture import GaussianMixture
 from sitcli.transport.objectives import LOSS_WEIGHTS, PREDICTIONS
 from sitcli.transport.samplers import sample_ode, sample_sde
@@ -33,5 +35,5 @@ __all__ = [
     "Transport", "sample_ode", "sample_sde", "log_likelihood", "GaussianMixture",
     "Interpolant", "Linear", "GVP", "VP", "INTERPOLANTS", "get_interpolant",
     "PREDICTIONS", "LOSS_WEIGHTS", "DIFFUSION_COEFFICIENTS", "diffusion_coefficient",
-    "ODE_METHODS", "SDE_METHODS", "LAST_STEPS", "LIKELIHOOD_METHODS",
+    "ODE_METHODS", "SDE_METHODS", "LAST_STEPS", "LIKELIHOOD_METHODS", "MEANFLOW_METHODS", "sample_meanflow",
 ]

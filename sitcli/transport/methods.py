@@ -94,6 +94,11 @@ SDE_METHODS: dict[str, SDEMethod] = {
     )
 }
 
+# A mean-flow model's sampler (``meanflow.sample_meanflow``): jumps along the average velocity.
+MEANFLOW_METHODS: dict[str, SDEMethod] = {
+    "jump": SDEMethod("jump", 1, "z_r = z_t + (r - t) u(z_t, t, r), uniform jumps; mean-flow models only"),
+}
+
 LAST_STEPS: tuple[str, ...] = ("mean", "tweedie", "euler", "none")
 
 # sit's multistep solvers step a single tensor, not the likelihood's (x, divergence integral) pair.

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sitcli import cli
-from sitcli.config import (FLAG_DOMAINS, SAMPLE_DOMAINS, SAMPLE_FLAGS, TRAIN_DOMAINS, Domain, SampleConfig,
-                           TrainConfig)
+from sitcli.config import FLAG_DOMAINS, SAMPLE_DOMAINS, SAMPLE_FLAGS, TRAIN_DOMAINS, SampleConfig, TrainConfig
+from sitcli.domains import Domain
 from sitcli.errors import InputError
 from sitcli.training.presets import apply_presets
 

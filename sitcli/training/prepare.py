@@ -118,7 +118,6 @@ def check_out(cfg: TrainConfig, resume: bool) -> Path | None:
         return latest
     if runs.is_run(run):
         raise InputError(f"{run} is already a run; continue it with --resume {run}, or pick a new --out")
-    atomic.check_can_create(run, "--out")
     if run.exists() and (not run.is_dir() or any(p.name != LOCK for p in run.iterdir())):
         raise InputError(f"--out {run} exists and is not an empty folder; pick a new --out")
     return None
@@ -181,6 +180,7 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
         raise InputError("--meanflow-omega folds classifier-free guidance into the target, which needs class labels and "
                          "--class-dropout-prob > 0 (the unconditional velocity is learnt from dropped labels)")
     encoders = open_encoders(cfg, dataset, dist.device)
+    atomic.check_can_create(run, "--out")  # before the lock, which creates the folder
     lock = lock_on_rank0(run, "sit train")
     try:
         latest = check_out(cfg, resume)

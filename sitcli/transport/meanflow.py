@@ -48,6 +48,7 @@ import torch
 
 from sitcli.transport.interpolants import Interpolant, expand_time
 
+
 def draw_times(sample_time: Callable[..., torch.Tensor], batch: int, share: float, device=None,
                dtype=torch.float32, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, r), each (batch,): two draws of ``sample_time(batch, device, dtype, generator)``, sorted so that

@@ -240,14 +240,17 @@ def cache_latents(
     seed: int = typer.Option(0, "--seed", help="Seed for the VAE posterior samples (image i draws its own noise, seeded by (seed, i))."),
     shard_size: int = typer.Option(4096, "--shard-size", help="Images per shard: the unit that ranks share out and that an interrupted extraction keeps."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+    repa_encoder: list[str] | None = typer.Option(None, "--repa-encoder", help="Also store this frozen encoder's patch tokens (image and mirror) for `sit train --repa-encoder` on the cache; repeat for several. A shard holds them in memory: lower --shard-size for wide encoders."),
+    repa_grid: int | None = typer.Option(None, "--repa-grid", help="Token grid side of the stored features (default: latent side // 2, SiT-*/2's grid; DINOv2 is fed grid * 14 pixels)."),
+    repa_dtype: str = typer.Option("float16", "--repa-dtype", help="Storage of the features: float16 (half the disk; the loss moves by ~1e-3 relative) or float32 (what the encoder gives)."),
 ) -> None:
-    """Encode an image folder once with the VAE (each image and its mirror image) for fast latent training.
+    """Encode an image folder once with the VAE (each image and its mirror image), and optionally REPA encoders' features, for fast latent training.
 
     Under `torchrun --nproc_per_node=K -m sitcli cache-latents ...` the K ranks encode disjoint shards (the cache is bit for bit the one-process cache); run the same command again after an interruption and only unfinished shards are encoded.
     """
     from sitcli.latent_cache import cache_latents as run_cache
 
-    result = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device, shard_size=shard_size)
+    result = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device, shard_size=shard_size, repa_encoder=repa_encoder or [], repa_grid=repa_grid, repa_dtype=repa_dtype)
     if result.is_main:
         reused = f" ({result.reused_shards} of {result.shards} shards kept from an earlier run)" if result.reused_shards else ""
         console.print(f"latent cache of {result.count} images written to {result.out}{reused}; train with: sit train --data {result.out}", highlight=False)

@@ -21,6 +21,7 @@ needs another grid resizes the tokens with ``match_grid``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -123,6 +124,22 @@ def load_encoder(path: str | Path) -> Encoder:
     if path.is_dir():
         return _load_transformers(path)
     return _load_timm(path)
+
+
+def encoder_identity(path: str | Path) -> str:
+    """The sha256 of an encoder's files (a folder's files in name order, names included): what a
+    latent cache records, so that cached features are matched to the same weights under any path."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"encoder {path} does not exist: {WHERE_TO_GET}")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0" if path.is_dir() else b"")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def match_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:

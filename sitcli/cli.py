@@ -101,7 +101,7 @@ def train(
     ckpt_every: int | None = typer.Option(None, "--ckpt-every", help="Steps between checkpoints (one is always written at the end)."),
     sample_every: int | None = typer.Option(None, "--sample-every", help="Steps between EMA sample grids (0: none)."),
     class_dropout_prob: float | None = typer.Option(None, "--class-dropout-prob", help="Label dropout for classifier-free guidance (default 0.1)."),
-    repa_encoder: list[str] | None = typer.Option(None, "--repa-encoder", help="REPA alignment: a frozen encoder from a local file (a transformers folder, e.g. DINOv2, or torch hub's dinov2_vit*14*_pretrain.pth); repeat it or pass a comma list for several (default: off; pip install 'sit[repa]')."),
+    repa_encoder: list[str] | None = typer.Option(None, "--repa-encoder", help="REPA alignment: a frozen encoder from a local file (a transformers folder, e.g. DINOv2, or torch hub's dinov2_vit*14*_pretrain.pth); repeat it for several, one path each (a comma is part of a path); on a latent cache, the features it stores (`sit cache-latents --repa-encoder`). Default: off; pip install 'sit[repa]'."),
     repa_depth: int | None = typer.Option(None, "--repa-depth", help="The SiT block (1-based) whose tokens are aligned (default: REPA's 8 for XL and L, 4 for B and S; depth // 3 otherwise)."),
     repa_weight: float | None = typer.Option(None, "--repa-weight", help="Weight lambda of the alignment term (default 0.5)."),
     repa_projector_dim: int | None = typer.Option(None, "--repa-projector-dim", help="Hidden width of the projectors, three linear layers with SiLU to the encoder's width (default 2048)."),

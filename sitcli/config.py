@@ -92,9 +92,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.loss_weight == "none":
             self.loss_weight = None
+        # One path per entry, as given: a comma may be part of a path (several encoders: several entries).
         if isinstance(self.repa_encoder, str):
             self.repa_encoder = [self.repa_encoder]
-        self.repa_encoder = [p.strip() for v in self.repa_encoder or [] for p in str(v).split(",") if p.strip()]
+        self.repa_encoder = [str(p) for p in self.repa_encoder or [] if str(p)]
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":

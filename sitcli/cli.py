@@ -88,7 +88,7 @@ def train(
     ckpt_every: int | None = typer.Option(None, "--ckpt-every", help="Steps between checkpoints (one is always written at the end)."),
     sample_every: int | None = typer.Option(None, "--sample-every", help="Steps between EMA sample grids (0: none)."),
     class_dropout_prob: float | None = typer.Option(None, "--class-dropout-prob", help="Label dropout for classifier-free guidance (default 0.1)."),
-    repa_encoder: list[str] | None = typer.Option(None, "--repa-encoder", help="REPA alignment: a frozen encoder from a local file (a transformers folder, e.g. DINOv2, or torch hub's dinov2_vit*14*_pretrain.pth); repeat it or pass a comma list for several (default: off; pip install 'sit[repa]')."),
+    repa_encoder: list[str] | None = typer.Option(None, "--repa-encoder", help="REPA alignment: a frozen encoder from a local file (a transformers folder, e.g. DINOv2, or torch hub's dinov2_vit*14*_pretrain.pth); repeat it for several, one path each (a comma is part of a path); on a latent cache, the features it stores (`sit cache-latents --repa-encoder`). Default: off; pip install 'sit[repa]'."),
     repa_depth: int | None = typer.Option(None, "--repa-depth", help="The SiT block (1-based) whose tokens are aligned (default: REPA's 8 for XL and L, 4 for B and S; depth // 3 otherwise)."),
     repa_weight: float | None = typer.Option(None, "--repa-weight", help="Weight lambda of the alignment term (default 0.5)."),
     repa_projector_dim: int | None = typer.Option(None, "--repa-projector-dim", help="Hidden width of the projectors, three linear layers with SiLU to the encoder's width (default 2048)."),
@@ -229,14 +229,18 @@ def cache_latents(
     shard_size: int = typer.Option(4096, "--shard-size", help="Images per shard: the unit that ranks share out and that an interrupted extraction keeps."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out, replacing a cache there (its other files are left alone)."),
+    repa_encoder: list[str] | None = typer.Option(None, "--repa-encoder", help="Also store this frozen encoder's patch tokens (image and mirror) for `sit train --repa-encoder` on the cache; repeat for several. A shard holds them in memory: lower --shard-size for wide encoders."),
+    repa_grid: int | None = typer.Option(None, "--repa-grid", help="Token grid side of the stored features (default: latent side // 2, SiT-*/2's grid; DINOv2 is fed grid * 14 pixels)."),
+    repa_dtype: str = typer.Option("float16", "--repa-dtype", help="Storage of the features: float16 (half the disk; the loss moves by ~1e-3 relative) or float32 (what the encoder gives)."),
 ) -> None:
-    """Encode an image folder once with the VAE (each image and its mirror image) for fast latent training.
+    """Encode an image folder once with the VAE (each image and its mirror image), and optionally REPA encoders' features, for fast latent training.
 
     Under `torchrun --nproc_per_node=K -m sitcli cache-latents ...` the K ranks encode disjoint shards (the cache is bit for bit the one-process cache); run the same command again after an interruption and only unfinished shards are encoded.
     """
     from sitcli.latent_cache import cache_latents as run_cache
 
-    result = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device, shard_size=shard_size, overwrite=overwrite)
+    result = run_cache(data, vae, image_size, out, batch_size, num_workers, seed, device, shard_size=shard_size, overwrite=overwrite,
+                       repa_encoder=repa_encoder or [], repa_grid=repa_grid, repa_dtype=repa_dtype)
     if result.is_main:
         reused = f" ({result.reused_shards} of {result.shards} shards kept from an earlier run)" if result.reused_shards else ""
         console.print(f"latent cache of {result.count} images written to {result.out}{reused}; train with: sit train --data {result.out}", highlight=False)

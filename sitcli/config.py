@@ -99,9 +99,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.loss_weight == "none":
             self.loss_weight = None
+        # One path per entry, as given: a comma may be part of a path (several encoders: several entries).
         if isinstance(self.repa_encoder, str):
             self.repa_encoder = [self.repa_encoder]
-        self.repa_encoder = [p.strip() for v in self.repa_encoder or [] for p in str(v).split(",") if p.strip()]
+        self.repa_encoder = [str(p) for p in self.repa_encoder or [] if str(p)]
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
@@ -341,7 +342,8 @@ SAMPLE_FLAGS = {"num": "--num-samples"}
 # The numeric flags of the other commands, by command: each job checks its arguments against its table first.
 FLAG_DOMAINS: dict[str, dict[str, Domain]] = {
     "nll": dict(num=COUNT, batch_size=COUNT, steps=COUNT, atol=POSITIVE, rtol=POSITIVE, seed=SEED),
-    "cache-latents": dict(image_size=COUNT, batch_size=COUNT, num_workers=COUNT_OR_ZERO, seed=SEED, shard_size=COUNT),
+    "cache-latents": dict(image_size=COUNT, batch_size=COUNT, num_workers=COUNT_OR_ZERO, seed=SEED, shard_size=COUNT,
+                          repa_grid=COUNT),
     "fid": dict(batch_size=COUNT, num_workers=COUNT_OR_ZERO, is_splits=COUNT, pr_subset=Domain(2, integer=True),
                 kid_subsets=COUNT, kid_subset_size=Domain(2, integer=True), seed=SEED),
     "convert": dict(num_heads=COUNT),

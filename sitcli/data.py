@@ -27,6 +27,7 @@ DIGITS = "digits"
 # (lower case, with the dot), which is also pytorch-fid's.
 IMAGE_EXTENSIONS = frozenset(IMG_EXTENSIONS)
 LATENT_MANIFEST = "latents.json"
+REPA_DTYPES = ("float16", "float32")  # storage of cached encoder features (numpy has no bfloat16)
 
 
 @dataclass
@@ -177,9 +178,12 @@ class LatentDataset:
     (N, 2, C, h, w) float16 with the latents of each image and of its mirror image, ``labels.npy``.
 
     The arrays are memory-mapped, so a cache larger than RAM works; ``flip`` picks the mirrored copy.
+    After ``use_features``, batches are ``(x, y, [features of each chosen encoder (B, tokens, width),
+    float32])``, read from the encoders' ``repa_features_K.npy`` (N, 2, tokens, width) beside the latents.
     """
 
     flip = True
+    features: tuple = ()
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -196,6 +200,22 @@ class LatentDataset:
             vae=manifest["vae"],
             latent_scale=manifest["latent_scale"],
         )
+        self.manifest = manifest
+
+    def use_features(self, identities: list[str], paths: list[str]) -> list[dict]:
+        """Read the cached features of the encoders with these sha256 ``identities`` (given as
+        ``paths``) with every batch; returns their manifest entries. Refuses a missing encoder."""
+        stored = {e["sha256"]: e for e in self.manifest.get("repa_features", [])}
+        for path, identity in zip(paths, identities):
+            if identity not in stored:
+                held = ", ".join(e["encoder"] for e in stored.values()) or "none"
+                m = self.manifest
+                raise InputError(f"latent cache {self.root} has no features of encoder {path} (it holds: {held}); build "
+                                 f"a cache with them: sit cache-latents --data {m['data']} --vae {m['vae']} --image-size "
+                                 f"{m['image_size']} --seed {m['seed']} --out NEW --repa-encoder {path}")
+        entries = [stored[i] for i in identities]
+        self.features = tuple(np.load(self.root / e["file"], mmap_mode="r") for e in entries)
+        return entries
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -204,7 +224,10 @@ class LatentDataset:
         idx = np.array([i for i, _ in items])
         flips = np.array([int(f) for _, f in items])
         x = torch.from_numpy(np.ascontiguousarray(self.latents[idx, flips])).float()
-        return x, torch.from_numpy(np.asarray(self.labels[idx], dtype=np.int64))
+        y = torch.from_numpy(np.asarray(self.labels[idx], dtype=np.int64))
+        if not self.features:
+            return x, y
+        return x, y, [torch.from_numpy(np.ascontiguousarray(f[idx, flips])).float() for f in self.features]
 
 
 def _open_cache(root: Path) -> tuple[dict, np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ needs another grid resizes the tokens with ``match_grid``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -117,12 +118,24 @@ class TimmEncoder(Encoder):
 
 def load_encoder(path: str | Path) -> Encoder:
     """The encoder stored at ``path`` (a transformers folder, or a DINOv2 .pth / .safetensors file)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"encoder {path} does not exist: {WHERE_TO_GET}")
+    path = _existing(path)
     if path.is_dir():
         return _load_transformers(path)
     return _load_timm(path)
+
+
+def encoder_identity(path: str | Path) -> str:
+    """The sha256 of an encoder's files (a folder's files in name order, names included): what a
+    latent cache records, so that cached features are matched to the same weights under any path."""
+    path = _existing(path)
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0" if path.is_dir() else b"")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def match_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
@@ -135,6 +148,18 @@ def match_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
     x = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
     x = F.interpolate(x, size=(grid, grid), mode="bilinear", align_corners=False, antialias=grid < side)
     return x.flatten(2).transpose(1, 2)
+
+
+def _existing(path: str | Path) -> Path:
+    """``path``, refused when it does not exist (with a hint when it reads as a comma list of paths)."""
+    path = Path(path)
+    if not path.exists():
+        parts = str(path).split(",")
+        if len(parts) > 1 and all(Path(p).exists() for p in parts):
+            raise InputError(f"encoder {path} does not exist; for several encoders repeat --repa-encoder, one path "
+                             "each (a comma is read as part of a path)")
+        raise InputError(f"encoder {path} does not exist: {WHERE_TO_GET}")
+    return path
 
 
 def _load_transformers(folder: Path) -> Encoder:

@@ -1,6 +1,7 @@
 """The REPA alignment term (training/losses.AlignmentLoss) and training with it: tiny random encoders."""
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -119,7 +120,7 @@ def test_weight_zero_trains_exactly_the_plain_weights(tmp_path, encoders, one_th
 
 
 def test_resume_with_the_term_is_exact_and_the_run_samples_and_converts(tmp_path, encoders, one_thread):
-    repa = dict(repa_encoder=f"{encoders['dino']},{encoders['hub']}", repa_projector_dim=16, repa_depth=2)
+    repa = dict(repa_encoder=[encoders["dino"], encoders["hub"]], repa_projector_dim=16, repa_depth=2)
     train(tiny(tmp_path, "straight", steps=4, **repa), progress=False)
     train(tiny(tmp_path, "halves", steps=2, **repa), progress=False)
     train(resume_config(tmp_path / "halves", {"steps": 4}), resume=True, progress=False)
@@ -146,3 +147,21 @@ def test_bad_repa_settings_are_refused_before_anything_is_written(tmp_path, enco
     with pytest.raises(InputError, match="--repa-depth 9 must name a block of SiT-Ti/4: 1..4"):
         train(tiny(tmp_path, "b", steps=1, repa_encoder=[encoders["dino"]], repa_depth=9), progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_an_encoder_path_with_a_comma_is_one_path(tmp_path, encoders, one_thread):
+    from typer.testing import CliRunner
+
+    from sitcli.cli import app
+
+    comma = tmp_path / "dinov2,small"  # a folder whose name holds a comma
+    shutil.copytree(encoders["dino"], comma)
+    flags = ["--steps", "1", "--batch-size", "8", "--sample-every", "0", "--repa-projector-dim", "8", "--repa-depth", "2"]
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--repa-encoder", str(comma),
+                                      "--repa-encoder", encoders["hub"], *flags])
+    assert result.exit_code == 0, result.output
+    assert runs.read_config(tmp_path / "run")["repa_encoder"] == [str(comma), encoders["hub"]]
+    # A comma list is not split: it names no file, and the error says to repeat the flag.
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run2"), "--repa-encoder",
+                                      f"{encoders['dino']},{encoders['hub']}", *flags])
+    assert result.exit_code == 2 and "repeat --repa-encoder" in result.output and not (tmp_path / "run2").exists()

@@ -13,6 +13,7 @@ import torch
 
 import sitcli.latent_cache as lc
 from sitcli.errors import InputError
+from test_encoders import dinov2_folder
 from test_train_ddp import torchrun
 from test_train_latent import folders  # noqa: F401  (the tiny random VAE and 8 + 1 unreadable images)
 
@@ -33,29 +34,39 @@ def assert_same_cache(a: Path, b: Path):
     assert ca["manifest"] == cb["manifest"]
     assert np.array_equal(ca["labels"], cb["labels"])
     assert ca["latents"].tobytes() == cb["latents"].tobytes()
+    for entry in ca["manifest"].get("repa_features", []):
+        assert (a / entry["file"]).read_bytes() == (b / entry["file"]).read_bytes()
 
 
 @pytest.fixture(scope="module")
-def one_process(folders, tmp_path_factory, one_thread):  # noqa: F811
+def encoder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("encoder") / "dino"
+    dinov2_folder(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_process(folders, encoder, tmp_path_factory, one_thread):  # noqa: F811
     out = tmp_path_factory.mktemp("cache") / "one"
-    result = make(folders, out)
+    result = make(folders, out, repa_encoder=[str(encoder)])  # with REPA features, sharded like the latents
     assert (result.count, result.shards, result.reused_shards) == (8, 3, 0)  # 9 files, one unreadable
     assert not (out / lc.SHARDS).exists()
     return out
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo")
-def test_two_ranks_make_the_one_process_cache_bit_for_bit(folders, one_process, tmp_path):  # noqa: F811
+def test_two_ranks_make_the_one_process_cache_bit_for_bit(folders, encoder, one_process, tmp_path):  # noqa: F811
     proc = torchrun("-m", "sitcli", "cache-latents", "--data", folders / "images", "--vae", folders / "vae",
                     "--out", tmp_path / "two", "--image-size", 16, "--batch-size", 2, "--num-workers", 0, "--seed", 3,
-                    "--shard-size", 3, "--device", "cpu", cwd=tmp_path)
+                    "--shard-size", 3, "--device", "cpu", "--repa-encoder", encoder, cwd=tmp_path)
     assert proc.stderr.count("latent cache of 8 images") + proc.stdout.count("latent cache of 8 images") == 1
     assert_same_cache(one_process, tmp_path / "two")
     assert contents(one_process)["latents"].shape == (8, 2, 4, 8, 8)
+    assert np.load(one_process / "repa_features_0.npy").shape == (8, 2, 16, 32)  # the unreadable image left out
 
 
-def test_an_interrupted_extraction_encodes_only_the_unfinished_shards(folders, one_process, tmp_path, monkeypatch):  # noqa: F811
-    save, written = lc.atomic.save_npz, []
+def test_an_interrupted_extraction_encodes_only_the_unfinished_shards(folders, encoder, one_process, tmp_path, monkeypatch):  # noqa: F811
+    save, written, features = lc.atomic.save_npz, [], dict(repa_encoder=[str(encoder)])
 
     def save_twice_then_stop(path, **arrays):
         if len(written) == 2:
@@ -65,17 +76,19 @@ def test_an_interrupted_extraction_encodes_only_the_unfinished_shards(folders, o
 
     monkeypatch.setattr(lc.atomic, "save_npz", save_twice_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        make(folders, tmp_path / "cache")
+        make(folders, tmp_path / "cache", **features)
     assert sorted(p.name for p in (tmp_path / "cache" / lc.SHARDS).glob("*.npz")) == ["000000.npz", "000001.npz"]
     assert not (tmp_path / "cache" / "latents.json").exists()  # nothing that looks finished
 
     with pytest.raises(InputError, match="seed differ"):  # shards of other settings are not mixed in
-        make(folders, tmp_path / "cache", seed=4)
+        make(folders, tmp_path / "cache", seed=4, **features)
+    with pytest.raises(InputError, match="repa_features differ"):  # nor shards without the features
+        make(folders, tmp_path / "cache")
     monkeypatch.setattr(lc.atomic, "save_npz", save)
     encoded = []
     encode = lc.encode
     monkeypatch.setattr(lc, "encode", lambda vae, x, **kw: (encoded.append(len(x)), encode(vae, x, **kw))[1])
-    result = make(folders, tmp_path / "cache")
+    result = make(folders, tmp_path / "cache", **features)
     assert (result.shards, result.reused_shards) == (3, 2)
     assert sum(encoded) == 2 * 3  # the last shard's 3 images, each with its mirror image
     assert_same_cache(one_process, tmp_path / "cache")

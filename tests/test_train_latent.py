@@ -86,7 +86,7 @@ def test_train_on_pixels_of_an_image_folder_with_loader_workers(folders, tmp_pat
     assert Image.open(tmp_path / "run" / "grids" / "0000002.png").mode == "RGB"
 
 
-def test_alignment_term_reads_pixels_with_a_vae_and_refuses_a_latent_cache(folders, tmp_path):
+def test_alignment_term_reads_pixels_with_a_vae_and_refuses_a_cache_without_features(folders, tmp_path):
     from test_encoders import dinov2_folder
 
     dinov2_folder(tmp_path / "dino")
@@ -100,5 +100,6 @@ def test_alignment_term_reads_pixels_with_a_vae_and_refuses_a_latent_cache(folde
     assert sit("cache-latents", "--data", folders / "images", "--vae", folders / "vae", "--out", cache,
                "--image-size", 16, "--num-workers", 0).exit_code == 0
     result = sit("train", "--data", cache, "--out", tmp_path / "run2", *common)
-    assert result.exit_code == 2 and "is a latent cache" in result.output and "--vae instead" in result.output
+    # A cache made without the encoder's features: refused, naming the command that stores them.
+    assert result.exit_code == 2 and "has no features of encoder" in result.output and "--repa-encoder" in result.output
     assert not (tmp_path / "run2").exists()

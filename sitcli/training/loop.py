@@ -73,15 +73,16 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
     last_ckpt = p.latest
     with stop, log:
         while p.step < cfg.steps:
-            x, y = next(p.data)
+            x, y, *cached = next(p.data)  # cached: [encoder features] from a latent cache with them
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+            features = [f.to(dist.device, non_blocking=True) for f in cached[0]] if cached else None
             pixels = x
             if p.vae is not None:
                 from sitcli.autoencoder import encode
 
                 x = encode(p.vae, x, p.noise)
             loss, parts = step_loss(p.net, p.transport, p.terms, x, y, p.noise, precision,
-                                    pixels if p.vae is not None else None)
+                                    pixels if p.vae is not None else None, features)
             # One small all-reduce per step: every rank learns the mean losses and whether to stop.
             shown = [loss] + (list(parts.values()) if len(parts) > 1 else [])
             sums = distributed.all_reduce_sum(torch.stack(
@@ -109,14 +110,15 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
 
 def step_loss(net: torch.nn.Module, transport: Transport, terms: list[LossTerm], x: torch.Tensor, y: torch.Tensor,
               noise: torch.Generator | None, precision: torch.autocast,
-              images: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              images: torch.Tensor | None = None,
+              features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The first half of a training step: the batch's total loss and its terms, under ``precision``.
 
     For the linear interpolant and velocity prediction alone this is mean |net(x_t, t, y) - (x1 - eps)|^2
     with x_t = t x1 + (1 - t) eps; ``training.losses`` holds the terms.
     """
     with precision:
-        return step_losses(net, transport, terms, x, y, noise, images)
+        return step_losses(net, transport, terms, x, y, noise, images, features)
 
 
 def step_update(loss: torch.Tensor, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,

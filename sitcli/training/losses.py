@@ -39,6 +39,7 @@ class StepBatch:
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # block depth -> tokens (B, N, hidden)
     images: torch.Tensor | None = None  # the batch in pixel space, [-1, 1] (x1 itself unless x1 is latent)
     r: torch.Tensor | None = None  # a mean-flow step's second time (B,), r >= t
+    features: list[torch.Tensor] | None = None  # each encoder's patch tokens of the batch, read from a latent cache
 
 
 @dataclass
@@ -92,6 +93,8 @@ class AlignmentLoss(LossTerm):
 
     (K encoders, N tokens; both sides L2-normalised in float32, so that bf16 cannot overflow the
     norms). An encoder whose token grid differs from SiT's is resized to it (``encoders.match_grid``).
+    f is computed from ``batch.images`` (or x1), or read from ``batch.features`` when a latent
+    cache holds it (``CachedEncoder``: ``sit cache-latents --repa-encoder``).
     """
 
     name = "alignment"
@@ -104,14 +107,19 @@ class AlignmentLoss(LossTerm):
         """One line per encoder whose token grid is interpolated to SiT's."""
         return [f"note: encoder {e.source} gives a {n}x{n} token grid at {e.input_size(self.grid)} pixels; SiT's is "
                 f"{self.grid}x{self.grid}, so its tokens are interpolated (bilinear) to it"
+                + (getattr(e, "rebuild", lambda grid: "")(self.grid))
                 for e in self.encoders if (n := e.token_grid(self.grid)) != self.grid]
 
     def __call__(self, batch: StepBatch) -> torch.Tensor:
         tokens = batch.tokens[self.token_depths[0]]
         images = batch.x1 if batch.images is None else batch.images
+        if batch.features is None:
+            targets = [encoder.features(images, self.grid) for encoder in self.encoders]
+        else:
+            targets = batch.features
         total = 0
-        for encoder, projector in zip(self.encoders, self.projectors):
-            target = match_grid(encoder.features(images, self.grid), self.grid)
+        for features, projector in zip(targets, self.projectors):
+            target = match_grid(features, self.grid)
             z = torch.nn.functional.normalize(projector(tokens).float(), dim=-1)
             total = total - (z * torch.nn.functional.normalize(target.float(), dim=-1)).sum(-1).mean(-1)
         return total / len(self.encoders)
@@ -163,6 +171,28 @@ class MeanFlowLoss(LossTerm):
         return meanflow.adaptive_weight(error, self.p, self.c) * error.pow(2).flatten(1).mean(1)
 
 
+@dataclass
+class CachedEncoder:
+    """An encoder whose patch tokens a latent cache holds (its manifest entry): nothing is run."""
+
+    source: str
+    width: int
+    grid: int  # side of the stored token grid
+    resolution: int  # pixels it was fed
+    fixed_resolution: bool  # True: its grid does not depend on the grid asked for
+
+    def token_grid(self, grid: int | None = None) -> int:
+        return self.grid
+
+    def input_size(self, grid: int | None = None) -> int:
+        return self.resolution
+
+    def rebuild(self, grid: int) -> str:
+        """How to get the features on-the-fly training would compute, when they differ."""
+        return "" if self.fixed_resolution else (f" (on the fly it would be fed {grid}x{grid} tokens' worth of pixels: "
+                                                 f"rebuild the cache with --repa-grid {grid} for that)")
+
+
 def loss_terms(cfg: TrainConfig, transport: Transport, model: torch.nn.Module | None = None,
                encoders: list[Encoder] = ()) -> list[LossTerm]:
     """The terms a config asks for, the regression loss first; ``model`` holds the projectors
@@ -182,9 +212,11 @@ def loss_terms(cfg: TrainConfig, transport: Transport, model: torch.nn.Module | 
 def step_losses(
     net: Callable, transport: Transport, terms: list[LossTerm], x1: torch.Tensor, y: torch.Tensor | None,
     generator: torch.Generator | None = None, images: torch.Tensor | None = None,
+    features: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(total loss, {term name: its batch mean}) of one forward pass on the batch (x1, y);
-    ``images``: the same batch in pixel space when x1 is latent."""
+    ``images``: the same batch in pixel space when x1 is latent; ``features``: the encoders'
+    patch tokens of the batch when a latent cache holds them."""
     drawn = terms[0].inputs(transport, x1, y, generator)
     t, noise, y = drawn.t, drawn.noise, drawn.y
     x_t = transport.interpolant.interpolate(x1, noise, t)
@@ -193,7 +225,7 @@ def step_losses(
         output, tokens = net(x_t, t, y=y, return_tokens=depths, **drawn.model_kwargs)
     else:
         output, tokens = net(x_t, t, y=y, **drawn.model_kwargs), {}
-    batch = StepBatch(x1, noise, t, x_t, y, output, tokens, images, drawn.r)
+    batch = StepBatch(x1, noise, t, x_t, y, output, tokens, images, r=drawn.r, features=features)
     parts = {term.name: term(batch).mean() for term in terms}
     total = None
     for term in terms:

@@ -238,12 +238,17 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
 
 
 def open_encoders(cfg: TrainConfig, dataset, device: torch.device) -> list:
-    """The frozen encoders of the alignment term (none without ``repa_encoder``), on ``device``."""
+    """The frozen encoders of the alignment term (none without ``repa_encoder``), on ``device``; on a
+    latent cache, the cache's features of them (refused if it has none)."""
     if not cfg.repa_encoder:
         return []
-    if dataset.info.latent:
-        raise InputError(f"--repa-encoder needs the training images in pixel space, and {cfg.data} is a latent cache "
-                         f"(latents only): train on the image folder with --vae instead")
+    if dataset.info.latent:  # the cache's stored features; the encoders themselves are not loaded
+        from sitcli.encoders import encoder_identity
+        from sitcli.training.losses import CachedEncoder
+
+        entries = dataset.use_features([encoder_identity(p) for p in cfg.repa_encoder], cfg.repa_encoder)
+        return [CachedEncoder(path, e["width"], e["grid"], e["resolution"], e["fixed_resolution"])
+                for path, e in zip(cfg.repa_encoder, entries)]
     from sitcli.encoders import load_encoder
 
     return [load_encoder(path).to(device) for path in cfg.repa_encoder]

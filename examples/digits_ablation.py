@@ -11,7 +11,7 @@ are printed once above the table.
 Runs already in ``--root`` are reused, so a table can be redrawn without training again; every
 command is printed as it runs (``sit train ... --seed S``, then ``sit sample ... --seed S``).
 
-    python examples/digits_ablation.py [--root runs/ablation] [--steps 1000] [--num 500] [--seeds 3] [--jobs 1]
+    python examples/digits_ablation.py [--root runs/ablation] [--steps 500] [--num 300] [--seeds 3] [--jobs 1]
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ SAMPLERS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--steps", type=int, default=1000, help="training steps per run")
-    parser.add_argument("--num", type=int, default=500, help="samples per run and sampler")
+    parser.add_argument("--steps", type=int, default=500, help="training steps per run")
+    parser.add_argument("--num", type=int, default=300, help="samples per run and sampler")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1 (training and sampling alike)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=1, help="`sit` commands run at a time")

@@ -17,11 +17,11 @@ samples per run), scored as in ``digits_ablation.py`` (``examples/digits_runs.py
 The commands, for each seed S in 0, 1, 2 (ROOT is ``--root``; `sit sample` gets
 ``--num NUM --seed S --class-labels 0,1,2,3,4,5,6,7,8,9 --threads 1 --out RUN/samples-<flags>``):
 
-    sit train --data digits --interpolant vp --pred noise --num-timesteps 1000 --steps 1000 --threads 1 --seed S --out ROOT/vp-noise-T1000-sS
-    sit train --data digits --interpolant vp --pred noise --steps 1000 --threads 1 --seed S --out ROOT/vp-noise-sS
-    sit train --data digits --interpolant vp --pred velocity --steps 1000 --threads 1 --seed S --out ROOT/vp-velocity-sS
-    sit train --data digits --interpolant gvp --pred velocity --steps 1000 --threads 1 --seed S --out ROOT/gvp-velocity-sS
-    sit train --data digits --interpolant linear --pred velocity --steps 1000 --threads 1 --seed S --out ROOT/linear-velocity-sS
+    sit train --data digits --interpolant vp --pred noise --num-timesteps 1000 --steps 500 --threads 1 --seed S --out ROOT/vp-noise-T1000-sS
+    sit train --data digits --interpolant vp --pred noise --steps 500 --threads 1 --seed S --out ROOT/vp-noise-sS
+    sit train --data digits --interpolant vp --pred velocity --steps 500 --threads 1 --seed S --out ROOT/vp-velocity-sS
+    sit train --data digits --interpolant gvp --pred velocity --steps 500 --threads 1 --seed S --out ROOT/gvp-velocity-sS
+    sit train --data digits --interpolant linear --pred velocity --steps 500 --threads 1 --seed S --out ROOT/linear-velocity-sS
     sit sample --ckpt RUN --sampler sde --w SBDM                        # rows 1-5
     sit sample --ckpt ROOT/linear-velocity-sS --sampler ode --method heun --steps 125
     sit sample --ckpt ROOT/linear-velocity-sS --sampler sde --w sigma   # also constant, decreasing, increasing-decreasing
@@ -29,7 +29,7 @@ The commands, for each seed S in 0, 1, 2 (ROOT is ``--root``; `sit sample` gets
 The runs are the same folders as ``digits_ablation.py``'s where the setting is the same (give both
 the same ``--root``), and runs already there are reused.
 
-    python examples/dit_to_sit_digits.py [--root runs/ablation] [--steps 1000] [--num 500] [--seeds 3] [--jobs 1]
+    python examples/dit_to_sit_digits.py [--root runs/ablation] [--steps 500] [--num 300] [--seeds 3] [--jobs 1]
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ W_AFTER = ["SBDM", "sigma", "constant", "decreasing", "increasing-decreasing"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--steps", type=int, default=1000, help="training steps per run")
-    parser.add_argument("--num", type=int, default=500, help="samples per run and sampler")
+    parser.add_argument("--steps", type=int, default=500, help="training steps per run")
+    parser.add_argument("--num", type=int, default=300, help="samples per run and sampler")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1 (training and sampling alike)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=1, help="`sit` commands run at a time")

@@ -50,7 +50,7 @@ def crossover(nfes: list[int], ode: list[float], sde: list[float]) -> float | No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--steps", type=int, default=1000, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=500, help="training steps per run")
     parser.add_argument("--nfe", default="10,20,50,100,250", help="comma list of even NFEs")
     parser.add_argument("--num", type=int, default=300, help="samples per run and setting")
     parser.add_argument("--seeds", type=int, default=3)

@@ -30,12 +30,12 @@ TRAININGS = [Training("linear", "velocity"), Training("gvp", "velocity"), Traini
 # is used for every model. (w = linear, 1 - t, is w = sigma on the linear interpolant: not listed.)
 SAMPLERS = [
     ("ODE heun 50 (100 NFE)", Sampling(("--sampler", "ode", "--method", "heun", "--steps", "50"))),
-    ("SDE euler 250, w = sigma", Sampling(("--sampler", "sde", "--w", "sigma"))),
-    ("SDE euler 250, w = SBDM", Sampling(("--sampler", "sde", "--w", "SBDM"))),
-    ("SDE euler 250, w = constant 1", Sampling(("--sampler", "sde", "--w", "constant"))),
+    ("SDE euler 250, w = sigma", Sampling(("--sampler", "sde", "--w", "sigma", "--steps", "250"))),
+    ("SDE euler 250, w = SBDM", Sampling(("--sampler", "sde", "--w", "SBDM", "--steps", "250"))),
+    ("SDE euler 250, w = constant 1", Sampling(("--sampler", "sde", "--w", "constant", "--steps", "250"))),
     # The official code's last step (sit's default before it became the probability-flow step):
     ("SDE euler 250, w = constant 1, --last-step mean",
-     Sampling(("--sampler", "sde", "--w", "constant", "--last-step", "mean"))),
+     Sampling(("--sampler", "sde", "--w", "constant", "--steps", "250", "--last-step", "mean"))),
 ]
 
 

@@ -22,9 +22,9 @@ The commands, for each seed S in 0, 1, 2 (ROOT is ``--root``; `sit sample` gets
     sit train --data digits --interpolant vp --pred velocity --steps 500 --threads 1 --seed S --out ROOT/vp-velocity-sS
     sit train --data digits --interpolant gvp --pred velocity --steps 500 --threads 1 --seed S --out ROOT/gvp-velocity-sS
     sit train --data digits --interpolant linear --pred velocity --steps 500 --threads 1 --seed S --out ROOT/linear-velocity-sS
-    sit sample --ckpt RUN --sampler sde --w SBDM                        # rows 1-5
+    sit sample --ckpt RUN --sampler sde --w SBDM --steps 250                        # rows 1-5, RUN each of the above
     sit sample --ckpt ROOT/linear-velocity-sS --sampler ode --method heun --steps 125
-    sit sample --ckpt ROOT/linear-velocity-sS --sampler sde --w sigma   # also constant, decreasing, increasing-decreasing
+    sit sample --ckpt ROOT/linear-velocity-sS --sampler sde --w sigma --steps 250   # and w constant, decreasing, ...
 
 The runs are the same folders as ``digits_ablation.py``'s where the setting is the same (give both
 the same ``--root``), and runs already there are reused.
@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from digits_runs import HEADER, Sampling, Training, cells, floors, prepare, seed_scores  # noqa: E402
 
-SDE_SBDM = Sampling(("--sampler", "sde", "--w", "SBDM"))
+SDE_SBDM = Sampling(("--sampler", "sde", "--w", "SBDM", "--steps", "250"))
 LINEAR = Training("linear", "velocity")
 # (row, what changed, training, sampler name, sampling)
 WALK = [
@@ -52,7 +52,7 @@ WALK = [
     ("5", "linear interpolant", LINEAR, "SDE w = SBDM", SDE_SBDM),
     ("6", "sampler: ODE", LINEAR, "ODE heun 125 (250 NFE)",
      Sampling(("--sampler", "ode", "--method", "heun", "--steps", "125"))),
-    ("6", "sampler: SDE w = sigma", LINEAR, "SDE w = sigma", Sampling(("--sampler", "sde", "--w", "sigma"))),
+    ("6", "sampler: SDE w = sigma", LINEAR, "SDE w = sigma", Sampling(("--sampler", "sde", "--w", "sigma", "--steps", "250"))),
 ]
 # w(t) after training, on the linear / velocity models (w = linear, 1 - t, is sigma on this interpolant).
 W_AFTER = ["SBDM", "sigma", "constant", "decreasing", "increasing-decreasing"]
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="`sit` commands run at a time")
     args = parser.parse_args()
 
-    w_rows = [(w, Sampling(("--sampler", "sde", "--w", w))) for w in W_AFTER]
+    w_rows = [(w, Sampling(("--sampler", "sde", "--w", w, "--steps", "250"))) for w in W_AFTER]
     pairs = [(t, s) for _, _, t, _, s in WALK] + [(LINEAR, s) for _, s in w_rows]
     prepare(pairs, args.root, args.seeds, args.steps, args.num, args.threads, args.jobs)
 

@@ -31,7 +31,7 @@ import torch
 from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).parent))
-from digits_ablation import frechet_distance  # noqa: E402
+from digits_runs import pixel_fd as frechet_distance  # noqa: E402
 
 from sitcli import runs  # noqa: E402
 from sitcli.config import TrainConfig  # noqa: E402

@@ -16,12 +16,11 @@ command is printed as it runs (``sit train ... --seed S``, then ``sit sample ...
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from digits_runs import HEADER, Sampling, Training, cells, floors, prepare, seed_scores  # noqa: E402
+from digits_runs import HEADER, Sampling, Training, arguments, cells, floors, prepare, seed_scores  # noqa: E402
 
 # (interpolant, prediction): the paper's Table 1 axes at digits scale.
 TRAININGS = [Training("linear", "velocity"), Training("gvp", "velocity"), Training("vp", "velocity"),
@@ -40,14 +39,7 @@ SAMPLERS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--steps", type=int, default=500, help="training steps per run")
-    parser.add_argument("--num", type=int, default=300, help="samples per run and sampler")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1 (training and sampling alike)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--jobs", type=int, default=1, help="`sit` commands run at a time")
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
 
     rows = [(t, *SAMPLERS[0]) for t in TRAININGS] + [(TRAININGS[0], name, s) for name, s in SAMPLERS[1:]]
     prepare([(t, s) for t, _, s in rows], args.root, args.seeds, args.steps, args.num, args.threads, args.jobs)

@@ -12,6 +12,7 @@ Example code: not part of the package.
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import subprocess
 import sys
@@ -65,6 +66,18 @@ class Sampling:
     def command(self, run: Path, seed: int, num: int, threads: int) -> list[str]:
         return ["sit", "sample", "--ckpt", str(run), *self.flags, "--num", str(num), "--seed", str(seed),
                 "--class-labels", LABELS, "--threads", str(threads), "--out", str(self.folder(run))]
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The flags every digits-runs script shares: where runs are cached, their budget, seeds and parallelism."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--steps", type=int, default=500, help="training steps per run")
+    parser.add_argument("--num", type=int, default=300, help="samples per run and sampler")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1 (training and sampling alike)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1, help="`sit` commands run at a time")
+    return parser
 
 
 def trained(folder: Path, steps: int) -> bool:

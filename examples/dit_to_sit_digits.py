@@ -34,12 +34,11 @@ the same ``--root``), and runs already there are reused.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from digits_runs import HEADER, Sampling, Training, cells, floors, prepare, seed_scores  # noqa: E402
+from digits_runs import HEADER, Sampling, Training, arguments, cells, floors, prepare, seed_scores  # noqa: E402
 
 SDE_SBDM = Sampling(("--sampler", "sde", "--w", "SBDM", "--steps", "250"))
 LINEAR = Training("linear", "velocity")
@@ -59,14 +58,7 @@ W_AFTER = ["SBDM", "sigma", "constant", "decreasing", "increasing-decreasing"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--steps", type=int, default=500, help="training steps per run")
-    parser.add_argument("--num", type=int, default=300, help="samples per run and sampler")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1 (training and sampling alike)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--jobs", type=int, default=1, help="`sit` commands run at a time")
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
 
     w_rows = [(w, Sampling(("--sampler", "sde", "--w", w, "--steps", "250"))) for w in W_AFTER]
     pairs = [(t, s) for _, _, t, _, s in WALK] + [(LINEAR, s) for _, s in w_rows]

@@ -18,7 +18,6 @@ curves with the crossover marked to ``--png``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from digits_runs import Sampling, Training, floors, mean_std, prepare, seed_scores  # noqa: E402
+from digits_runs import Sampling, Training, arguments, floors, mean_std, prepare, seed_scores  # noqa: E402
 
 LINEAR = Training("linear", "velocity")
 
@@ -48,14 +47,8 @@ def crossover(nfes: list[int], ode: list[float], sde: list[float]) -> float | No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--steps", type=int, default=500, help="training steps per run")
+    parser = arguments(__doc__)
     parser.add_argument("--nfe", default="10,20,50,100,250", help="comma list of even NFEs")
-    parser.add_argument("--num", type=int, default=300, help="samples per run and setting")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--jobs", type=int, default=1, help="`sit` commands run at a time")
     parser.add_argument("--png", type=Path, default=Path("ode_vs_sde_nfe.png"))
     args = parser.parse_args()
     nfes = [int(n) for n in args.nfe.split(",")]

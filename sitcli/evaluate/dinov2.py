@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
 
 from sitcli.encoders import Encoder
 from sitcli.errors import InputError

@@ -154,7 +154,7 @@ class MeanFlowLoss(LossTerm):
 
     def __call__(self, batch: StepBatch) -> torch.Tensor:
         model, t, r = self.model, batch.t, batch.r
-        v = meanflow.conditional_velocity(self.transport.interpolant, batch.x1, batch.noise, t)
+        v = self.transport.interpolant.conditional_velocity(batch.x1, batch.noise, t)
         if self.omega != 1 and batch.y is not None:
             null = torch.full_like(batch.y, model.num_classes)
             with torch.no_grad():

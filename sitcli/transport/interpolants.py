@@ -65,6 +65,12 @@ class Interpolant:
         t = expand_time(t, x1)
         return self.alpha(t) * x1 + self.sigma(t) * noise
 
+    def conditional_velocity(self, x1: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """d x_t / dt = alpha'_t x1 + sigma'_t eps for the fixed pair (x1, eps): the regression target
+        of velocity prediction, and the tangent of the mean-flow JVP."""
+        t = expand_time(t, x1)
+        return self.d_alpha(t) * x1 + self.d_sigma(t) * noise
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

@@ -19,7 +19,7 @@ Identity. For fixed r, z_r is the same point for every z_t on one trajectory, so
 and du/dt is one forward-mode Jacobian-vector product of (z, t, r) -> u with tangents (v, 1, 0).
 
 Training (``meanflow_target``, ``adaptive_weight``): with x_t = alpha_t x1 + sigma_t eps and its
-conditional velocity v_c = alpha'_t x1 + sigma'_t eps in place of v, the regression target is
+conditional velocity v_c (``Interpolant.conditional_velocity``) in place of v, the regression target is
 
     u_tgt = v_c + (r - t) sg(du_theta/dt),    loss = sg(w) |u_theta(x_t, t, r) - sg(u_tgt)|^2,
     w = 1 / (|u_theta - u_tgt|^2 / D + c)^p                                        (the paper's adaptive weight)
@@ -46,7 +46,7 @@ from typing import Callable
 
 import torch
 
-from sitcli.transport.interpolants import Interpolant, expand_time
+from sitcli.transport.interpolants import expand_time
 
 
 def draw_times(sample_time: Callable[..., torch.Tensor], batch: int, share: float, device=None,
@@ -58,12 +58,6 @@ def draw_times(sample_time: Callable[..., torch.Tensor], batch: int, share: floa
     t, r = torch.minimum(a, b), torch.maximum(a, b)
     keep = torch.rand(batch, device=device, generator=generator) < share
     return t, torch.where(keep, r, t)
-
-
-def conditional_velocity(interpolant: Interpolant, x1: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """v_c = alpha'_t x1 + sigma'_t eps, the velocity of the straight (conditional) path through x_t."""
-    t_ = expand_time(t, x1)
-    return interpolant.d_alpha(t_) * x1 + interpolant.d_sigma(t_) * noise
 
 
 def jvp_math_attention():

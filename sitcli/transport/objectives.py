@@ -124,8 +124,7 @@ def regression_error(interpolant: Interpolant, prediction: str, output, x1, nois
     score: sigma_t s_theta + eps (sigma_t times the score error, finite at sigma_t = 0).
     """
     if prediction == "velocity":
-        t_ = expand_time(t, x1)
-        return output - (interpolant.d_alpha(t_) * x1 + interpolant.d_sigma(t_) * noise)
+        return output - interpolant.conditional_velocity(x1, noise, t)
     if prediction == "noise":
         return output - noise
     return interpolant.sigma(expand_time(t, x1)) * output + noise

@@ -3,10 +3,7 @@
 The process group is created here once, so the jobs join it instead of creating their own.
 """
 
-import os
 import sys
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import copy
 

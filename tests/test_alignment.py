@@ -17,8 +17,7 @@ from sitcli.models import SiT
 from sitcli.sample import sample
 from sitcli.training import resume_config, train
 from sitcli.training.losses import AlignmentLoss, StepBatch
-from test_encoders import SMALL, dinov2_folder, hub_file
-from test_train import assert_same_state, final_state, tiny
+from helpers import SMALL, assert_same_state, dinov2_folder, final_state, hub_file, tiny
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +105,7 @@ def test_a_fixed_size_encoder_grid_is_interpolated_to_sits(encoders, one_thread)
     torch.testing.assert_close(term(batch), -(z * target).sum(-1).mean(-1))
 
 
+@pytest.mark.slow
 def test_weight_zero_trains_exactly_the_plain_weights(tmp_path, encoders, one_thread):
     train(tiny(tmp_path, "plain", steps=3), progress=False)
     train(tiny(tmp_path, "zero", steps=3, repa_encoder=[encoders["dino"]], repa_weight=0.0, repa_projector_dim=16),

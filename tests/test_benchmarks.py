@@ -32,6 +32,7 @@ def test_peak_is_read_from_the_device_name(gpu, monkeypatch, name, tflops):
     assert ("datasheet" in source or "HGX" in source) if tflops else source.startswith("unknown")
 
 
+@pytest.mark.slow
 def test_tiny_run_prints_every_table_on_the_cpu(gpu, monkeypatch, capsys, one_thread):
     monkeypatch.setattr(sys, "argv", ["gpu.py", "--tiny", "--device", "cpu", "--compile-backend", "eager"])
     gpu.main()

@@ -1,8 +1,5 @@
 """`sit convert` between official SiT/DiT .pt files and sit runs: round trips, detection, refusals."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
 import json
@@ -17,7 +14,7 @@ from sitcli.convert import convert
 from sitcli.errors import InputError
 from sitcli.loading import read_checkpoint
 from sitcli.models import SiT
-from tiny_sit import TINY, assert_same, random_sit
+from helpers import TINY_ARCH, assert_same, random_sit
 
 TI = dict(input_size=8, patch_size=4, in_channels=4, hidden_size=96, depth=4, num_heads=4, num_classes=3)  # SiT-Ti/4
 
@@ -28,7 +25,7 @@ def random_weights(seed: int = 0, **arch) -> dict[str, torch.Tensor]:
     return random_sit(seed, **arch).state_dict()
 
 
-def training_checkpoint(path, model_name="SiT-XL/2", arch=TINY, **args):
+def training_checkpoint(path, model_name="SiT-XL/2", arch=TINY_ARCH, **args):
     """The official training scripts' checkpoint: {"model", "ema", "opt", "args": argparse.Namespace}."""
     model, ema = random_weights(1, **arch), random_weights(2, **arch)
     opt = torch.optim.AdamW(SiT(**arch).parameters()).state_dict()
@@ -46,7 +43,7 @@ def test_raw_weights_architecture_and_kind_from_file_name(tmp_path):
     torch.save(weights, tmp_path / "DiT-tiny.pt")
     ckpt = read_checkpoint(tmp_path / "DiT-tiny.pt", num_heads=2)
     assert ckpt.kind == "dit" and ckpt.format == "dit" and ckpt.transport["prediction"] == "noise"
-    assert ckpt.arch == {**TINY, "mlp_ratio": 4.0, "learn_sigma": True}
+    assert ckpt.arch == {**TINY_ARCH, "mlp_ratio": 4.0, "learn_sigma": True}
     assert_same(ckpt.state_dict(), weights)
     torch.save(random_weights(learn_sigma=False, num_classes=0), tmp_path / "SiT-uncond.pt")
     ckpt = read_checkpoint(tmp_path / "SiT-uncond.pt", num_heads=2)

@@ -1,8 +1,5 @@
 """`sit convert` to and from diffusers: DiTTransformer2DModel and sitcli's SiTTransformer2DModel."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
 import shutil
@@ -16,12 +13,12 @@ from sitcli.convert import convert
 from sitcli.diffusers_sit import SiTTransformer2DModel
 from sitcli.errors import InputError
 from sitcli.loading import read_checkpoint
-from tiny_sit import TINY, assert_same, random_sit
+from helpers import TINY_ARCH, assert_same, random_sit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def batch(arch=TINY, n=3):
+def batch(arch=TINY_ARCH, n=3):
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(n, arch["in_channels"], arch["input_size"], arch["input_size"], generator=gen)
     return x, torch.arange(n) % max(arch["num_classes"], 1)

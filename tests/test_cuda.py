@@ -7,7 +7,6 @@ same code on the CPU); a lent GPU runs it as ``pytest -q tests/test_cuda.py -rs`
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Deterministic cuBLAS for the exact-resume test; read when the first cuBLAS handle is made.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 

@@ -1,10 +1,7 @@
-"""Damaged runs and caches (issue 15, class 4): a checkpoint counts only when every file in it verifies,
+"""Damaged runs and caches: a checkpoint counts only when every file in it verifies,
 resume and sampling name the damaged one, nothing is rewritten until a resume is known to work, and a
 damaged latent cache says what is wrong and how to rebuild it."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hashlib
 import json
@@ -21,7 +18,7 @@ from sitcli.cli import app
 from sitcli.data import open_dataset
 from sitcli.errors import InputError
 from sitcli.training import train
-from test_train import assert_same_state, final_state, tiny  # TINY: a checkpoint every 2 steps
+from helpers import assert_same_state, final_state, tiny  # a checkpoint every 2 steps
 
 runner = CliRunner()
 KINDS = ("zero", "truncated", "corrupt")

@@ -1,8 +1,5 @@
 """sitcli/data.py: the embedded digits, image folders, and the (index, flip) batch order."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest

@@ -7,6 +7,8 @@ import torch
 
 from sitcli.evaluate.digits import DigitsJudge, features, real_digits, train_classifier
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def judge():

@@ -4,9 +4,6 @@ The references are written here from the DDPM/DDIM update rules on the plain cum
 table, calling the network with integer timesteps; they share nothing with sit's samplers.
 """
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
@@ -143,6 +140,7 @@ def ddim(eps, x, timesteps, abar):
     return x
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_probability_flow_ode_converges_to_ddim():
     dit, (_, abar) = tiny_dit(), chain()
@@ -168,6 +166,7 @@ def test_probability_flow_ode_converges_to_ddim():
     assert (x_euler - x_ode).abs().max() < 0.005 * scale
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_sbdm_sde_follows_ddpm_ancestral_sampling_path_by_path():
     """With the same Gaussian increments, sit's Euler-Maruyama SDE with w = SBDM (the reverse SDE of

@@ -1,48 +1,13 @@
 """sitcli/encoders.py: frozen encoders from tiny random files written here (nothing downloaded)."""
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
-from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel, ViTConfig, ViTModel
+from transformers import ViTConfig, ViTModel
 
 from sitcli.encoders import IMAGENET_MEAN, IMAGENET_STD, load_encoder, match_grid
+from helpers import SMALL, dinov2_folder, hub_file
 from sitcli.errors import InputError
-
-SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4)
-
-
-def dinov2_folder(path, registers: int = 0, **config):
-    """A 2-layer random DINOv2 saved as a transformers folder."""
-    torch.manual_seed(1)
-    if registers:
-        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**{**SMALL, "image_size": 16, "num_register_tokens": registers, **config}))
-    else:
-        model = Dinov2Model(Dinov2Config(**{**SMALL, "image_size": 16, **config}))
-    model.save_pretrained(path)
-    return model.eval()
-
-
-def hub_file(folder, registers: bool = False):
-    """A 2-layer random timm DINOv2, saved in torch hub's layout (the inverse of timm's conversion)."""
-    torch.manual_seed(2)
-    name = "vit_small_patch14_reg4_dinov2" if registers else "vit_small_patch14_dinov2"
-    model = timm.create_model(name, pretrained=False, num_classes=0, embed_dim=64, depth=2, num_heads=1, img_size=28,
-                              dynamic_img_size=True).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["mask_token"] = torch.zeros(1, 64)
-    if registers:  # hub: a position for the class token, which timm folds into cls_token
-        first = torch.randn(1, 1, 64)
-        state["register_tokens"] = state.pop("reg_token")
-        state["cls_token"] = state["cls_token"] - first
-        state["pos_embed"] = torch.cat([first, state["pos_embed"]], dim=1)
-    path = folder / f"dinov2_vits14{'_reg4' if registers else ''}_pretrain.pth"
-    torch.save(state, path)
-    return model, path
-
 
 def by_hand(images, size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     x = F.interpolate((images + 1) / 2, size=(size, size), mode="bicubic", align_corners=False)

@@ -9,8 +9,9 @@ from scipy import linalg
 from sitcli.encoders import IMAGENET_MEAN, IMAGENET_STD
 from sitcli.errors import InputError
 from sitcli.evaluate import evaluate, inception
-from test_encoders import dinov2_folder
-from test_fid import random_inception_state
+from helpers import dinov2_folder, random_inception_state
+
+pytestmark = pytest.mark.slow
 
 
 def frechet(a, b):

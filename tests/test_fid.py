@@ -7,8 +7,6 @@ k=3 images per set, is checked in test_fid_math.py and test_fid_inputs.py.
 """
 
 import json
-import math
-import os
 from unittest import mock
 
 import numpy as np
@@ -17,42 +15,15 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers import random_inception_state
 from sitcli.cli import app
 from sitcli.evaluate import inception, inputs
 from sitcli.evaluate.metrics import frechet_distance, kernel_inception_distance
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception")
 pytorch_fid_score = pytest.importorskip("pytorch_fid.fid_score")
 
 runner = CliRunner()
-
-
-def random_inception_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights under pytorch-fid's key names, scaled so activations neither vanish nor explode.
-
-    He-normal convolutions and batch-norm statistics near identity keep every layer at unit
-    scale; the last block's batch-norm gain of ~0.15 brings pool features to ~0.1-0.3, the
-    range of the real network's, so FID values are of a realistic size.
-    """
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, ref in inception.FIDInceptionV3().state_dict().items():
-        if key.endswith("conv.weight"):
-            state[key] = torch.randn(ref.shape, generator=g) * math.sqrt(2.0 / ref[0].numel())
-        elif key.endswith("bn.weight"):
-            state[key] = (0.5 + torch.rand(ref.shape, generator=g)) * (0.15 if key.startswith("Mixed_7c") else 1.0)
-        elif key.endswith(("bn.bias", "running_mean")):
-            state[key] = 0.1 * torch.randn(ref.shape, generator=g)
-        elif key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(ref.shape, generator=g)
-        elif key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(0)
-        elif key == "fc.weight":
-            state[key] = torch.randn(ref.shape, generator=g)
-        else:
-            state[key] = 0.1 * torch.randn(ref.shape, generator=g)
-    return state
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +101,7 @@ def _one_line_error(result) -> str:
 # ----------------------------------------------------------------------------- agreement with pytorch-fid
 
 
+@pytest.mark.slow
 def test_features_match_pytorch_fid(weights, folders, reference):
     net = inception.load_inception(weights[0])
     source = inputs.open_source(folders[0])
@@ -147,6 +119,7 @@ def test_features_match_pytorch_fid(weights, folders, reference):
     np.testing.assert_allclose(logits, theirs["pool"] @ fc.T, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_fast_network_is_folded_channels_last_and_matches_pytorch_fid(weights, folders, reference):
     net = inception.optimize_for_inference(inception.load_inception(weights[0]))
     convs = [m for m in net.modules() if isinstance(m, inception.BasicConv2d)]
@@ -160,6 +133,7 @@ def test_fast_network_is_folded_channels_last_and_matches_pytorch_fid(weights, f
     np.testing.assert_allclose(ours["spatial"], reference["A"]["spatial"][:2], rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_fast_cli_fid_matches_pytorch_fid(weights, folders, reference, tmp_path, monkeypatch):
     # With --tf32 as well: Inception then runs under TF32 (on CUDA; the same numbers on a CPU).
     seen, load = [], inception.load_inception
@@ -180,12 +154,14 @@ def test_fast_cli_fid_matches_pytorch_fid(weights, folders, reference, tmp_path,
     assert report["metrics"]["fid"] == pytest.approx(reference["fid"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_fid_matches_pytorch_fid(cli_run, reference):
     _, result, _ = cli_run
     assert reference["fid"] > 1.0  # the two folders differ, so a wrong answer would show
     assert result["metrics"]["fid"] == pytest.approx(reference["fid"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_saved_statistics_match_pytorch_fid(cli_run, reference):
     _, _, stats = cli_run
     with np.load(stats) as f:
@@ -196,6 +172,7 @@ def test_saved_statistics_match_pytorch_fid(cli_run, reference):
         np.testing.assert_allclose(f["sigma_s"], np.cov(spatial, rowvar=False), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_other_metrics_equal_their_formulas_on_pytorch_fid_features(cli_run, reference, weights):
     _, result, _ = cli_run
     m, a, b = result["metrics"], reference["A"], reference["B"]
@@ -213,6 +190,7 @@ def test_other_metrics_equal_their_formulas_on_pytorch_fid_features(cli_run, ref
     assert m["kid"] == pytest.approx(kid, rel=1e-4) and m["kid_std"] == pytest.approx(kid_std, rel=1e-3, abs=1e-7)
 
 
+@pytest.mark.slow
 def test_cli_prints_table_and_writes_json(cli_run, folders):
     result, data, stats = cli_run
     for row in ("FID", "sFID", "Inception Score", "KID"):
@@ -223,6 +201,7 @@ def test_cli_prints_table_and_writes_json(cli_run, folders):
     assert data["settings"]["tf32"] is False  # true float32 convolutions unless asked (pytorch-fid's numbers)
 
 
+@pytest.mark.slow
 def test_statistics_files_as_inputs(cli_run, reference, tmp_path):
     _, result, stats = cli_run
     theirs_b = tmp_path / "b_pytorch_fid.npz"
@@ -249,6 +228,7 @@ def test_weights_are_found_in_the_torch_hub_cache(monkeypatch, tmp_path, weights
     assert torch.equal(net.Mixed_7c.branch_pool.conv.weight, weights[1]["Mixed_7c.branch_pool.conv.weight"])
 
 
+@pytest.mark.slow
 def test_torch_fidelity_weight_file_is_accepted(monkeypatch, tmp_path, weights):
     # torch-fidelity stores the same tensors without batch-norm counters, under its own file name.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -284,6 +264,7 @@ def test_empty_folder(tmp_path, folders):
     assert "no images found" in _one_line_error(runner.invoke(app, ["fid", str(tmp_path / "empty"), str(folders[1])]))
 
 
+@pytest.mark.slow
 def test_unreadable_image(tmp_path, weights, folders):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -294,6 +275,7 @@ def test_unreadable_image(tmp_path, weights, folders):
     assert "broken.png" in line and "cannot read image" in line
 
 
+@pytest.mark.slow
 def test_mismatched_statistics_dimensions(tmp_path):
     np.savez(tmp_path / "a.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     np.savez(tmp_path / "b.npz", mu=np.zeros(64), sigma=np.eye(64))
@@ -315,6 +297,7 @@ def test_too_few_images_for_a_covariance(tmp_path, folders):
     assert "covariance needs at least 2" in line
 
 
+@pytest.mark.slow
 def test_metric_that_needs_images_with_statistics_input(tmp_path, folders):
     np.savez(tmp_path / "s.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     line = _one_line_error(runner.invoke(app, ["fid", str(folders[0]), str(tmp_path / "s.npz"), "-m", "fid,kid"]))

@@ -14,8 +14,6 @@ from sitcli.evaluate import evaluate, parse_metrics
 from sitcli.evaluate import inputs
 from sitcli.evaluate.statistics import GaussianStats
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 
 def _images(rng, n, size=(12, 10), shift=0):
     return [np.clip(rng.normal(120 + shift, 40, (*size, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
@@ -146,31 +144,6 @@ def test_save_stats_is_atomic_and_readable(tmp_path):
 # ----------------------------------------------------------------------------- evaluate() with a stand-in network
 
 
-class StandIn(torch.nn.Module):
-    """Deterministic cheap features of the right shapes, so the pipeline runs in milliseconds."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.proj = {
-            "pool": torch.randn(6, inception.POOL_DIM, generator=g),
-            "spatial": torch.randn(6, inception.SPATIAL_DIM, generator=g),
-            "logits": torch.randn(6, inception.NUM_CLASSES, generator=g) * 5,
-        }
-
-    def forward(self, images, outputs=("pool",)):
-        x = torch.cat([images.mean((2, 3)), images.amax((2, 3))], 1)  # works for any image size
-        return {k: x @ self.proj[k] for k in outputs}
-
-
-@pytest.fixture
-def stand_in(monkeypatch):
-    net = StandIn()
-    monkeypatch.setattr(inception, "load_inception", lambda path=None, device="cpu": net)
-    monkeypatch.setattr(inception, "find_inception_weights", lambda path=None: "stand-in")
-    return net
-
-
 def test_evaluate_streams_the_same_statistics_as_all_at_once(tmp_path, stand_in):
     rng = np.random.default_rng(7)
     arrays = _images(rng, 5) + _images(rng, 2, size=(16, 9))  # mixed sizes go through one by one
@@ -187,6 +160,7 @@ def test_evaluate_streams_the_same_statistics_as_all_at_once(tmp_path, stand_in)
     assert result["inputs"]["A"]["num_images"] == 7 and result["saved_stats"] == str(tmp_path / "a.npz")
 
 
+@pytest.mark.slow
 def test_evaluate_all_metrics_with_workers(tmp_path, stand_in):
     rng = np.random.default_rng(8)
     _write_folder(tmp_path / "a", _images(rng, 12))
@@ -206,6 +180,7 @@ def test_evaluate_identical_inputs_give_zero_fid(tmp_path, stand_in):
     assert m["precision"] == 1.0 and m["recall"] == 1.0
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_what_an_input_cannot_provide(tmp_path, stand_in):
     _write_folder(tmp_path / "a", _images(np.random.default_rng(10), 3))
     np.savez(tmp_path / "s.npz", mu=np.zeros(inception.POOL_DIM), sigma=np.eye(inception.POOL_DIM))

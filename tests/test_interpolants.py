@@ -1,4 +1,4 @@
-"""Interpolants: endpoints, the formulas of the issue, derivatives against autograd, eta."""
+"""Interpolants: endpoints, the formulas of the SiT paper, derivatives against autograd, eta."""
 
 import math
 

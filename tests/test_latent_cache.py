@@ -1,8 +1,5 @@
 """sitcli/latent_cache.py: shards over two torchrun ranks, bit for bit the one-process cache; resume after an interruption."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
 from pathlib import Path
@@ -13,15 +10,13 @@ import torch
 
 import sitcli.latent_cache as lc
 from sitcli.errors import InputError
-from test_encoders import dinov2_folder
-from test_train_ddp import torchrun
-from test_train_latent import folders  # noqa: F401  (the tiny random VAE and 8 + 1 unreadable images)
+from helpers import dinov2_folder, torchrun
 
 SETTINGS = dict(image_size=16, batch_size=2, num_workers=0, seed=3, progress=False, shard_size=3)
 
 
-def make(folders, out, **kw):
-    return lc.cache_latents(str(folders / "images"), str(folders / "vae"), out=str(out), **{**SETTINGS, **kw})
+def make(vae_and_images, out, **kw):
+    return lc.cache_latents(str(vae_and_images / "images"), str(vae_and_images / "vae"), out=str(out), **{**SETTINGS, **kw})
 
 
 def contents(cache: Path) -> dict:
@@ -46,17 +41,18 @@ def encoder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def one_process(folders, encoder, tmp_path_factory, one_thread):  # noqa: F811
+def one_process(vae_and_images, encoder, tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("cache") / "one"
-    result = make(folders, out, repa_encoder=[str(encoder)])  # with REPA features, sharded like the latents
+    result = make(vae_and_images, out, repa_encoder=[str(encoder)])  # with REPA features, sharded like the latents
     assert (result.count, result.shards, result.reused_shards) == (8, 3, 0)  # 9 files, one unreadable
     assert not (out / lc.SHARDS).exists()
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo")
-def test_two_ranks_make_the_one_process_cache_bit_for_bit(folders, encoder, one_process, tmp_path):  # noqa: F811
-    proc = torchrun("-m", "sitcli", "cache-latents", "--data", folders / "images", "--vae", folders / "vae",
+def test_two_ranks_make_the_one_process_cache_bit_for_bit(vae_and_images, encoder, one_process, tmp_path):
+    proc = torchrun("-m", "sitcli", "cache-latents", "--data", vae_and_images / "images", "--vae", vae_and_images / "vae",
                     "--out", tmp_path / "two", "--image-size", 16, "--batch-size", 2, "--num-workers", 0, "--seed", 3,
                     "--shard-size", 3, "--device", "cpu", "--repa-encoder", encoder, cwd=tmp_path)
     assert proc.stderr.count("latent cache of 8 images") + proc.stdout.count("latent cache of 8 images") == 1
@@ -65,7 +61,7 @@ def test_two_ranks_make_the_one_process_cache_bit_for_bit(folders, encoder, one_
     assert np.load(one_process / "repa_features_0.npy").shape == (8, 2, 16, 32)  # the unreadable image left out
 
 
-def test_an_interrupted_extraction_encodes_only_the_unfinished_shards(folders, encoder, one_process, tmp_path, monkeypatch):  # noqa: F811
+def test_an_interrupted_extraction_encodes_only_the_unfinished_shards(vae_and_images, encoder, one_process, tmp_path, monkeypatch):
     save, written, features = lc.atomic.save_npz, [], dict(repa_encoder=[str(encoder)])
 
     def save_twice_then_stop(path, **arrays):
@@ -76,29 +72,29 @@ def test_an_interrupted_extraction_encodes_only_the_unfinished_shards(folders, e
 
     monkeypatch.setattr(lc.atomic, "save_npz", save_twice_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        make(folders, tmp_path / "cache", **features)
+        make(vae_and_images, tmp_path / "cache", **features)
     assert sorted(p.name for p in (tmp_path / "cache" / lc.SHARDS).glob("*.npz")) == ["000000.npz", "000001.npz"]
     assert not (tmp_path / "cache" / "latents.json").exists()  # nothing that looks finished
 
     with pytest.raises(InputError, match="seed differ"):  # shards of other settings are not mixed in
-        make(folders, tmp_path / "cache", seed=4, **features)
+        make(vae_and_images, tmp_path / "cache", seed=4, **features)
     with pytest.raises(InputError, match="repa_features differ"):  # nor shards without the features
-        make(folders, tmp_path / "cache")
+        make(vae_and_images, tmp_path / "cache")
     monkeypatch.setattr(lc.atomic, "save_npz", save)
     encoded = []
     encode = lc.encode
     monkeypatch.setattr(lc, "encode", lambda vae, x, **kw: (encoded.append(len(x)), encode(vae, x, **kw))[1])
-    result = make(folders, tmp_path / "cache", **features)
+    result = make(vae_and_images, tmp_path / "cache", **features)
     assert (result.shards, result.reused_shards) == (3, 2)
     assert sum(encoded) == 2 * 3  # the last shard's 3 images, each with its mirror image
     assert_same_cache(one_process, tmp_path / "cache")
 
 
-def test_each_image_draws_its_own_posterior_noise(folders, one_process, tmp_path):  # noqa: F811
+def test_each_image_draws_its_own_posterior_noise(vae_and_images, one_process, tmp_path):
     # Other shards and batches change the VAE's batches (float round-off at most), never an image's noise.
-    other = contents(make(folders, tmp_path / "other", shard_size=9, batch_size=4).out)["latents"].astype(np.float32)
+    other = contents(make(vae_and_images, tmp_path / "other", shard_size=9, batch_size=4).out)["latents"].astype(np.float32)
     np.testing.assert_allclose(other, contents(one_process)["latents"].astype(np.float32), rtol=2e-3, atol=2e-3)
-    reseeded = contents(make(folders, tmp_path / "reseeded", seed=4).out)["latents"].astype(np.float32)
+    reseeded = contents(make(vae_and_images, tmp_path / "reseeded", seed=4).out)["latents"].astype(np.float32)
     assert np.abs(reseeded - other).max() > 0.01
 
 

@@ -14,6 +14,7 @@ def data(n, seed=0):
     return GM.sample(n, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.slow
 def test_exact_divergence_matches_the_exact_log_density():
     """Linear velocity: t0 = 0 is exactly N(0, I), so the default prior makes the answer exact."""
     tr = Transport("linear", "velocity")
@@ -24,6 +25,7 @@ def test_exact_divergence_matches_the_exact_log_density():
     assert (logp - exact).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interpolant,prediction", [("gvp", "score"), ("vp", "noise"), ("vp", "velocity")])
 def test_other_transports_with_the_exact_prior(interpolant, prediction):
     """Where t0 > 0 or alpha_0 > 0, p_t0 is not exactly N(0, I): with the exact prior the answer is exact."""
@@ -45,6 +47,7 @@ def test_fixed_grid_likelihood():
     assert (logp - GM.log_prob("linear", x1, 1.0)).abs().max() < 1e-3
 
 
+@pytest.mark.slow
 def test_hutchinson_is_unbiased():
     tr = Transport("linear", "velocity")
     point = data(1, seed=3)
@@ -57,6 +60,7 @@ def test_hutchinson_is_unbiased():
     assert (logp.mean() - exact).abs() < 4 * stderr + 1e-4
 
 
+@pytest.mark.slow
 def test_works_under_inference_mode_and_rejects_bad_names():
     tr = Transport("linear", "velocity")
     with torch.inference_mode():

@@ -1,8 +1,5 @@
 """sitcli/loading.py: one loader for every checkpoint kind, architecture from shapes, transport from the file."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ from sitcli.errors import InputError
 from sitcli.loading import DiscreteTimestepModel, load_model
 from sitcli.models import SiT
 from sitcli.training import train
-from tiny_sit import TINY, assert_same, random_sit
+from helpers import TINY_ARCH, assert_same, random_sit
 
 TI = dict(input_size=8, patch_size=4, in_channels=4, hidden_size=96, depth=4, num_heads=4, num_classes=3)  # SiT-Ti/4
 
@@ -93,7 +90,7 @@ def test_a_dit_file_and_its_converted_run_come_wrapped_in_dit_time(tmp_path):
     loaded = load_model(tmp_path / "DiT-tiny.pt", num_heads=2)
     assert isinstance(loaded.model, DiscreteTimestepModel) and loaded.transport.prediction == "noise"
     assert loaded.transport.interpolant.name == "ddpm" and loaded.checkpoint.kind == "dit"
-    net = SiT(**TINY).eval()
+    net = SiT(**TINY_ARCH).eval()
     net.load_state_dict(weights)
     x, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 4])
     with torch.no_grad():  # sit time t = 0.5 is DiT timestep 499

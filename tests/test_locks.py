@@ -1,10 +1,8 @@
-"""sitcli/locks.py (issue 15, class 5): a run folder in use by `sit train` and a sample folder in use by
+"""sitcli/locks.py: a run folder in use by `sit train` and a sample folder in use by
 `sit sample` are locked; a second process is refused naming the holder; a lock left by a killed process is
 taken over. The holders are real processes (a child python holding the lock as `sit train` does)."""
 
 import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hashlib
 import json
@@ -20,7 +18,7 @@ from sitcli.cli import app
 from sitcli.errors import InputError
 from sitcli.locks import LOCK, FolderLock
 from sitcli.training import train
-from test_train import tiny
+from helpers import tiny
 
 runner = CliRunner()
 HOLD = """

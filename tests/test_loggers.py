@@ -1,8 +1,5 @@
 """sitcli/training/loggers.py: TensorBoard and W&B (offline) receive what log.csv holds; the gradient norm."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pathlib import Path
 
@@ -13,7 +10,7 @@ from sitcli.cli import app
 from sitcli.config import TrainConfig
 from sitcli.training import train
 from sitcli.training.reports import read_log
-from test_train import assert_same_state, final_state
+from helpers import assert_same_state, final_state
 
 TINY = dict(data="digits", model="SiT-Ti/4", batch_size=16, lr=1e-3, log_every=2, ckpt_every=3, sample_every=3)
 
@@ -36,6 +33,7 @@ def wandb_records(path: Path):
             yield record
 
 
+@pytest.mark.slow
 def test_tensorboard_and_offline_wandb_hold_the_numbers_of_log_csv(tmp_path, monkeypatch, one_thread):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -78,6 +76,7 @@ def test_a_logger_that_is_unknown_or_not_installed_is_refused_before_anything_is
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_the_logged_gradient_norm_is_clip_grad_norms_and_reading_it_leaves_the_update_alone(tmp_path, one_thread):
     settings = {**TINY, "sample_every": 0, "log_every": 1, "steps": 4}
     train(TrainConfig(out=str(tmp_path / "free"), **settings), progress=False)

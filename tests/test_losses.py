@@ -1,8 +1,5 @@
 """sitcli/training/losses.py: the loss as named terms, fed with what the step computed."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ from sitcli.training import losses, train
 from sitcli.training.losses import LossTerm, RegressionLoss, StepBatch, step_losses
 from sitcli.training.reports import read_log
 from sitcli.transport import Transport
-from tiny_sit import random_sit
+from helpers import random_sit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,9 +6,6 @@ t = 0 noise, r > t nearer the data). For one Gaussian the flow map is affine and
 so there the JVP target of training can be checked without any solver.
 """
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import math
 
@@ -17,7 +14,6 @@ import torch
 from torch import nn
 from torchdiffeq import odeint
 
-from sitcli.models import SiT
 from sitcli.training.losses import MeanFlowLoss, step_losses
 from sitcli.transport import GaussianMixture, Transport, meanflow, sample_ode
 
@@ -57,6 +53,7 @@ def test_one_step_with_the_exact_average_velocity_is_the_exact_flow_map():
     assert (euler - ode).abs().max() > 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interpolant", ["linear", "gvp"])
 def test_the_training_target_from_exact_v_and_exact_u_is_exact_u(interpolant):
     """u = v + (r - t) du/dt, du/dt by central differences along the exact flow (h = 1e-3: error ~h^2 u''')."""
@@ -133,6 +130,7 @@ def sliced_w1(a, b, projections=128):
     return float(((a @ d).sort(0).values - (b @ d).sort(0).values).abs().mean())
 
 
+@pytest.mark.slow
 def test_a_small_network_trained_with_the_objective_samples_the_mixture_in_one_step():
     """400 steps of the mean-flow loss on four Gaussians: one jump lands within 6x the sliced-W1 floor of
     two real sets of 2000 (measured: 0.17 against a floor of 0.041); one Euler jump of the exact velocity is

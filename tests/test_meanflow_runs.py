@@ -1,9 +1,6 @@
 """Mean-flow runs end to end: SiT's second time, the JVP through it, exact resume, bf16, sampling,
 conversion, and the refusals of settings that do not fit the objective."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
 
@@ -11,7 +8,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sitcli import runs
 from sitcli.cli import app
 from sitcli.config import SampleConfig, TrainConfig
 from sitcli.errors import InputError
@@ -21,7 +17,7 @@ from sitcli.models import SiT
 from sitcli.sample import sample
 from sitcli.training import resume_config, train
 from sitcli.transport import meanflow
-from test_train import assert_same_state, final_state
+from helpers import assert_same_state, final_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -75,6 +71,7 @@ def test_the_jvp_through_sit_matches_central_differences():
     assert (du_dt - du_dz).abs().max() > 1e-3  # the time tangent counts
 
 
+@pytest.mark.slow
 def test_resume_continues_a_guided_mean_flow_run_exactly(tmp_path):
     kw = dict(meanflow_omega=1.5, meanflow_share=0.5)
     train(TrainConfig(out=str(tmp_path / "straight"), steps=4, **TINY, **kw), progress=False)

@@ -59,6 +59,7 @@ def test_every_entry_is_consistent(name):
         assert m.solver in SOLVERS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ODE_METHODS)
 def test_every_ode_method_runs_and_costs_what_the_registry_says(name):
     m = ODE_METHODS[name]
@@ -80,6 +81,7 @@ def test_every_ode_method_runs_and_costs_what_the_registry_says(name):
     assert (x - reference).abs().mean() < (0.2 if m.order == 1 else 0.02), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LIKELIHOOD_METHODS)
 def test_every_likelihood_method_runs(name):
     tr = Transport("linear", "velocity")

@@ -165,7 +165,7 @@ def test_bad_shapes_are_refused():
 
 
 def test_tokens_of_chosen_blocks_come_back_beside_an_unchanged_output():
-    from tiny_sit import random_sit
+    from helpers import random_sit
 
     model = random_sit(0, in_channels=1, depth=3, num_classes=4)
     x, t, y = torch.randn(2, 1, 8, 8), torch.rand(2), torch.tensor([0, 3])
@@ -184,6 +184,7 @@ def test_tokens_of_chosen_blocks_come_back_beside_an_unchanged_output():
         model(x, t, y, return_tokens=(4,))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("return_tokens", [(), (1, 3)])
 def test_activation_checkpointing_gives_the_same_output_and_gradients(return_tokens):
     # Label dropout on (train mode) draws from the global RNG: both passes must draw the same labels.

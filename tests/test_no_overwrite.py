@@ -1,11 +1,9 @@
-"""Outputs that overwrite or disagree (issue 15, class 6): `sit cache-latents --out`, `sit fid --save-stats` and
+"""Outputs that overwrite or disagree: `sit cache-latents --out`, `sit fid --save-stats` and
 `--json` never replace an existing file without --overwrite; a sample folder's PNGs, labels.csv and samples.npz
 always describe the same samples; kill -9 during `sit convert` and `sit fid --save-stats` leaves no
 half-written output that a later command picks up."""
 
 import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hashlib
 import subprocess
@@ -18,10 +16,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sitcli.cli import app
-from sitcli.training import train
-from test_fid_inputs import stand_in  # noqa: F401  (cheap deterministic features in place of Inception)
-from test_train import tiny
-from test_train_latent import folders  # noqa: F401  (the tiny random VAE and its image folder)
 
 runner = CliRunner()
 
@@ -34,11 +28,10 @@ def digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, one_thread):
-    root = tmp_path_factory.mktemp("overwrite")
-    train(tiny(root, "run", steps=2), progress=False)
-    return root / "run"
+@pytest.fixture
+def run(tiny_run):
+    """The session's tiny digits run (conftest.py), read only."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +52,12 @@ def fid_flags(root: Path) -> list:
 # ----------------------------------------------------------------------------- no overwrite without --overwrite
 
 
-def test_cache_latents_refuses_a_non_empty_out_without_overwrite(folders, tmp_path):  # noqa: F811
+def test_cache_latents_refuses_a_non_empty_out_without_overwrite(vae_and_images, tmp_path):
     out = tmp_path / "cache"
     out.mkdir()
     np.save(out / "labels.npy", np.arange(3))  # someone else's file
     before = digest(out / "labels.npy")
-    flags = ["--data", folders / "images", "--vae", folders / "vae", "--image-size", 16, "--num-workers", 0]
+    flags = ["--data", vae_and_images / "images", "--vae", vae_and_images / "vae", "--image-size", 16, "--num-workers", 0]
     result = sit("cache-latents", *flags, "--out", out)
     assert result.exit_code == 2 and "is not empty (it holds labels.npy)" in result.output, result.output
     assert "--overwrite" in result.output and digest(out / "labels.npy") == before
@@ -77,7 +70,7 @@ def test_cache_latents_refuses_a_non_empty_out_without_overwrite(folders, tmp_pa
 
 
 @pytest.mark.parametrize("flag", ["--save-stats", "--json"])
-def test_fid_refuses_to_replace_an_existing_output_before_reading_any_image(fid_inputs, tmp_path, flag, stand_in):  # noqa: F811
+def test_fid_refuses_to_replace_an_existing_output_before_reading_any_image(fid_inputs, tmp_path, flag, stand_in):
     target = tmp_path / ("out.npz" if flag == "--save-stats" else "out.json")
     target.write_bytes(b"precious")
     other = ["--save-stats", tmp_path / "s.npz"] if flag == "--json" else []
@@ -156,7 +149,7 @@ HALF_NPZ = """
 import sys, time
 import numpy as np
 from sitcli.evaluate import inception
-from test_fid_inputs import StandIn
+from helpers import StandIn
 net = StandIn()
 inception.load_inception = lambda path=None, device="cpu": net
 inception.find_inception_weights = lambda path=None: "stand-in"
@@ -186,6 +179,7 @@ def killed_halfway(script: str, *args) -> None:
         child.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("to", ["official", "sit"])
 def test_kill_9_during_convert_leaves_no_half_written_output(run, tmp_path, to):
     dst = tmp_path / ("SiT-Ti-4.pt" if to == "official" else "converted")
@@ -204,7 +198,8 @@ def test_kill_9_during_convert_leaves_no_half_written_output(run, tmp_path, to):
         assert a.name == b.name and digest(a) == digest(b)
 
 
-def test_kill_9_during_fid_save_stats_leaves_no_half_written_statistics(fid_inputs, tmp_path, stand_in):  # noqa: F811
+@pytest.mark.slow
+def test_kill_9_during_fid_save_stats_leaves_no_half_written_statistics(fid_inputs, tmp_path, stand_in):
     stats = tmp_path / "stats.npz"
     reference = tmp_path / "reference.npz"
     assert sit("fid", fid_inputs / "images", "--save-stats", reference, *fid_flags(fid_inputs)).exit_code == 0

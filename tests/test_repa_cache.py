@@ -2,9 +2,6 @@
 `sit train --data CACHE --repa-encoder`, giving the training of the encoder run on the fly. (Two ranks
 store the one-process features bit for bit: test_latent_cache.)"""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
 import shutil
@@ -21,8 +18,7 @@ from sitcli.data import ImageFolderDataset
 from sitcli.encoders import encoder_identity, load_encoder
 from sitcli.errors import InputError
 from sitcli.training import train
-from test_encoders import dinov2_folder
-from test_train import assert_same_state, final_state
+from helpers import dinov2_folder, final_state
 
 SIZE = 16  # pixels; the VAE halves it: 8x8 latents, SiT-Ti/2 sees a 4x4 token grid, as the encoder (patch 4) at 16 pixels
 
@@ -91,6 +87,7 @@ def run_config(out, data, **kw) -> TrainConfig:
     return TrainConfig(data=str(data), out=str(out), **{**settings, **kw})
 
 
+@pytest.mark.slow
 def test_training_on_cached_features_is_training_with_the_encoder_on_the_fly(folders, caches, tmp_path, monkeypatch):
     enc = str(folders / "dino")
     for dtype in ("f32", "f16"):

@@ -5,7 +5,6 @@ The reference below is REPA's deterministic Euler sampler written from its equat
 in REPA's time; the converted model is sampled by sit's own Euler in sit's time.
 """
 
-import argparse
 import math
 
 import pytest
@@ -17,20 +16,7 @@ from sitcli.loading import load_model
 from sitcli.sample import sample
 from sitcli.transport import Transport
 from sitcli.transport.samplers import sample_ode
-from tiny_sit import random_sit
-
-
-def repa_file(tmp_path, path_type="linear", name="repa.pt", model="SiT-B/2", **arch):
-    """A REPA-style training checkpoint: a random SiT (no learned sigma) with one projector."""
-    torch.manual_seed(0)
-    net = random_sit(seed=4, learn_sigma=False, projector_dims=(16,), projector_hidden=8, **arch)
-    state = net.state_dict()
-    args = argparse.Namespace(model=model, path_type=path_type, prediction="v", enc_type="dinov2-vit-b",
-                              encoder_depth=1, resolution=64)
-    torch.save({"model": state, "ema": state, "opt": {}, "args": args}, tmp_path / name)
-    net = random_sit(seed=4, learn_sigma=False, **arch)  # the same backbone, without the projectors
-    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("projectors.")})
-    return tmp_path / name, net.eval()
+from helpers import repa_file
 
 
 def repa_euler(u, x, y, steps):

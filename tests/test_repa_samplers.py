@@ -36,7 +36,7 @@ import torch
 from sitcli.loading import load_model
 from sitcli.transport.integrate import integrate
 from sitcli.transport.samplers import sample_ode, sample_sde
-from test_repa_format import repa_file
+from helpers import repa_file
 
 ARCH = dict(input_size=8, in_channels=4, hidden_size=32, depth=2, num_heads=2, patch_size=2)
 

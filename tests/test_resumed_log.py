@@ -1,4 +1,4 @@
-"""log.csv after a resume (issue 15, class 10): the rows of an interrupted and resumed run are the rows of an
+"""log.csv after a resume: the rows of an interrupted and resumed run are the rows of an
 uninterrupted one.
 
 A row holds the means over the steps since the previous row. A stop (SIGTERM, Ctrl-C) or crash between two
@@ -11,8 +11,6 @@ floats). Not compared: steps_per_s, images_per_s and elapsed_s (``TIMING_COLUMNS
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import signal
 
 import pytest
@@ -20,7 +18,7 @@ import pytest
 from sitcli.training import resume_config, train
 from sitcli.training.reports import TIMING_COLUMNS
 from sitcli.transport import Transport
-from test_train import assert_same_state, final_state, tiny
+from helpers import assert_same_state, final_state, tiny
 
 SETTINGS = dict(steps=8, log_every=4, ckpt_every=100, batch_size=8)
 
@@ -71,6 +69,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_crash_after_a_checkpoint_between_rows_then_resume_logs_the_straight_rows(tmp_path, monkeypatch, straight):
     """As kill -9 leaves it: a checkpoint at step 3, a row at 4 that the resume drops and writes again."""
     def crash():

@@ -1,8 +1,5 @@
 """sitcli/runs.py: atomic writes, newest complete checkpoint, safe loading."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch

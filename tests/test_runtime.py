@@ -1,8 +1,5 @@
 """sitcli/runtime.py: the TF32 switch (applied, restored, on both of torch's APIs) and where jobs record it."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
 from types import SimpleNamespace
@@ -65,6 +62,7 @@ def spy_on_training_steps(monkeypatch) -> list:
     return seen
 
 
+@pytest.mark.slow
 def test_training_runs_under_its_tf32_setting_and_records_it(tmp_path, monkeypatch, one_thread):
     seen = spy_on_training_steps(monkeypatch)
     before = flags()
@@ -79,6 +77,7 @@ def test_training_runs_under_its_tf32_setting_and_records_it(tmp_path, monkeypat
     assert json.loads((tmp_path / "off" / runs.CONFIG).read_text())["tf32"] is False
 
 
+@pytest.mark.slow
 def test_a_run_from_before_the_setting_resumes_in_full_float32(tmp_path, monkeypatch, one_thread):
     train(TrainConfig(out=str(tmp_path / "old"), steps=2, **TINY), progress=False)
     path = tmp_path / "old" / runs.CONFIG

@@ -1,8 +1,5 @@
 """sitcli/sample.py and `sit sample`: per-index seeds, resumable folders, labels, outputs, refusals."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
 
@@ -13,14 +10,14 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from helpers import assert_same_images, pngs
 from sitcli.cli import app
 from sitcli.errors import InputError
 from sitcli.models import SiT_models
 from sitcli.images import make_grid
-from sitcli.config import SampleConfig, TrainConfig
+from sitcli.config import SampleConfig
 from sitcli.sample import sample
 from sitcli.seeds import labels_and_noise
-from sitcli.training import train
 
 runner = CliRunner()
 
@@ -29,27 +26,9 @@ def sit(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sample") / "run"
-    train(TrainConfig(data="digits", out=str(out), model="SiT-Ti/4", batch_size=16, steps=3, lr=3e-3,
-                      log_every=1, ckpt_every=3, sample_every=0), progress=False)
-    return out
-
-
-def pngs(folder):
-    return {p.name: np.asarray(Image.open(p), dtype=np.int16) for p in sorted(folder.glob("*.png"))}
-
-
-def assert_same_images(a, b):
-    assert a.keys() == b.keys()
-    for name in a:  # equal up to float rounding of different batch shapes
-        assert np.abs(a[name] - b[name]).max() <= 1, name
-
-
 @pytest.mark.parametrize("sampler", ["ode", "sde"])
-def test_images_depend_on_index_only(run, tmp_path, sampler):
-    common = dict(ckpt=str(run), sampler=sampler, steps=4, num=5, cfg_scale=1.5)
+def test_images_depend_on_index_only(tiny_run, tmp_path, sampler):
+    common = dict(ckpt=str(tiny_run), sampler=sampler, steps=4, num=5, cfg_scale=1.5)
     sample(SampleConfig(out=str(tmp_path / "a"), batch_size=5, **common), progress=False)
     sample(SampleConfig(out=str(tmp_path / "b"), batch_size=2, **common), progress=False)
     first = pngs(tmp_path / "a")
@@ -73,9 +52,9 @@ def test_class_labels_and_noise_per_index():
         labels_and_noise(0, [0], (1,), 10, "10")
 
 
-def test_cli_outputs_npz_grid_and_labels(run, tmp_path):
+def test_cli_outputs_npz_grid_and_labels(tiny_run, tmp_path):
     out = tmp_path / "s"
-    result = sit("sample", "--ckpt", run, "--out", out, "--num", 6, "--steps", 3, "--class-labels", 3, "--npz",
+    result = sit("sample", "--ckpt", tiny_run, "--out", out, "--num", 6, "--steps", 3, "--class-labels", 3, "--npz",
                  "--grid", tmp_path / "grid.png", "--batch-size", 4)
     assert result.exit_code == 0, result.output
     assert "NFE per sample 3.0" in result.output and "images/s" in result.output
@@ -85,17 +64,17 @@ def test_cli_outputs_npz_grid_and_labels(run, tmp_path):
     assert Image.open(tmp_path / "grid.png").size[0] >= 3 * 32
 
 
-def test_cli_refuses_a_folder_made_with_other_settings(run, tmp_path):
+def test_cli_refuses_a_folder_made_with_other_settings(tiny_run, tmp_path):
     out = tmp_path / "s"
-    assert sit("sample", "--ckpt", run, "--out", out, "--num", 2, "--steps", 2).exit_code == 0
+    assert sit("sample", "--ckpt", tiny_run, "--out", out, "--num", 2, "--steps", 2).exit_code == 0
     before = pngs(out)
-    result = sit("sample", "--ckpt", run, "--out", out, "--num", 2, "--steps", 3)
+    result = sit("sample", "--ckpt", tiny_run, "--out", out, "--num", 2, "--steps", 3)
     assert result.exit_code == 2 and "steps differ" in result.output
     assert_same_images(before, pngs(out))
 
 
-def test_bare_weights_file_needs_no_model_flag_and_refuses_a_wrong_one(run, tmp_path):
-    weights = run / "checkpoints" / "0000003" / "ema.safetensors"
+def test_bare_weights_file_needs_no_model_flag_and_refuses_a_wrong_one(tiny_run, tmp_path):
+    weights = tiny_run / "checkpoints" / "0000003" / "ema.safetensors"
     loose = tmp_path / "w.safetensors"
     loose.write_bytes(weights.read_bytes())
     result = sit("sample", "--ckpt", loose, "--model", "SiT-S/4", "--out", tmp_path / "x")
@@ -104,12 +83,12 @@ def test_bare_weights_file_needs_no_model_flag_and_refuses_a_wrong_one(run, tmp_
     for name, flags in (("ok", []), ("checked", ["--model", "SiT-Ti/4"])):
         result = sit("sample", "--ckpt", loose, *flags, "--out", tmp_path / name, "--num", 2, "--steps", 2)
         assert result.exit_code == 0, result.output
-        assert_same_images(pngs(tmp_path / name), {k: v for k, v in pngs(_ref(run, tmp_path)).items()})
+        assert_same_images(pngs(tmp_path / name), {k: v for k, v in pngs(_ref(tiny_run, tmp_path)).items()})
 
 
-def _ref(run, tmp_path):
+def _ref(tiny_run, tmp_path):
     out = tmp_path / "ref"
-    sample(SampleConfig(ckpt=str(run), out=str(out), num=2, steps=2), progress=False)
+    sample(SampleConfig(ckpt=str(tiny_run), out=str(out), num=2, steps=2), progress=False)
     return out
 
 
@@ -141,56 +120,57 @@ def test_make_grid_upscales_small_images():
     (["--cfg-scale", 2, "--cfg-interval", 3, 1, "--cfg-interval-in", "sigma"], "cfg interval (3.0, 1.0) in sigma"),
     (["--guidance-model", "{tmp}/other.safetensors", "--guidance-scale", 2], "input_size=4"),
 ])
-def test_cli_refuses_bad_sampling_flags_before_writing(run, tmp_path, args, message):
+def test_cli_refuses_bad_sampling_flags_before_writing(tiny_run, tmp_path, args, message):
     other = SiT_models["SiT-Ti/4"](input_size=4, in_channels=1, num_classes=10)  # another latent shape
     save_file(other.state_dict(), tmp_path / "other.safetensors")
-    result = sit("sample", "--ckpt", run, "--out", tmp_path / "x", *[str(a).format(run=run, tmp=tmp_path) for a in args])
+    result = sit("sample", "--ckpt", tiny_run, "--out", tmp_path / "x", *[str(a).format(run=tiny_run, tmp=tmp_path) for a in args])
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
     assert not (tmp_path / "x").exists()
 
 
-def test_official_pt_file_samples_like_the_run(run, tmp_path):
+def test_official_pt_file_samples_like_the_run(tiny_run, tmp_path):
     # What `sit convert` reads (here an official-style .pt holding the EMA state dict) samples directly.
     from safetensors.torch import load_file
 
-    state = load_file(run / "checkpoints" / "0000003" / "ema.safetensors")
+    state = load_file(tiny_run / "checkpoints" / "0000003" / "ema.safetensors")
     torch.save(state, tmp_path / "SiT-tiny.pt")  # the name tells SiT from DiT
     result = sit("sample", "--ckpt", tmp_path / "SiT-tiny.pt", "--out", tmp_path / "pt", "--num", 2, "--steps", 2)
     assert result.exit_code == 0, result.output
-    assert_same_images(pngs(tmp_path / "pt"), pngs(_ref(run, tmp_path)))
+    assert_same_images(pngs(tmp_path / "pt"), pngs(_ref(tiny_run, tmp_path)))
 
 
-def test_pt_file_whose_name_does_not_tell_sit_from_dit_samples_with_from(run, tmp_path):
+def test_pt_file_whose_name_does_not_tell_sit_from_dit_samples_with_from(tiny_run, tmp_path):
     from safetensors.torch import load_file
 
-    torch.save(load_file(run / "checkpoints" / "0000003" / "ema.safetensors"), tmp_path / "weights.pt")
+    torch.save(load_file(tiny_run / "checkpoints" / "0000003" / "ema.safetensors"), tmp_path / "weights.pt")
     result = sit("sample", "--ckpt", tmp_path / "weights.pt", "--out", tmp_path / "x", "--num", 2, "--steps", 2)
     assert result.exit_code == 2 and "--from official" in result.output, result.output
     assert not (tmp_path / "x").exists()
     result = sit("sample", "--ckpt", tmp_path / "weights.pt", "--from", "official", "--out", tmp_path / "pt",
                  "--num", 2, "--steps", 2)
     assert result.exit_code == 0, result.output
-    assert_same_images(pngs(tmp_path / "pt"), pngs(_ref(run, tmp_path)))
+    assert_same_images(pngs(tmp_path / "pt"), pngs(_ref(tiny_run, tmp_path)))
 
 
-def test_compiled_model_draws_the_same_images(run, tmp_path):
-    result = sit("sample", "--ckpt", run, "--out", tmp_path / "c", "--num", 2, "--steps", 2, "--compile")
+@pytest.mark.slow
+def test_compiled_model_draws_the_same_images(tiny_run, tmp_path):
+    result = sit("sample", "--ckpt", tiny_run, "--out", tmp_path / "c", "--num", 2, "--steps", 2, "--compile")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "c" / "sample.json").read_text())["compile"] is True
-    assert_same_images(pngs(tmp_path / "c"), pngs(_ref(run, tmp_path)))
+    assert_same_images(pngs(tmp_path / "c"), pngs(_ref(tiny_run, tmp_path)))
 
 
-def test_adams_from_the_cli_costs_one_evaluation_per_step(run, tmp_path):
-    result = sit("sample", "--ckpt", run, "--out", tmp_path / "a", "--num", 2, "--method", "adams", "--steps", 5)
+def test_adams_from_the_cli_costs_one_evaluation_per_step(tiny_run, tmp_path):
+    result = sit("sample", "--ckpt", tiny_run, "--out", tmp_path / "a", "--num", 2, "--method", "adams", "--steps", 5)
     assert result.exit_code == 0, result.output
     assert "NFE per sample 5.0" in result.output and len(list((tmp_path / "a").glob("*.png"))) == 2
 
 
-def test_time_shift_one_and_a_guide_equal_to_the_model_change_no_image(run, tmp_path):
-    ref = pngs(_ref(run, tmp_path))
+def test_time_shift_one_and_a_guide_equal_to_the_model_change_no_image(tiny_run, tmp_path):
+    ref = pngs(_ref(tiny_run, tmp_path))
     for name, flags in (("s1", ["--time-shift", 1]),
-                        ("self", ["--guidance-model", run, "--guidance-scale", 2.5, "--cfg-interval", 0.2, 0.9])):
-        result = sit("sample", "--ckpt", run, "--out", tmp_path / name, "--num", 2, "--steps", 2, *flags)
+                        ("self", ["--guidance-model", tiny_run, "--guidance-scale", 2.5, "--cfg-interval", 0.2, 0.9])):
+        result = sit("sample", "--ckpt", tiny_run, "--out", tmp_path / name, "--num", 2, "--steps", 2, *flags)
         assert result.exit_code == 0, result.output
         got = pngs(tmp_path / name)
         assert got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref)  # bit for bit
@@ -200,32 +180,32 @@ def test_time_shift_one_and_a_guide_equal_to_the_model_change_no_image(run, tmp_
     assert recorded["guidance_scale"] == 2.5 and recorded["guidance_model"].endswith("ema.safetensors")
 
 
-def test_shifted_edm_and_autoguided_sampling_from_the_cli(run, tmp_path):
-    early = run / "checkpoints" / "0000003" / "model.safetensors"  # the raw weights as a weaker guide
+def test_shifted_edm_and_autoguided_sampling_from_the_cli(tiny_run, tmp_path):
+    early = tiny_run / "checkpoints" / "0000003" / "model.safetensors"  # the raw weights as a weaker guide
     for name, flags, nfe in (("shift", ["--time-shift", 3, "--method", "heun", "--steps", 4], 8),
                              ("edm", ["--spacing", "edm", "--sampler", "sde", "--steps", 5], 5),
                              ("auto", ["--guidance-model", early, "--guidance-scale", 2, "--steps", 3], 6)):
-        result = sit("sample", "--ckpt", run, "--out", tmp_path / name, "--num", 2, *flags)
+        result = sit("sample", "--ckpt", tiny_run, "--out", tmp_path / name, "--num", 2, *flags)
         assert result.exit_code == 0, result.output
         assert f"NFE per sample {nfe:.1f}" in " ".join(result.output.split()), result.output
-    result = sit("sample", "--ckpt", run, "--out", tmp_path / "cfg", "--num", 2, "--steps", 2, "--cfg-scale", 2,
+    result = sit("sample", "--ckpt", tiny_run, "--out", tmp_path / "cfg", "--num", 2, "--steps", 2, "--cfg-scale", 2,
                  "--cfg-interval", 0, 0.7, "--cfg-interval-in", "repa")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "cfg" / "sample.json").read_text())["cfg_interval_in"] == "repa"
 
 
-def test_a_folder_from_an_older_sit_can_be_filled_in(run, tmp_path):
+def test_a_folder_from_an_older_sit_can_be_filled_in(tiny_run, tmp_path):
     """An ODE folder whose sample.json predates newer settings (and the SDE's new default last step)
     takes more images with today's defaults; a setting that changes images is still refused."""
     out = tmp_path / "old"
-    sample(SampleConfig(ckpt=str(run), out=str(out), num=2, steps=3, tf32=False), progress=False)
+    sample(SampleConfig(ckpt=str(tiny_run), out=str(out), num=2, steps=3, tf32=False), progress=False)
     saved = json.loads((out / "sample.json").read_text())
     for key in ("time_shift", "spacing", "guidance_model", "cfg_interval_in", "tf32"):
         saved.pop(key, None)
     saved["last_step"] = "mean"  # the SDE default when the folder was drawn; an ODE never reads it
     (out / "sample.json").write_text(json.dumps(saved))
     (out / "000001.png").unlink()
-    result = sample(SampleConfig(ckpt=str(run), out=str(out), num=3, steps=3, tf32=False), progress=False)
+    result = sample(SampleConfig(ckpt=str(tiny_run), out=str(out), num=3, steps=3, tf32=False), progress=False)
     assert result.new == 2
     with pytest.raises(InputError, match="steps differ"):
-        sample(SampleConfig(ckpt=str(run), out=str(out), num=3, steps=4, tf32=False), progress=False)
+        sample(SampleConfig(ckpt=str(tiny_run), out=str(out), num=3, steps=4, tf32=False), progress=False)

@@ -135,6 +135,7 @@ def test_samplers_keep_dtype_and_build_no_graph():
         sample_ode(tr, model, x32.double(), method="rk45")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,steps", [("euler", 250), ("heun", 125)])
 def test_sde_with_sigma_diffusion_samples_the_mixture(method, steps):
     tr = Transport("linear", "velocity")
@@ -147,6 +148,7 @@ def test_sde_with_sigma_diffusion_samples_the_mixture(method, steps):
 
 @pytest.mark.parametrize("interpolant,prediction", list(itertools.product(["linear", "gvp", "vp"],
                                                                              ["velocity", "score", "noise"])))
+@pytest.mark.slow
 def test_every_sde_form_is_finite_and_close_for_every_transport(interpolant, prediction):
     """No NaN or crash for any w(t), method and last step; every combination lands near p_1."""
     tr = Transport(interpolant, prediction)
@@ -248,6 +250,7 @@ def sliced_w1(a: torch.Tensor, b: torch.Tensor, projections: int = 100) -> float
     return (pa[(q * (len(pa) - 1)).long()] - pb[(q * (len(pb) - 1)).long()]).abs().mean().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interpolant", ["linear", "gvp", "vp"])
 def test_the_default_last_step_is_as_good_as_the_best_for_every_w(interpolant):
     """250 SDE steps on a 4-D mixture, the same noise for every last step (paired): the default is

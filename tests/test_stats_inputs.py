@@ -1,4 +1,4 @@
-"""Statistics that are not statistics (issue 15, class 7): a stats .npz whose sigma is not a covariance,
+"""Statistics that are not statistics: a stats .npz whose sigma is not a covariance,
 wrong shapes or dtypes, NaN; an ADM images .npz whose header lies about its size or with a zero-sized axis.
 Each is a one-line InputError from ``evaluate.inputs`` (and exit 2 from `sit fid`), before any image is read."""
 

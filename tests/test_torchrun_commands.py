@@ -1,16 +1,14 @@
-"""Commands as torchrun sees them (issue 15, class 11).
+"""Commands as torchrun sees them.
 
 torchrun's argparse reads every word after the script too, and refuses any that is an ambiguous prefix of
 its own options ("--num could match --numa-binding", "--log could match --log-dir, --logs-specs"), before
 sit starts. So every option of every command must pass torchrun's parser; every `torchrun ... -m sitcli`
 command that README.md and examples/*.md show must pass it word for word; and the same commands, shrunk
-by the stand-ins of tests/test_documented_commands.py, run on 2 CPU ranks (gloo) through the CLI, in one
+by the stand-ins of tests/documents.py, run on 2 CPU ranks (gloo) through the CLI, in one
 launch (tests/ddp_jobs.py cli) because each launch costs two interpreters importing torch.
 """
 
 import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
 import re
@@ -24,7 +22,7 @@ import torch
 import typer
 
 from sitcli.cli import app
-from test_documented_commands import DOCUMENTS, build_world, documented_commands, stand_in
+from documents import DOCUMENTS, build_world, documented_commands, shrunk
 
 # Spellings kept for plain `sit` only; each has a torchrun-safe twin on the same option.
 PLAIN_ONLY = {"--num": "--num-samples", "--log": "--log-to"}
@@ -85,10 +83,10 @@ def test_every_documented_torchrun_command_passes_torchruns_parser_as_written():
         assert args.training_script_args == words[words.index("sitcli") + 1:]
 
 
-def shrunk(command: str, world: Path) -> list[str]:
-    """The sit words of a documented torchrun command, shrunk as in test_documented_commands (paths under
+def shrunk_for_ranks(command: str, world: Path) -> list[str]:
+    """The sit words of a documented torchrun command, shrunk as in documents.shrunk (paths under
     ``world``), on the CPU with no loader processes."""
-    sit = stand_in(command, world)
+    sit = shrunk(command, world)
     if "--device" in sit:
         sit[sit.index("--device") + 1] = "cpu"
     if "--num-workers" in sit:
@@ -96,11 +94,12 @@ def shrunk(command: str, world: Path) -> list[str]:
     return sit
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo")
 def test_every_documented_torchrun_command_runs_on_two_ranks(tmp_path):
     build_world(tmp_path)
     commands = tmp_path / "commands.jsonl"
-    commands.write_text("".join(json.dumps(shrunk(c, tmp_path)) + "\n" for c in documented_torchrun_commands()))
+    commands.write_text("".join(json.dumps(shrunk_for_ranks(c, tmp_path)) + "\n" for c in documented_torchrun_commands()))
     here = Path(__file__).parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -1,8 +1,6 @@
-"""sitcli/train.py and `sit train`: exact resume, Ctrl-C, non-finite loss, and refusals of bad input."""
+"""sitcli/training/ and `sit train`: exact resume, Ctrl-C, non-finite loss, and refusals of bad input."""
 
 import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hashlib
 import json
@@ -13,35 +11,13 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from helpers import assert_same_state, final_state, tiny
 from sitcli import runs
 from sitcli.cli import app
-from sitcli.config import TrainConfig
 from sitcli.training import TrainingDiverged, resume_config, train
 from sitcli.transport import Transport
 
-TINY = dict(data="digits", model="SiT-Ti/4", batch_size=16, lr=1e-3, log_every=2, ckpt_every=2, sample_every=0)
-
-
-def tiny(tmp_path, name="run", **kw) -> TrainConfig:
-    return TrainConfig(out=str(tmp_path / name), **{**TINY, **kw})
-
-
-def final_state(run):
-    ckpt = runs.latest_checkpoint(run)
-    state = runs.load_checkpoint(ckpt)
-    return ckpt.name, state
-
-
-def assert_same_state(a, b):
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
-    for pa, pb in zip(a["optimizer"]["optimizer"]["state"].values(), b["optimizer"]["optimizer"]["state"].values()):
-        assert all(torch.equal(pa[k], pb[k]) for k in pa)
-    assert a["state"]["step"] == b["state"]["step"]
-
-
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     train(tiny(tmp_path, "straight", steps=6), progress=False)
     train(tiny(tmp_path, "halves", steps=3), progress=False)
@@ -60,6 +36,7 @@ def test_resume_continues_exactly(tmp_path):
 
 @pytest.mark.parametrize("density", [dict(time_density="logit-normal", logit_mean=0.4, logit_std=0.8),
                                      dict(time_density="mode", num_timesteps=50)])
+@pytest.mark.slow
 def test_time_density_is_recorded_and_resumes_exactly(tmp_path, density):
     train(tiny(tmp_path, "straight", steps=4, **density), progress=False)
     train(tiny(tmp_path, "halves", steps=2, **density), progress=False)

@@ -1,11 +1,6 @@
 """Two CPU ranks (torchrun, gloo): DDP training through the CLI, exact resume, sharded sampling."""
 
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,20 +9,11 @@ import torch
 from sitcli import runs
 from sitcli.config import SampleConfig
 from sitcli.sample import sample
-from test_sample import assert_same_images, pngs
-from test_train import assert_same_state
+from helpers import assert_same_images, assert_same_state, pngs, torchrun
+
+pytestmark = pytest.mark.slow
 
 TINY = {"model": "SiT-Ti/4", "batch_size": 16, "lr": 0.001, "ckpt_every": 2, "sample_every": 0, "log_every": 1}
-
-
-def torchrun(*args, cwd):
-    # This checkout's sitcli first (an editable install may point at another one), then the test helpers.
-    here = Path(__file__).parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo")

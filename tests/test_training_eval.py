@@ -1,8 +1,5 @@
 """sitcli/training/evaluation.py: FID during training leaves the weights bit for bit as they are, and resumes."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
 import math
@@ -17,8 +14,7 @@ from sitcli.config import TrainConfig
 from sitcli.evaluate import evaluate
 from sitcli.training import resume_config, train
 from sitcli.training.reports import read_log
-from test_fid import random_inception_state
-from test_train import assert_same_state, final_state
+from helpers import assert_same_state, final_state, random_inception_state
 
 TINY = dict(data="digits", model="SiT-Ti/4", batch_size=16, lr=1e-3, log_every=2, ckpt_every=2, sample_every=0)
 
@@ -42,6 +38,7 @@ def evaluating(reference, **kw):
                 inception_weights=str(weights), **kw)
 
 
+@pytest.mark.slow
 def test_evaluating_during_training_changes_no_weight_and_marks_the_best(tmp_path, reference, one_thread):
     train(TrainConfig(out=str(tmp_path / "plain"), steps=4, **TINY), progress=False)
     train(TrainConfig(out=str(tmp_path / "eval"), steps=4, **TINY, **evaluating(reference)), progress=False)
@@ -59,6 +56,7 @@ def test_evaluating_during_training_changes_no_weight_and_marks_the_best(tmp_pat
     assert (config["eval_method"], config["eval_steps"], config["eval_num"]) == ("euler", 2, 3)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_same_evaluations(tmp_path, reference, one_thread):
     train(TrainConfig(out=str(tmp_path / "straight"), steps=4, **TINY, **evaluating(reference)), progress=False)
     train(TrainConfig(out=str(tmp_path / "halves"), steps=2, **TINY, **evaluating(reference)), progress=False)
@@ -79,6 +77,7 @@ def test_evaluation_without_reference_statistics_is_refused_before_anything_is_w
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_inception_score_and_sfid_come_from_the_same_samples(tmp_path, reference, one_thread):
     """--eval-metrics is,sfid adds columns from the same samples (the FID does not move); kid is refused up front."""
     train(TrainConfig(out=str(tmp_path / "fid"), steps=2, **TINY, **evaluating(reference)), progress=False)

@@ -1,9 +1,7 @@
 """Files and folders that sit writes honour the umask (0644/0755 under 022, 0600/0700 under 077), though
-the atomic writes go through mkstemp/mkdtemp, whose modes are private (issue 15, class 9)."""
+the atomic writes go through mkstemp/mkdtemp, whose modes are private."""
 
 import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import stat
 from pathlib import Path
@@ -16,6 +14,8 @@ from sitcli.convert import convert
 from sitcli.evaluate import evaluate
 from sitcli.sample import sample
 from sitcli.training import train
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

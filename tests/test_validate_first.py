@@ -1,9 +1,6 @@
 """Validation before side effects: for every command, a bad flag is refused (exit 2, one line) before
-anything on disk is created or changed, and the corrected command then works (issue 15, class 1)."""
+anything on disk is created or changed, and the corrected command then works."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pathlib import Path
 

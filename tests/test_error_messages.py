@@ -1,4 +1,4 @@
-"""Messages that send the user the right way (issue 15, class 8): an unsafe pickle is refused as unsafe,
+"""Messages that send the user the right way: an unsafe pickle is refused as unsafe,
 naming what it tried to import; weights holding NaN or inf convert with a warning naming the tensors."""
 
 import os
@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from sitcli.cli import app
 from sitcli.errors import InputError
 from sitcli.formats.official import pickle_globals, safe_load
-from tiny_sit import random_sit
+from helpers import random_sit
 
 runner = CliRunner()
 

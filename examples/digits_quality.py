@@ -44,11 +44,13 @@ def load_samples(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def report(score: DigitsScore, what: str, count: int) -> str:
-    return (f"{what}: {count} images (features of the first {score.n}, floors at the same n)\n"
-            f"  FD (classifier features) {score.fd:8.2f}   floor {score.fd_floor:.2f}\n"
-            f"  precision                {score.precision:8.3f}   floor {score.precision_floor:.3f}\n"
-            f"  recall                   {score.recall:8.3f}   floor {score.recall_floor:.3f}\n"
-            f"  SVM accuracy             {score.accuracy:8.1%}   floor {score.accuracy_floor:.1%} (held-out real digits)")
+    return (
+        f"{what}: {count} images (features of the first {score.n}, floors at the same n)\n"
+        f"  FD (classifier features) {score.fd:8.2f}   floor {score.fd_floor:.2f}\n"
+        f"  precision                {score.precision:8.3f}   floor {score.precision_floor:.3f}\n"
+        f"  recall                   {score.recall:8.3f}   floor {score.recall_floor:.3f}\n"
+        f"  SVM accuracy             {score.accuracy:8.1%}   floor {score.accuracy_floor:.1%} (held-out real digits)"
+    )
 
 
 def main() -> None:

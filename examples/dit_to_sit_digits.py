@@ -17,11 +17,14 @@ samples per run), scored as in ``digits_ablation.py`` (``examples/digits_runs.py
 The commands, for each seed S in 0, 1, 2 (ROOT is ``--root``; `sit sample` gets
 ``--num NUM --seed S --class-labels 0,1,2,3,4,5,6,7,8,9 --threads 1 --out RUN/samples-<flags>``):
 
-    sit train --data digits --interpolant vp --pred noise --num-timesteps 1000 --steps 500 --threads 1 --seed S --out ROOT/vp-noise-T1000-sS
+    sit train --data digits --interpolant vp --pred noise --num-timesteps 1000 --steps 500 --threads 1 --seed S \
+        --out ROOT/vp-noise-T1000-sS
     sit train --data digits --interpolant vp --pred noise --steps 500 --threads 1 --seed S --out ROOT/vp-noise-sS
     sit train --data digits --interpolant vp --pred velocity --steps 500 --threads 1 --seed S --out ROOT/vp-velocity-sS
-    sit train --data digits --interpolant gvp --pred velocity --steps 500 --threads 1 --seed S --out ROOT/gvp-velocity-sS
-    sit train --data digits --interpolant linear --pred velocity --steps 500 --threads 1 --seed S --out ROOT/linear-velocity-sS
+    sit train --data digits --interpolant gvp --pred velocity --steps 500 --threads 1 --seed S \
+        --out ROOT/gvp-velocity-sS
+    sit train --data digits --interpolant linear --pred velocity --steps 500 --threads 1 --seed S \
+        --out ROOT/linear-velocity-sS
     sit sample --ckpt RUN --sampler sde --w SBDM --steps 250                        # rows 1-5, RUN each of the above
     sit sample --ckpt ROOT/linear-velocity-sS --sampler ode --method heun --steps 125
     sit sample --ckpt ROOT/linear-velocity-sS --sampler sde --w sigma --steps 250   # and w constant, decreasing, ...
@@ -49,9 +52,20 @@ WALK = [
     ("3", "velocity prediction", Training("vp", "velocity"), "SDE w = SBDM", SDE_SBDM),
     ("4", "GVP interpolant", Training("gvp", "velocity"), "SDE w = SBDM", SDE_SBDM),
     ("5", "linear interpolant", LINEAR, "SDE w = SBDM", SDE_SBDM),
-    ("6", "sampler: ODE", LINEAR, "ODE heun 125 (250 NFE)",
-     Sampling(("--sampler", "ode", "--method", "heun", "--steps", "125"))),
-    ("6", "sampler: SDE w = sigma", LINEAR, "SDE w = sigma", Sampling(("--sampler", "sde", "--w", "sigma", "--steps", "250"))),
+    (
+        "6",
+        "sampler: ODE",
+        LINEAR,
+        "ODE heun 125 (250 NFE)",
+        Sampling(("--sampler", "ode", "--method", "heun", "--steps", "125")),
+    ),
+    (
+        "6",
+        "sampler: SDE w = sigma",
+        LINEAR,
+        "SDE w = sigma",
+        Sampling(("--sampler", "sde", "--w", "sigma", "--steps", "250")),
+    ),
 ]
 # w(t) after training, on the linear / velocity models (w = linear, 1 - t, is sigma on this interpolant).
 W_AFTER = ["SBDM", "sigma", "constant", "decreasing", "increasing-decreasing"]
@@ -64,8 +78,10 @@ def main() -> None:
     pairs = [(t, s) for _, _, t, _, s in WALK] + [(LINEAR, s) for _, s in w_rows]
     prepare(pairs, args.root, args.seeds, args.steps, args.num, args.threads, args.jobs)
 
-    print(f"\nSiT-Ti/4, {args.steps} steps, {args.num} samples per run, seeds 0..{args.seeds - 1}: "
-          f"mean ± std over the seeds (SDE: 250 Euler-Maruyama steps)")
+    print(
+        f"\nSiT-Ti/4, {args.steps} steps, {args.num} samples per run, seeds 0..{args.seeds - 1}: "
+        f"mean ± std over the seeds (SDE: 250 Euler-Maruyama steps)"
+    )
     print(floors(args.num))
     print("| row | change | model | sampler " + HEADER)
     print("|---|---|---|---|---|---|---|---|---|")

@@ -47,7 +47,9 @@ def adams(transport: Transport, model, x0: torch.Tensor, grid: torch.Tensor, ord
     return adams_bashforth(velocity, x0, grid, order), len(grid) - 1
 
 
-def data_prediction_solver(transport: Transport, model, x0: torch.Tensor, grid: torch.Tensor, order: int) -> tuple[torch.Tensor, int]:
+def data_prediction_solver(
+    transport: Transport, model, x0: torch.Tensor, grid: torch.Tensor, order: int
+) -> tuple[torch.Tensor, int]:
     """x_s = (sigma_s / sigma_t) x_t + (alpha_s - sigma_s alpha_t / sigma_t) D, with D the posterior
     mean at t (order 1) or its linear extrapolation in lambda from the previous step (order 2)."""
     interpolant = transport.interpolant
@@ -122,8 +124,10 @@ def main() -> None:
                             break
                     x, nfe = solve(transport, model, x0, survey_grid(kind, transport, budget))
                     cell = f"{reached} NFE ({reached / ref_nfe:.2f}x)" if reached else f"> {MAX_NFE} NFE"
-                    print(f"  {name + ', ' + kind:<24} error at {nfe} NFE {(x - exact).abs().mean().item():.2e}   "
-                          f"reaches dopri5 at {cell}")
+                    print(
+                        f"  {name + ', ' + kind:<24} error at {nfe} NFE {(x - exact).abs().mean().item():.2e}   "
+                        f"reaches dopri5 at {cell}"
+                    )
 
 
 if __name__ == "__main__":

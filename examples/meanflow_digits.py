@@ -4,7 +4,8 @@ For each seed, two runs on scikit-learn's 8x8 digits with the quickstart's setti
 lr 1e-3, EMA 0.995) and the same number of steps: ``sit train`` (the flow, velocity regression) and
 ``sit train --objective meanflow`` (uniform times, r != t on a quarter of the pairs, adaptive weight
 p = 1, c = 1e-3, no folded guidance). Their weights draw ``--num`` class-conditional samples (labels
-0..9 cycled, the same noise for every row; raw weights unless ``--ema``): the mean-flow model with 1, 2 and 4 uniform jumps, and with
+0..9 cycled, the same noise for every row; raw weights unless ``--ema``): the mean-flow model with 1, 2 and 4
+uniform jumps, and with
 its instantaneous velocity u(z, t, t) through the ODE (adams, 50 NFE); the flow model through the ODE
 (adams, sit's default method) at 1, 2, 4 and 50 NFE. Scores: ``sitcli.evaluate.digits`` (Fréchet
 distance and precision/recall in a small digit classifier's features, the SVM accuracy on raw pixels),
@@ -34,8 +35,16 @@ from sitcli.loading import load_model
 from sitcli.training import train
 from sitcli.transport import sample_meanflow, sample_ode
 
-ROWS = [("meanflow", "jump", 1), ("meanflow", "jump", 2), ("meanflow", "jump", 4), ("meanflow", "adams", 50),
-        ("flow", "adams", 1), ("flow", "adams", 2), ("flow", "adams", 4), ("flow", "adams", 50)]
+ROWS = [
+    ("meanflow", "jump", 1),
+    ("meanflow", "jump", 2),
+    ("meanflow", "jump", 4),
+    ("meanflow", "adams", 50),
+    ("flow", "adams", 1),
+    ("flow", "adams", 2),
+    ("flow", "adams", 4),
+    ("flow", "adams", 50),
+]
 
 
 def trained(root: Path, objective: str, seed: int, steps: int) -> tuple[Path, float]:
@@ -45,8 +54,18 @@ def trained(root: Path, objective: str, seed: int, steps: int) -> tuple[Path, fl
     if runs.latest_checkpoint(out) is None or not cost.is_file():
         print(f"training {out}", flush=True)
         start = time.perf_counter()
-        train(TrainConfig(data="digits", out=str(out), steps=steps, seed=seed, objective=objective, sample_every=0,
-                          ckpt_every=steps), progress=False)
+        train(
+            TrainConfig(
+                data="digits",
+                out=str(out),
+                steps=steps,
+                seed=seed,
+                objective=objective,
+                sample_every=0,
+                ckpt_every=steps,
+            ),
+            progress=False,
+        )
         cost.write_text(json.dumps({"seconds": time.perf_counter() - start, "steps": steps}))
     return out, json.loads(cost.read_text())["seconds"]
 
@@ -58,7 +77,9 @@ def draw(run: Path, sampler: str, steps: int, num: int, ema: bool = True) -> tup
     g = torch.Generator().manual_seed(0)
     x0, y = torch.randn(num, 1, 8, 8, generator=g), torch.arange(num) % 10
     if sampler == "jump":
-        x, nfe = sample_meanflow(loaded.model, x0, steps, model_kwargs={"y": y}, interval=loaded.transport.sample_interval())
+        x, nfe = sample_meanflow(
+            loaded.model, x0, steps, model_kwargs={"y": y}, interval=loaded.transport.sample_interval()
+        )
     else:
         x, nfe = sample_ode(loaded.transport, loaded.model, x0, sampler, steps, model_kwargs={"y": y})
     assert nfe == steps
@@ -71,9 +92,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--num", type=int, default=898)
-    parser.add_argument("--ema", action="store_true",
-                        help="sample the EMA weights (default: the raw ones; after 300 steps the EMA of decay 0.995 "
-                             "still holds 0.995^300 = 22%% of the zero-output initialisation, and its samples are noise)")
+    parser.add_argument(
+        "--ema",
+        action="store_true",
+        help="sample the EMA weights (default: the raw ones; after 300 steps the EMA of decay 0.995 "
+        "still holds 0.995^300 = 22%% of the zero-output initialisation, and its samples are noise)",
+    )
     parser.add_argument("--figure", type=Path, default=None, help="PNG: one row of 20 samples (seed 0) per table row")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -92,16 +116,20 @@ def main() -> None:
                 if seed == 0:
                     figure.append((row, images[:20]))
     floor = judge.score(judge.images[judge.other[: args.num]], judge.labels[judge.other[: args.num]])
-    print(f"\n{args.seeds} seeds, {args.steps} training steps each, {'EMA' if args.ema else 'raw'} weights, {args.num} "
-          "samples per row, mean ± std over seeds")
+    print(
+        f"\n{args.seeds} seeds, {args.steps} training steps each, {'EMA' if args.ema else 'raw'} weights, {args.num} "
+        "samples per row, mean ± std over seeds"
+    )
     print("| model | sampler | NFE | FD (features) | precision | recall | SVM accuracy | training s (s/step) |")
     print("|---|---|---|---|---|---|---|---|")
     for (objective, sampler, nfe), values in scores.items():
         cells = " | ".join(f"{np.mean(v):.3g} ± {np.std(v):.2g}" for v in zip(*values))
         train_s = np.mean(cost[objective])
         print(f"| {objective} | {sampler} | {nfe} | {cells} | {train_s:.0f} ({train_s / args.steps:.2f}) |")
-    print(f"| real digits (other half) | - | - | {floor.fd_floor:.3g} | {floor.precision_floor:.3g} | "
-          f"{floor.recall_floor:.3g} | {floor.accuracy_floor:.3g} | - |")
+    print(
+        f"| real digits (other half) | - | - | {floor.fd_floor:.3g} | {floor.precision_floor:.3g} | "
+        f"{floor.recall_floor:.3g} | {floor.accuracy_floor:.3g} | - |"
+    )
     ratio = np.array(cost["meanflow"]) / np.array(cost["flow"])
     print(f"training time, mean flow / flow: {ratio.mean():.2f}x ± {ratio.std():.2f} (same steps, batch and model)")
     if args.figure is not None:

@@ -13,7 +13,8 @@ linearly in log NFE between the two grid points where the mean FDs change order,
 SDE's mean FD is the lower. With matplotlib (``pip install -e ".[examples]"``) it also writes the
 curves with the crossover marked to ``--png``.
 
-    python examples/ode_vs_sde_nfe_digits.py [--root runs/ablation] [--nfe 10,20,50,100,250] [--num 300] [--png ode_vs_sde_nfe.png]
+    python examples/ode_vs_sde_nfe_digits.py [--root runs/ablation] [--nfe 10,20,50,100,250] [--num 300] \
+        [--png ode_vs_sde_nfe.png]
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ LINEAR = Training("linear", "velocity")
 
 
 def samplings(nfe: int) -> dict[str, Sampling]:
-    return {"ODE heun": Sampling(("--sampler", "ode", "--method", "heun", "--steps", str(nfe // 2))),
-            "SDE w = sigma": Sampling(("--sampler", "sde", "--w", "sigma", "--steps", str(nfe)))}
+    return {
+        "ODE heun": Sampling(("--sampler", "ode", "--method", "heun", "--steps", str(nfe // 2))),
+        "SDE w = sigma": Sampling(("--sampler", "sde", "--w", "sigma", "--steps", str(nfe))),
+    }
 
 
 def crossover(nfes: list[int], ode: list[float], sde: list[float]) -> float | None:
@@ -55,8 +58,15 @@ def main() -> None:
     if any(n < 2 or n % 2 for n in nfes):
         parser.error(f"--nfe {args.nfe}: pass even numbers >= 2 (heun spends 2 NFE per step)")
 
-    prepare([(LINEAR, s) for n in nfes for s in samplings(n).values()], args.root, args.seeds, args.steps,
-            args.num, args.threads, args.jobs)
+    prepare(
+        [(LINEAR, s) for n in nfes for s in samplings(n).values()],
+        args.root,
+        args.seeds,
+        args.steps,
+        args.num,
+        args.threads,
+        args.jobs,
+    )
     fd = {name: [] for name in samplings(2)}
     for n in nfes:
         for name, sampling in samplings(n).items():
@@ -64,15 +74,23 @@ def main() -> None:
 
     means = {name: [float(np.mean(v)) for v in values] for name, values in fd.items()}
     cross = crossover(nfes, means["ODE heun"], means["SDE w = sigma"])
-    print(f"\nlinear / velocity SiT-Ti/4, {args.steps} steps, {args.num} samples, seeds 0..{args.seeds - 1}: "
-          "FD in the classifier's features, mean ± std")
+    print(
+        f"\nlinear / velocity SiT-Ti/4, {args.steps} steps, {args.num} samples, seeds 0..{args.seeds - 1}: "
+        "FD in the classifier's features, mean ± std"
+    )
     print(floors(args.num))
     print("| NFE | " + " | ".join(fd) + " |")
     print("|---" * (len(fd) + 1) + "|")
     for i, n in enumerate(nfes):
         print(f"| {n} | " + " | ".join(mean_std(values[i]) for values in fd.values()) + " |")
-    print("crossover: " + (f"the SDE's mean FD is below the ODE's from about {cross:.0f} NFE" if cross else
-                           "none: the order of the mean FDs does not change from the lowest NFE to the highest"))
+    print(
+        "crossover: "
+        + (
+            f"the SDE's mean FD is below the ODE's from about {cross:.0f} NFE"
+            if cross
+            else "none: the order of the mean FDs does not change from the lowest NFE to the highest"
+        )
+    )
     try:
         import matplotlib
     except ImportError:
@@ -84,12 +102,18 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, values in fd.items():
         a = np.asarray(values)
-        ax.errorbar(nfes, a.mean(1), yerr=a.std(1, ddof=1) if a.shape[1] > 1 else None, marker="o", capsize=3,
-                    label=name)
+        ax.errorbar(
+            nfes, a.mean(1), yerr=a.std(1, ddof=1) if a.shape[1] > 1 else None, marker="o", capsize=3, label=name
+        )
     if cross:
         ax.axvline(cross, color="grey", linestyle="--", label=f"crossover ≈ {cross:.0f} NFE")
-    ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="FD (classifier features)",
-           title=f"digits, linear / velocity, {args.seeds} seeds")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="NFE",
+        ylabel="FD (classifier features)",
+        title=f"digits, linear / velocity, {args.seeds} seeds",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.png, dpi=120)

@@ -22,7 +22,8 @@ Prints mean ± std over the seeds at every checkpoint, the steps each needs to r
 final mean FD, and writes ``ROOT/repa_digits.png`` (FD against steps). Runs already in ``--root``
 are reused.
 
-    python examples/repa_digits.py [--root runs/repa] [--steps 2000] [--every 250] [--seeds 3] [--num 500] [--only plain|repa]
+    python examples/repa_digits.py [--root runs/repa] [--steps 2000] [--every 250] [--seeds 3] [--num 500] \
+        [--only plain|repa]
 """
 
 from __future__ import annotations
@@ -42,8 +43,15 @@ from sitcli.loading import load_model
 from sitcli.training import train
 from sitcli.transport import sample_ode
 
-ENCODER = dict(image_size=8, patch_size=2, num_channels=1, hidden_size=64, num_hidden_layers=4,
-               num_attention_heads=4, intermediate_size=128)
+ENCODER = dict(
+    image_size=8,
+    patch_size=2,
+    num_channels=1,
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=128,
+)
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -51,7 +59,7 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     b = len(x)
     padded = F.pad(x, (1, 1, 1, 1), value=-1.0)
     dy, dx = torch.randint(0, 3, (2, b), generator=g)
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8] for i in range(b)])
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + 8, dx[i] : dx[i] + 8] for i in range(b)])
     out = (out + 1) * (0.7 + 0.6 * torch.rand(b, 1, 1, 1, generator=g)) - 1
     out = out + 0.1 * torch.randn(out.shape, generator=g)
     keep = torch.ones(b, 16)
@@ -98,8 +106,16 @@ def trained(root: Path, name: str, seed: int, steps: int, every: int, encoder: P
     if latest is None or int(latest.name) < steps:
         print(f"training {out}", flush=True)
         repa = dict(repa_encoder=[str(encoder)], repa_depth=2, repa_projector_dim=256) if encoder else {}
-        cfg = TrainConfig(data="digits", model="SiT-Ti/2", out=str(out), steps=steps, seed=seed, ckpt_every=every,
-                          sample_every=0, **repa)
+        cfg = TrainConfig(
+            data="digits",
+            model="SiT-Ti/2",
+            out=str(out),
+            steps=steps,
+            seed=seed,
+            ckpt_every=every,
+            sample_every=0,
+            **repa,
+        )
         train(cfg, resume=latest is not None, progress=False)
     return out
 
@@ -153,11 +169,15 @@ def main() -> None:
     if args.only:
         return
     floor = judge.score(real_digits()[0][judge.other][: args.num], None)
-    print(f"\nSiT-Ti/2 on digits, seeds 0..{args.seeds - 1}, {args.num} samples (adams 20), mean ± std over seeds; "
-          f"real-vs-real floor: FD {floor.fd_floor:.2f}, precision {floor.precision_floor:.3f}, "
-          f"recall {floor.recall_floor:.3f}")
-    print("| step | plain FD | REPA FD | plain precision | REPA precision | plain recall | REPA recall | "
-          "plain SVM acc. | REPA SVM acc. |")
+    print(
+        f"\nSiT-Ti/2 on digits, seeds 0..{args.seeds - 1}, {args.num} samples (adams 20), mean ± std over seeds; "
+        f"real-vs-real floor: FD {floor.fd_floor:.2f}, precision {floor.precision_floor:.3f}, "
+        f"recall {floor.recall_floor:.3f}"
+    )
+    print(
+        "| step | plain FD | REPA FD | plain precision | REPA precision | plain recall | REPA recall | "
+        "plain SVM acc. | REPA SVM acc. |"
+    )
     print("|---|" + "---|" * 8)
     for k, s in enumerate(steps):
         cells = [f"{scores[n][:, k, m].mean():.3g} ± {scores[n][:, k, m].std():.2g}" for m in range(4) for n in scores]
@@ -181,8 +201,12 @@ def main() -> None:
         ax.plot(steps, mean, marker="o", label=label)
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
     ax.axhline(floor.fd_floor, color="grey", ls=":", label="real vs real")
-    ax.set(xlabel="training step", ylabel="FD (digit-classifier features)", yscale="log",
-           title=f"digits, {args.seeds} seeds (mean ± std)")
+    ax.set(
+        xlabel="training step",
+        ylabel="FD (digit-classifier features)",
+        yscale="log",
+        title=f"digits, {args.seeds} seeds (mean ± std)",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.root / "repa_digits.png", dpi=120)

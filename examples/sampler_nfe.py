@@ -29,13 +29,16 @@ from sitcli.transport import ODE_METHODS, GaussianMixture, Transport, log_likeli
 MIXTURE_1D = GaussianMixture([[-1.0], [2.0]], [0.3, 0.5], [0.4, 0.6])
 # Narrower, three components: a velocity field that bends harder near t = 1.
 MIXTURE_1D_NARROW = GaussianMixture([[-2.0], [0.0], [2.5]], [0.1, 0.2, 0.15], [0.3, 0.3, 0.4])
-MIXTURE_2D = GaussianMixture([[-1.0, 0.5], [1.5, -1.0], [0.0, 2.0]], [[0.3, 0.5], [0.6, 0.2], [0.4, 0.4]], [0.3, 0.3, 0.4])
+MIXTURE_2D = GaussianMixture(
+    [[-1.0, 0.5], [1.5, -1.0], [0.0, 2.0]], [[0.3, 0.5], [0.6, 0.2], [0.4, 0.4]], [0.3, 0.3, 0.4]
+)
 # Every method that takes ``steps`` (fixed grid and multistep), with its model evaluations per step.
 FIXED = [(name, m.nfe_per_step) for name, m in ODE_METHODS.items() if m.kind != "adaptive"]
 
 
-def exact_endpoint(interpolant: str, x0: torch.Tensor, t0: float, t1: float,
-                   mixture: GaussianMixture = MIXTURE_1D) -> torch.Tensor:
+def exact_endpoint(
+    interpolant: str, x0: torch.Tensor, t0: float, t1: float, mixture: GaussianMixture = MIXTURE_1D
+) -> torch.Tensor:
     """F_{t1}^{-1}(F_{t0}(x0)), the inverse CDF read off a fine grid (spacing 4e-5)."""
     u = mixture.cdf(interpolant, x0, torch.tensor(t0, dtype=torch.float64))
     grid = torch.linspace(-7, 9, 400001, dtype=torch.float64)[:, None]
@@ -50,8 +53,9 @@ def ks_distance(x: torch.Tensor, interpolant: str) -> float:
     return torch.maximum((i / len(xs) - cdf).abs(), ((i - 1) / len(xs) - cdf).abs()).max().item()
 
 
-def ode_error(interpolant: str, mixture: GaussianMixture, x0: torch.Tensor, exact: torch.Tensor,
-              method: str, **kwargs) -> tuple[int, float]:
+def ode_error(
+    interpolant: str, mixture: GaussianMixture, x0: torch.Tensor, exact: torch.Tensor, method: str, **kwargs
+) -> tuple[int, float]:
     """(NFE, mean |x - exact|) of one ODE solve with the exact velocity."""
     tr = Transport(interpolant, "velocity")
     x, nfe = sample_ode(tr, mixture.model(interpolant, "velocity"), x0, method=method, **kwargs)
@@ -70,8 +74,12 @@ def target(n: int, png: str | None) -> None:
             t0, t1 = Transport(interpolant, "velocity").sample_interval()
             exact = exact_endpoint(interpolant, x0, t0, t1, mixture)
             ref_nfe, ref_err = ode_error(interpolant, mixture, x0, exact, "dopri5", atol=1e-6, rtol=1e-3)
-            curve = {"dopri5": [ode_error(interpolant, mixture, x0, exact, "dopri5", atol=tol, rtol=tol)
-                                for tol in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)]}
+            curve = {
+                "dopri5": [
+                    ode_error(interpolant, mixture, x0, exact, "dopri5", atol=tol, rtol=tol)
+                    for tol in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+                ]
+            }
             cells = []
             for method, stages in FIXED:
                 points, reached = [], None
@@ -126,8 +134,14 @@ def trained(ckpt: str, n: int) -> None:
 
     run = load_model(ckpt)
     cfg, transport, model = run.config, run.transport, run.model.double()
-    x0 = torch.randn(n, cfg.in_channels, cfg.input_size, cfg.input_size, dtype=torch.float64,
-                     generator=torch.Generator().manual_seed(0))
+    x0 = torch.randn(
+        n,
+        cfg.in_channels,
+        cfg.input_size,
+        cfg.input_size,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0),
+    )
     kwargs = {"model_kwargs": {"y": torch.arange(n) % cfg.num_classes}} if cfg.num_classes else {}
     reference, ref_nfe = sample_ode(transport, model, x0, method="dopri5", atol=1e-9, rtol=1e-9, **kwargs)
 
@@ -140,7 +154,11 @@ def trained(ckpt: str, n: int) -> None:
     print(f"dopri5 atol 1e-6, rtol 1e-3: {nfe} NFE, mean |x - reference| {err:.2e}")
     print(f"{'NFE':>4} {'adams':>9} {'rk4':>9} {'heun':>9}   (rk4: the largest multiple of 4 within the NFE)")
     for budget in (8, 12, 16, 20, 24, 32, 50, 100):
-        errors = [error("adams", steps=budget)[1], error("rk4", steps=budget // 4)[1], error("heun", steps=budget // 2)[1]]
+        errors = [
+            error("adams", steps=budget)[1],
+            error("rk4", steps=budget // 4)[1],
+            error("heun", steps=budget // 2)[1],
+        ]
         print(f"{budget:>4} " + " ".join(f"{e:9.2e}" for e in errors))
 
 
@@ -178,26 +196,39 @@ def main() -> None:
         for tol in (1e-2, 1e-3, 1e-4, 1e-6):
             x, nfe = sample_ode(tr, model, x0, method=method, atol=tol, rtol=tol)
             err = (x - exact).abs()
-            print(f"{method:<8} {nfe:>5} {err.mean().item():>17.2e} {err.max().item():>16.2e}   (atol = rtol = {tol:g})")
+            print(
+                f"{method:<8} {nfe:>5} {err.mean().item():>17.2e} {err.max().item():>16.2e}   (atol = rtol = {tol:g})"
+            )
     x, nfe = sample_ode(tr, model, x0, method="dopri5", atol=1e-6, rtol=1e-3)
     err = (x - exact).abs()
-    print(f"{'dopri5':<8} {nfe:>5} {err.mean().item():>17.2e} {err.max().item():>16.2e}   (atol 1e-6, rtol 1e-3: the official default)")
+    print(
+        f"{'dopri5':<8} {nfe:>5} {err.mean().item():>17.2e} {err.max().item():>16.2e}   "
+        "(atol 1e-6, rtol 1e-3: the official default)"
+    )
 
-    print("\nSDE, w = sigma, last step mean: Kolmogorov-Smirnov distance to the exact p_1 "
-          f"(noise floor ~{1.63 / args.n ** 0.5:.3f})")
+    print(
+        "\nSDE, w = sigma, last step mean: Kolmogorov-Smirnov distance to the exact p_1 "
+        f"(noise floor ~{1.63 / args.n**0.5:.3f})"
+    )
     for method in ("euler", "heun"):
         for steps in (10, 20, 50, 250):
-            x, nfe = sample_sde(tr, model, x0, method=method, steps=steps, w="sigma",
-                                generator=torch.Generator().manual_seed(1))
+            x, nfe = sample_sde(
+                tr, model, x0, method=method, steps=steps, w="sigma", generator=torch.Generator().manual_seed(1)
+            )
             print(f"{method:<8} {nfe:>5} KS {ks_distance(x, args.interpolant):.4f}")
 
     print("\nlog-likelihood on a 2-D three-component mixture (nats, exact divergence, 64 points)")
     x1 = MIXTURE_2D.sample(64, generator=torch.Generator().manual_seed(2))
     exact_logp = MIXTURE_2D.log_prob(args.interpolant, x1, t1)
     model_2d = MIXTURE_2D.model(args.interpolant, "velocity")
-    for method, kwargs in [("dopri5", dict(atol=1e-6, rtol=1e-3)), ("dopri5", dict(atol=1e-8, rtol=1e-8)),
-                           ("rk4", dict(steps=25))]:
-        prior = None if t0 == 0 and args.interpolant != "vp" else (lambda x: MIXTURE_2D.log_prob(args.interpolant, x, t0))
+    for method, kwargs in [
+        ("dopri5", dict(atol=1e-6, rtol=1e-3)),
+        ("dopri5", dict(atol=1e-8, rtol=1e-8)),
+        ("rk4", dict(steps=25)),
+    ]:
+        prior = (
+            None if t0 == 0 and args.interpolant != "vp" else (lambda x: MIXTURE_2D.log_prob(args.interpolant, x, t0))
+        )
         logp = log_likelihood(tr, model_2d, x1, method=method, prior_log_prob=prior, **kwargs)
         err = (logp - exact_logp).abs()
         print(f"{method:<8} {str(kwargs):<32} mean error {err.mean().item():.2e}  max error {err.max().item():.2e}")

@@ -89,9 +89,14 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+# The image files sit writes, by suffix: Pillow's formats that hold 8-bit grey and RGB images.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+                 ".tiff": "TIFF"}
+
+
 def save_image(path: str | Path, image) -> None:
-    """Save a PIL image; the format follows the final name's suffix."""
-    fmt = Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"
+    """Save a PIL image in the format of its suffix (``IMAGE_FORMATS``)."""
+    fmt = IMAGE_FORMATS[Path(path).suffix.lower()]
     atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
 
 

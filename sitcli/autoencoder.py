@@ -29,7 +29,9 @@ def load_vae(path: str | Path, device: torch.device | str = "cpu"):
     try:
         vae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as err:
-        raise InputError(f"could not load the VAE in {folder} ({err}); check that its weights file is complete") from None
+        raise InputError(
+            f"could not load the VAE in {folder} ({err}); check that its weights file is complete"
+        ) from None
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -46,7 +48,9 @@ def latent_shape(vae, image_size: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def encode(vae, x: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+def encode(
+    vae, x: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """Images in [-1, 1] -> scaled latents: a sample mu + sigma n of the encoder's posterior, with
     n the given ``noise`` (latent-shaped, standard normal) or drawn from ``generator``."""
     dist = vae.encode(x.to(vae.dtype)).latent_dist
@@ -58,4 +62,3 @@ def encode(vae, x: torch.Tensor, generator: torch.Generator | None = None, noise
 def decode(vae, z: torch.Tensor) -> torch.Tensor:
     """Scaled latents -> images in [-1, 1] (not clamped)."""
     return vae.decode(z.to(vae.dtype) / latent_scale(vae)).sample.float()
-

@@ -9,15 +9,17 @@ config built for a foreign checkpoint never inherits a preset it did not ask for
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 
+from sitcli.atomic import IMAGE_FORMATS
 from sitcli.data import DIGITS
 from sitcli.domains import COUNT, COUNT_OR_ZERO, EPS, FINITE, NON_NEGATIVE, POSITIVE, SEED, Domain, check_domains
 from sitcli.errors import InputError
-from sitcli.models import SIZES, SiT_models
-from sitcli.runtime import PRECISIONS
+from sitcli.models import SiT_models, model_shape
+from sitcli.runtime import check_precision
 from sitcli.transport import LAST_STEPS, MEANFLOW_METHODS, ODE_METHODS, SDE_METHODS, Transport
 from sitcli.transport.diffusion import check_diffusion_coefficient
 from sitcli.transport.time_conventions import CONVENTIONS
@@ -108,12 +110,9 @@ class TrainConfig:
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
         unknown = sorted(set(values) - field_names(cls))
         if unknown or "data" not in values:
-            raise InputError(f"{source} is not a sit training config (unknown keys: {', '.join(unknown) or 'none'}; needs 'data')")
-        # A run from before TF32 was a setting computed its matmuls in full float32 (torch's default):
-        # it goes on that way when resumed, not with the new default.
-        values = {"tf32": False, **values}
-        if values.get("grad_clip") == 0:  # "off" before --grad-clip declared its domain (> 0; unset is off)
-            values["grad_clip"] = None
+            raise InputError(
+                f"{source} is not a sit training config (unknown keys: {', '.join(unknown) or 'none'}; needs 'data')"
+            )
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -123,24 +122,32 @@ class TrainConfig:
         """Refuse settings that cannot train (call once the presets are applied)."""
         if self.model not in SiT_models:
             raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(SiT_models)}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"unknown precision {self.precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
+        check_precision(self.precision)
         check_domains(asdict(self), TRAIN_DOMAINS)
         if self.repa_encoder:
-            depth = SIZES[self.model.split("-")[1].split("/")[0]][0]
+            depth = model_shape(self.model)[0]
             if not 1 <= self.repa_depth <= depth:
                 raise InputError(f"--repa-depth {self.repa_depth} must name a block of {self.model}: 1..{depth}")
             if self.repa_weight < 0 or self.repa_projector_dim < 1:
                 raise InputError("--repa-weight must be >= 0 and --repa-projector-dim >= 1")
         self._check_objective()
-        transport = self.transport()  # raises InputError for an invalid interpolant / prediction / loss-weight / density
+        # The transport raises InputError for an invalid interpolant / prediction / loss-weight / density.
+        transport = self.transport()
         for name, value in transport.time_density_params.items():  # config.json records the values used, not "default"
             setattr(self, name, value)
-        if self.eval_every < 0 or self.eval_every and (self.eval_ref is None or self.eval_num < 2 or self.eval_steps < 1):
-            raise InputError("--eval-every N needs --eval-ref STATS.npz (from `sit fid REF --save-stats STATS.npz`), "
-                             "--eval-num of at least 2 and --eval-steps of at least 1")
+        if (
+            self.eval_every < 0
+            or self.eval_every
+            and (self.eval_ref is None or self.eval_num < 2 or self.eval_steps < 1)
+        ):
+            raise InputError(
+                "--eval-every N needs --eval-ref STATS.npz (from `sit fid REF --save-stats STATS.npz`), "
+                "--eval-num of at least 2 and --eval-steps of at least 1"
+            )
         if self.eval_method not in ODE_METHODS:
-            raise InputError(f"--eval-method {self.eval_method!r} is not an ODE method; choose one of {', '.join(ODE_METHODS)}")
+            raise InputError(
+                f"--eval-method {self.eval_method!r} is not an ODE method; choose one of {', '.join(ODE_METHODS)}"
+            )
 
     def _check_objective(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -148,31 +155,54 @@ class TrainConfig:
         if self.objective == "flow":  # the fields' domains are checked with every other field's
             changed = [n for n in MEANFLOW_FIELDS if getattr(self, n) != _FIELD_DEFAULTS[n]]
             if changed:
-                raise InputError(f"--{changed[0].replace('_', '-')} is a setting of mean flows: add --objective meanflow or drop it")
+                raise InputError(
+                    f"--{changed[0].replace('_', '-')} is a setting of mean flows: add --objective meanflow or drop it"
+                )
             return
-        why = {"prediction": (self.prediction != "velocity", "the model predicts the average velocity: drop --prediction"),
-               "interpolant": (self.interpolant not in ("linear", "gvp"), "jumps reach t = 1, where VP's sigma'_t is "
-                               "infinite: use --interpolant linear or gvp"),
-               "num_timesteps": (self.num_timesteps is not None, "the jumps need continuous time: drop --num-timesteps"),
-               "loss_weight": (self.loss_weight is not None, "the adaptive weight (--meanflow-p, --meanflow-c) "
-                               "replaces it: drop --loss-weight"),
-               "repa_encoder": (bool(self.repa_encoder), "the alignment term is not combined with it yet: drop --repa-encoder")}
+        why = {
+            "prediction": (self.prediction != "velocity", "the model predicts the average velocity: drop --prediction"),
+            "interpolant": (
+                self.interpolant not in ("linear", "gvp"),
+                "jumps reach t = 1, where VP's sigma'_t is infinite: use --interpolant linear or gvp",
+            ),
+            "num_timesteps": (self.num_timesteps is not None, "the jumps need continuous time: drop --num-timesteps"),
+            "loss_weight": (
+                self.loss_weight is not None,
+                "the adaptive weight (--meanflow-p, --meanflow-c) replaces it: drop --loss-weight",
+            ),
+            "repa_encoder": (
+                bool(self.repa_encoder),
+                "the alignment term is not combined with it yet: drop --repa-encoder",
+            ),
+        }
         for name, (bad, message) in why.items():
             if bad:
                 raise InputError(f"--objective meanflow: {message}")
 
     def transport(self) -> Transport:
         params = {k: getattr(self, k) for k in DENSITY_PARAMS if getattr(self, k) is not None}
-        return Transport(self.interpolant, self.prediction, self.loss_weight, self.train_eps, self.sample_eps,
-                         self.num_timesteps, self.time_density, params)
+        return Transport(
+            self.interpolant,
+            self.prediction,
+            self.loss_weight,
+            self.train_eps,
+            self.sample_eps,
+            self.num_timesteps,
+            self.time_density,
+            params,
+        )
 
-    def build_model(self, projector_dims: tuple[int, ...] = ()) -> torch.nn.Module:
+    def new_model(self, projector_dims: tuple[int, ...] = ()) -> torch.nn.Module:
         """A freshly initialised model of this config's architecture and data shape, with a
         ``repa_projector_dim``-wide projector to each of ``projector_dims`` (the encoders' widths)."""
         return SiT_models[self.model](
-            input_size=self.input_size, in_channels=self.in_channels, num_classes=self.num_classes,
-            class_dropout_prob=self.class_dropout_prob, learn_sigma=self.learn_sigma,
-            projector_dims=projector_dims, projector_hidden=self.repa_projector_dim,
+            input_size=self.input_size,
+            in_channels=self.in_channels,
+            num_classes=self.num_classes,
+            class_dropout_prob=self.class_dropout_prob,
+            learn_sigma=self.learn_sigma,
+            projector_dims=projector_dims,
+            projector_hidden=self.repa_projector_dim,
             **({"mean_flow": True} if self.objective == "meanflow" else {}),
         )
 
@@ -181,14 +211,41 @@ class TrainConfig:
 # builds its bad values from this table). Fields filled from the data are declared too: they are
 # checked when a config.json is read back.
 TRAIN_DOMAINS: dict[str, Domain] = dict(
-    image_size=COUNT, class_dropout_prob=Domain(0, 1, hi_open=True), train_eps=EPS, sample_eps=EPS,
-    num_timesteps=Domain(2, integer=True), logit_mean=FINITE, logit_std=POSITIVE, mode_scale=Domain(-1, 1.75),
-    lr=POSITIVE, weight_decay=NON_NEGATIVE, ema_decay=Domain(0, 1, hi_open=True), batch_size=COUNT, steps=COUNT,
-    epochs=COUNT, grad_clip=POSITIVE, seed=SEED, num_workers=COUNT_OR_ZERO, threads=COUNT_OR_ZERO, log_every=COUNT,
-    ckpt_every=COUNT, sample_every=COUNT_OR_ZERO, repa_depth=COUNT, repa_weight=NON_NEGATIVE, repa_projector_dim=COUNT,
-    eval_every=COUNT_OR_ZERO, eval_num=Domain(2, integer=True), eval_steps=COUNT, in_channels=COUNT, input_size=COUNT,
-    num_classes=COUNT_OR_ZERO, latent_scale=POSITIVE,
-    meanflow_share=Domain(0, 1), meanflow_p=NON_NEGATIVE, meanflow_c=POSITIVE, meanflow_omega=Domain(1),
+    image_size=COUNT,
+    class_dropout_prob=Domain(0, 1, hi_open=True),
+    train_eps=EPS,
+    sample_eps=EPS,
+    num_timesteps=Domain(2, integer=True),
+    logit_mean=FINITE,
+    logit_std=POSITIVE,
+    mode_scale=Domain(-1, 1.75),
+    lr=POSITIVE,
+    weight_decay=NON_NEGATIVE,
+    ema_decay=Domain(0, 1, hi_open=True),
+    batch_size=COUNT,
+    steps=COUNT,
+    epochs=COUNT,
+    grad_clip=POSITIVE,
+    seed=SEED,
+    num_workers=COUNT_OR_ZERO,
+    threads=COUNT_OR_ZERO,
+    log_every=COUNT,
+    ckpt_every=COUNT,
+    sample_every=COUNT_OR_ZERO,
+    repa_depth=COUNT,
+    repa_weight=NON_NEGATIVE,
+    repa_projector_dim=COUNT,
+    eval_every=COUNT_OR_ZERO,
+    eval_num=Domain(2, integer=True),
+    eval_steps=COUNT,
+    in_channels=COUNT,
+    input_size=COUNT,
+    num_classes=COUNT_OR_ZERO,
+    latent_scale=POSITIVE,
+    meanflow_share=Domain(0, 1),
+    meanflow_p=NON_NEGATIVE,
+    meanflow_c=POSITIVE,
+    meanflow_omega=Domain(1),
 )
 MEANFLOW_FIELDS = ("meanflow_share", "meanflow_p", "meanflow_c", "meanflow_omega")
 OBJECTIVES = ("flow", "meanflow")
@@ -196,8 +253,24 @@ _FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 # Settings that may change when a run is resumed; every other one is fixed by the run's config.json.
 # (lr and grad_clip so that a diverged run can go on from its last good checkpoint more gently.)
-RESUMABLE = {"steps", "epochs", "lr", "grad_clip", "log_every", "ckpt_every", "sample_every", "num_workers", "threads",
-             "precision", "compile", "fused_adamw", "tf32", "grad_checkpointing", "log", "inception_weights"}
+RESUMABLE = {
+    "steps",
+    "epochs",
+    "lr",
+    "grad_clip",
+    "log_every",
+    "ckpt_every",
+    "sample_every",
+    "num_workers",
+    "threads",
+    "precision",
+    "compile",
+    "fused_adamw",
+    "tf32",
+    "grad_checkpointing",
+    "log",
+    "inception_weights",
+}
 
 
 @dataclass
@@ -209,7 +282,7 @@ class SampleConfig:
     model: str | None = None  # checked against the architecture of ckpt when given
     src_format: str | None = None  # format of ckpt (sit convert's --from); None: detected
     ema: bool = True
-    sampler: str | None = "ode"  # ode, sde, or meanflow (a mean-flow model's jumps); None: meanflow for such a model, else ode
+    sampler: str | None = "ode"
     method: str | None = None  # ode: adams; sde: euler; meanflow: jump
     steps: int | None = None  # ode: 50; sde: 250; meanflow: 1
     atol: float = 1e-6
@@ -246,10 +319,11 @@ class SampleConfig:
     def __post_init__(self):
         self.cfg_interval = tuple(float(v) for v in self.cfg_interval)
         check_domains(asdict(self), SAMPLE_DOMAINS, SAMPLE_FLAGS)
-        if self.precision not in PRECISIONS:
-            raise InputError(f"unknown precision {self.precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
+        check_precision(self.precision)
         if self.cfg_channels != "all" and not (str(self.cfg_channels).isdigit() and int(self.cfg_channels) > 0):
             raise InputError(f"--cfg-channels {self.cfg_channels!r}: pass 'all' or a number of channels such as 3")
+        if self.grid is not None and Path(self.grid).suffix.lower() not in IMAGE_FORMATS:
+            raise InputError(f"--grid {self.grid}: name an image file ({', '.join(IMAGE_FORMATS)})")
         self._check_guidance()
         if self.sampler is not None:  # None: chosen by the model (``for_model``)
             self._check_sampler()
@@ -261,8 +335,10 @@ class SampleConfig:
             self.sampler = "meanflow" if mean_flow else "ode"
             self._check_sampler()
         elif self.sampler == "meanflow" and not mean_flow:
-            raise InputError("--sampler meanflow needs a mean-flow model (sit train --objective meanflow); "
-                             "this one predicts instantaneous velocities: use --sampler ode or sde")
+            raise InputError(
+                "--sampler meanflow needs a mean-flow model (sit train --objective meanflow); "
+                "this one predicts instantaneous velocities: use --sampler ode or sde"
+            )
         return self
 
     def _check_sampler(self) -> None:
@@ -274,7 +350,9 @@ class SampleConfig:
             self.steps = {"ode": 50, "sde": 250, "meanflow": 1}[self.sampler]
         methods = list({"ode": ODE_METHODS, "sde": SDE_METHODS, "meanflow": MEANFLOW_METHODS}[self.sampler])
         if self.method not in methods:
-            raise InputError(f"unknown {self.sampler.upper()} method {self.method!r}; choose one of {', '.join(methods)}")
+            raise InputError(
+                f"unknown {self.sampler.upper()} method {self.method!r}; choose one of {', '.join(methods)}"
+            )
         if self.sampler == "sde":
             self.w = check_diffusion_coefficient(self.w)
             if self.last_step not in LAST_STEPS:
@@ -283,8 +361,10 @@ class SampleConfig:
             defaults = {f.name: f.default for f in fields(SampleConfig)}
             given = [n for n in MEANFLOW_UNUSED if getattr(self, n) != defaults[n]]
             if given:
-                raise InputError(f"--{given[0].replace('_', '-')} does not apply to the mean-flow sampler (uniform "
-                                 "jumps, --steps of them): drop it, or pass --sampler ode or sde")
+                raise InputError(
+                    f"--{given[0].replace('_', '-')} does not apply to the mean-flow sampler (uniform "
+                    "jumps, --steps of them): drop it, or pass --sampler ode or sde"
+                )
             return
         self._check_time_grid()
 
@@ -293,20 +373,31 @@ class SampleConfig:
             raise InputError(f"unknown --spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
         if self.edm_rho != 7.0 and self.spacing != "edm":
             raise InputError(f"--edm-rho {self.edm_rho}: pass it together with --spacing edm")
-        if self.sampler == "ode" and ODE_METHODS[self.method].kind == "adaptive" and (
-                self.time_shift != 1.0 or self.spacing is not None):
-            raise InputError(f"--method {self.method} is adaptive and chooses its own steps: --time-shift and "
-                             "--spacing apply to fixed-grid methods, adams and the SDE; drop them or pick such a method")
+        if (
+            self.sampler == "ode"
+            and ODE_METHODS[self.method].kind == "adaptive"
+            and (self.time_shift != 1.0 or self.spacing is not None)
+        ):
+            raise InputError(
+                f"--method {self.method} is adaptive and chooses its own steps: --time-shift and "
+                "--spacing apply to fixed-grid methods, adams and the SDE; drop them or pick such a method"
+            )
 
     def _check_guidance(self) -> None:
         if self.cfg_interval_in not in CONVENTIONS:
-            raise InputError(f"unknown --cfg-interval-in {self.cfg_interval_in!r}; choose one of {', '.join(CONVENTIONS)}")
+            raise InputError(
+                f"unknown --cfg-interval-in {self.cfg_interval_in!r}; choose one of {', '.join(CONVENTIONS)}"
+            )
         if self.guidance_model is None:
             if self.guidance_scale != 1.0:
-                raise InputError("--guidance-scale is autoguidance's scale: pass --guidance-model CKPT with it, or use --cfg-scale")
+                raise InputError(
+                    "--guidance-scale is autoguidance's scale: pass --guidance-model CKPT with it, or use --cfg-scale"
+                )
             return
         if self.cfg_scale != 1.0:
-            raise InputError("--guidance-model (autoguidance) and --cfg-scale (classifier-free guidance) do not combine: pick one")
+            raise InputError(
+                "--guidance-model (autoguidance) and --cfg-scale (classifier-free guidance) do not combine: pick one"
+            )
         if self.cfg_channels != "all":
             raise InputError("--cfg-channels applies to classifier-free guidance only: drop it with --guidance-model")
 
@@ -321,49 +412,37 @@ class SampleConfig:
         settings["cfg_interval"] = list(settings["cfg_interval"])
         return settings
 
-    @classmethod
-    def recorded_before(cls, saved: dict) -> dict:
-        """A ``sample.json`` written by an older sit, completed with what it implies for settings
-        that did not exist then: their defaults, except where OLD_SAMPLE_DEFAULTS says otherwise."""
-        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
-        defaults["cfg_interval"] = list(defaults["cfg_interval"])
-        return {**defaults, **OLD_SAMPLE_DEFAULTS, **saved}
-
 
 # The domain of every numeric SampleConfig field (see TRAIN_DOMAINS). cfg_interval's ends may be inf in
 # the sigma and logsnr conventions; time_conventions.interval_in_time checks them against the convention.
 SAMPLE_DOMAINS: dict[str, Domain] = dict(
-    steps=COUNT, atol=POSITIVE, rtol=POSITIVE, w_norm=NON_NEGATIVE, last_step_size=Domain(0, 1, lo_open=True),
-    cfg_scale=FINITE, cfg_interval=Domain(infinite=True), guidance_scale=FINITE, time_shift=POSITIVE, edm_rho=POSITIVE,
-    num=COUNT, batch_size=COUNT, seed=SEED, threads=COUNT_OR_ZERO, sample_eps=EPS,
+    steps=COUNT,
+    atol=POSITIVE,
+    rtol=POSITIVE,
+    w_norm=NON_NEGATIVE,
+    last_step_size=Domain(0, 1, lo_open=True),
+    cfg_scale=FINITE,
+    cfg_interval=Domain(infinite=True),
+    guidance_scale=FINITE,
+    time_shift=POSITIVE,
+    edm_rho=POSITIVE,
+    num=COUNT,
+    batch_size=COUNT,
+    seed=SEED,
+    threads=COUNT_OR_ZERO,
+    sample_eps=EPS,
 )
 SAMPLE_FLAGS = {"num": "--num-samples"}
-
-# The numeric flags of the other commands, by command: each job checks its arguments against its table first.
-FLAG_DOMAINS: dict[str, dict[str, Domain]] = {
-    "nll": dict(num=COUNT, batch_size=COUNT, steps=COUNT, atol=POSITIVE, rtol=POSITIVE, seed=SEED),
-    "cache-latents": dict(image_size=COUNT, batch_size=COUNT, num_workers=COUNT_OR_ZERO, seed=SEED, shard_size=COUNT,
-                          repa_grid=COUNT),
-    "fid": dict(batch_size=COUNT, num_workers=COUNT_OR_ZERO, is_splits=COUNT, pr_subset=Domain(2, integer=True),
-                kid_subsets=COUNT, kid_subset_size=Domain(2, integer=True), seed=SEED),
-    "convert": dict(num_heads=COUNT),
-}
-FLAG_NAMES = {"nll": {"num": "--num-samples"}}
-
-
-def check_flags(command: str, **values) -> None:
-    """Refuse a numeric argument of ``command`` outside its domain in FLAG_DOMAINS."""
-    check_domains(values, FLAG_DOMAINS[command], FLAG_NAMES.get(command))
-
 
 # Settings that do not change any image: they may differ when a folder is filled in several runs.
 FREE_SETTINGS = {"out", "num", "batch_size", "npz", "grid", "threads"}
 
-# What a sample.json written before a setting existed implies for it (the images were drawn that way).
-OLD_SAMPLE_DEFAULTS = {"tf32": False}
 # Settings a sampler never reads: an ODE folder's images do not depend on the SDE's w or last step.
-UNUSED_BY = {"ode": {"w", "w_norm", "last_step", "last_step_size"}, "sde": {"atol", "rtol"},
-             "meanflow": {"atol", "rtol", "w", "w_norm", "last_step", "last_step_size"}}
+UNUSED_BY = {
+    "ode": {"w", "w_norm", "last_step", "last_step_size"},
+    "sde": {"atol", "rtol"},
+    "meanflow": {"atol", "rtol", "w", "w_norm", "last_step", "last_step_size"},
+}
 SAMPLERS = ("ode", "sde", "meanflow")
 # Settings the mean-flow sampler has no use for: refused when given.
 MEANFLOW_UNUSED = ("atol", "rtol", "w", "w_norm", "last_step", "last_step_size", "spacing", "time_shift", "edm_rho")

@@ -1,7 +1,7 @@
 """`sit convert`: checkpoints between sit, the official SiT/DiT code and diffusers; DiT under sit's samplers.
 
-    from sitcli.convert import convert
-    result = convert("DiT-XL-2-256x256.pt", "dit-xl-diffusers", dst_format="diffusers")
+    from sitcli.convert import ConvertConfig, convert
+    result = convert(ConvertConfig("DiT-XL-2-256x256.pt", "dit-xl-diffusers", dst_format="diffusers"))
     print(result.deviation)                      # diffusers' DiT vs the original network, measured
 
 (To sample any of these formats without converting, ``sitcli.loading.load_model`` reads them all.)
@@ -11,7 +11,7 @@ Formats (``--from`` / ``--to``):
     official   the official SiT code's .pt (raw state dict, or training checkpoint {model, ema, opt, args})
     dit        the DiT code's .pt: the same layout, trained as a DDPM (``sitcli.transport.ddpm``)
     diffusers  a diffusers model folder: diffusers' ``DiTTransformer2DModel`` or sitcli's
-               ``SiTTransformer2DModel`` (``sitcli.diffusers_sit``), or a pipeline folder holding one
+               ``SiTTransformer2DModel`` (``sitcli.formats.diffusers_sit``), or a pipeline folder holding one
 
 Weights are copied, never recomputed, so every round trip returns the same tensors bit for bit
 (the one exception: diffusers' DiT class does not store ``pos_embed``; it is rebuilt from its
@@ -31,14 +31,15 @@ from typing import Any
 import torch
 
 from sitcli import atomic
-from sitcli.config import check_flags
+from sitcli.domains import COUNT, check_domains
 from sitcli.errors import InputError
 from sitcli.formats import Checkpoint, nonfinite_tensors
-from sitcli.formats.architecture import build_model
+from sitcli.formats.architecture import model_with_weights
 from sitcli.formats.diffusers import load_diffusers_model, write_diffusers
 from sitcli.formats.official import write_official
 from sitcli.formats.sitrun import write_sit
 from sitcli.loading import FORMATS, read_checkpoint
+from sitcli.session import session
 
 DIFFUSERS_CLASSES = ("auto", "sit", "dit")
 
@@ -73,6 +74,44 @@ class Deviation:
 
 
 @dataclasses.dataclass
+class ConvertConfig:
+    """The settings of ``sit convert``: read ``src`` (format ``src_format``, None: detected) and write ``dst`` as
+    ``dst_format`` (None: official for a .pt name).
+
+    ``ema``: take the EMA weights (default) or the raw ones from a training checkpoint or run, for formats holding
+    one set; a sit run keeps both. ``diffusers_class`` for ``--to diffusers``: "dit" (diffusers'
+    DiTTransformer2DModel), "sit" (``formats.diffusers_sit.SiTTransformer2DModel``), or "auto": dit for DiT weights,
+    sit for SiT weights. ``num_heads``: attention heads, needed only when the hidden size is not in the size table.
+    ``overwrite``: replace an existing ``dst``. ``check``: when either side is diffusers, measure its output
+    against sit's (``Deviation``).
+    """
+
+    src: str | Path
+    dst: str | Path
+    src_format: str | None = None
+    dst_format: str | None = None
+    ema: bool = True
+    diffusers_class: str = "auto"
+    num_heads: int | None = None
+    overwrite: bool = False
+    check: bool = True
+
+    def __post_init__(self):
+        self.src, self.dst = Path(self.src), Path(self.dst)
+        check_domains({"num_heads": self.num_heads}, {"num_heads": COUNT})
+        if self.diffusers_class not in DIFFUSERS_CLASSES:
+            raise InputError(f"--diffusers-class {self.diffusers_class!r}: choose {', '.join(DIFFUSERS_CLASSES)}")
+        for flag, value in (("--from", self.src_format), ("--to", self.dst_format)):
+            if value is not None and value not in FORMATS:
+                raise InputError(f"{flag} {value!r} is not a format: choose one of {', '.join(FORMATS)}")
+        if self.dst_format is None:
+            if self.dst.suffix not in (".pt", ".pth"):
+                raise InputError(f"cannot tell the target format from {self.dst.name}: pass --to sit, official, dit "
+                                 "or diffusers")
+            self.dst_format = "official"
+
+
+@dataclasses.dataclass
 class ConvertResult:
     src: Path
     dst: Path
@@ -91,46 +130,32 @@ class ConvertResult:
 #################################################################################
 
 
-def convert(
-    src: str | Path,
-    dst: str | Path,
-    src_format: str | None = None,
-    dst_format: str | None = None,
-    ema: bool = True,
-    diffusers_class: str = "auto",
-    num_heads: int | None = None,
-    overwrite: bool = False,
-    check: bool = True,
-) -> ConvertResult:
-    """Convert ``src`` to ``dst_format`` at ``dst``.
+def convert(cfg: ConvertConfig) -> ConvertResult:
+    """Convert ``cfg.src`` to ``cfg.dst_format`` at ``cfg.dst`` (on the CPU: the weights are copied, the diffusers
+    check runs one small batch)."""
+    with session("cpu"):
+        return _convert(cfg)
 
-    Args:
-        ema: take the EMA weights (default) or the raw ones from a training checkpoint or run,
-            for formats holding one set; a sit run keeps both.
-        diffusers_class: for ``--to diffusers``: "dit" (diffusers' DiTTransformer2DModel), "sit"
-            (sitcli's SiTTransformer2DModel), or "auto": dit for DiT weights, sit for SiT weights.
-        num_heads: attention heads, needed only when the hidden size is not in the size table.
-        overwrite: replace an existing ``dst``.
-        check: when either side is diffusers, measure its output against sit's (``Deviation``).
-    """
-    src, dst = Path(src), Path(dst)
-    check_flags("convert", num_heads=num_heads)
-    if diffusers_class not in DIFFUSERS_CLASSES:
-        raise InputError(f"--diffusers-class {diffusers_class!r}: choose auto, sit or dit")
-    dst_format = _target_format(dst, dst_format)
-    _check_destination(src, dst, overwrite)
-    ckpt = read_checkpoint(src, src_format, num_heads)
+
+def _convert(cfg: ConvertConfig) -> ConvertResult:
+    src, dst, dst_format, ema = cfg.src, cfg.dst, cfg.dst_format, cfg.ema
+    _check_destination(src, dst, cfg.overwrite)
+    ckpt = read_checkpoint(src, cfg.src_format, cfg.num_heads)
     if dst_format == "dit" and ckpt.kind != "dit":
         raise InputError(f"{src} holds SiT weights, not DiT ones: write them with --to official")
     if ckpt.arch.get("mean_flow") and dst_format != "sit":
         raise InputError(f"{src} is a mean-flow model (a second time embedder, r_embedder): the official code and "
                          f"diffusers have no such model, so it converts --to sit only")
     result = ConvertResult(src, dst, ckpt.format, dst_format, ckpt.kind, ckpt.arch, ckpt.used(ema))
-    for name, weights in ckpt.weights.items():  # copied as they are, but a model that samples black images is worth a word
+    # Weights are copied as they are, but a model that samples black images is worth a word.
+    for name, weights in ckpt.weights.items():
         bad = nonfinite_tensors(weights)
         if bad:
-            result.warnings.append(f"the {name} weights hold NaN or inf in {len(bad)} of {len(weights)} tensors: "
-                                   f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; they are converted unchanged")
+            result.warnings.append(
+                f"the {name} weights hold NaN or inf in {len(bad)} of {len(weights)} tensors: "
+                f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; they are converted unchanged"
+            )
+    diffusers_class = cfg.diffusers_class
     if diffusers_class == "auto":
         diffusers_class = "dit" if ckpt.kind == "dit" else "sit"
 
@@ -154,7 +179,7 @@ def convert(
                     "diffusers' DiTTransformer2DModel is fed sit's time t in [0, 1] as `timestep` here; its DiT "
                     "pipelines and schedulers (integer DDPM steps) do not apply to SiT weights"
                 )
-        if check and "diffusers" in (ckpt.format, dst_format):
+        if cfg.check and "diffusers" in (ckpt.format, dst_format):
             diffusers_model = load_diffusers_model(staged if dst_format == "diffusers" else src)
             result.deviation = measure_deviation(ckpt, ema, diffusers_model)
         atomic.honour_umask(staged)
@@ -162,16 +187,6 @@ def convert(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
-
-
-def _target_format(dst: Path, dst_format: str | None) -> str:
-    if dst_format is None:
-        if dst.suffix in (".pt", ".pth"):
-            return "official"
-        raise InputError(f"cannot tell the target format from {dst.name}: pass --to sit, official, dit or diffusers")
-    if dst_format not in FORMATS:
-        raise InputError(f"--to {dst_format!r} is not a format: choose one of {', '.join(FORMATS)}")
-    return dst_format
 
 
 def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
@@ -229,7 +244,7 @@ def measure_deviation(
     from diffusers.models.embeddings import get_timestep_embedding
 
     state_dict = {k: v.float() for k, v in ckpt.state_dict(ema).items()}
-    sit = build_model(ckpt.arch, state_dict)
+    sit = model_with_weights(ckpt.arch, state_dict)
     if diffusers_model.dtype != torch.float32:
         diffusers_model = diffusers_model.float()
     diffusers_model.eval()
@@ -253,5 +268,11 @@ def measure_deviation(
         theirs = get_timestep_embedding(timestep, 256, flip_sin_to_cos=True, downscale_freq_shift=1)
         time_features = (theirs - sit.t_embedder.timestep_embedding(t)).abs().max().item()
         pos_embed = (diffusers_model.pos_embed.pos_embed - state_dict["pos_embed"]).abs().max().item()
-    return Deviation(type(diffusers_model).__name__, inputs, max_abs, max_abs / max(expected.abs().max().item(), 1e-30),
-                     time_features, pos_embed)
+    return Deviation(
+        type(diffusers_model).__name__,
+        inputs,
+        max_abs,
+        max_abs / max(expected.abs().max().item(), 1e-30),
+        time_features,
+        pos_embed,
+    )

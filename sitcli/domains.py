@@ -1,5 +1,5 @@
 """The values a numeric setting may take, declared once per field (``config.TRAIN_DOMAINS``,
-``SAMPLE_DOMAINS``, ``FLAG_DOMAINS``) and checked before a job writes anything."""
+``SAMPLE_DOMAINS``, and each job config's own table) and checked before a job writes anything."""
 
 from __future__ import annotations
 

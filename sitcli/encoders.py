@@ -38,9 +38,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_RESOLUTION = 224  # DINOv2's input when no token grid is asked for
 HUB_FILE = re.compile(r"dinov2_vit([sblg])14(_reg\d*)?_pretrain\.pth$")
 TIMM_SIZES = {"s": "small", "b": "base", "l": "large", "g": "giant"}
-WHERE_TO_GET = ("download a DINOv2 model and put it there: a Hugging Face folder (e.g. `hf download facebook/dinov2-base "
-                "--local-dir PATH`) or torch hub's file (e.g. https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/"
-                "dinov2_vitb14_pretrain.pth)")
+WHERE_TO_GET = (
+    "download a DINOv2 model and put it there: a Hugging Face folder (e.g. `hf download facebook/dinov2-base "
+    "--local-dir PATH`) or torch hub's file (e.g. https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/"
+    "dinov2_vitb14_pretrain.pth)"
+)
 
 
 class Encoder:
@@ -54,8 +56,17 @@ class Encoder:
         mean, std: the per-channel input normalisation of images in [0, 1].
     """
 
-    def __init__(self, module: nn.Module, source: str, patch_size: int, width: int, resolution: int | None,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, channels: int = 3):
+    def __init__(
+        self,
+        module: nn.Module,
+        source: str,
+        patch_size: int,
+        width: int,
+        resolution: int | None,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        channels: int = 3,
+    ):
         self.module = module.eval().requires_grad_(False)
         self.source, self.patch_size, self.width, self.resolution = source, patch_size, width, resolution
         self.mean, self.std, self.channels = tuple(mean), tuple(std), channels
@@ -93,7 +104,7 @@ class Encoder:
         x = self.preprocess(images, grid)
         tokens = self._tokens(x)
         patches = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
-        return tokens[:, tokens.shape[1] - patches:].float()
+        return tokens[:, tokens.shape[1] - patches :].float()
 
     @torch.no_grad()
     def embedding(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
@@ -156,8 +167,10 @@ def _existing(path: str | Path) -> Path:
     if not path.exists():
         parts = str(path).split(",")
         if len(parts) > 1 and all(Path(p).exists() for p in parts):
-            raise InputError(f"encoder {path} does not exist; for several encoders repeat --repa-encoder, one path "
-                             "each (a comma is read as part of a path)")
+            raise InputError(
+                f"encoder {path} does not exist; for several encoders repeat --repa-encoder, one path "
+                "each (a comma is read as part of a path)"
+            )
         raise InputError(f"encoder {path} does not exist: {WHERE_TO_GET}")
     return path
 
@@ -179,16 +192,26 @@ def _load_transformers(folder: Path) -> Encoder:
     patch = getattr(config, "patch_size", None)
     width = getattr(config, "hidden_size", None)
     if not isinstance(patch, int) or not isinstance(width, int):
-        raise InputError(f"encoder {folder} ({config.model_type}) has no patch tokens (no integer patch_size and "
-                         f"hidden_size in its config): pass a ViT such as DINOv2")
+        raise InputError(
+            f"encoder {folder} ({config.model_type}) has no patch tokens (no integer patch_size and "
+            f"hidden_size in its config): pass a ViT such as DINOv2"
+        )
     variable = config.model_type.startswith("dinov2")
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     processor = folder / "preprocessor_config.json"
     if processor.is_file():
         settings = json.loads(processor.read_text())
         mean, std = settings.get("image_mean", mean), settings.get("image_std", std)
-    return TransformersEncoder(module, str(folder), patch, width, None if variable else int(config.image_size),
-                               mean, std, int(getattr(config, "num_channels", 3)))
+    return TransformersEncoder(
+        module,
+        str(folder),
+        patch,
+        width,
+        None if variable else int(config.image_size),
+        mean,
+        std,
+        int(getattr(config, "num_channels", 3)),
+    )
 
 
 def _load_timm(path: Path) -> Encoder:
@@ -230,7 +253,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds on non-checkpoints
-        raise InputError(f"encoder {path} is not a readable checkpoint ({type(err).__name__}): {WHERE_TO_GET}") from None
+        raise InputError(
+            f"encoder {path} is not a readable checkpoint ({type(err).__name__}): {WHERE_TO_GET}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("model", state.get("state_dict")), dict):
         state = state.get("model", state.get("state_dict"))
     if not isinstance(state, dict):

@@ -52,7 +52,9 @@ def open_vae(latent_scale: float | None, path: str | None, device: torch.device 
     from sitcli.autoencoder import load_vae
 
     if path is None:
-        raise InputError("this model works in a VAE latent space; pass --vae with a local diffusers AutoencoderKL folder")
+        raise InputError(
+            "this model works in a VAE latent space; pass --vae with a local diffusers AutoencoderKL folder"
+        )
     return load_vae(path, device)
 
 

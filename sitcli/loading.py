@@ -28,7 +28,7 @@ from torch import nn
 from sitcli.config import EXTERNAL, TrainConfig
 from sitcli.errors import InputError
 from sitcli.formats import Checkpoint
-from sitcli.formats.architecture import assumed_latent_space, build_model, registry_name
+from sitcli.formats.architecture import assumed_latent_space, model_with_weights, registry_name
 from sitcli.formats.diffusers import model_folder, read_diffusers
 from sitcli.formats.official import read_official
 from sitcli.formats.sitrun import TRANSPORT_KEYS, is_sit_source, read_sit, run_config
@@ -55,7 +55,9 @@ def read_checkpoint(path: str | Path, src_format: str | None = None, num_heads: 
     if src_format is not None and src_format not in FORMATS:
         raise InputError(f"--from {src_format!r} is not a format: choose one of {', '.join(FORMATS)}")
     if not path.exists():
-        raise InputError(f"{path} does not exist: pass a run folder, a checkpoint folder or file, or a diffusers folder")
+        raise InputError(
+            f"{path} does not exist: pass a run folder, a checkpoint folder or file, or a diffusers folder"
+        )
     if path.is_dir():
         if src_format in ("official", "dit"):
             raise InputError(f"--from {src_format} expects a .pt file, but {path} is a folder")
@@ -100,11 +102,15 @@ def load_model(
         found = config.model or "custom architecture (not in the size table)"
         raise InputError(f"{ckpt} holds a {found}, not a {model}; drop --model")
     settings = _transport_settings(checkpoint, config, transport, str(ckpt))
-    net: nn.Module = build_model(checkpoint.arch, checkpoint.state_dict(ema)).requires_grad_(False)
+    net: nn.Module = model_with_weights(checkpoint.arch, checkpoint.state_dict(ema)).requires_grad_(False)
     if checkpoint.kind == "dit":
         net = DiscreteTimestepModel(net, settings["num_timesteps"])
-        tr = dit_transport(settings["num_timesteps"], settings["beta_start"], settings["beta_end"],
-                           sample_eps=settings.get("sample_eps"))
+        tr = dit_transport(
+            settings["num_timesteps"],
+            settings["beta_start"],
+            settings["beta_end"],
+            sample_eps=settings.get("sample_eps"),
+        )
     else:
         tr = Transport(**{k: v for k, v in settings.items() if k in TRANSPORT_KEYS})
     weights = Path(checkpoint.files.get(checkpoint.used(ema), ckpt))
@@ -120,10 +126,15 @@ def _config(checkpoint: Checkpoint, source: str) -> TrainConfig:
     arch = checkpoint.arch  # outside the size table: only the shapes matter for sampling
     image_size, latent_scale = assumed_latent_space(arch["in_channels"], arch["input_size"])
     return TrainConfig(
-        data=EXTERNAL, model=None, learn_sigma=arch["learn_sigma"], in_channels=arch["in_channels"],
-        input_size=arch["input_size"], num_classes=arch["num_classes"],
+        data=EXTERNAL,
+        model=None,
+        learn_sigma=arch["learn_sigma"],
+        in_channels=arch["in_channels"],
+        input_size=arch["input_size"],
+        num_classes=arch["num_classes"],
         image_size=checkpoint.extra.get("image_size") or image_size,
-        latent_scale=checkpoint.extra.get("latent_scale") or latent_scale, vae=checkpoint.extra.get("vae"),
+        latent_scale=checkpoint.extra.get("latent_scale") or latent_scale,
+        vae=checkpoint.extra.get("vae"),
     )
 
 

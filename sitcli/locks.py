@@ -51,7 +51,9 @@ class FolderLock:
             return self._lock()
         except OSError as err:  # a read-only or full disk, a parent that is a file
             self._remove_folder()
-            raise InputError(f"cannot lock {self.folder} ({err.strerror or err}); pick a folder you can write to") from None
+            raise InputError(
+                f"cannot lock {self.folder} ({err.strerror or err}); pick a folder you can write to"
+            ) from None
 
     def _lock(self) -> "FolderLock":
         while True:
@@ -62,8 +64,9 @@ class FolderLock:
                 holder = _describe(_read(fd))
                 os.close(fd)
                 self._remove_folder()
-                raise InputError(f"{self.folder} is in use by {holder}; wait for it to finish (or stop it), "
-                                 f"or pick another folder") from None
+                raise InputError(
+                    f"{self.folder} is in use by {holder}; wait for it to finish (or stop it), or pick another folder"
+                ) from None
             try:  # a holder that released meanwhile removed the file we opened: lock the new one
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -72,8 +75,12 @@ class FolderLock:
                 break
             os.close(fd)
         self.previous = _read(fd) or None
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "job": self.job,
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "job": self.job,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        }
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
@@ -121,8 +128,9 @@ def _read(fd: int) -> dict:
 def _describe(holder: dict) -> str:
     if not holder:
         return "another process"
-    return (f"{holder.get('job', 'sit')} (pid {holder.get('pid')} on {holder.get('host')}, "
-            f"started {holder.get('started')})")
+    return (
+        f"{holder.get('job', 'sit')} (pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')})"
+    )
 
 
 def lock_on_rank0(folder: str | Path, job: str) -> FolderLock | None:

@@ -381,6 +381,20 @@ SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
+PATCH_SIZES = (2, 4, 8)
+
+
+def model_name(size: str, patch_size: int) -> str:
+    """The name of a size and patch, e.g. ("XL", 2) -> "SiT-XL/2" (the keys of ``SiT_models``)."""
+    return f"SiT-{size}/{patch_size}"
+
+
+def model_shape(name: str) -> tuple[int, int, int, int]:
+    """(depth, hidden_size, num_heads, patch_size) of a name in ``SiT_models``, e.g. "SiT-XL/2" -> (28, 1152, 16, 2)."""
+    size, patch = name.removeprefix("SiT-").split("/")
+    return (*SIZES[size], int(patch))
+
+
 def _constructor(depth: int, hidden_size: int, num_heads: int, patch_size: int):
     def build(**kwargs) -> SiT:
         return SiT(depth=depth, hidden_size=hidden_size, num_heads=num_heads, patch_size=patch_size, **kwargs)
@@ -389,5 +403,5 @@ def _constructor(depth: int, hidden_size: int, num_heads: int, patch_size: int):
 
 
 SiT_models: dict[str, Callable[..., SiT]] = {
-    f"SiT-{size}/{patch}": _constructor(*SIZES[size], patch) for size in SIZES for patch in (2, 4, 8)
+    model_name(size, patch): _constructor(*SIZES[size], patch) for size in SIZES for patch in PATCH_SIZES
 }

@@ -13,22 +13,61 @@ evaluated with each image's true class label.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sitcli.config import EXTERNAL, check_flags
+from sitcli.config import EXTERNAL
 from sitcli.data import open_dataset
+from sitcli.domains import COUNT, POSITIVE, SEED, check_domains
 from sitcli.errors import InputError
 from sitcli.loading import load_model
-from sitcli.runtime import autocast_model, check_precision, resolve_device
-from sitcli.transport import log_likelihood
+from sitcli.runtime import autocast_model, check_device_precision, check_precision
+from sitcli.session import session
+from sitcli.transport import LIKELIHOOD_METHODS, log_likelihood
+from sitcli.transport.likelihood import DIVERGENCES
 
 
 @dataclass
-class NLLResult:
+class NllConfig:
+    """The settings of ``sit nll``: which model scores which images, and how the likelihood ODE is solved.
+
+    ``num`` images (a seeded random subset; None: all) of ``data`` (None: the run's data); ``steps`` is for
+    fixed-grid methods; ``divergence`` None picks "exact" up to 1,024 dimensions and "hutchinson" above;
+    ``model`` checks the architecture (as for ``sit sample``).
+    """
+
+    ckpt: str
+    model: str | None = None
+    data: str | None = None
+    num: int | None = 1000
+    batch_size: int = 64
+    method: str = "dopri5"
+    steps: int = 100
+    atol: float = 1e-5
+    rtol: float = 1e-5
+    divergence: str | None = None
+    seed: int = 0
+    ema: bool = True
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        check_domains(asdict(self), NLL_DOMAINS, {"num": "--num-samples"})
+        if self.method not in LIKELIHOOD_METHODS:
+            raise InputError(f"--method {self.method!r} is not a likelihood method; choose one of "
+                             f"{', '.join(LIKELIHOOD_METHODS)}")
+        if self.divergence is not None and self.divergence not in DIVERGENCES:
+            raise InputError(f"--divergence {self.divergence!r}: choose {' or '.join(DIVERGENCES)}")
+        check_precision(self.precision, allowed=("fp32", "bf16"))
+
+
+NLL_DOMAINS = dict(num=COUNT, batch_size=COUNT, steps=COUNT, atol=POSITIVE, rtol=POSITIVE, seed=SEED)
+
+
+@dataclass
+class NllResult:
     bits_per_dim: float
     std_error: float  # standard error of the mean over images
     num: int
@@ -45,54 +84,34 @@ def bits_per_dim(log_p: torch.Tensor, dims: int) -> torch.Tensor:
     return (-log_p + dims * math.log(128)) / (dims * math.log(2))
 
 
-def nll(
-    ckpt: str,
-    data: str | None = None,
-    num: int | None = 1000,
-    batch_size: int = 64,
-    method: str = "dopri5",
-    steps: int = 100,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
-    divergence: str | None = None,
-    seed: int = 0,
-    ema: bool = True,
-    precision: str = "fp32",
-    device: str | None = None,
-    progress: bool = True,
-    model: str | None = None,
-) -> NLLResult:
-    """Mean bits/dim of ``num`` images (a seeded random subset; None: all) of ``data`` (default: the run's data).
-
-    ``steps`` is for fixed-grid methods; ``divergence`` None picks "exact" up to 1,024 dimensions and
-    "hutchinson" above. ``model`` checks the architecture (as for ``sit sample``).
-    """
-    check_flags("nll", num=num, batch_size=batch_size, steps=steps, atol=atol, rtol=rtol, seed=seed)
-    dev = resolve_device(device)
-    check_precision(precision, dev)
-    loaded = load_model(ckpt, ema, model=model)
-    cfg = loaded.config
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.latent_scale is not None:
-        raise InputError("sit nll measures pixel-space models; this one works in a VAE latent space")
-    data = data or cfg.data
-    if data == EXTERNAL:
-        raise InputError("pass --data: a converted checkpoint does not say what it was trained on")
-    dataset = open_dataset(data, cfg.image_size)
-    info = dataset.info
-    if (info.channels, info.size) != (cfg.in_channels, cfg.input_size):
-        raise InputError(f"{data} gives {info.channels}x{info.size}x{info.size} images; the model expects "
-                         f"{cfg.in_channels}x{cfg.input_size}x{cfg.input_size}")
-    dims = info.channels * info.size * info.size
-    divergence = divergence or ("exact" if dims <= 1024 else "hutchinson")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(dataset), generator=g)[: num or len(dataset)].tolist()
-    fn = autocast_model(loaded.model.to(dev), precision, dev)
-    values = _score(loaded.transport, fn, dataset, order, batch_size, dims, dev, g, cfg.num_classes > 0, progress,
-                    method=method, atol=atol, rtol=rtol, divergence=divergence, steps=steps)
+def nll(cfg: NllConfig, progress: bool = True, device: str | None = None) -> NllResult:
+    """Mean bits/dim of ``cfg.num`` images of ``cfg.data`` under the model of ``cfg.ckpt``."""
+    with session(device) as job:
+        dev = job.device
+        check_device_precision(cfg.precision, dev)
+        loaded = load_model(cfg.ckpt, cfg.ema, model=cfg.model)
+        tcfg = loaded.config
+        job.set_threads(tcfg.threads)
+        if tcfg.latent_scale is not None:
+            raise InputError("sit nll measures pixel-space models; this one works in a VAE latent space")
+        data = cfg.data or tcfg.data
+        if data == EXTERNAL:
+            raise InputError("pass --data: a converted checkpoint does not say what it was trained on")
+        dataset = open_dataset(data, tcfg.image_size)
+        info = dataset.info
+        if (info.channels, info.size) != (tcfg.in_channels, tcfg.input_size):
+            raise InputError(f"{data} gives {info.channels}x{info.size}x{info.size} images; the model expects "
+                             f"{tcfg.in_channels}x{tcfg.input_size}x{tcfg.input_size}")
+        dims = info.channels * info.size * info.size
+        divergence = cfg.divergence or ("exact" if dims <= 1024 else "hutchinson")
+        g = torch.Generator().manual_seed(cfg.seed)
+        order = torch.randperm(len(dataset), generator=g)[: cfg.num or len(dataset)].tolist()
+        fn = autocast_model(loaded.model.to(dev), cfg.precision, dev)
+        values = _score(loaded.transport, fn, dataset, order, cfg.batch_size, dims, dev, g, tcfg.num_classes > 0,
+                        progress, method=cfg.method, atol=cfg.atol, rtol=cfg.rtol, divergence=divergence,
+                        steps=cfg.steps)
     err = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return NLLResult(values.mean().item(), err, len(values), dims)
+    return NllResult(values.mean().item(), err, len(values), dims)
 
 
 def _score(transport, fn, dataset, order: list[int], batch_size: int, dims: int, device: torch.device,
@@ -108,7 +127,8 @@ def _score(transport, fn, dataset, order: list[int], batch_size: int, dims: int,
             x = dequantize(x, generator).to(device)
             kwargs = {"y": y.to(device)} if conditional else {}
             hutchinson = solver["divergence"] == "hutchinson"
-            log_p = log_likelihood(transport, fn, x, generator=generator if hutchinson else None, model_kwargs=kwargs, **solver)
+            log_p = log_likelihood(transport, fn, x, generator=generator if hutchinson else None, model_kwargs=kwargs,
+                                   **solver)
             bpd.append(bits_per_dim(log_p.double().cpu(), dims))
             mean = torch.cat(bpd).mean().item()
             bar.update(task, advance=len(y), bpd=f"{mean:.4f} bits/dim")

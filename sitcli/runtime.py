@@ -33,13 +33,17 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def check_precision(precision: str, device: torch.device | None = None) -> str:
-    """Refuse an unknown precision, and fp16 off CUDA (the CPU's float16 matmul is ~200x slower than bf16)."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose fp32 or bf16 (fp16 on CUDA)")
-    if precision == "fp16" and device is not None and device.type != "cuda":
+def check_precision(precision: str, allowed: tuple[str, ...] = PRECISIONS) -> None:
+    """Refuse a precision that is not one of ``allowed`` (a config's check of its field)."""
+    if precision not in allowed:
+        raise InputError(f"--precision {precision!r}: choose one of {', '.join(allowed)} (fp16 on CUDA only)")
+
+
+def check_device_precision(precision: str, device: torch.device) -> None:
+    """Refuse fp16 off CUDA, where float16 matmuls are far slower than bfloat16 ones (a job's check once its device
+    is known)."""
+    if precision == "fp16" and device.type != "cuda":
         raise InputError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
-    return precision
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -63,8 +67,8 @@ def tf32(enabled: bool) -> Iterator[None]:
     """TF32 (10-bit mantissa tensor cores) for float32 matmuls and cuDNN convolutions on CUDA when
     ``enabled``, true IEEE float32 for both otherwise; torch's settings are restored after.
 
-    Training and sampling turn it on by default, as the official SiT and DiT scripts do (an A100's dense
-    TF32 peak is 8x its float32 one, 156 vs 19.5 TFLOP/s; outputs move by ~1e-3 relative); ``--no-tf32`` turns
+    Training and sampling turn it on by default, as the official SiT and DiT scripts do (outputs move by ~1e-3
+    relative); ``--no-tf32`` turns
     it off for bit-level reproduction across GPUs. ``sit fid`` runs with it off unless asked: torch
     lets cuDNN use TF32 for float32 convolutions by default, which moves Inception features by ~1e-3
     and FID with them, differently on different GPUs. No effect on the CPU, whose kernels ignore these
@@ -86,4 +90,3 @@ def tf32(enabled: bool) -> Iterator[None]:
     finally:
         for (obj, name), old in zip(switches, before):
             setattr(obj, name, old)
-

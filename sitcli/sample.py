@@ -26,10 +26,13 @@ from sitcli.formats import nonfinite_tensors
 from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
 from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
 from sitcli.loading import Loaded, load_model
-from sitcli.locks import LOCK, FolderLock, lock_on_rank0
-from sitcli.runtime import autocast_model, check_precision, tf32
+from sitcli.locks import LOCK
+from sitcli.runtime import autocast_model, check_device_precision
+from sitcli.session import Session, session
 from sitcli.seeds import index_generator, labels_and_noise
-from sitcli.transport import meanflow, sample_meanflow, sample_ode, sample_sde, samplers
+from sitcli.transport import sample_meanflow, sample_ode, sample_sde
+from sitcli.transport.meanflow import meanflow_time_grid
+from sitcli.transport.samplers import ode_time_grid, sde_time_grid
 from sitcli.transport.time_conventions import interval_in_time
 
 SETTINGS_FILE = "sample.json"
@@ -55,22 +58,13 @@ class SampleResult:
 
 def sample(cfg: SampleConfig, progress: bool = True, device: str | None = None) -> SampleResult:
     """Draw the missing images of ``cfg.out`` (indices 0..num-1), sharded over torchrun ranks."""
-    dist = distributed.setup(device)
-    threads = torch.get_num_threads()
-    job = None
-    try:
-        with tf32(cfg.tf32):
-            job = prepare(cfg, dist)
-            result = draw(job, progress)
-        if dist.is_main and (cfg.npz or cfg.grid or (job.out / NPZ).is_file() and result.new):
+    with session(device, tf32=cfg.tf32) as s:
+        job = prepare(cfg, s)
+        result = draw(job, progress)
+        if s.is_main and (cfg.npz or cfg.grid or (job.out / NPZ).is_file() and result.new):
             write_extras(job, result)
         distributed.barrier()
         return result
-    finally:
-        if job is not None and job.lock is not None:
-            job.lock.release()
-        torch.set_num_threads(threads)
-        distributed.teardown(dist)
 
 
 @dataclass
@@ -85,21 +79,23 @@ class SampleJob:
     out: Path
     names: list[Path]  # the PNG of every index
     mine: list[int]  # the missing indices this rank draws
-    lock: FolderLock | None = None  # held by rank 0 while drawing
+    time_grid: torch.Tensor  # the times the sampler steps on (checked before the folder is touched)
 
 
-def prepare(cfg: SampleConfig, dist: distributed.Dist) -> SampleJob:
+def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     """Load the model, check every setting and the folder, then write sample.json and labels.csv."""
-    check_precision(cfg.precision, dist.device)
+    dist = session.dist
+    check_device_precision(cfg.precision, dist.device)
     loaded = load_model(cfg.ckpt, cfg.ema, cfg.src_format, cfg.model, **cfg.transport_overrides())
     tcfg = loaded.config
     cfg.for_model(bool(loaded.checkpoint.arch.get("mean_flow")))
     bad = nonfinite_tensors(loaded.model.state_dict())
     if bad:
-        raise InputError(f"the weights of {loaded.weights} hold NaN or inf in {len(bad)} tensors ({', '.join(bad[:3])}"
-                         f"{', ...' if len(bad) > 3 else ''}): the run diverged or the file is damaged; sample an earlier checkpoint")
-    if cfg.threads if cfg.threads is not None else tcfg.threads:
-        torch.set_num_threads(cfg.threads if cfg.threads is not None else tcfg.threads)
+        raise InputError(
+            f"the weights of {loaded.weights} hold NaN or inf in {len(bad)} tensors ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): the run diverged or the file is damaged; sample an earlier checkpoint"
+        )
+    session.set_threads(cfg.threads if cfg.threads is not None else tcfg.threads)
     model = loaded.model.to(dist.device)
     if cfg.compile:
         model = torch.compile(model)
@@ -112,46 +108,47 @@ def prepare(cfg: SampleConfig, dist: distributed.Dist) -> SampleJob:
         interval = interval_in_time(loaded.transport.interpolant, *cfg.cfg_interval, cfg.cfg_interval_in)
     if cfg.cfg_scale != 1.0:
         channels = cfg.cfg_channels if cfg.cfg_channels == "all" else int(cfg.cfg_channels)
-        fn = ClassifierFreeGuidance(fn, cfg.cfg_scale, null_class=tcfg.num_classes, channels=channels, interval=interval)
+        fn = ClassifierFreeGuidance(
+            fn, cfg.cfg_scale, null_class=tcfg.num_classes, channels=channels, interval=interval
+        )
     if cfg.guidance_model is not None:
         guide = _load_guide(cfg, loaded)
         weak = autocast_model(guide.model.to(dist.device), cfg.precision, dist.device)
         fn = AutoGuidance(fn, weak, cfg.guidance_scale, interval=interval)
 
-    _check_sampler(cfg, loaded, dist.device)
+    grid = time_grid(cfg, loaded.transport)
     out = Path(cfg.out or _default_out(cfg.ckpt))
     atomic.check_can_create(out, "--out")
-    if cfg.grid:  # written last, after all the sampling: refuse a --grid under a file now
+    if cfg.grid:  # written last, after all the sampling: refuse a --grid under a file, or a folder, now
         atomic.check_can_create(Path(cfg.grid).parent, "--grid")
+        if Path(cfg.grid).is_dir():
+            raise InputError(f"--grid {cfg.grid} is a folder: name an image file such as grid.png")
     settings = cfg.record()
     settings["ckpt"] = str(loaded.weights.resolve())  # images from another checkpoint must not share the folder
     if guide is not None:
         settings["guidance_model"] = str(guide.weights.resolve())
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; pass a folder")
-    lock = lock_on_rank0(out, "sit sample")
-    try:
-        _check_folder(out, settings, cfg.num)
-        width = max(6, len(str(cfg.num - 1)))
-        names = [out / f"{i:0{width}d}.png" for i in range(cfg.num)]
-        all_labels, _ = labels_and_noise(cfg.seed, list(range(cfg.num)), (0,), max(tcfg.num_classes, 1), cfg.class_labels)
-        side = None if vae is not None else tcfg.input_size  # a VAE's output size is its own
-        mode = "RGB" if vae is not None or tcfg.in_channels == 3 else "L"
-        todo = [i for i in range(cfg.num) if not is_finished(names[i], side, mode)]
-        redo = sum(names[i].exists() for i in todo)
-        if redo and dist.is_main:
-            print(f"note: {redo} PNG(s) in {out} are not whole {side}x{side} {mode} images; drawing them again")
-        distributed.barrier()  # every rank has listed the folder before any rank writes to it
-        if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic.write_json(out / SETTINGS_FILE, settings)
-            atomic.write_text(out / "labels.csv", "index,label\n" + "".join(f"{i},{int(v)}\n" for i, v in enumerate(all_labels)))
-        distributed.barrier()
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    return SampleJob(cfg, dist, loaded, fn, vae, out, names, todo[dist.rank :: dist.world_size], lock)
+    session.hold(out, "sit sample")
+    _check_folder(out, settings, cfg.num)
+    width = max(6, len(str(cfg.num - 1)))
+    names = [out / f"{i:0{width}d}.png" for i in range(cfg.num)]
+    all_labels, _ = labels_and_noise(cfg.seed, list(range(cfg.num)), (0,), max(tcfg.num_classes, 1), cfg.class_labels)
+    side = None if vae is not None else tcfg.input_size  # a VAE's output size is its own
+    mode = "RGB" if vae is not None or tcfg.in_channels == 3 else "L"
+    todo = [i for i in range(cfg.num) if not is_finished(names[i], side, mode)]
+    redo = sum(names[i].exists() for i in todo)
+    if redo and dist.is_main:
+        print(f"note: {redo} PNG(s) in {out} are not whole {side}x{side} {mode} images; drawing them again")
+    distributed.barrier()  # every rank has listed the folder before any rank writes to it
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(out / SETTINGS_FILE, settings)
+        atomic.write_text(
+            out / "labels.csv", "index,label\n" + "".join(f"{i},{int(v)}\n" for i, v in enumerate(all_labels))
+        )
+    distributed.barrier()
+    return SampleJob(cfg, dist, loaded, fn, vae, out, names, todo[dist.rank :: dist.world_size], grid)
 
 
 def is_finished(path: Path, side: int | None, mode: str) -> bool:
@@ -174,8 +171,14 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
     cfg, dist, tcfg, transport = job.cfg, job.dist, job.loaded.config, job.loaded.transport
     shape = (tcfg.in_channels, tcfg.input_size, tcfg.input_size)
     nfe_total, batches_done, drawn, seconds = 0, 0, 0, 0.0
-    bar = Progress(TextColumn("[bold]sample[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), disable=not (progress and dist.is_main))
+    bar = Progress(
+        TextColumn("[bold]sample[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not (progress and dist.is_main),
+    )
     with bar:
         task = bar.add_task("sample", total=len(job.mine))
         for start in range(0, len(job.mine), cfg.batch_size):
@@ -185,15 +188,32 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
             began = time.perf_counter()
             x0 = x0.to(dist.device)
             if cfg.sampler == "meanflow":
-                x, nfe = sample_meanflow(job.fn, x0, cfg.steps, model_kwargs=kwargs, interval=transport.sample_interval())
+                x, nfe = sample_meanflow(job.fn, x0, model_kwargs=kwargs, time_grid=job.time_grid)
             elif cfg.sampler == "ode":
-                x, nfe = sample_ode(transport, job.fn, x0, cfg.method, cfg.steps, cfg.atol, cfg.rtol, model_kwargs=kwargs,
-                                    spacing=cfg.spacing, time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
+                x, nfe = sample_ode(
+                    transport,
+                    job.fn,
+                    x0,
+                    cfg.method,
+                    atol=cfg.atol,
+                    rtol=cfg.rtol,
+                    model_kwargs=kwargs,
+                    time_grid=job.time_grid,
+                )
             else:
                 gens = [index_generator(cfg.seed, i, dist.device, stream=1) for i in idx]
-                x, nfe = sample_sde(transport, job.fn, x0, cfg.method, cfg.steps, cfg.w, cfg.w_norm, cfg.last_step,
-                                    cfg.last_step_size, generator=gens, model_kwargs=kwargs, spacing=cfg.spacing,
-                                    time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
+                x, nfe = sample_sde(
+                    transport,
+                    job.fn,
+                    x0,
+                    cfg.method,
+                    w=cfg.w,
+                    w_norm=cfg.w_norm,
+                    last_step=cfg.last_step,
+                    generator=gens,
+                    model_kwargs=kwargs,
+                    time_grid=job.time_grid,
+                )
             if not bool(torch.isfinite(x).all()):
                 raise InputError(_nonfinite_message(cfg, idx))
             images = to_images(x, job.vae)
@@ -204,8 +224,14 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
             bar.update(task, advance=len(idx))
     stats = distributed.all_reduce_sum(torch.tensor([float(nfe_total), float(batches_done), float(drawn), seconds]))
     nfe_total, batches_done, drawn, seconds = stats.tolist()
-    return SampleResult(job.out, int(drawn), cfg.num, nfe_total / max(batches_done, 1),
-                        drawn / max(seconds / dist.world_size, 1e-9), is_main=dist.is_main)
+    return SampleResult(
+        job.out,
+        int(drawn),
+        cfg.num,
+        nfe_total / max(batches_done, 1),
+        drawn / max(seconds / dist.world_size, 1e-9),
+        is_main=dist.is_main,
+    )
 
 
 def write_extras(job: SampleJob, result: SampleResult) -> None:
@@ -222,40 +248,40 @@ def write_extras(job: SampleJob, result: SampleResult) -> None:
         atomic.save_image(result.grid, make_grid(images[:100]))
 
 
-class _Checked(Exception):
-    """Raised by the probe model of ``_check_sampler``: the sampler got as far as its first model call."""
-
-
-def _check_sampler(cfg: SampleConfig, loaded: Loaded, device: torch.device) -> None:
-    """Run the sampler up to its first model call on one zero input, so that every refusal of its
-    settings (time grid, steps, last step) comes before the folder is touched."""
-
-    def probe(x, t, **kwargs):
-        raise _Checked
-
-    tcfg = loaded.config
-    x0 = torch.zeros(1, tcfg.in_channels, tcfg.input_size, tcfg.input_size, device=device)
-    try:
-        # Through the modules, not this one's names, so that a test spying on the draws sees only them.
-        if cfg.sampler == "meanflow":
-            meanflow.sample_meanflow(probe, x0, cfg.steps, interval=loaded.transport.sample_interval())
-        elif cfg.sampler == "ode":
-            samplers.sample_ode(loaded.transport, probe, x0, cfg.method, cfg.steps, cfg.atol, cfg.rtol, spacing=cfg.spacing,
-                       time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
-        else:
-            samplers.sample_sde(loaded.transport, probe, x0, cfg.method, cfg.steps, cfg.w, cfg.w_norm, cfg.last_step,
-                       cfg.last_step_size, spacing=cfg.spacing, time_shift=cfg.time_shift, edm_rho=cfg.edm_rho)
-    except _Checked:
-        pass
+def time_grid(cfg: SampleConfig, transport) -> torch.Tensor:
+    """The times the sampler of ``cfg`` steps on (float64, CPU), built before anything is drawn or written, so
+    that every refusal of the grid's settings (steps, spacing, shift, last step) comes first."""
+    if cfg.sampler == "meanflow":
+        return meanflow_time_grid(cfg.steps, transport.sample_interval())
+    if cfg.sampler == "ode":
+        return ode_time_grid(
+            transport, cfg.method, cfg.steps, cfg.spacing, cfg.time_shift, cfg.edm_rho, dtype=torch.float64
+        )
+    return sde_time_grid(
+        transport,
+        cfg.steps,
+        cfg.w,
+        cfg.last_step,
+        cfg.last_step_size,
+        cfg.spacing,
+        cfg.time_shift,
+        cfg.edm_rho,
+        dtype=torch.float64,
+    )
 
 
 def _nonfinite_message(cfg: SampleConfig, idx: list[int]) -> str:
-    scales = [f"--{k.replace('_', '-')} {getattr(cfg, k):g}" for k in ("cfg_scale", "guidance_scale", "time_shift")
-              if getattr(cfg, k) != 1.0]
+    scales = [
+        f"--{k.replace('_', '-')} {getattr(cfg, k):g}"
+        for k in ("cfg_scale", "guidance_scale", "time_shift")
+        if getattr(cfg, k) != 1.0
+    ]
     cause = f"a scale too large ({', '.join(scales)})" if scales else "the model's outputs overflow"
     precision = f" or --precision {cfg.precision} overflowing (try fp32)" if cfg.precision != "fp32" else ""
-    return (f"the samples of indices {idx[0]}..{idx[-1]} came out NaN or inf, so no PNG was written for them: likely "
-            f"{cause}{precision}; change it and draw into a new --out")
+    return (
+        f"the samples of indices {idx[0]}..{idx[-1]} came out NaN or inf, so no PNG was written for them: likely "
+        f"{cause}{precision}; change it and draw into a new --out"
+    )
 
 
 def _load_guide(cfg: SampleConfig, main: Loaded) -> Loaded:
@@ -264,12 +290,16 @@ def _load_guide(cfg: SampleConfig, main: Loaded) -> Loaded:
     a, b = main.config, guide.config
     for name in ("in_channels", "input_size", "num_classes"):
         if getattr(a, name) != getattr(b, name):
-            raise InputError(f"--guidance-model {cfg.guidance_model} has {name}={getattr(b, name)}, the model "
-                             f"{getattr(a, name)}: pass a checkpoint with the same latent shape and classes")
+            raise InputError(
+                f"--guidance-model {cfg.guidance_model} has {name}={getattr(b, name)}, the model "
+                f"{getattr(a, name)}: pass a checkpoint with the same latent shape and classes"
+            )
     ta, tb = main.transport, guide.transport
     if repr(ta.interpolant) != repr(tb.interpolant) or ta.prediction != tb.prediction:
-        raise InputError(f"--guidance-model {cfg.guidance_model} predicts {tb.prediction} on {tb.interpolant!r}, the model "
-                         f"{ta.prediction} on {ta.interpolant!r}: autoguidance needs the same interpolant and prediction")
+        raise InputError(
+            f"--guidance-model {cfg.guidance_model} predicts {tb.prediction} on {tb.interpolant!r}, the model "
+            f"{ta.prediction} on {ta.interpolant!r}: autoguidance needs the same interpolant and prediction"
+        )
     return guide
 
 
@@ -281,17 +311,21 @@ def _default_out(ckpt: str) -> Path:
 def _check_folder(out: Path, settings: dict, num: int) -> None:
     saved_path = out / SETTINGS_FILE
     if saved_path.is_file():
-        saved = SampleConfig.recorded_before(json.loads(saved_path.read_text()))
+        saved = json.loads(saved_path.read_text())
         unused = UNUSED_BY.get(settings.get("sampler"), set())
         changed = sorted(k for k in settings if k not in unused and saved.get(k) != settings[k])
         if changed == ["tf32"]:
             flag = "--tf32" if saved["tf32"] else "--no-tf32"
             raise InputError(f"{out} holds samples drawn with {flag}; pass {flag} to add to it, or pick a new --out")
         if changed:
-            raise InputError(f"{out} holds samples drawn with other settings ({', '.join(changed)} differ); pick a new --out")
+            raise InputError(
+                f"{out} holds samples drawn with other settings ({', '.join(changed)} differ); pick a new --out"
+            )
         held = _held(out)
         if held > num:  # fewer would leave PNGs (and samples.npz) that labels.csv no longer lists
-            raise InputError(f"{out} holds {held} samples; pass --num {held} or more to finish or extend it, or pick a new --out")
+            raise InputError(
+                f"{out} holds {held} samples; pass --num {held} or more to finish or extend it, or pick a new --out"
+            )
     elif out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         raise InputError(f"--out {out} exists, is not empty and holds no {SETTINGS_FILE}; pick a new --out")
 

@@ -49,7 +49,9 @@ def index_normal(seed: int, index: int, shape: tuple[int, ...], stream: int = 0)
     return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
 
 
-def labels_and_noise(seed: int, indices: list[int], shape: tuple[int, ...], num_classes: int, class_labels: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+def labels_and_noise(
+    seed: int, indices: list[int], shape: tuple[int, ...], num_classes: int, class_labels: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-index class labels and starting noise (CPU), the same on every device and batch split.
 
     A random label is always drawn first, so the noise of an index does not depend on ``class_labels``.

@@ -349,7 +349,7 @@ def outputs(tmp: Path) -> dict[str, object]:
 
     nll = {"rk4": ["--method", "rk4", "--steps", 4], "dopri5": ["--atol", "1e-3", "--rtol", "1e-3"]}
     for name, flags in nll.items():
-        printed = sit("nll", "--ckpt", a, "--limit", 6, "--batch-size", 4, *flags)
+        printed = sit("nll", "--ckpt", a, "--num-samples", 6, "--batch-size", 4, *flags)
         got[f"nll {name}"] = text_print(printed.strip().splitlines()[-1])  # the result line, after the progress bar
 
     official = tmp / "SiT-Ti-4.pt"
@@ -360,7 +360,7 @@ def outputs(tmp: Path) -> dict[str, object]:
     back, source = tmp / "back" / "checkpoints" / "0000000", a / "checkpoints" / "0000008"
     got["convert back to sit: its EMA bytes are the source run's EMA"] = \
         (back / "ema.safetensors").read_bytes() == (source / "ema.safetensors").read_bytes()
-    printed = sit("convert", a, tmp / "diffusers", "--to", "diffusers", "--use", "model")
+    printed = sit("convert", a, tmp / "diffusers", "--to", "diffusers", "--no-ema")
     got["convert diffusers: check"] = text_print(re.search(r"check: .*", printed).group(0))
     got["convert diffusers: weights"] = file_print(tmp / "diffusers" / "diffusion_pytorch_model.safetensors", tmp)
     printed = sit("convert", tmp / "DiT-tiny.pt", tmp / "dit-diffusers", "--to", "diffusers")

@@ -22,7 +22,7 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "examples").glob("*.md"))]
 COMMANDS = ("train", "sample", "nll", "fid", "convert", "cache-latents", "methods")
 # Commands shown but not run here, by their first words, and why.
 NOT_RUN = {
-    "torchrun --nnodes=4": "four nodes of 8 GPUs (run on 2 CPU ranks under torchrun in tests/test_torchrun_commands.py)",
+    "torchrun --nnodes=4": "four nodes of 8 GPUs (run on 2 CPU ranks in tests/test_torchrun_commands.py)",
     "torchrun --nnodes=1 --nproc_per_node=8 -m sitcli sample --ckpt /runs/sit-xl2":
         "samples the run of the 32-GPU training above, on 8 GPUs (2 CPU ranks: tests/test_torchrun_commands.py)",
     "sit fid /data/VIRTUAL_imagenet256_labeled.npz": "needs the ADM reference batch (real data) and a GPU",
@@ -40,7 +40,7 @@ def documented_commands(path: Path) -> list[str]:
     text = path.read_text()
     found = []
     for kind, body in _spans(text):
-        for line in (body.replace("\\\n", " ").splitlines() if kind == "block" else [body]):
+        for line in body.replace("\\\n", " ").splitlines() if kind == "block" else [body]:
             line = re.sub(r"\s+#.*$", "", line).strip()
             for part in line.split("&&"):
                 part = " ".join(part.split())
@@ -72,7 +72,7 @@ def shrunk(command: str, world: Path) -> list[str]:
     """The argument list `sit` is called with: sizes shrunk, absolute paths under ``world``."""
     words = shlex.split(command)
     if words[0] == "torchrun":  # one node: the same job in one process
-        words = words[words.index("sitcli") + 1:]
+        words = words[words.index("sitcli") + 1 :]
     else:
         words = words[1:]
     job, args = words[0], words[1:]
@@ -115,7 +115,9 @@ def build_world(world: Path) -> None:
         for name in ("a", "b"):
             (world / folder / name).mkdir(parents=True)
             for k in range(5):  # 10 images: enough for the Inception Score's 10 splits
-                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(world / folder / name / f"{k}.png")
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                    world / folder / name / f"{k}.png"
+                )
     # Official-looking SiT and DiT weights: latent 8x8x4 (the stand-in VAE's), 1000 classes.
     for name, seed in (("SiT-XL-2-256x256.pt", 0), ("DiT-XL-2-256x256.pt", 1)):
         model = random_sit(seed, input_size=8, in_channels=4, hidden_size=96, depth=4, num_heads=4, num_classes=1000)

@@ -9,7 +9,7 @@ from transformers import ViTConfig, ViTModel
 
 from sitcli import runs
 from sitcli.config import SampleConfig
-from sitcli.convert import convert
+from sitcli.convert import ConvertConfig, convert
 from sitcli.encoders import load_encoder, match_grid
 from sitcli.errors import InputError
 from sitcli.loading import load_model
@@ -133,7 +133,7 @@ def test_resume_with_the_term_is_exact_and_the_run_samples_and_converts(tmp_path
 
     loaded = load_model(tmp_path / "straight")  # the projectors stay behind: a plain SiT
     assert not hasattr(loaded.model, "projectors")
-    convert(tmp_path / "straight", tmp_path / "official.pt", dst_format="official")
+    convert(ConvertConfig(tmp_path / "straight", tmp_path / "official.pt", dst_format="official"))
     exported = torch.load(tmp_path / "official.pt", weights_only=True)
     assert exported.keys() == {k for k in a["ema"] if not k.startswith("projectors.")}
     sample(SampleConfig(ckpt=str(tmp_path / "straight"), out=str(tmp_path / "s"), num=2, batch_size=2, steps=2),
@@ -156,12 +156,26 @@ def test_an_encoder_path_with_a_comma_is_one_path(tmp_path, encoders, one_thread
 
     comma = tmp_path / "dinov2,small"  # a folder whose name holds a comma
     shutil.copytree(encoders["dino"], comma)
-    flags = ["--steps", "1", "--batch-size", "8", "--sample-every", "0", "--repa-projector-dim", "8", "--repa-depth", "2"]
-    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--repa-encoder", str(comma),
-                                      "--repa-encoder", encoders["hub"], *flags])
+    flags = ["--steps", "1", "--batch-size", "8", "--sample-every", "0", "--repa-projector-dim", "8",
+             "--repa-depth", "2"]
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--out",
+            str(tmp_path / "run"),
+            "--repa-encoder",
+            str(comma),
+            "--repa-encoder",
+            encoders["hub"],
+            *flags,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert runs.read_config(tmp_path / "run")["repa_encoder"] == [str(comma), encoders["hub"]]
     # A comma list is not split: it names no file, and the error says to repeat the flag.
-    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run2"), "--repa-encoder",
-                                      f"{encoders['dino']},{encoders['hub']}", *flags])
+    result = CliRunner().invoke(
+        app,
+        ["train", "--out", str(tmp_path / "run2"), "--repa-encoder", f"{encoders['dino']},{encoders['hub']}", *flags],
+    )
     assert result.exit_code == 2 and "repeat --repa-encoder" in result.output and not (tmp_path / "run2").exists()

@@ -38,8 +38,12 @@ def test_tiny_run_prints_every_table_on_the_cpu(gpu, monkeypatch, capsys, one_th
     gpu.main()
     out = capsys.readouterr().out
     assert "| unknown | unknown: not a CUDA device |" in out
-    rows = {label: re.search(rf"^\| {re.escape(label)} \| ([\d.]+) \| ([\d.]+) \| ([\d.e+-]+) \| unknown peak \|", out, re.M)
-            for label in ("eager", "eager, checkpointed", "compiled", "compiled, checkpointed")}
+    rows = {
+        label: re.search(
+            rf"^\| {re.escape(label)} \| ([\d.]+) \| ([\d.]+) \| ([\d.e+-]+) \| unknown peak \|", out, re.M
+        )
+        for label in ("eager", "eager, checkpointed", "compiled", "compiled, checkpointed")
+    }
     assert all(rows.values()), out
     assert all(float(m.group(1)) > 0 for m in rows.values())
     flops = float(re.search(r"([\d.e+-]+) GFLOP per image per step", out).group(1))

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sitcli.cli import app
-from sitcli.convert import convert
+from sitcli.convert import ConvertConfig, convert
 from sitcli.errors import InputError
 from sitcli.loading import read_checkpoint
 from sitcli.models import SiT
@@ -74,8 +74,8 @@ def test_training_checkpoint_args_are_read_and_ema_is_the_default(tmp_path):
                                      train_eps=1e-5, sample_eps=None, image_size=64)
     ckpt = read_checkpoint(path, num_heads=2)
     assert ckpt.kind == "sit" and ckpt.transport == {"interpolant": "gvp", "prediction": "score", "train_eps": 1e-5}
-    convert(path, tmp_path / "ema.pt", num_heads=2)
-    convert(path, tmp_path / "model.pt", ema=False, num_heads=2)
+    convert(ConvertConfig(path, tmp_path / "ema.pt", num_heads=2))
+    convert(ConvertConfig(path, tmp_path / "model.pt", ema=False, num_heads=2))
     assert_same(torch.load(tmp_path / "ema.pt", weights_only=True), ema)
     assert_same(torch.load(tmp_path / "model.pt", weights_only=True), model)
     dit = tmp_path / "dit.pt"
@@ -98,7 +98,7 @@ def test_malicious_pickle_is_refused_and_not_executed(tmp_path):
 
     torch.save({"pos_embed": torch.zeros(1), "args": Payload()}, tmp_path / "SiT-evil.pt")
     with pytest.raises(InputError, match=r"refused .*io\.open.*nothing in it was run"):
-        convert(tmp_path / "SiT-evil.pt", tmp_path / "out.pt")
+        convert(ConvertConfig(tmp_path / "SiT-evil.pt", tmp_path / "out.pt"))
     assert not marker.exists() and not (tmp_path / "out.pt").exists()
     result = CliRunner().invoke(app, ["convert", str(tmp_path / "SiT-evil.pt"), str(tmp_path / "out.pt")])
     assert result.exit_code == 2 and "refused" in result.output and not marker.exists()
@@ -133,7 +133,7 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path, content, message):
             weights["blocks.1.mlp.fc2.weight"] = torch.zeros(3, 3)
         torch.save(weights, path)
     with pytest.raises(InputError, match=message):
-        convert(path, tmp_path / "out.pt", num_heads=2)
+        convert(ConvertConfig(path, tmp_path / "out.pt", num_heads=2))
     assert not (tmp_path / "out.pt").exists()
 
 
@@ -147,15 +147,16 @@ def test_official_to_sit_run_and_back_is_bit_exact(tmp_path):
     from sitcli.runs import latest_checkpoint, read_config
 
     model, ema = training_checkpoint(tmp_path / "SiT-Ti-train.pt", "SiT-Ti/4", TI, path_type="VP", prediction="noise")
-    convert(tmp_path / "SiT-Ti-train.pt", tmp_path / "run", dst_format="sit")
+    convert(ConvertConfig(tmp_path / "SiT-Ti-train.pt", tmp_path / "run", dst_format="sit"))
     config = read_config(tmp_path / "run")
     cfg = TrainConfig.from_dict(config)  # a config the trainer and sampler accept
-    assert (cfg.model, cfg.interpolant, cfg.prediction, cfg.input_size, cfg.num_classes) == ("SiT-Ti/4", "vp", "noise", 8, 3)
+    got = (cfg.model, cfg.interpolant, cfg.prediction, cfg.input_size, cfg.num_classes)
+    assert got == ("SiT-Ti/4", "vp", "noise", 8, 3)
     folder = latest_checkpoint(tmp_path / "run")
     assert_same(load_file(folder / "ema.safetensors"), ema)
     assert_same(load_file(folder / "model.safetensors"), model)
     for use, expected in (("ema", ema), ("model", model)):
-        convert(tmp_path / "run", tmp_path / f"back-{use}.pt", ema=use == "ema")
+        convert(ConvertConfig(tmp_path / "run", tmp_path / f"back-{use}.pt", ema=use == "ema"))
         assert_same(torch.load(tmp_path / f"back-{use}.pt", weights_only=True), expected)
     assert read_checkpoint(tmp_path / "run").transport["interpolant"] == "vp"
     # a weights file inside the run still finds the run's config (architecture and transport)
@@ -167,19 +168,19 @@ def test_official_to_sit_run_and_back_is_bit_exact(tmp_path):
 def test_dit_to_sit_run_keeps_the_ddpm_transport(tmp_path):
     weights = random_weights(**TI)
     torch.save(weights, tmp_path / "DiT-Ti-4.pt")
-    convert(tmp_path / "DiT-Ti-4.pt", tmp_path / "run", dst_format="sit")
+    convert(ConvertConfig(tmp_path / "DiT-Ti-4.pt", tmp_path / "run", dst_format="sit"))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["interpolant"] == "ddpm"
     ckpt = read_checkpoint(tmp_path / "run")
     assert ckpt.kind == "dit"
     assert_same(ckpt.state_dict(), weights)
-    convert(tmp_path / "run", tmp_path / "DiT-back.pt")
+    convert(ConvertConfig(tmp_path / "run", tmp_path / "DiT-back.pt"))
     assert_same(torch.load(tmp_path / "DiT-back.pt", weights_only=True), weights)
 
 
 def test_a_custom_architecture_cannot_become_a_run(tmp_path):
     torch.save(random_weights(), tmp_path / "SiT-tiny.pt")
     with pytest.raises(InputError, match="--to official or --to diffusers"):
-        convert(tmp_path / "SiT-tiny.pt", tmp_path / "run", dst_format="sit", num_heads=2)
+        convert(ConvertConfig(tmp_path / "SiT-tiny.pt", tmp_path / "run", dst_format="sit", num_heads=2))
     assert not (tmp_path / "run").exists()
 
 
@@ -190,39 +191,45 @@ def test_existing_destination_is_refused_unless_overwrite_and_kept_on_error(tmp_
     dst = tmp_path / "out.pt"
     dst.write_bytes(b"precious")
     with pytest.raises(InputError, match="--overwrite"):
-        convert(tmp_path / "SiT-a.pt", dst, num_heads=2)
+        convert(ConvertConfig(tmp_path / "SiT-a.pt", dst, num_heads=2))
     with pytest.raises(InputError):
-        convert(tmp_path / "SiT-bad.pt", dst, num_heads=2, overwrite=True)
+        convert(ConvertConfig(tmp_path / "SiT-bad.pt", dst, num_heads=2, overwrite=True))
     assert dst.read_bytes() == b"precious"
-    convert(tmp_path / "SiT-a.pt", dst, num_heads=2, overwrite=True)
+    convert(ConvertConfig(tmp_path / "SiT-a.pt", dst, num_heads=2, overwrite=True))
     assert_same(torch.load(dst, weights_only=True), torch.load(tmp_path / "SiT-a.pt", weights_only=True))
     # a folder destination is replaced as a whole, and nothing temporary is left behind
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "old.txt").write_text("old")
-    convert(tmp_path / "SiT-b.pt", tmp_path / "folder", dst_format="diffusers", num_heads=2, overwrite=True, check=False)
+    convert(
+        ConvertConfig(
+            tmp_path / "SiT-b.pt", tmp_path / "folder", dst_format="diffusers", num_heads=2, overwrite=True, check=False
+        )
+    )
     assert not (tmp_path / "folder" / "old.txt").exists() and (tmp_path / "folder" / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["SiT-a.pt", "SiT-b.pt", "SiT-bad.pt", "folder", "out.pt"]
     with pytest.raises(InputError, match="source itself"):
-        convert(tmp_path / "SiT-a.pt", tmp_path / "SiT-a.pt", num_heads=2, overwrite=True)
+        convert(ConvertConfig(tmp_path / "SiT-a.pt", tmp_path / "SiT-a.pt", num_heads=2, overwrite=True))
 
 
 def test_target_format_needs_to_unless_dst_is_a_pt_file(tmp_path):
     torch.save(random_weights(), tmp_path / "SiT-a.pt")
     with pytest.raises(InputError, match="pass --to"):
-        convert(tmp_path / "SiT-a.pt", tmp_path / "out", num_heads=2)
+        convert(ConvertConfig(tmp_path / "SiT-a.pt", tmp_path / "out", num_heads=2))
     with pytest.raises(InputError, match="not DiT ones"):
-        convert(tmp_path / "SiT-a.pt", tmp_path / "out.pt", dst_format="dit", num_heads=2)
+        convert(ConvertConfig(tmp_path / "SiT-a.pt", tmp_path / "out.pt", dst_format="dit", num_heads=2))
 
 
 def test_cli_reports_and_exit_codes(tmp_path):
     torch.save(random_weights(), tmp_path / "DiT-tiny.pt")
     runner = CliRunner()
-    ok = runner.invoke(app, ["convert", str(tmp_path / "DiT-tiny.pt"), str(tmp_path / "hf"), "--to", "diffusers",
-                             "--num-heads", "2"])
+    ok = runner.invoke(
+        app, ["convert", str(tmp_path / "DiT-tiny.pt"), str(tmp_path / "hf"), "--to", "diffusers", "--num-heads", "2"]
+    )
     assert ok.exit_code == 0, ok.output
     assert "DiT (DDPM" in ok.output and "deviates from sit" in ok.output and "i/127" in ok.output
-    again = runner.invoke(app, ["convert", str(tmp_path / "DiT-tiny.pt"), str(tmp_path / "hf"), "--to", "diffusers",
-                                "--num-heads", "2"])
+    again = runner.invoke(
+        app, ["convert", str(tmp_path / "DiT-tiny.pt"), str(tmp_path / "hf"), "--to", "diffusers", "--num-heads", "2"]
+    )
     assert again.exit_code == 2 and "--overwrite" in again.output
     missing = runner.invoke(app, ["convert", str(tmp_path / "nope.pt"), str(tmp_path / "x.pt")])
     assert missing.exit_code == 2 and "does not exist" in missing.output

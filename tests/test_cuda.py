@@ -121,7 +121,11 @@ def test_grad_checkpointing_on_cuda_matches_and_saves_memory(tmp_path):
         loss.backward()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
-        results[checkpointed] = (loss.item(), [p.grad.float().clone() for p in model.parameters() if p.grad is not None], peak)
+        results[checkpointed] = (
+            loss.item(),
+            [p.grad.float().clone() for p in model.parameters() if p.grad is not None],
+            peak,
+        )
     (loss_a, grads_a, peak_a), (loss_b, grads_b, peak_b) = results[False], results[True]
     assert loss_b == pytest.approx(loss_a, rel=1e-3)
     for ga, gb in zip(grads_a, grads_b):
@@ -163,8 +167,23 @@ def test_fid_fast_on_cuda_agrees_with_the_cpu(tmp_path):
     reports = {}
     for device, extra in (("cpu", []), ("cuda", ["--fast"]), ("cuda-plain", [])):
         json_path = tmp_path / f"{device}.json"
-        result = runner.invoke(app, ["fid", str(tmp_path / "a"), str(tmp_path / "b"), "--device", device.split("-")[0],
-                                     "--num-workers", "0", "--inception-weights", str(weights), "--json", str(json_path), *extra])
+        result = runner.invoke(
+            app,
+            [
+                "fid",
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                "--device",
+                device.split("-")[0],
+                "--num-workers",
+                "0",
+                "--inception-weights",
+                str(weights),
+                "--json",
+                str(json_path),
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         reports[device] = json.loads(json_path.read_text())
     cpu = reports["cpu"]["metrics"]["fid"]
@@ -178,17 +197,55 @@ def test_ddp_over_nccl_trains_resumes_and_samples(tmp_path):
     from test_train_ddp import torchrun
 
     flags = [x for k, v in TINY.items() for x in ("--" + k.replace("_", "-"), v)]
-    torchrun("-m", "sitcli", "train", "--out", tmp_path / "straight", "--steps", 4, "--device", "cuda", "--no-tf32",
-             *flags, cwd=tmp_path)
-    torchrun("-m", "sitcli", "train", "--out", tmp_path / "halves", "--steps", 2, "--device", "cuda", "--no-tf32",
-             *flags, cwd=tmp_path)
+    torchrun(
+        "-m",
+        "sitcli",
+        "train",
+        "--out",
+        tmp_path / "straight",
+        "--steps",
+        4,
+        "--device",
+        "cuda",
+        "--no-tf32",
+        *flags,
+        cwd=tmp_path,
+    )
+    torchrun(
+        "-m",
+        "sitcli",
+        "train",
+        "--out",
+        tmp_path / "halves",
+        "--steps",
+        2,
+        "--device",
+        "cuda",
+        "--no-tf32",
+        *flags,
+        cwd=tmp_path,
+    )
     torchrun("-m", "sitcli", "train", "--resume", tmp_path / "halves", "--steps", 4, "--device", "cuda", cwd=tmp_path)
     a, b = state_of(tmp_path / "straight"), state_of(tmp_path / "halves")
     assert a["state"]["world_size"] == 2 and {"noise.rank0", "noise.rank1"} <= set(a["rng"])
     for name in a["model"]:  # NCCL all-reduce order is fixed for a fixed world size; kernels may still differ
         torch.testing.assert_close(b["model"][name], a["model"][name], rtol=0, atol=1e-5)
-    torchrun("-m", "sitcli", "sample", "--ckpt", tmp_path / "straight", "--out", tmp_path / "s", "--num-samples", 5,
-             "--steps", 4, "--device", "cuda", cwd=tmp_path)
+    torchrun(
+        "-m",
+        "sitcli",
+        "sample",
+        "--ckpt",
+        tmp_path / "straight",
+        "--out",
+        tmp_path / "s",
+        "--num-samples",
+        5,
+        "--steps",
+        4,
+        "--device",
+        "cuda",
+        cwd=tmp_path,
+    )
     assert len(list((tmp_path / "s").glob("*.png"))) == 5
 
 
@@ -209,7 +266,15 @@ def test_time_densities_draw_on_cuda_like_on_the_cpu(density, num_timesteps):
 def test_autoguided_shifted_sampling_on_cuda(tmp_path):
     run = tmp_path / "run"
     train(cuda_run(tmp_path, "run", steps=2, time_density="logit-normal"), progress=False)
-    cfg = SampleConfig(ckpt=str(run), out=str(tmp_path / "s"), num=4, steps=4, method="heun", time_shift=2.0,
-                       guidance_model=str(run / "checkpoints" / "0000002" / "model.safetensors"), guidance_scale=2.0)
+    cfg = SampleConfig(
+        ckpt=str(run),
+        out=str(tmp_path / "s"),
+        num=4,
+        steps=4,
+        method="heun",
+        time_shift=2.0,
+        guidance_model=str(run / "checkpoints" / "0000002" / "model.safetensors"),
+        guidance_scale=2.0,
+    )
     result = sample(cfg, progress=False, device="cuda")
     assert result.nfe_per_sample == 16 and len(list((tmp_path / "s").glob("*.png"))) == 4

@@ -1,4 +1,4 @@
-"""sitcli/data.py: the embedded digits, image folders, and the (index, flip) batch order."""
+"""sitcli/data/: the embedded digits, image folders, and the (index, flip) batch order."""
 
 
 import numpy as np

@@ -4,9 +4,9 @@ Commands come from the ```bash blocks (continuation lines joined, comments dropp
 and from inline code that holds a whole command. They run in order, one folder per document, with
 absolute paths made relative to it and the stand-ins put where the documents expect data: the
 flags are the documents' own; only sizes change (steps, images, image size, model size, loader
-workers, sampler steps where none are given) and a `torchrun` on one node runs as one process. Commands that need a GPU, several
-nodes or real data are not run; ``NOT_RUN`` names them with the reason, and a command that is
-neither run nor named there fails the test.
+workers, sampler steps where none are given) and a `torchrun` on one node runs as one process.
+Commands that need a GPU, several nodes or real data are not run; ``documents.NOT_RUN`` names them
+with the reason, and a command that is neither run nor named there fails the test.
 """
 
 import pytest
@@ -41,8 +41,10 @@ def test_every_documented_command_runs_on_tiny_stand_ins(tmp_path, monkeypatch, 
             print(f"{time.perf_counter() - started:6.1f} s  sit {' '.join(args)}")
             ran += 1
             if result.exit_code != 0:
-                failed.append(f"{document.name}: {command}\n  ran as: sit {' '.join(args)}\n  exit {result.exit_code}: "
-                              f"{(result.output.strip().splitlines() or [repr(result.exception)])[-1]}")
+                failed.append(
+                    f"{document.name}: {command}\n  ran as: sit {' '.join(args)}\n  exit {result.exit_code}: "
+                    f"{(result.output.strip().splitlines() or [repr(result.exception)])[-1]}"
+                )
     print(f"{ran} documented commands ran; not run:\n" + "\n".join(skipped))
     assert ran >= 15 and len(skipped) >= 5
     assert not failed, "\n".join(failed)

@@ -51,7 +51,11 @@ def test_fixed_size_vit_keeps_its_resolution_and_grids_are_matched(tmp_path):
     assert torch.equal(match_grid(tokens, 5), tokens)
     smaller = match_grid(tokens, 2)
     grid = tokens.transpose(1, 2).reshape(1, 32, 5, 5)
-    want = F.interpolate(grid, size=(2, 2), mode="bilinear", align_corners=False, antialias=True).flatten(2).transpose(1, 2)
+    want = (
+        F.interpolate(grid, size=(2, 2), mode="bilinear", align_corners=False, antialias=True)
+        .flatten(2)
+        .transpose(1, 2)
+    )
     assert smaller.shape == (1, 4, 32) and torch.equal(smaller, want)
     constant = torch.ones(3, 25, 7) * torch.arange(7.0)
     torch.testing.assert_close(match_grid(constant, 3), torch.ones(3, 9, 7) * torch.arange(7.0))

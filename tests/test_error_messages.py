@@ -54,11 +54,15 @@ def test_weights_holding_nan_or_inf_convert_with_a_warning_naming_the_tensors(tm
     state["final_layer.linear.bias"][0] = float("nan")
     state["x_embedder.proj.weight"][0, 0, 0, 0] = float("inf")
     save_file(state, tmp_path / "w.safetensors")
-    result = runner.invoke(app, ["convert", str(tmp_path / "w.safetensors"), str(tmp_path / "SiT-w.pt"), "--num-heads", "2"])
+    result = runner.invoke(
+        app, ["convert", str(tmp_path / "w.safetensors"), str(tmp_path / "SiT-w.pt"), "--num-heads", "2"]
+    )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "warning: the" in text and "NaN or inf in 2 of" in text
     assert "final_layer.linear.bias" in text and "x_embedder.proj.weight" in text
     assert (tmp_path / "SiT-w.pt").is_file()
-    clean = runner.invoke(app, ["convert", str(tmp_path / "SiT-w.pt"), str(tmp_path / "SiT-again.pt"), "--num-heads", "2"])
+    clean = runner.invoke(
+        app, ["convert", str(tmp_path / "SiT-w.pt"), str(tmp_path / "SiT-again.pt"), "--num-heads", "2"]
+    )
     assert "NaN" in clean.output  # still warned: the weights were copied unchanged

@@ -8,7 +8,7 @@ from scipy import linalg
 
 from sitcli.encoders import IMAGENET_MEAN, IMAGENET_STD
 from sitcli.errors import InputError
-from sitcli.evaluate import evaluate, inception
+from sitcli.evaluate import FidConfig, evaluate, inception
 from helpers import dinov2_folder, random_inception_state
 
 pytestmark = pytest.mark.slow
@@ -37,21 +37,41 @@ def test_fd_dinov2_is_the_frechet_distance_of_class_tokens_and_its_stats_are_cac
     np.savez(tmp_path / "b.npz", arr_0=b)
     weights = tmp_path / inception.PYTORCH_FID_FILE  # --save-stats writes FID's statistics too
     torch.save(random_inception_state(), weights)
-    result = evaluate(tmp_path / "a.npz", tmp_path / "b.npz", "fd_dinov2", dinov2=tmp_path / "dino", batch_size=8,
-                      num_workers=0, device="cpu", save_stats=tmp_path / "a_stats.npz", inception_weights=weights)
+    result = evaluate(
+        FidConfig(
+            tmp_path / "a.npz",
+            tmp_path / "b.npz",
+            "fd_dinov2",
+            dinov2=tmp_path / "dino",
+            batch_size=8,
+            num_workers=0,
+            save_stats=tmp_path / "a_stats.npz",
+            inception_weights=weights,
+        ),
+        device="cpu",
+    )
     want = frechet(class_tokens(model, a), class_tokens(model, b))
-    assert result["metrics"]["fd_dinov2"] == pytest.approx(want, rel=1e-4)
+    assert result.metrics["fd_dinov2"] == pytest.approx(want, rel=1e-4)
     with np.load(tmp_path / "a_stats.npz") as f:
         assert {"mu", "sigma", "mu_d", "sigma_d"} <= set(f.files) and f["mu_d"].shape == (32,)
-    again = evaluate(tmp_path / "a_stats.npz", tmp_path / "b.npz", "fd_dinov2", dinov2=tmp_path / "dino",
-                     batch_size=8, num_workers=0, device="cpu")
-    assert again["metrics"]["fd_dinov2"] == pytest.approx(result["metrics"]["fd_dinov2"], rel=1e-9)
+    again = evaluate(
+        FidConfig(
+            tmp_path / "a_stats.npz",
+            tmp_path / "b.npz",
+            "fd_dinov2",
+            dinov2=tmp_path / "dino",
+            batch_size=8,
+            num_workers=0,
+        ),
+        device="cpu",
+    )
+    assert again.metrics["fd_dinov2"] == pytest.approx(result.metrics["fd_dinov2"], rel=1e-9)
 
 
 def test_fd_dinov2_needs_an_encoder_or_cached_statistics(tmp_path):
     np.savez(tmp_path / "a.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
     with pytest.raises(InputError, match="fd_dinov2 needs a DINOv2 encoder: pass --dinov2"):
-        evaluate(tmp_path / "a.npz", tmp_path / "a.npz", "fd_dinov2")
+        evaluate(FidConfig(tmp_path / "a.npz", tmp_path / "a.npz", "fd_dinov2"))
     np.savez(tmp_path / "s.npz", mu=np.zeros(3), sigma=np.eye(3))
     with pytest.raises(InputError, match="no FD-DINOv2 statistics"):
-        evaluate(tmp_path / "s.npz", tmp_path / "a.npz", "fd_dinov2", dinov2=tmp_path / "x")
+        evaluate(FidConfig(tmp_path / "s.npz", tmp_path / "a.npz", "fd_dinov2", dinov2=tmp_path / "x"))

@@ -82,9 +82,27 @@ def cli_run(weights, folders, tmp_path_factory):
     """`sit fid A B` with every metric but precision/recall; batches of 2 and 1 exercise the streaming."""
     out = tmp_path_factory.mktemp("out")
     args = [
-        "fid", str(folders[0]), str(folders[1]), "--metrics", "fid,sfid,is,kid", "--is-splits", "1",
-        "--kid-subsets", "3", "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--inception-weights", str(weights[0]),
-        "--save-stats", str(out / "a.npz"), "--json", str(out / "r.json"),
+        "fid",
+        str(folders[0]),
+        str(folders[1]),
+        "--metrics",
+        "fid,sfid,is,kid",
+        "--is-splits",
+        "1",
+        "--kid-subsets",
+        "3",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--inception-weights",
+        str(weights[0]),
+        "--save-stats",
+        str(out / "a.npz"),
+        "--json",
+        str(out / "r.json"),
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -144,8 +162,21 @@ def test_fast_cli_fid_matches_pytorch_fid(weights, folders, reference, tmp_path,
         return net
 
     monkeypatch.setattr(inception, "load_inception", load_and_watch)
-    args = ["fid", str(folders[0]), str(folders[1]), "--fast", "--tf32", "--num-workers", "0", "--device", "cpu",
-            "--inception-weights", str(weights[0]), "--json", str(tmp_path / "r.json")]
+    args = [
+        "fid",
+        str(folders[0]),
+        str(folders[1]),
+        "--fast",
+        "--tf32",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--inception-weights",
+        str(weights[0]),
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
@@ -176,8 +207,12 @@ def test_saved_statistics_match_pytorch_fid(cli_run, reference):
 def test_other_metrics_equal_their_formulas_on_pytorch_fid_features(cli_run, reference, weights):
     _, result, _ = cli_run
     m, a, b = result["metrics"], reference["A"], reference["B"]
-    sfid = frechet_distance(a["spatial"].mean(0), np.cov(a["spatial"], rowvar=False),
-                            b["spatial"].mean(0), np.cov(b["spatial"], rowvar=False))
+    sfid = frechet_distance(
+        a["spatial"].mean(0),
+        np.cov(a["spatial"], rowvar=False),
+        b["spatial"].mean(0),
+        np.cov(b["spatial"], rowvar=False),
+    )
     assert m["sfid"] == pytest.approx(sfid, rel=1e-5)
     # Inception Score of B in one split, written out: exp(mean KL(p(y|x) || p(y))).
     logits = b["pool"] @ weights[1]["fc.weight"].double().numpy().T

@@ -10,7 +10,7 @@ from PIL import Image
 
 import sitcli.evaluate.inception as inception
 from sitcli.errors import InputError
-from sitcli.evaluate import evaluate, parse_metrics
+from sitcli.evaluate import FidConfig, evaluate, parse_metrics
 from sitcli.evaluate import inputs
 from sitcli.evaluate.statistics import GaussianStats
 
@@ -148,7 +148,7 @@ def test_evaluate_streams_the_same_statistics_as_all_at_once(tmp_path, stand_in)
     rng = np.random.default_rng(7)
     arrays = _images(rng, 5) + _images(rng, 2, size=(16, 9))  # mixed sizes go through one by one
     _write_folder(tmp_path / "a", arrays)
-    result = evaluate(tmp_path / "a", save_stats=tmp_path / "a.npz", batch_size=3, num_workers=0)
+    result = evaluate(FidConfig(tmp_path / "a", save_stats=tmp_path / "a.npz", batch_size=3, num_workers=0))
     with torch.no_grad():
         feats = torch.cat([stand_in(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255, ["pool"])["pool"]
                            for a in arrays]).double().numpy()
@@ -157,7 +157,7 @@ def test_evaluate_streams_the_same_statistics_as_all_at_once(tmp_path, stand_in)
         np.testing.assert_allclose(f["mu"], feats.mean(0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(f["sigma"], np.cov(feats, rowvar=False), rtol=1e-5, atol=1e-5)
         assert f["mu_s"].shape == (inception.SPATIAL_DIM,)
-    assert result["inputs"]["A"]["num_images"] == 7 and result["saved_stats"] == str(tmp_path / "a.npz")
+    assert result.inputs["A"]["num_images"] == 7 and result.saved_stats == str(tmp_path / "a.npz")
 
 
 @pytest.mark.slow
@@ -165,17 +165,17 @@ def test_evaluate_all_metrics_with_workers(tmp_path, stand_in):
     rng = np.random.default_rng(8)
     _write_folder(tmp_path / "a", _images(rng, 12))
     _write_folder(tmp_path / "b", _images(rng, 10, shift=40))
-    result = evaluate(tmp_path / "a", tmp_path / "b", "all", batch_size=4, num_workers=2, kid_subsets=3)
-    m = result["metrics"]
+    result = evaluate(FidConfig(tmp_path / "a", tmp_path / "b", "all", batch_size=4, num_workers=2, kid_subsets=3))
+    m = result.metrics
     assert set(m) == {"fid", "sfid", "is", "is_std", "precision", "recall", "kid", "kid_std"}
     assert m["fid"] > 0 and m["sfid"] > 0 and m["kid"] > 0
     assert 1 <= m["is"] <= inception.NUM_CLASSES and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
-    assert any("covariances are singular" in w for w in result["warnings"])
+    assert any("covariances are singular" in w for w in result.warnings)
 
 
 def test_evaluate_identical_inputs_give_zero_fid(tmp_path, stand_in):
     _write_folder(tmp_path / "a", _images(np.random.default_rng(9), 6))
-    m = evaluate(tmp_path / "a", tmp_path / "a", "fid,sfid,pr", num_workers=0)["metrics"]
+    m = evaluate(FidConfig(tmp_path / "a", tmp_path / "a", "fid,sfid,pr", num_workers=0)).metrics
     assert abs(m["fid"]) < 1e-8 and abs(m["sfid"]) < 1e-8
     assert m["precision"] == 1.0 and m["recall"] == 1.0
 
@@ -185,13 +185,13 @@ def test_evaluate_refuses_what_an_input_cannot_provide(tmp_path, stand_in):
     _write_folder(tmp_path / "a", _images(np.random.default_rng(10), 3))
     np.savez(tmp_path / "s.npz", mu=np.zeros(inception.POOL_DIM), sigma=np.eye(inception.POOL_DIM))
     with pytest.raises(InputError, match="need images"):
-        evaluate(tmp_path / "a", tmp_path / "s.npz", "kid")
+        evaluate(FidConfig(tmp_path / "a", tmp_path / "s.npz", "kid"))
     with pytest.raises(InputError, match="no sFID statistics"):
-        evaluate(tmp_path / "a", tmp_path / "s.npz", "sfid")
+        evaluate(FidConfig(tmp_path / "a", tmp_path / "s.npz", "sfid"))
     with pytest.raises(InputError, match="needs at least 10 images"):
-        evaluate(tmp_path / "a", metrics="is")
+        evaluate(FidConfig(tmp_path / "a", metrics="is"))
     with pytest.raises(InputError, match="give a second input"):
-        evaluate(tmp_path / "a", metrics="fid")
+        evaluate(FidConfig(tmp_path / "a", metrics="fid"))
     with pytest.raises(InputError, match="unknown metric fdi"):
         parse_metrics("fid,fdi")
 

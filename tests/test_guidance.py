@@ -64,7 +64,9 @@ def test_guidance_interval():
 
 def test_guided_sit_model_samples_and_counts_one_nfe_per_call():
     torch.manual_seed(0)
-    model = SiT(input_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=NULL).eval()
+    model = SiT(
+        input_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=NULL
+    ).eval()
     with torch.no_grad():
         model.final_layer.linear.weight.normal_(std=0.1)
         model.final_layer.adaLN_modulation[-1].weight.normal_(std=0.1)
@@ -75,6 +77,7 @@ def test_guided_sit_model_samples_and_counts_one_nfe_per_call():
 
 
 # ------------------------------------------------------------------ autoguidance
+
 
 def mixtures():
     from sitcli.transport import GaussianMixture
@@ -101,7 +104,9 @@ def test_autoguidance_of_exact_fields_is_the_formula_on_the_denoiser(interpolant
 def test_autoguided_sampling_counts_two_networks_and_keeps_the_interval():
     strong, weak = mixtures()
     tr = Transport("linear", "velocity")
-    guided = AutoGuidance(strong.model("linear", "velocity"), weak.model("linear", "velocity"), 2.0, interval=(0.5, 1.0))
+    guided = AutoGuidance(
+        strong.model("linear", "velocity"), weak.model("linear", "velocity"), 2.0, interval=(0.5, 1.0)
+    )
     x0 = torch.randn(5, 2, dtype=torch.float64)
     x, nfe = sample_ode(tr, guided, x0, "euler", 10)
     assert nfe == 5 * 1 + 5 * 2  # 5 steps at t < 0.5 run the model alone, 5 run both
@@ -124,8 +129,11 @@ def test_a_guide_equal_to_the_model_is_unguided_sampling(sampler):
     strong, _ = mixtures()
     tr, model = Transport("gvp", "velocity"), strong.model("gvp", "velocity")
     x0 = torch.randn(4, 2, dtype=torch.float64)
-    run = (lambda m, g: sample_ode(tr, m, x0, "heun", 6)) if sampler == "ode" else (
-        lambda m, g: sample_sde(tr, m, x0, "euler", 6, generator=g))
+    run = (
+        (lambda m, g: sample_ode(tr, m, x0, "heun", 6))
+        if sampler == "ode"
+        else (lambda m, g: sample_sde(tr, m, x0, "euler", 6, generator=g))
+    )
     guided, nfe_guided = run(AutoGuidance(model, model, 3.0), torch.Generator().manual_seed(1))
     plain, nfe = run(model, torch.Generator().manual_seed(1))
     assert torch.equal(guided, plain) and nfe_guided == 2 * nfe

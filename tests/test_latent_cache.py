@@ -1,5 +1,5 @@
-"""sitcli/latent_cache.py: shards over two torchrun ranks, bit for bit the one-process cache; resume after an interruption."""
-
+"""sitcli/data/latent_cache.py: shards over two torchrun ranks, bit for bit the one-process cache; resume after
+an interruption."""
 
 import json
 from pathlib import Path
@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-import sitcli.latent_cache as lc
+import sitcli.data.latent_cache as lc
 from sitcli.errors import InputError
 from helpers import dinov2_folder, torchrun
 
-SETTINGS = dict(image_size=16, batch_size=2, num_workers=0, seed=3, progress=False, shard_size=3)
+SETTINGS = dict(image_size=16, batch_size=2, num_workers=0, seed=3, shard_size=3)
 
 
 def make(vae_and_images, out, **kw):
-    return lc.cache_latents(str(vae_and_images / "images"), str(vae_and_images / "vae"), out=str(out), **{**SETTINGS, **kw})
+    config = lc.CacheConfig(str(vae_and_images / "images"), str(vae_and_images / "vae"), str(out), **{**SETTINGS, **kw})
+    return lc.cache_latents(config, progress=False)
 
 
 def contents(cache: Path) -> dict:
@@ -50,18 +51,45 @@ def one_process(vae_and_images, encoder, tmp_path_factory, one_thread):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo"
+)
 def test_two_ranks_make_the_one_process_cache_bit_for_bit(vae_and_images, encoder, one_process, tmp_path):
-    proc = torchrun("-m", "sitcli", "cache-latents", "--data", vae_and_images / "images", "--vae", vae_and_images / "vae",
-                    "--out", tmp_path / "two", "--image-size", 16, "--batch-size", 2, "--num-workers", 0, "--seed", 3,
-                    "--shard-size", 3, "--device", "cpu", "--repa-encoder", encoder, cwd=tmp_path)
+    proc = torchrun(
+        "-m",
+        "sitcli",
+        "cache-latents",
+        "--data",
+        vae_and_images / "images",
+        "--vae",
+        vae_and_images / "vae",
+        "--out",
+        tmp_path / "two",
+        "--image-size",
+        16,
+        "--batch-size",
+        2,
+        "--num-workers",
+        0,
+        "--seed",
+        3,
+        "--shard-size",
+        3,
+        "--device",
+        "cpu",
+        "--repa-encoder",
+        encoder,
+        cwd=tmp_path,
+    )
     assert proc.stderr.count("latent cache of 8 images") + proc.stdout.count("latent cache of 8 images") == 1
     assert_same_cache(one_process, tmp_path / "two")
     assert contents(one_process)["latents"].shape == (8, 2, 4, 8, 8)
     assert np.load(one_process / "repa_features_0.npy").shape == (8, 2, 16, 32)  # the unreadable image left out
 
 
-def test_an_interrupted_extraction_encodes_only_the_unfinished_shards(vae_and_images, encoder, one_process, tmp_path, monkeypatch):
+def test_an_interrupted_extraction_encodes_only_the_unfinished_shards(
+    vae_and_images, encoder, one_process, tmp_path, monkeypatch
+):
     save, written, features = lc.atomic.save_npz, [], dict(repa_encoder=[str(encoder)])
 
     def save_twice_then_stop(path, **arrays):
@@ -92,7 +120,9 @@ def test_an_interrupted_extraction_encodes_only_the_unfinished_shards(vae_and_im
 
 def test_each_image_draws_its_own_posterior_noise(vae_and_images, one_process, tmp_path):
     # Other shards and batches change the VAE's batches (float round-off at most), never an image's noise.
-    other = contents(make(vae_and_images, tmp_path / "other", shard_size=9, batch_size=4).out)["latents"].astype(np.float32)
+    other = contents(make(vae_and_images, tmp_path / "other", shard_size=9, batch_size=4).out)["latents"].astype(
+        np.float32
+    )
     np.testing.assert_allclose(other, contents(one_process)["latents"].astype(np.float32), rtol=2e-3, atol=2e-3)
     reseeded = contents(make(vae_and_images, tmp_path / "reseeded", seed=4).out)["latents"].astype(np.float32)
     assert np.abs(reseeded - other).max() > 0.01

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sitcli.config import TrainConfig
-from sitcli.convert import convert
+from sitcli.convert import ConvertConfig, convert
 from sitcli.errors import InputError
 from sitcli.loading import DiscreteTimestepModel, load_model
 from sitcli.models import SiT
@@ -37,7 +37,9 @@ def test_a_run_its_checkpoint_folder_and_weights_file_load_the_same_model(run):
         assert other.transport.interpolant.name == "gvp" and other.config == loaded.config
     raw = load_model(run, ema=False)
     assert raw.weights == folder / "model.safetensors"
-    assert not all(torch.equal(a, b) for a, b in zip(raw.model.state_dict().values(), loaded.model.state_dict().values()))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(raw.model.state_dict().values(), loaded.model.state_dict().values())
+    )
     assert not any(p.requires_grad for p in loaded.model.parameters()) and not loaded.model.training
 
 
@@ -55,7 +57,11 @@ def test_a_bare_weights_file_takes_the_transport_it_is_given(tmp_path):
     weights = random_sit(0, **TI).state_dict()
     save_file(weights, tmp_path / "w.safetensors")
     loaded = load_model(tmp_path / "w.safetensors", interpolant="vp", prediction="noise", sample_eps=0.01)
-    assert (loaded.transport.interpolant.name, loaded.transport.prediction, loaded.transport.sample_eps) == ("vp", "noise", 0.01)
+    assert (loaded.transport.interpolant.name, loaded.transport.prediction, loaded.transport.sample_eps) == (
+        "vp",
+        "noise",
+        0.01,
+    )
     assert loaded.config.model == "SiT-Ti/4" and loaded.config.data == "external"
     assert loaded.config.latent_scale == 0.18215 and loaded.config.image_size == 64  # 4 channels: SD-VAE latents
     assert_same(loaded.model.state_dict(), weights)
@@ -76,8 +82,10 @@ def test_official_training_args_fix_the_transport(tmp_path):
     import argparse
 
     state = random_sit(0, **TI).state_dict()
-    torch.save({"model": state, "ema": state, "args": argparse.Namespace(model="SiT-Ti/4", path_type="GVP")},
-               tmp_path / "ckpt.pt")
+    torch.save(
+        {"model": state, "ema": state, "args": argparse.Namespace(model="SiT-Ti/4", path_type="GVP")},
+        tmp_path / "ckpt.pt",
+    )
     loaded = load_model(tmp_path / "ckpt.pt", sample_eps=0.02)
     assert loaded.transport.interpolant.name == "gvp" and loaded.transport.sample_eps == 0.02
     with pytest.raises(InputError, match="drop --interpolant"):
@@ -94,16 +102,18 @@ def test_a_dit_file_and_its_converted_run_come_wrapped_in_dit_time(tmp_path):
     net.load_state_dict(weights)
     x, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 4])
     with torch.no_grad():  # sit time t = 0.5 is DiT timestep 499
-        assert torch.allclose(loaded.model(x, torch.full((2,), 0.5), y=y), net(x, torch.full((2,), 499.0), y), atol=1e-5)
+        assert torch.allclose(
+            loaded.model(x, torch.full((2,), 0.5), y=y), net(x, torch.full((2,), 499.0), y), atol=1e-5
+        )
     torch.save(random_sit(0, **TI).state_dict(), tmp_path / "DiT-Ti-4.pt")
-    convert(tmp_path / "DiT-Ti-4.pt", tmp_path / "dit-run", dst_format="sit")
+    convert(ConvertConfig(tmp_path / "DiT-Ti-4.pt", tmp_path / "dit-run", dst_format="sit"))
     from_run = load_model(tmp_path / "dit-run")
     assert isinstance(from_run.model, DiscreteTimestepModel) and from_run.config.interpolant == "ddpm"
     assert from_run.transport.interpolant.name == "ddpm" and from_run.config.latent_scale == 0.18215
 
 
 def test_a_diffusers_folder_loads_the_same_tensors(run, tmp_path):
-    convert(run, tmp_path / "hf", dst_format="diffusers", check=False)
+    convert(ConvertConfig(run, tmp_path / "hf", dst_format="diffusers", check=False))
     loaded, original = load_model(tmp_path / "hf"), load_model(run)
     assert_same(loaded.model.state_dict(), original.model.state_dict())
     assert loaded.transport.interpolant.name == "gvp" and loaded.config.model == "SiT-Ti/4"

@@ -78,7 +78,9 @@ def test_resume_of_a_run_in_use_is_refused_naming_the_holder_then_taken_over_onc
     assert (run / LOCK).is_file()  # kill -9 leaves the file; the lock itself went with the process
     result = sit("train", "--resume", run, "--steps", 4)
     assert result.exit_code == 0, result.output
-    assert f"locked by sit train (pid {holder.pid}" in result.output and "no longer running; taken over" in result.output
+    assert (
+        f"locked by sit train (pid {holder.pid}" in result.output and "no longer running; taken over" in result.output
+    )
     assert not (run / LOCK).exists()
 
 

@@ -55,8 +55,11 @@ def test_tensorboard_and_offline_wandb_hold_the_numbers_of_log_csv(tmp_path, mon
     assert [e.step for e in board.Images("ema_samples")] == [3, 6]
 
     [file] = (run / "wandb").glob("offline-run-*/run-*.wandb")
-    history = [{item.key or "/".join(item.nested_key): item.value_json for item in r.history.item} for r in wandb_records(file)
-               if r.WhichOneof("record_type") == "history"]
+    history = [
+        {item.key or "/".join(item.nested_key): item.value_json for item in r.history.item}
+        for r in wandb_records(file)
+        if r.WhichOneof("record_type") == "history"
+    ]
     logged = [h for h in history if "train/loss" in h]
     assert [int(h["_step"]) for h in logged] == [2, 4, 6]
     for name in ("loss", "grad_norm"):
@@ -69,8 +72,9 @@ def test_a_logger_that_is_unknown_or_not_installed_is_refused_before_anything_is
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "a"), "--log", "csv,tensorbord"])
     assert result.exit_code == 2 and "csv, tensorboard, wandb" in result.output
     real = __import__("importlib.util").util.find_spec
-    monkeypatch.setattr("sitcli.training.loggers.importlib.util.find_spec",
-                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.setattr(
+        "sitcli.training.loggers.importlib.util.find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "b"), "--log", "wandb"])
     assert result.exit_code == 2 and "pip install 'sit[wandb]'" in result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -32,7 +32,9 @@ class TokenNorm(LossTerm):
         return batch.tokens[2].pow(2).mean(dim=(1, 2))
 
 
-@pytest.mark.parametrize("interpolant, prediction, weight", [("linear", "velocity", None), ("vp", "score", "likelihood")])
+@pytest.mark.parametrize(
+    "interpolant, prediction, weight", [("linear", "velocity", None), ("vp", "score", "likelihood")]
+)
 def test_the_regression_term_is_the_transport_loss_bit_for_bit(interpolant, prediction, weight):
     model, transport = tiny_model(), Transport(interpolant, prediction, weight)
     x1, y = torch.randn(6, 1, 8, 8), torch.randint(0, 4, (6,))
@@ -47,7 +49,9 @@ def test_a_term_gets_the_tokens_it_asks_for_and_is_weighted_into_the_total():
     model, transport = tiny_model(), Transport()
     x1, y = torch.randn(4, 1, 8, 8), torch.randint(0, 4, (4,))
     term = TokenNorm()
-    total, parts = step_losses(model, transport, [RegressionLoss(transport), term], x1, y, torch.Generator().manual_seed(0))
+    total, parts = step_losses(
+        model, transport, [RegressionLoss(transport), term], x1, y, torch.Generator().manual_seed(0)
+    )
     batch = term.seen[0]
     assert set(batch.tokens) == {2} and batch.tokens[2].shape == (4, 16, 32)
     assert torch.equal(batch.x_t, transport.interpolant.interpolate(x1, batch.noise, batch.t))
@@ -57,10 +61,13 @@ def test_a_term_gets_the_tokens_it_asks_for_and_is_weighted_into_the_total():
 
 
 def test_a_run_with_two_terms_logs_each(tmp_path, monkeypatch):
-    monkeypatch.setattr("sitcli.training.prepare.loss_terms",
-                        lambda cfg, transport, *model_and_encoders: [RegressionLoss(transport), TokenNorm()])
-    cfg = TrainConfig(data="digits", out=str(tmp_path / "run"), model="SiT-Ti/4", batch_size=16, steps=4, log_every=2,
-                      sample_every=0)
+    monkeypatch.setattr(
+        "sitcli.training.prepare.loss_terms",
+        lambda cfg, transport, *model_and_encoders: [RegressionLoss(transport), TokenNorm()],
+    )
+    cfg = TrainConfig(
+        data="digits", out=str(tmp_path / "run"), model="SiT-Ti/4", batch_size=16, steps=4, log_every=2, sample_every=0
+    )
     train(cfg, progress=False)
     header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0]
     assert header == "step,loss,loss_regression,loss_tokens,grad_norm,lr,steps_per_s,images_per_s,elapsed_s"

@@ -54,7 +54,12 @@ def test_the_jvp_through_sit_matches_central_differences():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    x, t, r, y = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([0.2, 0.5]).double(), torch.tensor([0.6, 0.9]).double(), torch.tensor([3, 4])
+    x, t, r, y = (
+        torch.randn(2, 1, 8, 8, dtype=torch.float64),
+        torch.tensor([0.2, 0.5]).double(),
+        torch.tensor([0.6, 0.9]).double(),
+        torch.tensor([3, 4]),
+    )
     v = torch.randn_like(x)
     u = lambda z, tt, rr: model(z, tt, y, r=rr)  # noqa: E731
     _, du_dt = meanflow.total_derivative(u, x, t, r, v)
@@ -104,18 +109,23 @@ def test_sampling_a_mean_flow_run_jumps_once_by_default(run, tmp_path):
     assert "NFE per sample 1.0" in result.output.replace("\n", " ")
     recorded = json.loads((tmp_path / "s" / "sample.json").read_text())
     assert (recorded["sampler"], recorded["method"], recorded["steps"]) == ("meanflow", "jump", 1)
-    two = sample(SampleConfig(ckpt=str(run), out=str(tmp_path / "two"), num=4, sampler="meanflow", steps=2), progress=False)
+    two = sample(
+        SampleConfig(ckpt=str(run), out=str(tmp_path / "two"), num=4, sampler="meanflow", steps=2), progress=False
+    )
     ode = sample(SampleConfig(ckpt=str(run), out=str(tmp_path / "ode"), num=4, method="euler", steps=3), progress=False)
     assert (two.nfe_per_sample, ode.nfe_per_sample) == (2, 3)  # the ODE runs u(z, t, t), the model's velocity
     loaded = load_model(run)
     assert loaded.checkpoint.arch["mean_flow"] and loaded.config.objective == "meanflow"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--atol", "1e-3"], "does not apply to the mean-flow sampler"),
-    (["--sampler", "meanflow", "--spacing", "cosine"], "does not apply to the mean-flow sampler"),
-    (["--sampler", "meanflow", "--method", "adams"], "unknown MEANFLOW method"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--atol", "1e-3"], "does not apply to the mean-flow sampler"),
+        (["--sampler", "meanflow", "--spacing", "cosine"], "does not apply to the mean-flow sampler"),
+        (["--sampler", "meanflow", "--method", "adams"], "unknown MEANFLOW method"),
+    ],
+)
 def test_sampler_flags_that_do_not_apply_are_refused_before_writing(run, tmp_path, args, message):
     result = runner.invoke(app, ["sample", "--ckpt", str(run), "--out", str(tmp_path / "s"), *args])
     assert result.exit_code == 2 and message in result.output.replace("\n", " "), result.output
@@ -142,18 +152,24 @@ def test_convert_round_trips_to_sit_and_refuses_the_others(run, tmp_path):
         assert not (tmp_path / f"x-{to}").exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--objective", "meanflow", "--prediction", "score"], "predicts the average velocity"),
-    (["--objective", "meanflow", "--num-timesteps", "100"], "continuous time"),
-    (["--objective", "meanflow", "--interpolant", "vp"], "linear or gvp"),
-    (["--objective", "meanflow", "--loss-weight", "velocity"], "adaptive weight"),
-    (["--objective", "meanflow", "--meanflow-share", "1.5"], "--meanflow-share 1.5: pass a finite number in [0, 1]"),
-    (["--objective", "meanflow", "--meanflow-c", "0"], "--meanflow-c 0.0: pass a finite number > 0"),
-    (["--objective", "meanflow", "--meanflow-p", "-1"], "--meanflow-p -1.0: pass a finite number >= 0"),
-    (["--objective", "meanflow", "--meanflow-omega", "0.5"], "--meanflow-omega 0.5: pass a finite number >= 1"),
-    (["--objective", "meanflow", "--meanflow-omega", "2", "--class-dropout-prob", "0"], "--class-dropout-prob > 0"),
-    (["--meanflow-omega", "2"], "add --objective meanflow"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--objective", "meanflow", "--prediction", "score"], "predicts the average velocity"),
+        (["--objective", "meanflow", "--num-timesteps", "100"], "continuous time"),
+        (["--objective", "meanflow", "--interpolant", "vp"], "linear or gvp"),
+        (["--objective", "meanflow", "--loss-weight", "velocity"], "adaptive weight"),
+        (
+            ["--objective", "meanflow", "--meanflow-share", "1.5"],
+            "--meanflow-share 1.5: pass a finite number in [0, 1]",
+        ),
+        (["--objective", "meanflow", "--meanflow-c", "0"], "--meanflow-c 0.0: pass a finite number > 0"),
+        (["--objective", "meanflow", "--meanflow-p", "-1"], "--meanflow-p -1.0: pass a finite number >= 0"),
+        (["--objective", "meanflow", "--meanflow-omega", "0.5"], "--meanflow-omega 0.5: pass a finite number >= 1"),
+        (["--objective", "meanflow", "--meanflow-omega", "2", "--class-dropout-prob", "0"], "--class-dropout-prob > 0"),
+        (["--meanflow-omega", "2"], "add --objective meanflow"),
+    ],
+)
 def test_train_refuses_combinations_that_make_no_sense_before_writing(tmp_path, flags, message):
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--steps", "1", *flags])
     assert result.exit_code == 2 and message in result.output.replace("\n", " "), result.output

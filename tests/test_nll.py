@@ -12,7 +12,7 @@ from sitcli.cli import app
 from sitcli.data import DigitsDataset
 from sitcli.errors import InputError
 from sitcli.models import SiT_models
-from sitcli.nll import bits_per_dim, dequantize, nll
+from sitcli.nll import bits_per_dim, dequantize, NllConfig, nll
 from sitcli.config import TrainConfig
 from sitcli.training import train
 
@@ -30,8 +30,20 @@ def test_untrained_model_gives_the_gaussian_prior_exactly(tmp_path):
     model = SiT_models["SiT-Ti/4"](input_size=8, in_channels=1, num_classes=10)
     save_file(model.state_dict(), tmp_path / "zero.safetensors")
     # Hutchinson's estimate of the divergence of a zero field is exactly 0 too, and cheap.
-    result = nll(str(tmp_path / "zero.safetensors"), data="digits", num=6, batch_size=6, method="euler", steps=2,
-                 divergence="hutchinson", progress=False, device="cpu", model="SiT-Ti/4")
+    result = nll(
+        NllConfig(
+            str(tmp_path / "zero.safetensors"),
+            data="digits",
+            num=6,
+            batch_size=6,
+            method="euler",
+            steps=2,
+            divergence="hutchinson",
+            model="SiT-Ti/4",
+        ),
+        progress=False,
+        device="cpu",
+    )
     g = torch.Generator().manual_seed(0)
     data = DigitsDataset()
     order = torch.randperm(len(data), generator=g)[:6].tolist()
@@ -44,8 +56,13 @@ def test_untrained_model_gives_the_gaussian_prior_exactly(tmp_path):
 @pytest.mark.slow
 def test_cli_scores_a_run(tmp_path):
     run = tmp_path / "run"
-    train(TrainConfig(data="digits", out=str(run), model="SiT-Ti/4", batch_size=16, steps=2, sample_every=0), progress=False)
-    result = CliRunner().invoke(app, ["nll", "--ckpt", str(run), "--limit", "4", "--method", "euler", "--steps", "3"])
+    train(
+        TrainConfig(data="digits", out=str(run), model="SiT-Ti/4", batch_size=16, steps=2, sample_every=0),
+        progress=False,
+    )
+    result = CliRunner().invoke(
+        app, ["nll", "--ckpt", str(run), "--num-samples", "4", "--method", "euler", "--steps", "3"]
+    )
     assert result.exit_code == 0, result.output
     value = float(result.stdout.split()[0])
     assert 0 < value < 20 and "bits/dim over 4 images" in result.output
@@ -55,4 +72,4 @@ def test_latent_models_are_refused(tmp_path):
     model = SiT_models["SiT-Ti/4"](input_size=8, in_channels=4, num_classes=10)
     save_file(model.state_dict(), tmp_path / "latent.safetensors")
     with pytest.raises(InputError, match="pixel-space"):
-        nll(str(tmp_path / "latent.safetensors"), data="digits", progress=False, model="SiT-Ti/4")
+        nll(NllConfig(str(tmp_path / "latent.safetensors"), data="digits", model="SiT-Ti/4"), progress=False)

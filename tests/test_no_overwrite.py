@@ -57,7 +57,16 @@ def test_cache_latents_refuses_a_non_empty_out_without_overwrite(vae_and_images,
     out.mkdir()
     np.save(out / "labels.npy", np.arange(3))  # someone else's file
     before = digest(out / "labels.npy")
-    flags = ["--data", vae_and_images / "images", "--vae", vae_and_images / "vae", "--image-size", 16, "--num-workers", 0]
+    flags = [
+        "--data",
+        vae_and_images / "images",
+        "--vae",
+        vae_and_images / "vae",
+        "--image-size",
+        16,
+        "--num-workers",
+        0,
+    ]
     result = sit("cache-latents", *flags, "--out", out)
     assert result.exit_code == 2 and "is not empty (it holds labels.npy)" in result.output, result.output
     assert "--overwrite" in result.output and digest(out / "labels.npy") == before
@@ -169,8 +178,13 @@ app(sys.argv[1:])
 def killed_halfway(script: str, *args) -> None:
     """Run ``script`` in a child python, kill -9 it once it has written half of its output."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = child.stdout.readline()
         assert line.strip() == "HALF", child.stderr.read()
@@ -193,8 +207,10 @@ def test_kill_9_during_convert_leaves_no_half_written_output(run, tmp_path, to):
     assert sit("convert", run, dst, "--to", to).exit_code == 0  # not refused: nothing is there
     # An existing DST replaced with --overwrite and killed halfway stays the old one.
     killed_halfway(HALF_CONVERT, to, "convert", run, dst, "--to", to, "--overwrite")
-    for a, b in zip(sorted(p for p in reference.rglob("*") if p.is_file()) or [reference],
-                    sorted(p for p in dst.rglob("*") if p.is_file()) or [dst]):
+    for a, b in zip(
+        sorted(p for p in reference.rglob("*") if p.is_file()) or [reference],
+        sorted(p for p in dst.rglob("*") if p.is_file()) or [dst],
+    ):
         assert a.name == b.name and digest(a) == digest(b)
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import sitcli.autoencoder
-import sitcli.latent_cache as lc
+import sitcli.data.latent_cache as lc
 from sitcli.config import TrainConfig
 from sitcli.data import ImageFolderDataset
 from sitcli.encoders import encoder_identity, load_encoder
@@ -20,7 +20,7 @@ from sitcli.errors import InputError
 from sitcli.training import train
 from helpers import dinov2_folder, final_state
 
-SIZE = 16  # pixels; the VAE halves it: 8x8 latents, SiT-Ti/2 sees a 4x4 token grid, as the encoder (patch 4) at 16 pixels
+SIZE = 16
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,17 @@ def folders(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("repa_cache")
     torch.manual_seed(0)
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                  latent_channels=4, norm_num_groups=4, sample_size=16).save_pretrained(root / "vae")
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    ).save_pretrained(root / "vae")
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
         (root / "images" / name).mkdir(parents=True)
@@ -43,8 +51,19 @@ def folders(tmp_path_factory):
 
 
 def cache(folders, out, *encoders, **kw):
-    return lc.cache_latents(str(folders / "images"), str(folders / "vae"), SIZE, str(out), batch_size=3, num_workers=0,
-                            seed=1, progress=False, shard_size=5, repa_encoder=[str(e) for e in encoders], **kw)
+    config = lc.CacheConfig(
+        str(folders / "images"),
+        str(folders / "vae"),
+        str(out),
+        SIZE,
+        batch_size=3,
+        num_workers=0,
+        seed=1,
+        shard_size=5,
+        repa_encoder=[str(e) for e in encoders],
+        **kw,
+    )
+    return lc.cache_latents(config, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +84,18 @@ def pixels(folders) -> torch.Tensor:
 def test_cache_stores_each_encoders_features_of_image_and_mirror(folders, caches, one_thread):
     manifest = json.loads((caches / "f32" / "latents.json").read_text())
     (entry,) = manifest["repa_features"]
-    assert entry == {"encoder": str((folders / "dino").resolve()), "sha256": encoder_identity(folders / "dino"),
-                     "file": "repa_features_0.npy", "requested_grid": 4, "grid": 4, "resolution": 16, "width": 32,
-                     "tokens": 16, "dtype": "float32", "fixed_resolution": False}
+    assert entry == {
+        "encoder": str((folders / "dino").resolve()),
+        "sha256": encoder_identity(folders / "dino"),
+        "file": "repa_features_0.npy",
+        "requested_grid": 4,
+        "grid": 4,
+        "resolution": 16,
+        "width": 32,
+        "tokens": 16,
+        "dtype": "float32",
+        "fixed_resolution": False,
+    }
     stored = np.load(caches / "f32" / "repa_features_0.npy")
     assert stored.shape == (8, 2, 16, 32) and stored.dtype == np.float32
     encoder, x = load_encoder(folders / "dino"), pixels(folders)
@@ -82,8 +110,19 @@ def test_cache_stores_each_encoders_features_of_image_and_mirror(folders, caches
 
 
 def run_config(out, data, **kw) -> TrainConfig:
-    settings = dict(model="SiT-Ti/2", steps=3, batch_size=4, lr=1e-3, ema_decay=0.9, num_workers=0, threads=1,
-                    sample_every=0, ckpt_every=3, log_every=1, repa_projector_dim=16)
+    settings = dict(
+        model="SiT-Ti/2",
+        steps=3,
+        batch_size=4,
+        lr=1e-3,
+        ema_decay=0.9,
+        num_workers=0,
+        threads=1,
+        sample_every=0,
+        ckpt_every=3,
+        log_every=1,
+        repa_projector_dim=16,
+    )
     return TrainConfig(data=str(data), out=str(out), **{**settings, **kw})
 
 
@@ -98,15 +137,25 @@ def test_training_on_cached_features_is_training_with_the_encoder_on_the_fly(fol
     # (drawing no noise), so that both runs see the same latents, batch order, flips, times and noise.
     latents = torch.from_numpy(np.load(caches / "f32" / "latents.npy")).float()
     x = pixels(folders)
-    lookup = {img.numpy().tobytes(): latents[i, f] for i in range(len(x))
-              for f, img in enumerate((x[i], x[i].flip(-1)))}
-    monkeypatch.setattr(sitcli.autoencoder, "encode", lambda vae, batch, generator=None: torch.stack(
-        [lookup[img.numpy().tobytes()] for img in batch]))
-    train(run_config(tmp_path / "live", folders / "images", image_size=SIZE, vae=str(folders / "vae"),
-                     repa_encoder=[enc]), progress=False)
+    lookup = {
+        img.numpy().tobytes(): latents[i, f] for i in range(len(x)) for f, img in enumerate((x[i], x[i].flip(-1)))
+    }
+    monkeypatch.setattr(
+        sitcli.autoencoder,
+        "encode",
+        lambda vae, batch, generator=None: torch.stack([lookup[img.numpy().tobytes()] for img in batch]),
+    )
+    train(
+        run_config(
+            tmp_path / "live", folders / "images", image_size=SIZE, vae=str(folders / "vae"), repa_encoder=[enc]
+        ),
+        progress=False,
+    )
 
     live, cached = final_state(tmp_path / "live")[1], final_state(tmp_path / "f32")[1]
-    losses = {p: [r.split(",")[:4] for r in (tmp_path / p / "log.csv").read_text().splitlines()] for p in ("live", "f32")}
+    losses = {
+        p: [r.split(",")[:4] for r in (tmp_path / p / "log.csv").read_text().splitlines()] for p in ("live", "f32")
+    }
     assert losses["f32"][0][3] == "loss_alignment" and losses["live"] == losses["f32"]  # to the 6 digits logged
     # float32 features: the same weights as on the fly to float32 rounding (the encoder ran on other batches).
     for key in ("model", "ema"):
@@ -119,7 +168,9 @@ def test_training_on_cached_features_is_training_with_the_encoder_on_the_fly(fol
 
 
 def test_a_cache_without_the_encoders_features_is_refused_naming_the_command(folders, caches, tmp_path):
-    with pytest.raises(InputError, match=r"has no features of encoder .*dino.*sit cache-latents --data .* --repa-encoder") as err:
+    with pytest.raises(
+        InputError, match=r"has no features of encoder .*dino.*sit cache-latents --data .* --repa-encoder"
+    ) as err:
         train(run_config(tmp_path / "run", caches / "plain", repa_encoder=[str(folders / "dino")]), progress=False)
     assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
     other = tmp_path / "other"
@@ -133,8 +184,10 @@ def test_a_cache_without_the_encoders_features_is_refused_naming_the_command(fol
 
 
 def test_cached_grid_other_than_sits_is_interpolated_with_a_note(folders, caches, tmp_path, capsys):
-    train(run_config(tmp_path / "run", caches / "f32", repa_encoder=[str(folders / "dino")], model="SiT-Ti/4", steps=1),
-          progress=False)
+    train(
+        run_config(tmp_path / "run", caches / "f32", repa_encoder=[str(folders / "dino")], model="SiT-Ti/4", steps=1),
+        progress=False,
+    )
     out = capsys.readouterr().out
     assert "gives a 4x4 token grid at 16 pixels; SiT's is 2x2" in out and "--repa-grid 2" in out
     with pytest.raises(InputError, match="--repa-dtype"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sitcli.config import SampleConfig
-from sitcli.convert import convert
+from sitcli.convert import ConvertConfig, convert
 from sitcli.loading import load_model
 from sitcli.sample import sample
 from sitcli.transport import Transport
@@ -30,7 +30,9 @@ def repa_euler(u, x, y, steps):
 
 
 @pytest.mark.parametrize("path_type, interpolant", [("linear", "linear"), ("cosine", "gvp")])
-def test_converted_model_is_minus_u_at_one_minus_t_and_samples_like_repas_euler(tmp_path, path_type, interpolant, one_thread):
+def test_converted_model_is_minus_u_at_one_minus_t_and_samples_like_repas_euler(
+    tmp_path, path_type, interpolant, one_thread
+):
     path, u = repa_file(tmp_path, path_type)
     loaded = load_model(path, num_heads=2)
     assert loaded.transport.interpolant.name == interpolant and loaded.checkpoint.format == "repa"
@@ -59,10 +61,10 @@ TI = dict(hidden_size=96, num_heads=4, depth=4)  # SiT-Ti/2's layout: a sit run 
 
 def test_repa_checkpoint_converts_without_projectors_and_back(tmp_path, one_thread):
     path, _ = repa_file(tmp_path, model="SiT-Ti/2", **TI)
-    convert(path, tmp_path / "run", dst_format="sit")
+    convert(ConvertConfig(path, tmp_path / "run", dst_format="sit"))
     assert load_model(tmp_path / "run").transport.interpolant.name == "linear"
     official = tmp_path / "official.pt"
-    convert(path, official, dst_format="official")
+    convert(ConvertConfig(path, official, dst_format="official"))
     exported = torch.load(official, weights_only=True)
     assert not any(k.startswith("projectors.") for k in exported)
     # Back in as an official SiT file, it is the sit-time model: no second flip.

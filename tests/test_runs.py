@@ -9,8 +9,16 @@ from sitcli import runs
 
 def _save(run, step, **kw):
     w = {"a": torch.full((2,), float(step))}
-    return runs.save_checkpoint(run, step, w, w, {"state": {}, "param_groups": []}, {"r": torch.zeros(3, dtype=torch.uint8)},
-                                      {"step": step}, **kw)
+    return runs.save_checkpoint(
+        run,
+        step,
+        w,
+        w,
+        {"state": {}, "param_groups": []},
+        {"r": torch.zeros(3, dtype=torch.uint8)},
+        {"step": step},
+        **kw,
+    )
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -14,7 +14,7 @@ from sitcli.config import SampleConfig, TrainConfig
 from sitcli.errors import InputError
 from sitcli.runtime import tf32
 from sitcli.sample import sample
-from sitcli.training import loop, resume_config, train
+from sitcli.training import loop, train
 
 runner = CliRunner()
 TINY = dict(data="digits", model="SiT-Ti/4", batch_size=16, lr=1e-3, log_every=1, ckpt_every=2, sample_every=0)
@@ -77,31 +77,14 @@ def test_training_runs_under_its_tf32_setting_and_records_it(tmp_path, monkeypat
     assert json.loads((tmp_path / "off" / runs.CONFIG).read_text())["tf32"] is False
 
 
-@pytest.mark.slow
-def test_a_run_from_before_the_setting_resumes_in_full_float32(tmp_path, monkeypatch, one_thread):
-    train(TrainConfig(out=str(tmp_path / "old"), steps=2, **TINY), progress=False)
-    path = tmp_path / "old" / runs.CONFIG
-    saved = json.loads(path.read_text())
-    del saved["tf32"], saved["grad_checkpointing"]  # a config.json written before either setting existed
-    path.write_text(json.dumps(saved))
-    cfg = resume_config(tmp_path / "old", {"steps": 3})
-    assert cfg.tf32 is False and cfg.grad_checkpointing is False
-    seen = spy_on_training_steps(monkeypatch)
-    train(cfg, resume=True, progress=False)
-    assert seen == [("ieee", "ieee")]
-    assert json.loads(path.read_text())["tf32"] is False
-    assert resume_config(tmp_path / "old", {"steps": 4, "tf32": True}).tf32 is True  # a resumable setting
-
-
-def test_sampling_records_tf32_and_an_old_folder_keeps_full_float32(tmp_path, monkeypatch, one_thread):
+def test_sampling_records_tf32_and_a_no_tf32_folder_is_filled_in_full_float32(tmp_path, monkeypatch, one_thread):
     train(TrainConfig(out=str(tmp_path / "run"), steps=2, **TINY), progress=False)
+    sample(SampleConfig(ckpt=str(tmp_path / "run"), out=str(tmp_path / "on"), num=2, batch_size=2, steps=2,
+                        method="euler"), progress=False)
+    assert json.loads((tmp_path / "on" / "sample.json").read_text())["tf32"] is True
     out = tmp_path / "samples"
-    sample(SampleConfig(ckpt=str(tmp_path / "run"), out=str(out), num=2, batch_size=2, steps=2, method="euler"),
-           progress=False)
-    settings = json.loads((out / "sample.json").read_text())
-    assert settings["tf32"] is True
-    del settings["tf32"]  # a folder filled before the setting existed: its images were drawn in full float32
-    (out / "sample.json").write_text(json.dumps(settings))
+    sample(SampleConfig(ckpt=str(tmp_path / "run"), out=str(out), num=2, batch_size=2, steps=2, method="euler",
+                        tf32=False), progress=False)
     with pytest.raises(InputError, match="drawn with --no-tf32; pass --no-tf32 to add to it"):
         sample(SampleConfig(ckpt=str(tmp_path / "run"), out=str(out), num=3, batch_size=2, steps=2, method="euler"),
                progress=False)

@@ -123,7 +123,14 @@ def test_make_grid_upscales_small_images():
 def test_cli_refuses_bad_sampling_flags_before_writing(tiny_run, tmp_path, args, message):
     other = SiT_models["SiT-Ti/4"](input_size=4, in_channels=1, num_classes=10)  # another latent shape
     save_file(other.state_dict(), tmp_path / "other.safetensors")
-    result = sit("sample", "--ckpt", tiny_run, "--out", tmp_path / "x", *[str(a).format(run=tiny_run, tmp=tmp_path) for a in args])
+    result = sit(
+        "sample",
+        "--ckpt",
+        tiny_run,
+        "--out",
+        tmp_path / "x",
+        *[str(a).format(run=tiny_run, tmp=tmp_path) for a in args],
+    )
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
     assert not (tmp_path / "x").exists()
 
@@ -146,8 +153,19 @@ def test_pt_file_whose_name_does_not_tell_sit_from_dit_samples_with_from(tiny_ru
     result = sit("sample", "--ckpt", tmp_path / "weights.pt", "--out", tmp_path / "x", "--num", 2, "--steps", 2)
     assert result.exit_code == 2 and "--from official" in result.output, result.output
     assert not (tmp_path / "x").exists()
-    result = sit("sample", "--ckpt", tmp_path / "weights.pt", "--from", "official", "--out", tmp_path / "pt",
-                 "--num", 2, "--steps", 2)
+    result = sit(
+        "sample",
+        "--ckpt",
+        tmp_path / "weights.pt",
+        "--from",
+        "official",
+        "--out",
+        tmp_path / "pt",
+        "--num",
+        2,
+        "--steps",
+        2,
+    )
     assert result.exit_code == 0, result.output
     assert_same_images(pngs(tmp_path / "pt"), pngs(_ref(tiny_run, tmp_path)))
 
@@ -168,8 +186,10 @@ def test_adams_from_the_cli_costs_one_evaluation_per_step(tiny_run, tmp_path):
 
 def test_time_shift_one_and_a_guide_equal_to_the_model_change_no_image(tiny_run, tmp_path):
     ref = pngs(_ref(tiny_run, tmp_path))
-    for name, flags in (("s1", ["--time-shift", 1]),
-                        ("self", ["--guidance-model", tiny_run, "--guidance-scale", 2.5, "--cfg-interval", 0.2, 0.9])):
+    for name, flags in (
+        ("s1", ["--time-shift", 1]),
+        ("self", ["--guidance-model", tiny_run, "--guidance-scale", 2.5, "--cfg-interval", 0.2, 0.9]),
+    ):
         result = sit("sample", "--ckpt", tiny_run, "--out", tmp_path / name, "--num", 2, "--steps", 2, *flags)
         assert result.exit_code == 0, result.output
         got = pngs(tmp_path / name)
@@ -182,30 +202,52 @@ def test_time_shift_one_and_a_guide_equal_to_the_model_change_no_image(tiny_run,
 
 def test_shifted_edm_and_autoguided_sampling_from_the_cli(tiny_run, tmp_path):
     early = tiny_run / "checkpoints" / "0000003" / "model.safetensors"  # the raw weights as a weaker guide
-    for name, flags, nfe in (("shift", ["--time-shift", 3, "--method", "heun", "--steps", 4], 8),
-                             ("edm", ["--spacing", "edm", "--sampler", "sde", "--steps", 5], 5),
-                             ("auto", ["--guidance-model", early, "--guidance-scale", 2, "--steps", 3], 6)):
+    for name, flags, nfe in (
+        ("shift", ["--time-shift", 3, "--method", "heun", "--steps", 4], 8),
+        ("edm", ["--spacing", "edm", "--sampler", "sde", "--steps", 5], 5),
+        ("auto", ["--guidance-model", early, "--guidance-scale", 2, "--steps", 3], 6),
+    ):
         result = sit("sample", "--ckpt", tiny_run, "--out", tmp_path / name, "--num", 2, *flags)
         assert result.exit_code == 0, result.output
         assert f"NFE per sample {nfe:.1f}" in " ".join(result.output.split()), result.output
-    result = sit("sample", "--ckpt", tiny_run, "--out", tmp_path / "cfg", "--num", 2, "--steps", 2, "--cfg-scale", 2,
-                 "--cfg-interval", 0, 0.7, "--cfg-interval-in", "repa")
+    result = sit(
+        "sample",
+        "--ckpt",
+        tiny_run,
+        "--out",
+        tmp_path / "cfg",
+        "--num",
+        2,
+        "--steps",
+        2,
+        "--cfg-scale",
+        2,
+        "--cfg-interval",
+        0,
+        0.7,
+        "--cfg-interval-in",
+        "repa",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "cfg" / "sample.json").read_text())["cfg_interval_in"] == "repa"
 
 
-def test_a_folder_from_an_older_sit_can_be_filled_in(tiny_run, tmp_path):
-    """An ODE folder whose sample.json predates newer settings (and the SDE's new default last step)
-    takes more images with today's defaults; a setting that changes images is still refused."""
-    out = tmp_path / "old"
-    sample(SampleConfig(ckpt=str(tiny_run), out=str(out), num=2, steps=3, tf32=False), progress=False)
-    saved = json.loads((out / "sample.json").read_text())
-    for key in ("time_shift", "spacing", "guidance_model", "cfg_interval_in", "tf32"):
-        saved.pop(key, None)
-    saved["last_step"] = "mean"  # the SDE default when the folder was drawn; an ODE never reads it
-    (out / "sample.json").write_text(json.dumps(saved))
-    (out / "000001.png").unlink()
-    result = sample(SampleConfig(ckpt=str(tiny_run), out=str(out), num=3, steps=3, tf32=False), progress=False)
-    assert result.new == 2
-    with pytest.raises(InputError, match="steps differ"):
-        sample(SampleConfig(ckpt=str(tiny_run), out=str(out), num=3, steps=4, tf32=False), progress=False)
+@pytest.mark.parametrize("grid", ["x.txt", "x.svg", "x.npz", "folder"])
+def test_a_grid_that_cannot_be_written_is_refused_before_anything_is_drawn(tiny_run, tmp_path, grid):
+    (tmp_path / "folder").mkdir()
+    result = sit(
+        "sample", "--ckpt", tiny_run, "--out", tmp_path / "s", "--num", 2, "--steps", 2, "--grid", tmp_path / grid
+    )
+    assert result.exit_code == 2 and "--grid" in result.output and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+    if grid != "folder":
+        assert ".png" in result.output and ".jpg" in result.output
+
+
+def test_a_tif_grid_is_written(tiny_run, tmp_path):
+    result = sit(
+        "sample", "--ckpt", tiny_run, "--out", tmp_path / "s", "--num", 2, "--steps", 2, "--grid", tmp_path / "grid.tif"
+    )
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "grid.tif").format == "TIFF"

@@ -208,9 +208,9 @@ def test_sde_bad_arguments_are_clear_errors():
     model = GM.model("linear", "velocity")
     with pytest.raises(InputError, match="unknown diffusion coefficient"):
         sample_sde(tr, model, noise(2), w="cosine")
-    with pytest.raises(InputError, match="unknown last step"):
+    with pytest.raises(ValueError, match="unknown last step"):
         sample_sde(tr, model, noise(2), last_step="ddim")
-    with pytest.raises(InputError, match="last_step_size"):
+    with pytest.raises(InputError, match="last-step-size"):
         sample_sde(tr, model, noise(2), last_step_size=1.5)
     with pytest.raises(InputError, match="choose euler or heun"):
         sample_sde(tr, model, noise(2), method="milstein")

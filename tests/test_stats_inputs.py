@@ -29,10 +29,18 @@ def write_stats(path, **arrays):
 
 GOOD = dict(mu=np.zeros(D), sigma=covariance())
 BAD_STATS = {
-    "-5 I": (dict(sigma=-5 * np.eye(D)), "sigma is not a covariance matrix (not positive semi-definite: smallest eigenvalue -5"),
-    "one negative eigenvalue": (dict(sigma=covariance() - 2 * np.outer(np.eye(D)[0], np.eye(D)[0]) * covariance().max()),
-                                "not positive semi-definite"),
-    "not symmetric": (dict(sigma=covariance() + np.triu(np.ones((D, D)), 1)), "sigma is not a covariance matrix (not symmetric"),
+    "-5 I": (
+        dict(sigma=-5 * np.eye(D)),
+        "sigma is not a covariance matrix (not positive semi-definite: smallest eigenvalue -5",
+    ),
+    "one negative eigenvalue": (
+        dict(sigma=covariance() - 2 * np.outer(np.eye(D)[0], np.eye(D)[0]) * covariance().max()),
+        "not positive semi-definite",
+    ),
+    "not symmetric": (
+        dict(sigma=covariance() + np.triu(np.ones((D, D)), 1)),
+        "sigma is not a covariance matrix (not symmetric",
+    ),
     "sigma NaN": (dict(sigma=np.where(np.eye(D) > 0, np.nan, covariance())), "contain NaN or inf"),
     "mu inf": (dict(mu=np.full(D, np.inf)), "contain NaN or inf"),
     "sigma (d, d+1)": (dict(sigma=np.zeros((D, D + 1))), "expected (d,) and (d, d)"),
@@ -56,8 +64,16 @@ def test_bad_statistics_are_one_line_input_errors(tmp_path, case):
     assert result.exit_code == 2 and message.split(" (")[0] in " ".join(result.output.split()), result.output
 
 
-@pytest.mark.parametrize("sigma", [covariance(), covariance(rank=3), np.zeros((D, D)), covariance().astype(np.float32),
-                                   np.diag([1e6, 1, 1e-6, 0, 0, 0])])
+@pytest.mark.parametrize(
+    "sigma",
+    [
+        covariance(),
+        covariance(rank=3),
+        np.zeros((D, D)),
+        covariance().astype(np.float32),
+        np.diag([1e6, 1, 1e-6, 0, 0, 0]),
+    ],
+)
 def test_real_covariances_pass_including_rank_deficient_and_float32(tmp_path, sigma):
     """Estimates from fewer samples than dimensions are singular: round-off below zero is within the tolerance."""
     assert check_covariance(np.asarray(sigma, dtype=np.float64)) is None
@@ -76,7 +92,8 @@ def test_the_tolerance_is_relative_to_the_scale():
 
 
 def images_npz(path, shape, data_bytes=None, compress=False):
-    """An images .npz whose arr_0 header says ``shape`` and whose data is ``data_bytes`` (default: as many as it says)."""
+    """An images .npz whose arr_0 header says ``shape`` and whose data is ``data_bytes`` (default: as many as it
+    says)."""
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
     n = int(np.prod(shape)) if data_bytes is None else data_bytes
@@ -85,14 +102,17 @@ def images_npz(path, shape, data_bytes=None, compress=False):
     return path
 
 
-@pytest.mark.parametrize("shape,data,compress,message", [
-    ((10, 8, 8, 3), 100, False, "header describes shape (10, 8, 8, 3) (1920 bytes) but holds 100 bytes"),
-    ((10, 8, 8, 3), 100, True, "header describes shape (10, 8, 8, 3) (1920 bytes) but holds 100 bytes"),
-    ((10, 8, 8, 3), 5000, False, "header describes shape (10, 8, 8, 3) (1920 bytes) but holds 5000 bytes"),
-    ((4, 0, 0, 3), None, False, "none of them 0"),
-    ((0, 8, 8, 3), None, False, "none of them 0"),
-    ((4, 8, 8, 1), None, False, "expected uint8 images of shape (N, H, W, 3)"),
-])
+@pytest.mark.parametrize(
+    "shape,data,compress,message",
+    [
+        ((10, 8, 8, 3), 100, False, "header describes shape (10, 8, 8, 3) (1920 bytes) but holds 100 bytes"),
+        ((10, 8, 8, 3), 100, True, "header describes shape (10, 8, 8, 3) (1920 bytes) but holds 100 bytes"),
+        ((10, 8, 8, 3), 5000, False, "header describes shape (10, 8, 8, 3) (1920 bytes) but holds 5000 bytes"),
+        ((4, 0, 0, 3), None, False, "none of them 0"),
+        ((0, 8, 8, 3), None, False, "none of them 0"),
+        ((4, 8, 8, 1), None, False, "expected uint8 images of shape (N, H, W, 3)"),
+    ],
+)
 def test_images_npz_whose_header_lies_or_with_zero_sized_images(tmp_path, shape, data, compress, message):
     path = images_npz(tmp_path / "images.npz", shape, data, compress)
     with pytest.raises(InputError) as err:

@@ -95,16 +95,34 @@ def shrunk_for_ranks(command: str, world: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo"
+)
 def test_every_documented_torchrun_command_runs_on_two_ranks(tmp_path):
     build_world(tmp_path)
     commands = tmp_path / "commands.jsonl"
-    commands.write_text("".join(json.dumps(shrunk_for_ranks(c, tmp_path)) + "\n" for c in documented_torchrun_commands()))
+    commands.write_text(
+        "".join(json.dumps(shrunk_for_ranks(c, tmp_path)) + "\n" for c in documented_torchrun_commands())
+    )
     here = Path(__file__).parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(here / "ddp_jobs.py"), "cli", str(commands)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(here / "ddp_jobs.py"),
+            "cli",
+            str(commands),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, commands.read_text() + proc.stderr[-3000:]
     samples = next(tmp_path.glob("samples/*"))
     assert len(list(samples.glob("*.png"))) == 10 and (samples / "samples.npz").is_file()

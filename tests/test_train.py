@@ -155,23 +155,29 @@ def test_cli_run_folder(finished_run):
     assert sorted(p.name for p in (finished_run / "samples").glob("*.png")) == ["000000.png", "000001.png"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--out", "{run}"], "already a run"),
-    (["--resume", "{run}"], "already finished"),
-    (["--resume", "{run}", "--steps", 4, "--interpolant", "vp"], "keeps its settings"),
-    (["--resume", "{run}", "--out", "{tmp}/other"], "different folders"),
-    (["--resume", "{tmp}"], "not a sit run"),
-    (["--out", "{tmp}/new", "--model", "SiT-Q/2"], "unknown model"),
-    (["--out", "{tmp}/new", "--interpolant", "cosine"], "interpolant"),
-    (["--out", "{tmp}/new", "--data", "{tmp}/missing"], "does not exist"),
-    (["--out", "{tmp}/new", "--precision", "fp16", "--device", "cpu"], "CUDA"),
-    (["--out", "{tmp}/new", "--model", "SiT-Ti/8", "--image-size", 12], "divisible by its patch size"),
-    (["--out", "{tmp}/new", "--vae", "{tmp}"], "drop --vae"),
-    (["--out", "{tmp}/new", "--time-density", "lognorm"], "'lognorm' is not one of"),
-    (["--out", "{tmp}/new", "--logit-mean", 0.5], "time density uniform takes no logit_mean"),
-    (["--out", "{tmp}/new", "--time-density", "mode", "--mode-scale", 3], "--mode-scale 3.0: pass a finite number in [-1, 1.75]"),
-    (["--resume", "{run}", "--steps", 4, "--time-density", "cosmap"], "keeps its settings"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "{run}"], "already a run"),
+        (["--resume", "{run}"], "already finished"),
+        (["--resume", "{run}", "--steps", 4, "--interpolant", "vp"], "keeps its settings"),
+        (["--resume", "{run}", "--out", "{tmp}/other"], "different folders"),
+        (["--resume", "{tmp}"], "not a sit run"),
+        (["--out", "{tmp}/new", "--model", "SiT-Q/2"], "unknown model"),
+        (["--out", "{tmp}/new", "--interpolant", "cosine"], "interpolant"),
+        (["--out", "{tmp}/new", "--data", "{tmp}/missing"], "does not exist"),
+        (["--out", "{tmp}/new", "--precision", "fp16", "--device", "cpu"], "CUDA"),
+        (["--out", "{tmp}/new", "--model", "SiT-Ti/8", "--image-size", 12], "divisible by its patch size"),
+        (["--out", "{tmp}/new", "--vae", "{tmp}"], "drop --vae"),
+        (["--out", "{tmp}/new", "--time-density", "lognorm"], "'lognorm' is not one of"),
+        (["--out", "{tmp}/new", "--logit-mean", 0.5], "time density uniform takes no logit_mean"),
+        (
+            ["--out", "{tmp}/new", "--time-density", "mode", "--mode-scale", 3],
+            "--mode-scale 3.0: pass a finite number in [-1, 1.75]",
+        ),
+        (["--resume", "{run}", "--steps", 4, "--time-density", "cosmap"], "keeps its settings"),
+    ],
+)
 def test_cli_refuses_bad_input_without_writing(finished_run, tmp_path, args, message):
     before = sorted(str(p) for p in finished_run.rglob("*"))
     result = sit("train", *[str(a).format(run=finished_run, tmp=tmp_path) for a in args])

@@ -44,21 +44,67 @@ def test_cache_train_and_sample_in_latent_space(vae_and_images, tmp_path):
 
 
 def test_train_with_vae_on_the_fly(vae_and_images, tmp_path):
-    result = sit("train", "--data", vae_and_images / "images", "--vae", vae_and_images / "vae", "--image-size", 16, "--out", tmp_path / "run",
-                 "--model", "SiT-Ti/4", "--steps", 1, "--batch-size", 4, "--sample-every", 0, "--num-workers", 0)
+    result = sit(
+        "train",
+        "--data",
+        vae_and_images / "images",
+        "--vae",
+        vae_and_images / "vae",
+        "--image-size",
+        16,
+        "--out",
+        tmp_path / "run",
+        "--model",
+        "SiT-Ti/4",
+        "--steps",
+        1,
+        "--batch-size",
+        4,
+        "--sample-every",
+        0,
+        "--num-workers",
+        0,
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["in_channels"] == 4
 
 
 def test_missing_vae_is_a_clear_error(vae_and_images, tmp_path):
-    result = sit("train", "--data", vae_and_images / "images", "--vae", tmp_path / "novae", "--image-size", 16, "--out", tmp_path / "run")
+    result = sit(
+        "train",
+        "--data",
+        vae_and_images / "images",
+        "--vae",
+        tmp_path / "novae",
+        "--image-size",
+        16,
+        "--out",
+        tmp_path / "run",
+    )
     assert result.exit_code == 2 and "no VAE at" in result.output
     assert not (tmp_path / "run").exists()
 
 
 def test_train_on_pixels_of_an_image_folder_with_loader_workers(vae_and_images, tmp_path):
-    result = sit("train", "--data", vae_and_images / "images", "--image-size", 8, "--out", tmp_path / "run", "--model", "SiT-Ti/4",
-                 "--steps", 2, "--batch-size", 4, "--sample-every", 2, "--num-workers", 1)
+    result = sit(
+        "train",
+        "--data",
+        vae_and_images / "images",
+        "--image-size",
+        8,
+        "--out",
+        tmp_path / "run",
+        "--model",
+        "SiT-Ti/4",
+        "--steps",
+        2,
+        "--batch-size",
+        4,
+        "--sample-every",
+        2,
+        "--num-workers",
+        1,
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "run" / "grids" / "0000002.png").mode == "RGB"
 
@@ -67,15 +113,53 @@ def test_alignment_term_reads_pixels_with_a_vae_and_refuses_a_cache_without_feat
     from test_encoders import dinov2_folder
 
     dinov2_folder(tmp_path / "dino")
-    common = ["--model", "SiT-Ti/4", "--steps", 1, "--batch-size", 4, "--sample-every", 0, "--num-workers", 0,
-              "--repa-encoder", tmp_path / "dino", "--repa-projector-dim", 8]
-    result = sit("train", "--data", vae_and_images / "images", "--vae", vae_and_images / "vae", "--image-size", 16,
-                 "--out", tmp_path / "run", *common)
+    common = [
+        "--model",
+        "SiT-Ti/4",
+        "--steps",
+        1,
+        "--batch-size",
+        4,
+        "--sample-every",
+        0,
+        "--num-workers",
+        0,
+        "--repa-encoder",
+        tmp_path / "dino",
+        "--repa-projector-dim",
+        8,
+    ]
+    result = sit(
+        "train",
+        "--data",
+        vae_and_images / "images",
+        "--vae",
+        vae_and_images / "vae",
+        "--image-size",
+        16,
+        "--out",
+        tmp_path / "run",
+        *common,
+    )
     assert result.exit_code == 0, result.output
     assert "loss_alignment" in (tmp_path / "run" / "log.csv").read_text().splitlines()[0]
     cache = tmp_path / "cache"
-    assert sit("cache-latents", "--data", vae_and_images / "images", "--vae", vae_and_images / "vae", "--out", cache,
-               "--image-size", 16, "--num-workers", 0).exit_code == 0
+    assert (
+        sit(
+            "cache-latents",
+            "--data",
+            vae_and_images / "images",
+            "--vae",
+            vae_and_images / "vae",
+            "--out",
+            cache,
+            "--image-size",
+            16,
+            "--num-workers",
+            0,
+        ).exit_code
+        == 0
+    )
     result = sit("train", "--data", cache, "--out", tmp_path / "run2", *common)
     # A cache made without the encoder's features: refused, naming the command that stores them.
     assert result.exit_code == 2 and "has no features of encoder" in result.output and "--repa-encoder" in result.output

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from sitcli.cli import app
 from sitcli.config import TrainConfig
-from sitcli.evaluate import evaluate
+from sitcli.evaluate import FidConfig, evaluate
 from sitcli.training import resume_config, train
 from sitcli.training.reports import read_log
 from helpers import assert_same_state, final_state, random_inception_state
@@ -27,15 +27,31 @@ def reference(tmp_path_factory):
     torch.save(random_inception_state(), weights)
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     np.savez(folder / "images.npz", arr_0=images)
-    evaluate(str(folder / "images.npz"), None, None, save_stats=str(folder / "stats.npz"),
-             inception_weights=str(weights), num_workers=0, device="cpu")
+    evaluate(
+        FidConfig(
+            str(folder / "images.npz"),
+            None,
+            None,
+            save_stats=str(folder / "stats.npz"),
+            inception_weights=str(weights),
+            num_workers=0,
+        ),
+        device="cpu",
+    )
     return weights, folder / "stats.npz"
 
 
 def evaluating(reference, **kw):
     weights, stats = reference
-    return dict(eval_every=2, eval_num=3, eval_ref=str(stats), eval_method="euler", eval_steps=2,
-                inception_weights=str(weights), **kw)
+    return dict(
+        eval_every=2,
+        eval_num=3,
+        eval_ref=str(stats),
+        eval_method="euler",
+        eval_steps=2,
+        inception_weights=str(weights),
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -43,8 +59,9 @@ def test_evaluating_during_training_changes_no_weight_and_marks_the_best(tmp_pat
     train(TrainConfig(out=str(tmp_path / "plain"), steps=4, **TINY), progress=False)
     train(TrainConfig(out=str(tmp_path / "eval"), steps=4, **TINY, **evaluating(reference)), progress=False)
     assert assert_same_state(final_state(tmp_path / "plain")[1], final_state(tmp_path / "eval")[1]) is None
-    assert (tmp_path / "plain" / "log.csv").read_text().splitlines()[1:][0].split(",")[:3] == \
-        (tmp_path / "eval" / "log.csv").read_text().splitlines()[1:][0].split(",")[:3]
+    assert (tmp_path / "plain" / "log.csv").read_text().splitlines()[1:][0].split(",")[:3] == (
+        tmp_path / "eval" / "log.csv"
+    ).read_text().splitlines()[1:][0].split(",")[:3]
     rows = read_log(tmp_path / "eval" / "eval.csv")
     assert [r["step"] for r in rows] == [2, 4]
     assert all(math.isfinite(r["fid"]) and r["fid"] > 0 and r["eval_s"] > 0 for r in rows)
@@ -71,8 +88,20 @@ def test_evaluation_without_reference_statistics_is_refused_before_anything_is_w
     runner = CliRunner()
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "a"), "--eval-every", "2"])
     assert result.exit_code == 2 and "--eval-ref" in result.output
-    result = runner.invoke(app, ["train", "--out", str(tmp_path / "b"), "--eval-every", "2", "--eval-ref",
-                                 str(reference[0]), "--inception-weights", str(reference[0])])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--out",
+            str(tmp_path / "b"),
+            "--eval-every",
+            "2",
+            "--eval-ref",
+            str(reference[0]),
+            "--inception-weights",
+            str(reference[0]),
+        ],
+    )
     assert result.exit_code == 2 and "holds no 2048-d Inception statistics" in result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -81,8 +110,10 @@ def test_evaluation_without_reference_statistics_is_refused_before_anything_is_w
 def test_inception_score_and_sfid_come_from_the_same_samples(tmp_path, reference, one_thread):
     """--eval-metrics is,sfid adds columns from the same samples (the FID does not move); kid is refused up front."""
     train(TrainConfig(out=str(tmp_path / "fid"), steps=2, **TINY, **evaluating(reference)), progress=False)
-    train(TrainConfig(out=str(tmp_path / "more"), steps=2, **TINY, **evaluating(reference, eval_metrics="is,sfid")),
-          progress=False)
+    train(
+        TrainConfig(out=str(tmp_path / "more"), steps=2, **TINY, **evaluating(reference, eval_metrics="is,sfid")),
+        progress=False,
+    )
     plain, more = read_log(tmp_path / "fid" / "eval.csv"), read_log(tmp_path / "more" / "eval.csv")
     header = (tmp_path / "more" / "eval.csv").read_text().splitlines()[0]
     assert header == "step,fid,is,is_std,sfid,eval_s"
@@ -90,6 +121,8 @@ def test_inception_score_and_sfid_come_from_the_same_samples(tmp_path, reference
     assert more[0]["is"] > 1 and more[0]["is_std"] == 0  # 3 samples: one split, whose score exceeds 1 unless all agree
     assert math.isfinite(more[0]["sfid"]) and more[0]["sfid"] > 0
     with pytest.raises(Exception, match="--eval-metrics 'kid'"):
-        train(TrainConfig(out=str(tmp_path / "bad"), steps=2, **TINY, **evaluating(reference, eval_metrics="kid")),
-              progress=False)
+        train(
+            TrainConfig(out=str(tmp_path / "bad"), steps=2, **TINY, **evaluating(reference, eval_metrics="kid")),
+            progress=False,
+        )
     assert not (tmp_path / "bad").exists()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sitcli.config import SampleConfig, TrainConfig
-from sitcli.convert import convert
-from sitcli.evaluate import evaluate
+from sitcli.convert import ConvertConfig, convert
+from sitcli.evaluate import FidConfig, evaluate
 from sitcli.sample import sample
 from sitcli.training import train
 
@@ -57,9 +57,13 @@ def test_runs_samples_statistics_and_conversions_honour_the_umask(tmp_path, umas
     assert_modes(tmp_path / "samples", umask)
     stats = tmp_path / "stats"
     stats.mkdir()
-    evaluate(tmp_path / "samples", save_stats=stats / "ref.npz", inception_weights=inception_weights, num_workers=0,
-             device="cpu")
+    evaluate(
+        FidConfig(
+            tmp_path / "samples", save_stats=stats / "ref.npz", inception_weights=inception_weights, num_workers=0
+        ),
+        device="cpu",
+    )
     assert_modes(stats, umask)
-    convert(run, tmp_path / "converted" / "SiT-Ti-4.pt")
-    convert(run, tmp_path / "converted" / "sit", dst_format="sit")
+    convert(ConvertConfig(run, tmp_path / "converted" / "SiT-Ti-4.pt"))
+    convert(ConvertConfig(run, tmp_path / "converted" / "sit", dst_format="sit"))
     assert_modes(tmp_path / "converted", umask)

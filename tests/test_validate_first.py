@@ -44,7 +44,7 @@ CASES = [
     (SAMPLE, ["--steps", "-3"], [], "--steps -3"),
     (SAMPLE, ["--steps", "0"], [], "--steps 0"),
     (SAMPLE, ["--cfg-scale", "nan"], [], "--cfg-scale nan"),
-    (SAMPLE, ["--sampler", "sde", "--steps", "1"], [], "steps must be >= 2"),  # the sampler's own check, probed first
+    (SAMPLE, ["--sampler", "sde", "--steps", "1"], [], "--steps must be >= 2"),  # the SDE grid's own check, built first
     (SAMPLE, ["--sampler", "sde", "--last-step-size", "1.5"], [], "--last-step-size 1.5"),
     (SAMPLE, ["--num-samples", "0"], [], "--num-samples 0"),
     (SAMPLE, ["--out", "{w}/afile/s"], ["--out", "{w}/samples"], "which is a file"),

@@ -49,12 +49,21 @@ def _child(tool: str, folder: str, weights: str, out: str, batch_size: int, num_
 
     start = time.perf_counter()
     if tool in ("sit", "sit --fast"):
-        from sitcli.evaluate import evaluate
+        from sitcli.evaluate import FidConfig, evaluate
 
-        result = evaluate(folder, save_stats=out, inception_weights=weights, batch_size=batch_size,
-                          num_workers=num_workers, device=device, fast=tool == "sit --fast",
-                          overwrite=True)  # repeats replace the same temporary file
-        count = result["inputs"]["A"]["num_images"]
+        result = evaluate(
+            FidConfig(
+                folder,
+                save_stats=out,
+                inception_weights=weights,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                fast=tool == "sit --fast",
+                overwrite=True,
+            ),
+            device=device,
+        )  # the repeats replace the same temporary file
+        count = result.inputs["A"]["num_images"]
     else:
         from unittest import mock
 
@@ -126,9 +135,19 @@ def _memory_trace(folder: str, batch_size: int, num_workers: int) -> None:
         if done % 1000 == 0 or done == total:
             print(f"{done:7d} images  resident {resident_mb():7.0f} MB", flush=True)
 
-    suite._summarise(inputs.open_source(folder), "A", StandIn(), torch.device("cpu"), gaussian=True, spatial=True,
-                     keep_pool=False, is_splits=None, batch_size=batch_size, num_workers=num_workers,
-                     progress=progress)
+    suite._summarise(
+        inputs.open_source(folder),
+        "A",
+        StandIn(),
+        torch.device("cpu"),
+        gaussian=True,
+        spatial=True,
+        keep_pool=False,
+        is_splits=None,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
 
 
 def _subset(folder: Path, n: int, root: Path) -> Path:
@@ -144,8 +163,22 @@ def _subset(folder: Path, n: int, root: Path) -> Path:
 
 
 def _run(tool: str, folder: Path, weights: Path, out: Path, args) -> dict:
-    cmd = [sys.executable, __file__, str(folder), "--weights", str(weights), "--batch-size", str(args.batch_size),
-           "--num-workers", str(args.num_workers), "--device", args.device, "--child", tool, str(out)]
+    cmd = [
+        sys.executable,
+        __file__,
+        str(folder),
+        "--weights",
+        str(weights),
+        "--batch-size",
+        str(args.batch_size),
+        "--num-workers",
+        str(args.num_workers),
+        "--device",
+        args.device,
+        "--child",
+        tool,
+        str(out),
+    ]
     line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(line)
 
@@ -154,8 +187,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--make", type=int, default=0, help="first write this many random 64x64 PNGs to FOLDER")
-    parser.add_argument("--sizes", default="", help="comma list of image counts to also run on (the first N "
-                        "images of FOLDER), to show how peak memory grows with N")
+    parser.add_argument(
+        "--sizes",
+        default="",
+        help="comma list of image counts to also run on (the first N "
+        "images of FOLDER), to show how peak memory grows with N",
+    )
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
@@ -166,8 +203,15 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
-        _child(args.child[0], str(args.folder), str(args.weights), args.child[1], args.batch_size,
-               args.num_workers, args.device)
+        _child(
+            args.child[0],
+            str(args.folder),
+            str(args.weights),
+            args.child[1],
+            args.batch_size,
+            args.num_workers,
+            args.device,
+        )
         return
     if args.make:
         _make_images(args.folder, args.make)
@@ -193,40 +237,54 @@ def main() -> None:
         agreement = {}
         for folder in folders:
             for r in range(args.repeats):
-                order = TOOLS[r % len(TOOLS):] + TOOLS[:r % len(TOOLS)]
+                order = TOOLS[r % len(TOOLS) :] + TOOLS[: r % len(TOOLS)]
                 for tool in order:
                     run = _run(tool, folder, weights, Path(tmp) / f"{tool}.npz", args)
-                    print(f"  {run['images']:6d} images, run {r + 1}: {tool:12s} {run['wall_s']:8.2f} s "
-                          f"{run['peak_rss_mb']:8.1f} MB")
+                    print(
+                        f"  {run['images']:6d} images, run {r + 1}: {tool:12s} {run['wall_s']:8.2f} s "
+                        f"{run['peak_rss_mb']:8.1f} MB"
+                    )
                     key = (tool, run["images"])
                     if key not in best or run["wall_s"] < best[key]["wall_s"]:
                         best[key] = run
             with np.load(Path(tmp) / "pytorch-fid.npz") as p:
                 for tool in TOOLS[1:]:
                     with np.load(Path(tmp) / f"{tool}.npz") as s:
-                        agreement[tool] = (float(np.abs(s["mu"] - p["mu"]).max()),
-                                           float(np.abs(s["sigma"] - p["sigma"]).max()),
-                                           frechet_distance(s["mu"], s["sigma"], p["mu"], p["sigma"]))
+                        agreement[tool] = (
+                            float(np.abs(s["mu"] - p["mu"]).max()),
+                            float(np.abs(s["sigma"] - p["sigma"]).max()),
+                            frechet_distance(s["mu"], s["sigma"], p["mu"], p["sigma"]),
+                        )
 
     sizes = sorted({n for _, n in best})
     print(f"\nbatch {args.batch_size}, {args.num_workers} workers, {args.device}; best of {args.repeats}")
-    print(f"{'images':>7s} {'tool':12s} {'images/s':>9s} {'x pytorch-fid':>14s} {'peak RSS MB':>12s} {'x pytorch-fid':>14s}")
+    print(
+        f"{'images':>7s} {'tool':12s} {'images/s':>9s} {'x pytorch-fid':>14s} {'peak RSS MB':>12s} "
+        f"{'x pytorch-fid':>14s}"
+    )
     for n in sizes:
         ref = best[("pytorch-fid", n)]
         for tool in TOOLS:
             r = best[(tool, n)]
-            print(f"{n:7d} {tool:12s} {n / r['wall_s']:9.2f} {ref['wall_s'] / r['wall_s']:14.2f} {r['peak_rss_mb']:12.1f} "
-                  f"{r['peak_rss_mb'] / ref['peak_rss_mb']:14.2f}")
+            print(
+                f"{n:7d} {tool:12s} {n / r['wall_s']:9.2f} {ref['wall_s'] / r['wall_s']:14.2f} "
+                f"{r['peak_rss_mb']:12.1f} "
+                f"{r['peak_rss_mb'] / ref['peak_rss_mb']:14.2f}"
+            )
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
-        print(f"peak memory growth from {lo} to {hi} images, MB per 1,000 images (peaks of identical runs "
-              f"differ by up to ~150 MB on CPU: compare with --repeats, or use --memory-trace):")
+        print(
+            f"peak memory growth from {lo} to {hi} images, MB per 1,000 images (peaks of identical runs "
+            f"differ by up to ~150 MB on CPU: compare with --repeats, or use --memory-trace):"
+        )
         for tool in TOOLS:
             grow = (best[(tool, hi)]["peak_rss_mb"] - best[(tool, lo)]["peak_rss_mb"]) / (hi - lo) * 1000
             print(f"  {tool:12s} {grow:8.1f}")
     for tool, (mu_diff, sigma_diff, fid_between) in agreement.items():
-        print(f"{tool} vs pytorch-fid ({sizes[-1]} images): max |mu difference| {mu_diff:.2e}, max |sigma "
-              f"difference| {sigma_diff:.2e}, FID between the two statistics {fid_between:.2e}")
+        print(
+            f"{tool} vs pytorch-fid ({sizes[-1]} images): max |mu difference| {mu_diff:.2e}, max |sigma "
+            f"difference| {sigma_diff:.2e}, FID between the two statistics {fid_between:.2e}"
+        )
 
 
 if __name__ == "__main__":

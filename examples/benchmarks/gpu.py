@@ -184,7 +184,7 @@ def sampling(args, device: torch.device) -> None:
 
 def fid(args, device: torch.device) -> None:
     from sitcli import atomic
-    from sitcli.evaluate import evaluate
+    from sitcli.evaluate import FidConfig, evaluate
     from sitcli.evaluate.inception import PYTORCH_FID_FILE, FIDInceptionV3
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,16 +192,32 @@ def fid(args, device: torch.device) -> None:
         torch.save(FIDInceptionV3().state_dict(), weights)  # its own random init: speed is the same
         images = Path(tmp) / "images.npz"
         rng = np.random.default_rng(0)
-        atomic.save_npz(images, arr_0=rng.integers(0, 256, (args.fid_images, args.fid_size, args.fid_size, 3), dtype=np.uint8))
-        print(f"\nsit fid: statistics of {args.fid_images} random {args.fid_size}x{args.fid_size} images "
-              f"(batch {args.fid_batch})")
+        shape = (args.fid_images, args.fid_size, args.fid_size, 3)
+        atomic.save_npz(images, arr_0=rng.integers(0, 256, shape, dtype=np.uint8))
+        print(
+            f"\nsit fid: statistics of {args.fid_images} random {args.fid_size}x{args.fid_size} images "
+            f"(batch {args.fid_batch})"
+        )
         print("| variant | images/s |\n|---|---|")
-        for label, fast, with_tf32 in (("plain (true fp32)", False, False), ("--fast", True, False),
-                                       ("--fast --tf32", True, True)):
-            result = evaluate(images, save_stats=Path(tmp) / "stats.npz", inception_weights=weights,
-                              batch_size=args.fid_batch, num_workers=0, device=device, fast=fast, tf32=with_tf32,
-                              overwrite=True)  # the variants replace one temporary file
-            print(f"| {label} | {args.fid_images / result['settings']['feature_seconds']:.3g} |", flush=True)
+        for label, fast, with_tf32 in (
+            ("plain (true fp32)", False, False),
+            ("--fast", True, False),
+            ("--fast --tf32", True, True),
+        ):
+            result = evaluate(
+                FidConfig(
+                    images,
+                    save_stats=Path(tmp) / "stats.npz",
+                    inception_weights=weights,
+                    batch_size=args.fid_batch,
+                    num_workers=0,
+                    fast=fast,
+                    tf32=with_tf32,
+                    overwrite=True,
+                ),
+                device=device,
+            )  # the variants replace one temporary file
+            print(f"| {label} | {args.fid_images / result.settings['feature_seconds']:.3g} |", flush=True)
 
 
 def main() -> None:
@@ -232,8 +248,11 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}")
     print("| peak dense bf16 (datasheet) | source | measured bf16 matmul | measured / peak |\n|---|---|---|---|")
     ratio = f"{measured / peak:.0%}" if peak else "-"
-    print(f"| {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown'} | {source} | "
-          f"{measured / 1e12:.3g} TFLOP/s ({n}x{n}) | {ratio} |", flush=True)
+    print(
+        f"| {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown'} | {source} | "
+        f"{measured / 1e12:.3g} TFLOP/s ({n}x{n}) | {ratio} |",
+        flush=True,
+    )
     with tf32(True):  # as sit train and sit sample run (the bf16 rows hardly use it)
         training(args, device, peak)
         sampling(args, device)

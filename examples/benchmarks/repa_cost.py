@@ -54,8 +54,8 @@ def main() -> None:
     variants = {}
     for name, encoders in (("plain", []), ("repa", [encoder]), ("cached", [encoder])):
         torch.manual_seed(0)
-        model = cfg.build_model(tuple(e.width for e in encoders)).to(dev)
-        ema = cfg.build_model(tuple(e.width for e in encoders)).to(dev).requires_grad_(False)
+        model = cfg.new_model(tuple(e.width for e in encoders)).to(dev)
+        ema = cfg.new_model(tuple(e.width for e in encoders)).to(dev).requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         transport = cfg.transport()
         variants[name] = (model, ema, opt, transport, loss_terms(cfg, transport, model, encoders), [])

@@ -27,7 +27,8 @@ Timing: all variants share one model in one process (each has its own optimiser)
 step by step after one untimed step each, so that a change in the machine's load hits all of them
 alike; images/s = batch size / fastest step (the median in brackets). On a shared machine wall
 time swings with the other jobs; images/CPU-s = batch size / median CPU time of this process per
-step (all its threads), which other jobs disturb far less (OpenMP spin-waits are counted in it). Peak memory: each variant
+step (all its threads), which other jobs disturb far less (OpenMP spin-waits are counted in it).
+Peak memory: each variant
 alone for two steps in a fresh subprocess; on CPU its peak resident set (VmHWM) (it includes the ~0.7 GB of an imported
 torch, printed as "base"), on CUDA ``torch.cuda.max_memory_allocated``; "above base vs sit fp32" is
 (peak - base) over the same for ``sit fp32``: the memory the step itself (weights, optimiser state,
@@ -46,9 +47,18 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("plain fp32", "sit fp32", "sit bf16", "sit fp32 foreach adamw", "sit fp32 fused adamw",
-            "sit fp32 checkpointed", "sit bf16 checkpointed", "sit fp32 meanflow", "sit bf16 meanflow",
-            "sit fp32 meanflow cfg")
+VARIANTS = (
+    "plain fp32",
+    "sit fp32",
+    "sit bf16",
+    "sit fp32 foreach adamw",
+    "sit fp32 fused adamw",
+    "sit fp32 checkpointed",
+    "sit bf16 checkpointed",
+    "sit fp32 meanflow",
+    "sit bf16 meanflow",
+    "sit fp32 meanflow cfg",
+)
 COMPILED = ("sit fp32 compile", "sit bf16 compile")
 
 
@@ -110,8 +120,13 @@ def _steps(variants: list[str], model_name: str, batch_size: int, device: str) -
         if "meanflow" in variant:
             if not mean_flow:
                 torch.manual_seed(0)
-                mf = SiT_models[model_name](input_size=32, in_channels=4, num_classes=1000, learn_sigma=True,
-                                            mean_flow=True).to(device).train()
+                mf = (
+                    SiT_models[model_name](
+                        input_size=32, in_channels=4, num_classes=1000, learn_sigma=True, mean_flow=True
+                    )
+                    .to(device)
+                    .train()
+                )
                 mean_flow.update(model=mf, ema=copy.deepcopy(mf).requires_grad_(False).eval())
             mf, mf_ema = mean_flow["model"], mean_flow["ema"]
             mf_opt = torch.optim.AdamW(mf.parameters(), lr=1e-4, weight_decay=0.0)
@@ -153,8 +168,15 @@ def _time_interleaved(variants: list[str], model_name: str, batch_size: int, ite
             sync()
             times[variant].append(time.perf_counter() - start)
             cpu[variant].append(time.process_time() - start_cpu)
-    return {v: {"images_per_s": batch_size / min(times[v]), "median_images_per_s": batch_size / statistics.median(times[v]),
-                "images_per_cpu_s": batch_size / statistics.median(cpu[v]), "first_step_s": first[v]} for v in variants}
+    return {
+        v: {
+            "images_per_s": batch_size / min(times[v]),
+            "median_images_per_s": batch_size / statistics.median(times[v]),
+            "images_per_cpu_s": batch_size / statistics.median(cpu[v]),
+            "first_step_s": first[v],
+        }
+        for v in variants
+    }
 
 
 def _peak_memory(variant: str, model_name: str, batch_size: int, device: str) -> dict:
@@ -206,19 +228,25 @@ def main() -> None:
                 continue
             results[variant].update(json.loads(done.stdout.strip().splitlines()[-1]))
         ref = results["sit fp32"] if "sit fp32" in results else None
-        print(f"\n{model}, batch {args.batch_size}, 32x32x4 latents, {args.device}, {torch.get_num_threads()} threads, "
-              + (f"best (median) of {args.iters} interleaved steps, " if args.only != "memory" else "")
-              + f"load average {os.getloadavg()[0]:.1f}")
-        print("| variant | images/s | vs sit fp32 | images/CPU-s | vs sit fp32 | first step (s) | peak MB (base) "
-              "| above base vs sit fp32 |\n|---|---|---|---|---|---|---|---|")
+        print(
+            f"\n{model}, batch {args.batch_size}, 32x32x4 latents, {args.device}, {torch.get_num_threads()} threads, "
+            + (f"best (median) of {args.iters} interleaved steps, " if args.only != "memory" else "")
+            + f"load average {os.getloadavg()[0]:.1f}"
+        )
+        print(
+            "| variant | images/s | vs sit fp32 | images/CPU-s | vs sit fp32 | first step (s) | peak MB (base) "
+            "| above base vs sit fp32 |\n|---|---|---|---|---|---|---|---|"
+        )
         for variant, r in results.items():
             speed, ratio, cpu, cpu_ratio, first = "-", "-", "-", "-", "-"
             if "images_per_s" in r:
                 speed, first = f"{r['images_per_s']:.2f} ({r['median_images_per_s']:.2f})", f"{r['first_step_s']:.1f}"
                 cpu = f"{r['images_per_cpu_s']:.2f}"
             if "images_per_s" in r and ref:
-                ratio = (f"{r['images_per_s'] / ref['images_per_s']:.2f}x "
-                         f"({r['median_images_per_s'] / ref['median_images_per_s']:.2f}x)")
+                ratio = (
+                    f"{r['images_per_s'] / ref['images_per_s']:.2f}x "
+                    f"({r['median_images_per_s'] / ref['median_images_per_s']:.2f}x)"
+                )
                 cpu_ratio = f"{r['images_per_cpu_s'] / ref['images_per_cpu_s']:.2f}x"
             memory = f"{r['peak_mb']:.0f} ({r['base_mb']:.0f})" if "peak_mb" in r else "-"
             above = "-"

@@ -15,8 +15,7 @@ MNIST work does with LeNet, a small CNN is trained on the real digits and its pe
 Every figure depends on the number of samples n, so each comes with its real-vs-real floor: the
 same measure for n real digits of the other half against the reference (n is capped at that
 half, 898 images). The classifier is trained once per process, in float32 on one thread with a
-fixed seed and a fixed batch order, so the same machine gives the same features every time
-(about 5 s on one CPU core).
+fixed seed and a fixed batch order, so the same machine gives the same features every time.
 """
 
 from __future__ import annotations

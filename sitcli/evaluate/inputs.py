@@ -166,7 +166,8 @@ class _NpzImages:
         shape = tuple(self.shape)
         if self.dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or min(shape) == 0:
             raise InputError(
-                f"{path}: arr_0 is {self.dtype} of shape {shape}; expected uint8 images of shape (N, H, W, 3), none of them 0"
+                f"{path}: arr_0 is {self.dtype} of shape {shape}; expected uint8 images of shape (N, H, W, 3), "
+                "none of them 0"
             )
 
     def array(self) -> np.ndarray:

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from sitcli.config import check_flags
+from sitcli import runtime
+from sitcli.domains import COUNT, COUNT_OR_ZERO, SEED, Domain, check_domains
 from sitcli.errors import InputError
 from sitcli.evaluate import inception, inputs, metrics as M
 from sitcli.evaluate.statistics import GaussianStats, SplitScore
-from sitcli import runtime
-from sitcli.runtime import resolve_device
+from sitcli.session import session
 
 METRICS = ("fid", "is", "sfid", "pr", "kid", "fd_dinov2")
 INCEPTION_METRICS = METRICS[:5]  # what "all" names: fd_dinov2 needs an encoder file besides
@@ -183,139 +183,179 @@ def _describe(summary: Summary) -> dict:
     }
 
 
-def evaluate(
-    a: str | Path,
-    b: str | Path | None = None,
-    metrics: str | Sequence[str] | None = None,
-    *,
-    save_stats: str | Path | None = None,
-    inception_weights: str | Path | None = None,
-    batch_size: int = 50,
-    num_workers: int | None = None,
-    device: str | torch.device | None = None,
-    is_splits: int = 10,
-    pr_k: int = 3,
-    pr_subset: int | None = None,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    seed: int = 2020,
-    fast: bool = False,
-    tf32: bool = False,
-    dinov2: str | Path | None = None,
-    progress: ProgressFn | None = None,
-    overwrite: bool = False,
-) -> dict:
-    """Compare a reference set ``a`` with a sample set ``b`` (the order of the ADM evaluator).
+@dataclass
+class FidConfig:
+    """The settings of ``sit fid``: a reference set ``a``, a sample set ``b`` (the order of the ADM evaluator), the
+    metrics, and the outputs.
 
-    Each of ``a``, ``b`` is an image folder, an images .npz (``arr_0``) or a statistics .npz
-    (``mu``, ``sigma``); see ``sitcli.evaluate.inputs``. ``metrics`` (default: ``fid`` when there
-    are two inputs, none otherwise) is any of:
+    Each of ``a``, ``b`` is an image folder, an images .npz (``arr_0``) or a statistics .npz (``mu``, ``sigma``);
+    see ``sitcli.evaluate.inputs``. ``metrics`` (default: ``fid`` when there are two inputs, none otherwise) is a
+    comma list or sequence of:
 
     - ``fid``: Fréchet distance of 2048-d pool features (pytorch-fid's number);
-    - ``sfid``: the same on the 2023-d spatial features of the ADM evaluator (Mixed_6d 1x1 branch,
-      first 7 channels; see ``FIDInceptionV3``);
-    - ``is``: Inception Score of the samples (``b``, or ``a`` when it is the only input),
-      ``is_splits`` splits, reported as mean and standard deviation;
-    - ``pr``: improved precision (samples inside the reference manifold) and recall (reference
-      inside the sample manifold), ``pr_k`` nearest neighbours, on at most ``pr_subset`` random
-      images of each set (default: all, as the ADM evaluator);
+    - ``sfid``: the same on the 2023-d spatial features of the ADM evaluator (Mixed_6d 1x1 branch, first 7
+      channels; see ``FIDInceptionV3``);
+    - ``is``: Inception Score of the samples (``b``, or ``a`` when it is the only input), ``is_splits`` splits,
+      reported as mean and standard deviation;
+    - ``pr``: improved precision (samples inside the reference manifold) and recall (reference inside the sample
+      manifold), ``pr_k`` nearest neighbours, on at most ``pr_subset`` random images of each set (default: all);
     - ``kid``: KID mean and standard deviation over ``kid_subsets`` subsets of ``kid_subset_size``;
-    - ``fd_dinov2``: Fréchet distance of the class-token features of the DINOv2 encoder at
-      ``dinov2`` (a local folder or torch hub file, ``sitcli.encoders``; ViT-L/14 in the paper),
-      see ``evaluate.dinov2``. Not part of ``"all"``.
+    - ``fd_dinov2``: Fréchet distance of the class-token features of the DINOv2 encoder at ``dinov2`` (a local
+      folder or torch hub file, ``sitcli.encoders``), see ``evaluate.dinov2``. Not part of ``"all"``.
 
     ``fast`` folds Inception's batch norms into its convolutions and runs it channels-last
-    (``inception.optimize_for_inference``): ~1.5x on CPU, features within float32 round-off of
-    the plain network; off by default so statistics stay bit-for-bit pytorch-fid's. ``tf32`` lets
-    CUDA run Inception's float32 convolutions and matmuls in TF32 (faster on A100/H100, features
-    moved by ~1e-3); off by default: true float32, the same on every GPU (``runtime.tf32``).
-
-    ``save_stats`` writes ``a``'s statistics (``mu``, ``sigma``, ``mu_s``, ``sigma_s``) for reuse;
-    ``b`` may then be omitted; an existing file is refused unless ``overwrite``. Every image input is read once, and only the features a metric
-    needs are kept: mean and covariance stream in float64; pool features are held (N x 2048
-    float32) only for ``pr`` and ``kid``.
-
-    Returns ``{"metrics": {name: value}, "inputs": {...}, "settings": {...}, "warnings": [...]}``
-    with metric names ``fid, sfid, is, is_std, precision, recall, kid, kid_std``.
+    (``inception.optimize_for_inference``): features within float32 round-off of the plain network; off by
+    default so statistics stay bit-for-bit pytorch-fid's. ``tf32`` lets CUDA run Inception's float32
+    convolutions and matmuls in TF32 (features move by ~1e-3); off by default (``runtime.tf32``).
+    ``save_stats`` writes ``a``'s statistics (``mu``, ``sigma``, ``mu_s``, ``sigma_s``) for reuse (``b`` may then
+    be omitted), ``json`` the result; an existing file is refused unless ``overwrite``.
     """
-    check_flags("fid", batch_size=batch_size, num_workers=num_workers, is_splits=is_splits, pr_subset=pr_subset,
-                kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
-    wanted = parse_metrics(metrics if metrics is not None else ("fid",) if b is not None else ())
-    for name, value, least in (("batch_size", batch_size, 1), ("is_splits", is_splits, 1), ("pr_k", pr_k, 1),
-                               ("kid_subsets", kid_subsets, 1), ("kid_subset_size", kid_subset_size, 2)):
-        if value < least:
-            raise InputError(f"{name} must be at least {least}, got {value}")
-    if pr_subset is not None and pr_subset <= pr_k:
-        raise InputError(f"pr_subset must be larger than pr_k={pr_k}, got {pr_subset}")
-    if num_workers is not None and num_workers < 0:
-        raise InputError(f"num_workers must be 0 or more, got {num_workers}")
-    pair_metrics = [m for m in wanted if m != "is"]
-    if b is None and pair_metrics:
-        raise InputError(f"{', '.join(pair_metrics)} compare two inputs; give a second input B")
-    if b is None and not wanted and save_stats is None:
-        raise InputError("nothing to do: give a second input, --metrics, or --save-stats")
-    # pytorch-fid recognises a statistics file by its .npz suffix only.
-    if save_stats is not None and Path(save_stats).suffix.lower() != ".npz":
-        raise InputError(f"--save-stats {save_stats}: name the file *.npz")
-    if save_stats is not None:
-        inputs.check_destination(save_stats, overwrite, "--save-stats")
 
-    sources = {"A": inputs.open_source(a)}
-    if b is not None:
-        sources["B"] = inputs.open_source(b)
-    samples = "B" if b is not None else "A"
-    if save_stats is not None and sources["A"].kind == "stats_npz":
+    a: str | Path
+    b: str | Path | None = None
+    metrics: str | Sequence[str] | None = None
+    save_stats: str | Path | None = None
+    json: str | Path | None = None
+    inception_weights: str | Path | None = None
+    batch_size: int = 50
+    num_workers: int | None = None
+    is_splits: int = 10
+    pr_k: int = 3
+    pr_subset: int | None = None
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    seed: int = 2020
+    fast: bool = False
+    tf32: bool = False
+    dinov2: str | Path | None = None
+    overwrite: bool = False
+
+    def __post_init__(self):
+        check_domains(asdict(self), FID_DOMAINS)
+        if self.pr_subset is not None and self.pr_subset <= self.pr_k:
+            raise InputError(f"--pr-subset {self.pr_subset}: pass more than k = {self.pr_k} images")
+        self.metrics = parse_metrics(self.metrics if self.metrics is not None else
+                                     ("fid",) if self.b is not None else ())
+        pair_metrics = [m for m in self.metrics if m != "is"]
+        if self.b is None and pair_metrics:
+            raise InputError(f"{', '.join(pair_metrics)} compare two inputs; give a second input B")
+        if self.b is None and not self.metrics and self.save_stats is None:
+            raise InputError("nothing to do: give a second input, --metrics, or --save-stats")
+        # pytorch-fid recognises a statistics file by its .npz suffix only.
+        if self.save_stats is not None and Path(self.save_stats).suffix.lower() != ".npz":
+            raise InputError(f"--save-stats {self.save_stats}: name the file *.npz")
+
+
+FID_DOMAINS = dict(batch_size=COUNT, num_workers=COUNT_OR_ZERO, is_splits=COUNT, pr_k=COUNT,
+                   pr_subset=Domain(2, integer=True), kid_subsets=COUNT, kid_subset_size=Domain(2, integer=True),
+                   seed=SEED)
+
+
+@dataclass
+class FidResult:
+    """The metrics by name (``fid, sfid, is, is_std, precision, recall, kid, kid_std, fd_dinov2``), what each input
+    was, the settings used, the files written and the warnings (e.g. singular covariances)."""
+
+    metrics: dict[str, float]
+    inputs: dict[str, dict]
+    settings: dict
+    saved_stats: str | None = None
+    json: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(cfg: FidConfig, progress: ProgressFn | None = None, device: str | torch.device | None = None) -> FidResult:
+    """The metrics of ``cfg``: every image input is read once, and only the features a metric needs are kept (mean
+    and covariance stream in float64; pool features, N x 2048 float32, are held only for ``pr`` and ``kid``)."""
+    wanted = cfg.metrics
+    inputs.check_destination(cfg.save_stats, cfg.overwrite, "--save-stats")
+    inputs.check_destination(cfg.json, cfg.overwrite, "--json")
+    sources = {"A": inputs.open_source(cfg.a)}
+    if cfg.b is not None:
+        sources["B"] = inputs.open_source(cfg.b)
+    samples = "B" if cfg.b is not None else "A"
+    if cfg.save_stats is not None and sources["A"].kind == "stats_npz":
         raise InputError(f"A ({sources['A'].path}) already holds statistics; --save-stats needs images")
 
-    needs = _needs(sources, wanted, samples, save_stats is not None, dinov2 is not None)
+    needs = _needs(sources, wanted, samples, cfg.save_stats is not None, cfg.dinov2 is not None)
     for label, source in sources.items():
-        _check(label, source, needs[label], wanted, is_splits, pr_k)
-    if dinov2 is None and any("dinov2" in needs[k] and s.kind != "stats_npz" for k, s in sources.items()):
+        _check(label, source, needs[label], wanted, cfg.is_splits, cfg.pr_k)
+    if cfg.dinov2 is None and any("dinov2" in needs[k] and s.kind != "stats_npz" for k, s in sources.items()):
         raise InputError("fd_dinov2 needs a DINOv2 encoder: pass --dinov2 PATH (a transformers folder such as "
                          "facebook/dinov2-large, or torch hub's dinov2_vitl14_pretrain.pth)")
-    if b is not None:
+    if cfg.b is not None:
         _check_dimensions(sources, wanted)
 
-    dev = resolve_device(device)
-    workers = inputs.default_num_workers() if num_workers is None else num_workers
+    with session(device) as job:
+        summaries, net, feature_seconds = _features(cfg, sources, needs, job.device, progress)
+    results, warnings = _metrics(cfg, summaries, samples, job.device)
+    saved = None
+    if cfg.save_stats is not None:
+        saved = str(inputs.save_stats(cfg.save_stats, {k: summaries["A"].stats[k] for k in inputs.STATS_KEYS
+                                                           if k in summaries["A"].stats}))
+    settings = {
+        "device": str(job.device), "batch_size": cfg.batch_size, "num_workers": _workers(cfg),
+        "inception_weights": str(inception.find_inception_weights(cfg.inception_weights)) if net is not None else None,
+        "is_splits": cfg.is_splits, "pr_k": cfg.pr_k, "pr_subset": cfg.pr_subset, "kid_subsets": cfg.kid_subsets,
+        "kid_subset_size": cfg.kid_subset_size, "seed": cfg.seed, "fast": cfg.fast, "tf32": cfg.tf32,
+        "dinov2": str(cfg.dinov2) if cfg.dinov2 is not None else None, "feature_seconds": round(feature_seconds, 3),
+    }
+    result = FidResult(results, {label: _describe(s) for label, s in summaries.items()}, settings, saved,
+                       warnings=warnings)
+    if cfg.json is not None:
+        result.json = str(inputs.write_json(cfg.json, result.to_dict()))
+    return result
+
+
+def _workers(cfg: FidConfig) -> int:
+    return inputs.default_num_workers() if cfg.num_workers is None else cfg.num_workers
+
+
+def _features(cfg: FidConfig, sources: dict, needs: dict, device: torch.device, progress: ProgressFn | None):
+    """Each input's summary (statistics, pool features, Inception Score), the Inception network if it ran, and
+    the seconds it took."""
     summaries: dict[str, Summary] = {}
     net = None
     started = time.perf_counter()
     encoder: dict = {}  # the DINOv2 encoder, loaded at its first use
+    workers = _workers(cfg)
     for label, source in sources.items():
         if source.kind == "stats_npz" or not needs[label] - {"dinov2"}:
             summaries[label] = Summary(label, source, stats=dict(source.stats))
-            _add_dinov2(summaries[label], needs[label], dinov2, encoder, dev, batch_size, workers, progress)
-            continue
-        if net is None:
-            net = inception.load_inception(inception_weights, dev)
-            if fast:
-                inception.optimize_for_inference(net)
-        summaries[label] = _summarise(
-            source, label, net, dev,
-            gaussian="gaussian" in needs[label],
-            spatial="spatial" in needs[label],
-            keep_pool="pool" in needs[label],
-            is_splits=is_splits if "is" in needs[label] else None,
-            batch_size=batch_size,
-            num_workers=workers,
-            progress=progress,
-            tf32=tf32,
-        )
-        _add_dinov2(summaries[label], needs[label], dinov2, encoder, dev, batch_size, workers, progress)
-    feature_seconds = time.perf_counter() - started
+        else:
+            if net is None:
+                net = inception.load_inception(cfg.inception_weights, device)
+                if cfg.fast:
+                    inception.optimize_for_inference(net)
+            summaries[label] = _summarise(
+                source, label, net, device, gaussian="gaussian" in needs[label], spatial="spatial" in needs[label],
+                keep_pool="pool" in needs[label], is_splits=cfg.is_splits if "is" in needs[label] else None,
+                batch_size=cfg.batch_size, num_workers=workers, progress=progress, tf32=cfg.tf32,
+            )
+        _add_dinov2(summaries[label], needs[label], cfg.dinov2, encoder, device, cfg.batch_size, workers, progress)
+    return summaries, net, time.perf_counter() - started
 
+
+def _metrics(cfg: FidConfig, summaries: dict[str, Summary], samples: str, device) -> tuple[dict, list[str]]:
+    """The metrics asked for, from the inputs' summaries, and the warnings they call for."""
     results: dict[str, float] = {}
     warnings: list[str] = []
-    if b is not None:
+    wanted = cfg.metrics
+    if cfg.b is not None:
         sa, sb = summaries["A"], summaries["B"]
-        for metric, mu, sigma in (("fid", "mu", "sigma"), ("sfid", "mu_s", "sigma_s"), ("fd_dinov2", "mu_d", "sigma_d")):
+        pairs = (("fid", "mu", "sigma"), ("sfid", "mu_s", "sigma_s"), ("fd_dinov2", "mu_d", "sigma_d"))
+        for metric, mu, sigma in pairs:
             if metric not in wanted:
                 continue
             da = sa.stats[mu].shape[0]
             if sb.stats[mu].shape[0] != da:
-                raise InputError(f"{metric}: A has {da}-d statistics but B has {sb.stats[mu].shape[0]}-d; "
-                                 f"compute both with the same network")
+                raise InputError(
+                    f"{metric}: A has {da}-d statistics but B has {sb.stats[mu].shape[0]}-d; "
+                    f"compute both with the same network"
+                )
             results[metric] = M.frechet_distance(sa.stats[mu], sa.stats[sigma], sb.stats[mu], sb.stats[sigma])
             few = [f"{s.label} has {s.count}" for s in (sa, sb) if s.count is not None and s.count <= da]
             if few:
@@ -323,53 +363,34 @@ def evaluate(
                     f"{metric}: {' and '.join(few)} images for {da}-d features, so covariances are singular "
                     f"and the value is biased; use more than {da} images (50,000 is standard)"
                 )
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(cfg.seed)
         if "pr" in wanted:
             ref, fake = sa.pool, sb.pool
-            if pr_subset is not None:
-                ref = ref[np.sort(rng.choice(len(ref), min(pr_subset, len(ref)), replace=False))]
-                fake = fake[np.sort(rng.choice(len(fake), min(pr_subset, len(fake)), replace=False))]
-            results["precision"], results["recall"] = M.precision_recall(ref, fake, pr_k, device=dev)
+            if cfg.pr_subset is not None:
+                ref = ref[np.sort(rng.choice(len(ref), min(cfg.pr_subset, len(ref)), replace=False))]
+                fake = fake[np.sort(rng.choice(len(fake), min(cfg.pr_subset, len(fake)), replace=False))]
+            results["precision"], results["recall"] = M.precision_recall(ref, fake, cfg.pr_k, device=device)
         if "kid" in wanted:
             results["kid"], results["kid_std"], used = M.kernel_inception_distance(
-                sa.pool, sb.pool, kid_subsets, kid_subset_size, seed=seed, device=dev
+                sa.pool, sb.pool, cfg.kid_subsets, cfg.kid_subset_size, seed=cfg.seed, device=device
             )
-            if used < kid_subset_size:
-                warnings.append(f"kid: subsets of {used} images (the smaller input), not {kid_subset_size}")
+            if used < cfg.kid_subset_size:
+                warnings.append(f"kid: subsets of {used} images (the smaller input), not {cfg.kid_subset_size}")
     if "is" in wanted:
         results["is"], results["is_std"] = summaries[samples].inception_score
-
-    saved = None
-    if save_stats is not None:
-        saved = str(inputs.save_stats(save_stats, {k: summaries["A"].stats[k] for k in inputs.STATS_KEYS
-                                                       if k in summaries["A"].stats}))
-
-    return {
-        "metrics": results,
-        "inputs": {label: _describe(s) for label, s in summaries.items()},
-        "settings": {
-            "device": str(dev),
-            "batch_size": batch_size,
-            "num_workers": workers,
-            "inception_weights": str(inception.find_inception_weights(inception_weights)) if net is not None else None,
-            "is_splits": is_splits,
-            "pr_k": pr_k,
-            "pr_subset": pr_subset,
-            "kid_subsets": kid_subsets,
-            "kid_subset_size": kid_subset_size,
-            "seed": seed,
-            "fast": fast,
-            "tf32": tf32,
-            "dinov2": str(dinov2) if dinov2 is not None else None,
-            "feature_seconds": round(feature_seconds, 3),
-        },
-        "saved_stats": saved,
-        "warnings": warnings,
-    }
+    return results, warnings
 
 
-def _add_dinov2(summary: Summary, needs: set[str], path, cache: dict, device, batch_size: int, workers: int,
-                progress: ProgressFn | None) -> None:
+def _add_dinov2(
+    summary: Summary,
+    needs: set[str],
+    path,
+    cache: dict,
+    device,
+    batch_size: int,
+    workers: int,
+    progress: ProgressFn | None,
+) -> None:
     """FD-DINOv2 statistics of an image input (the encoder loaded once, kept in ``cache``)."""
     if "dinov2" not in needs or summary.source.kind == "stats_npz":
         return

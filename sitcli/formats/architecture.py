@@ -2,7 +2,7 @@
 
 Every reader (official .pt, sit runs, diffusers folders) hands its state dict, in the official
 parameter names, to ``infer_architecture``; the result is the keyword arguments of ``SiT`` and
-``build_model`` turns it and the tensors into a network. ``registry_name`` names an architecture
+``model_with_weights`` turns it and the tensors into a network. ``registry_name`` names an architecture
 by its row of the size table (``SiT-XL/2``), and ``assumed_latent_space`` holds the one rule for
 checkpoints that do not say what space they work in.
 """
@@ -17,7 +17,7 @@ import torch
 
 from sitcli.autoencoder import DEFAULT_LATENT_SCALE
 from sitcli.errors import InputError
-from sitcli.models import SIZES, SiT
+from sitcli.models import PATCH_SIZES, SIZES, SiT, model_name
 
 StateDict = dict[str, torch.Tensor]
 
@@ -118,7 +118,7 @@ def check_layout(state_dict: StateDict, arch: dict[str, Any], where: str = "chec
             raise InputError(f"{where}: {key} has shape {tuple(state_dict[key].shape)}, expected {shape}")
 
 
-def build_model(arch: dict[str, Any], state_dict: StateDict) -> SiT:
+def model_with_weights(arch: dict[str, Any], state_dict: StateDict) -> SiT:
     """A ``SiT`` holding exactly these tensors (no random initialisation is computed first)."""
     with torch.device("meta"):
         model = SiT(**arch)
@@ -141,8 +141,8 @@ def registry_name(arch: dict[str, Any]) -> str | None:
     """The ``SiT_models`` key of an architecture, or None when the table has no such model."""
     for size, (depth, hidden, heads) in SIZES.items():
         if (arch["depth"], arch["hidden_size"], arch["num_heads"]) == (depth, hidden, heads) and arch["mlp_ratio"] == 4:
-            if arch["patch_size"] in (2, 4, 8):
-                return f"SiT-{size}/{arch['patch_size']}"
+            if arch["patch_size"] in PATCH_SIZES:
+                return model_name(size, arch["patch_size"])
     return None
 
 

@@ -19,7 +19,7 @@ with ``norm_eps=1e-6`` (DiT's LayerNorm eps; the script leaves diffusers' 1e-5 d
 pre-MLP norm). What diffusers still does differently is its timestep embedding: frequencies
 exp(-ln(1e4) i / 127) (``downscale_freq_shift=1``) where DiT and SiT use i / 128, so the same
 weights give different outputs; ``measure_deviation`` reports by how much. SiT weights go by
-default into ``SiTTransformer2DModel`` (``sitcli.diffusers_sit``), which reproduces sit exactly.
+default into ``SiTTransformer2DModel`` (``sitcli.formats.diffusers_sit``), which reproduces sit exactly.
 
 sit's own record of a folder (kind and transport) is written under ``"_sit"`` in ``config.json``,
 a key diffusers ignores (it skips keys starting with "_").
@@ -234,7 +234,7 @@ def build_diffusers_model(ckpt: Checkpoint, ema: bool, diffusers_class: str) -> 
         model = DiTTransformer2DModel(**dit_config(ckpt.arch))
         model.load_state_dict(to_dit_state_dict(state_dict, ckpt.arch["depth"]), strict=True)
     else:
-        from sitcli.diffusers_sit import SiTTransformer2DModel
+        from sitcli.formats.diffusers_sit import SiTTransformer2DModel
 
         model = SiTTransformer2DModel(**ckpt.arch)
         model.load_state_dict(state_dict, strict=True)
@@ -247,7 +247,7 @@ def load_diffusers_model(path: Path) -> torch.nn.Module:
     folder = model_folder(path) or path
     name = json.loads((folder / "config.json").read_text())["_class_name"]
     if name == SIT_CLASS:
-        from sitcli.diffusers_sit import SiTTransformer2DModel as cls
+        from sitcli.formats.diffusers_sit import SiTTransformer2DModel as cls
     else:
         from diffusers import DiTTransformer2DModel as cls
     return cls.from_pretrained(folder, low_cpu_mem_usage=False).eval()

@@ -48,8 +48,8 @@ def safe_load(path: Path) -> Any:
         if imports:
             raise InputError(
                 f"{path} was refused as unsafe: its pickle imports {', '.join(imports)}, which no checkpoint needs "
-                f"(only tensors, plain containers and argparse.Namespace are loaded); nothing in it was run. Use it only "
-                f"if you trust its source, and then re-save its weights as safetensors or a plain state dict"
+                f"(only tensors, plain containers and argparse.Namespace are loaded); nothing in it was run. Use it "
+                f"only if you trust its source, and then re-save its weights as safetensors or a plain state dict"
             ) from None
         raise InputError(
             f"{path} is not a PyTorch checkpoint (it cannot be unpickled safely): check the path"
@@ -97,7 +97,7 @@ def pickle_globals(path: Path) -> list[str]:
 
 
 def classify(obj: Any) -> str:
-    """"raw" for a state dict, "training" for {"model"/"ema", ...}, else "" (not a checkpoint)."""
+    """ "raw" for a state dict, "training" for {"model"/"ema", ...}, else "" (not a checkpoint)."""
     if not isinstance(obj, dict) or not obj:
         return ""
     if any(k in obj for k in TRAINING_KEYS) and all(isinstance(obj.get(k, {}), dict) for k in TRAINING_KEYS):
@@ -108,7 +108,7 @@ def classify(obj: Any) -> str:
 
 
 def kind_from_name(path: Path) -> str | None:
-    """"sit" or "dit" when the file name says so (SiT-XL-2-256x256.pt, DiT-B-4.pt, ...), else None."""
+    """ "sit" or "dit" when the file name says so (SiT-XL-2-256x256.pt, DiT-B-4.pt, ...), else None."""
     match = re.match(r"(sit|dit)[-_]", path.name.lower())
     return match.group(1) if match else None
 
@@ -161,9 +161,16 @@ def read_official(path: Path, kind: str | None = None, num_heads: int | None = N
     what = "training checkpoint" if shape == "training" else "weights"
     name = "REPA SiT" if repa else "DiT" if kind == "dit" else "SiT"
     extra = {"image_size": int(args["resolution"])} if repa and args.get("resolution") else {}
-    return Checkpoint(weights, arch, kind, transport, source=f"{path} ({name} {what})",
-                      format="repa" if repa else "dit" if kind == "dit" else "official", extra=extra,
-                      transport_assumed=kind == "sit" and "path_type" not in args and not repa)
+    return Checkpoint(
+        weights,
+        arch,
+        kind,
+        transport,
+        source=f"{path} ({name} {what})",
+        format="repa" if repa else "dit" if kind == "dit" else "official",
+        extra=extra,
+        transport_assumed=kind == "sit" and "path_type" not in args and not repa,
+    )
 
 
 def write_official(state_dict: StateDict, path: Path) -> None:

@@ -21,7 +21,13 @@ from sitcli import runs
 from sitcli.config import EXTERNAL, TrainConfig
 from sitcli.errors import InputError
 from sitcli.formats import DIT_TRANSPORT, SIT_DEFAULT_TRANSPORT, Checkpoint
-from sitcli.formats.architecture import assumed_latent_space, backbone, heads_from_model_name, infer_architecture, registry_name
+from sitcli.formats.architecture import (
+    assumed_latent_space,
+    backbone,
+    heads_from_model_name,
+    infer_architecture,
+    registry_name,
+)
 from sitcli.models import SIZES
 
 TRANSPORT_KEYS = ("interpolant", "prediction", "loss_weight", "train_eps", "sample_eps", "num_timesteps")
@@ -69,10 +75,22 @@ def read_sit(path: Path, num_heads: int | None = None) -> Checkpoint:
         transport = {k: config[k] for k in TRANSPORT_KEYS if config.get(k) is not None} or dict(SIT_DEFAULT_TRANSPORT)
     extra = {k: config[k] for k in ("vae", "latent_scale", "image_size") if config.get(k) is not None}
     if bool(arch.get("mean_flow")) != (config.get("objective", "flow") == "meanflow") and run is not None:
-        raise InputError(f"{path}: the weights {'have' if arch.get('mean_flow') else 'lack'} a second time embedder "
-                         f"(r_embedder), but config.json says objective={config.get('objective', 'flow')}")
-    return Checkpoint(weights, arch, kind, transport, source=f"{path} (sit)", format="sit", extra=extra,
-                      transport_assumed=run is None, run_config=config if run is not None else None, files=files)
+        raise InputError(
+            f"{path}: the weights {'have' if arch.get('mean_flow') else 'lack'} a second time embedder "
+            f"(r_embedder), but config.json says objective={config.get('objective', 'flow')}"
+        )
+    return Checkpoint(
+        weights,
+        arch,
+        kind,
+        transport,
+        source=f"{path} (sit)",
+        format="sit",
+        extra=extra,
+        transport_assumed=run is None,
+        run_config=config if run is not None else None,
+        files=files,
+    )
 
 
 def _newest_intact(run: Path) -> Path:

@@ -1,9 +1,9 @@
 """FID during training: every ``eval_every`` steps, ``eval_num`` EMA samples against reference statistics.
 
 ``eval_metrics`` adds, from the same samples, the Inception Score ("is": 10 splits, fewer so that each
-holds at least 50 samples; "is_std" their spread) and sFID ("sfid", against the reference's ``mu_s``/``sigma_s``, which `sit fid
---save-stats` writes). Precision/recall, KID and FD-DINOv2 need the reference's features, not its
-statistics, so they stay with `sit fid`.
+holds at least 50 samples; "is_std" their spread) and sFID ("sfid", against the reference's
+``mu_s``/``sigma_s``, which `sit fid --save-stats` writes). Precision/recall, KID and FD-DINOv2 need
+the reference's features, not its statistics, so they stay with `sit fid`.
 
     sit fid ref_images/ --save-stats ref.npz --inception-weights pt_inception.pth
     sit train --data ref_images/ --eval-every 10000 --eval-num 5000 --eval-ref ref.npz ...
@@ -48,20 +48,27 @@ def eval_metrics(spec: str) -> tuple[str, ...]:
     names = [n.strip().lower() for n in str(spec).split(",") if n.strip()]
     bad = [n for n in names if n not in EVAL_METRICS]
     if bad:
-        raise InputError(f"--eval-metrics {bad[0]!r}: during training choose from {', '.join(EVAL_METRICS)} "
-                         "(precision/recall, KID and FD-DINOv2 need reference features: run `sit fid` on samples)")
+        raise InputError(
+            f"--eval-metrics {bad[0]!r}: during training choose from {', '.join(EVAL_METRICS)} "
+            "(precision/recall, KID and FD-DINOv2 need reference features: run `sit fid` on samples)"
+        )
     return ("fid", *(n for n in EVAL_METRICS[1:] if n in names))
 
 
 def open_reference(cfg: TrainConfig) -> dict[str, np.ndarray]:
-    """The reference statistics of ``--eval-ref`` (mu, sigma of Inception pool features; mu_s, sigma_s for sFID), checked."""
+    """The reference statistics of ``--eval-ref`` (mu, sigma of Inception pool features; mu_s, sigma_s for sFID),
+    checked."""
     ref = read_stats(cfg.eval_ref)
     if "mu" not in ref or ref["mu"].shape != (inception.POOL_DIM,):
-        raise InputError(f"--eval-ref {cfg.eval_ref} holds no {inception.POOL_DIM}-d Inception statistics (mu, sigma); "
-                         "write them with `sit fid REFERENCE_IMAGES --save-stats STATS.npz`")
+        raise InputError(
+            f"--eval-ref {cfg.eval_ref} holds no {inception.POOL_DIM}-d Inception statistics (mu, sigma); "
+            "write them with `sit fid REFERENCE_IMAGES --save-stats STATS.npz`"
+        )
     if "sfid" in eval_metrics(cfg.eval_metrics) and "mu_s" not in ref:
-        raise InputError(f"--eval-metrics sfid needs mu_s and sigma_s in --eval-ref {cfg.eval_ref}; write the statistics "
-                         "again with `sit fid REFERENCE_IMAGES --save-stats STATS.npz`")
+        raise InputError(
+            f"--eval-metrics sfid needs mu_s and sigma_s in --eval-ref {cfg.eval_ref}; write the statistics "
+            "again with `sit fid REFERENCE_IMAGES --save-stats STATS.npz`"
+        )
     return ref
 
 
@@ -77,7 +84,11 @@ class TrainingEval:
 
             self.vae = load_vae(cfg.vae, dist.device)
         self.metrics = eval_metrics(cfg.eval_metrics)
-        self.outputs = ("pool", *(("logits",) if "is" in self.metrics else ()), *(("spatial",) if "sfid" in self.metrics else ()))
+        self.outputs = (
+            "pool",
+            *(("logits",) if "is" in self.metrics else ()),
+            *(("spatial",) if "sfid" in self.metrics else ()),
+        )
         self.ref = open_reference(cfg)
         self.net = inception.load_inception(cfg.inception_weights, dist.device)
         self.transport = cfg.transport()
@@ -94,7 +105,11 @@ class TrainingEval:
         with torch.random.fork_rng(devices=devices):
             features = self._features(ema, list(range(dist.rank, cfg.eval_num, dist.world_size)))
         features = {k: _gather_in_index_order(v, cfg.eval_num, dist) for k, v in features.items()}
-        names = ("fid", *(("is", "is_std") if "is" in self.metrics else ()), *(("sfid",) if "sfid" in self.metrics else ()))
+        names = (
+            "fid",
+            *(("is", "is_std") if "is" in self.metrics else ()),
+            *(("sfid",) if "sfid" in self.metrics else ()),
+        )
         out = dict.fromkeys(names, float("nan"))
         if dist.is_main:
             out["fid"] = _frechet(features["pool"], self.ref["mu"], self.ref["sigma"])
@@ -112,7 +127,7 @@ class TrainingEval:
         classes = max(cfg.num_classes, 1)
         out: dict[str, list[torch.Tensor]] = {k: [] for k in self.outputs}
         for start in range(0, len(indices), self.batch_size):
-            y, x0 = labels_and_noise(cfg.seed, indices[start:start + self.batch_size], shape, classes, None)
+            y, x0 = labels_and_noise(cfg.seed, indices[start : start + self.batch_size], shape, classes, None)
             kwargs = {"y": y.to(device) if cfg.num_classes > 0 else None}
             x, _ = sample_ode(self.transport, ema, x0.to(device), cfg.eval_method, cfg.eval_steps, model_kwargs=kwargs)
             images = torch.from_numpy(to_images(x, self.vae)).to(device).permute(0, 3, 1, 2)
@@ -138,7 +153,7 @@ def _gather_in_index_order(rows: torch.Tensor, total: int, dist: Dist) -> torch.
         return rows
     per_rank = -(-total // dist.world_size)
     padded = torch.zeros(per_rank, rows.shape[1], dtype=rows.dtype)
-    padded[:len(rows)] = rows
+    padded[: len(rows)] = rows
     gathered = distributed.all_gather_tensors(padded.to(dist.device))
     order = [gathered[i % dist.world_size][i // dist.world_size] for i in range(total)]
     return torch.stack(order).cpu()

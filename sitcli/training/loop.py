@@ -20,7 +20,8 @@ import torch
 
 from sitcli import distributed, runs
 from sitcli.config import TrainConfig
-from sitcli.runtime import autocast, tf32
+from sitcli.runtime import autocast
+from sitcli.session import session
 from sitcli.training.losses import LossTerm, step_losses
 from sitcli.training.prepare import Prepared, prepare
 from sitcli.training.reports import TrainLog
@@ -48,18 +49,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     loss stops being finite. Ctrl-C (SIGINT) or SIGTERM saves a checkpoint after the current step
     and returns with ``interrupted=True``.
     """
-    dist = distributed.setup(device)
-    threads = torch.get_num_threads()
-    prepared = None
-    try:
-        with tf32(cfg.tf32):
-            prepared = prepare(cfg, resume, dist)
-            return run_loop(prepared, progress)
-    finally:
-        if prepared is not None and prepared.lock is not None:
-            prepared.lock.release()
-        torch.set_num_threads(threads)
-        distributed.teardown(dist)
+    with session(device, tf32=cfg.tf32) as s:
+        return run_loop(prepare(cfg, resume, s), progress)
 
 
 def run_loop(p: Prepared, progress: bool) -> TrainResult:
@@ -85,8 +76,11 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
                                     pixels if p.vae is not None else None, features)
             # One small all-reduce per step: every rank learns the mean losses and whether to stop.
             shown = [loss] + (list(parts.values()) if len(parts) > 1 else [])
-            sums = distributed.all_reduce_sum(torch.stack(
-                [*(v.detach().float() for v in shown), torch.tensor(float(stop.requested), device=loss.device)])).tolist()
+            sums = distributed.all_reduce_sum(
+                torch.stack(
+                    [*(v.detach().float() for v in shown), torch.tensor(float(stop.requested), device=loss.device)]
+                )
+            ).tolist()
             losses, stop_votes = [v / dist.world_size for v in sums[:-1]], sums[-1]
             if not math.isfinite(sums[0]):
                 raise TrainingDiverged(_diverged_message(sums[0], p.step + 1, last_ckpt, p.run))
@@ -108,10 +102,17 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
     return TrainResult(p.run, p.step, last_ckpt, is_main=dist.is_main)
 
 
-def step_loss(net: torch.nn.Module, transport: Transport, terms: list[LossTerm], x: torch.Tensor, y: torch.Tensor,
-              noise: torch.Generator | None, precision: torch.autocast,
-              images: torch.Tensor | None = None,
-              features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def step_loss(
+    net: torch.nn.Module,
+    transport: Transport,
+    terms: list[LossTerm],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    noise: torch.Generator | None,
+    precision: torch.autocast,
+    images: torch.Tensor | None = None,
+    features: list[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The first half of a training step: the batch's total loss and its terms, under ``precision``.
 
     For the linear interpolant and velocity prediction alone this is mean |net(x_t, t, y) - (x1 - eps)|^2
@@ -121,8 +122,15 @@ def step_loss(net: torch.nn.Module, transport: Transport, terms: list[LossTerm],
         return step_losses(net, transport, terms, x, y, noise, images, features)
 
 
-def step_update(loss: torch.Tensor, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
-                ema_decay: float, grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+def step_update(
+    loss: torch.Tensor,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    ema_decay: float,
+    grad_clip: float | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
     """The second half: backward, optional gradient clipping, optimiser step, EMA update.
 
     Returns the gradient norm before clipping (a 0-d tensor, not synchronised); without clipping
@@ -166,16 +174,35 @@ def save(p: Prepared, log: TrainLog | None = None) -> Path:
         opt_state = {"optimizer": p.opt.state_dict(), "scaler": p.scaler.state_dict() if p.scaler else {}}
         rng_tensors = {f"{k}.rank{r}": v for r, states in enumerate(rng) for k, v in states.items()}
         epoch, batch = divmod(p.step, len(p.dataset) // p.cfg.batch_size)
-        path = runs.save_checkpoint(p.run, p.step, p.model.state_dict(), p.ema.state_dict(), opt_state, rng_tensors,
-                                    {"step": p.step, "epoch": epoch, "batch_in_epoch": batch,
-                                     "world_size": p.dist.world_size, "data_size": len(p.dataset),
-                                     "log_window": log.window() if log is not None else None})
+        path = runs.save_checkpoint(
+            p.run,
+            p.step,
+            p.model.state_dict(),
+            p.ema.state_dict(),
+            opt_state,
+            rng_tensors,
+            {
+                "step": p.step,
+                "epoch": epoch,
+                "batch_in_epoch": batch,
+                "world_size": p.dist.world_size,
+                "data_size": len(p.dataset),
+                "log_window": log.window() if log is not None else None,
+            },
+        )
     distributed.barrier()
     return path or p.run / runs.CHECKPOINTS / f"{p.step:07d}"
 
 
 def _diverged_message(value: float, step: int, last_ckpt: Path | None, run: Path) -> str:
-    then = (f"the last good checkpoint is {last_ckpt}; go on from it with --resume {run} and a lower --lr, "
-            "--grad-clip or --precision fp32") if last_ckpt else ("no checkpoint was written; start again "
-                                                                  "with a new --out and a lower --lr, --grad-clip or --precision fp32")
+    then = (
+        (
+            f"the last good checkpoint is {last_ckpt}; go on from it with --resume {run} and a lower --lr, "
+            "--grad-clip or --precision fp32"
+        )
+        if last_ckpt
+        else (
+            "no checkpoint was written; start again with a new --out and a lower --lr, --grad-clip or --precision fp32"
+        )
+    )
     return f"the loss became non-finite ({value}) at step {step}; {then}"

@@ -18,8 +18,10 @@ from sitcli import atomic, distributed, runs
 from sitcli.config import EXTERNAL, RESUMABLE, TrainConfig
 from sitcli.data import DIGITS, batches, check_batch_size, is_latent_cache, open_dataset
 from sitcli.errors import InputError
-from sitcli.locks import LOCK, FolderLock, lock_on_rank0
-from sitcli.runtime import check_precision
+from sitcli.locks import LOCK
+from sitcli.models import model_shape
+from sitcli.runtime import check_device_precision
+from sitcli.session import Session
 from sitcli.training.loggers import Logger, check_log, open_loggers
 from sitcli.training.losses import LossTerm, loss_terms
 from sitcli.training.presets import apply_presets
@@ -52,7 +54,6 @@ class Prepared:
     evaluation: object | None = None  # training.evaluation.TrainingEval when --eval-every is set
     loggers: list[Logger] | None = None  # besides log.csv (rank 0)
     log_window: dict | None = None  # the resumed checkpoint's steps since its last log.csv row
-    lock: FolderLock | None = None  # held by rank 0 until the run ends
 
 
 DATA_FIELDS = ("num_classes", "in_channels", "input_size")  # what the data decides about the model
@@ -62,7 +63,10 @@ def resume_config(run: str | Path, given: dict | None = None) -> TrainConfig:
     """The config of ``run`` with the flags in ``given`` applied: only RESUMABLE ones may differ."""
     saved = TrainConfig.from_dict(runs.read_config(run), source=f"{run}/{runs.CONFIG}")
     if saved.data == EXTERNAL:
-        raise InputError(f"{run} holds converted weights, not a training run: sample it with `sit sample --ckpt {run}`; it cannot be resumed")
+        raise InputError(
+            f"{run} holds converted weights, not a training run: sample it with `sit sample --ckpt {run}`; "
+            "it cannot be resumed"
+        )
     for name, value in (given or {}).items():
         if value is None or name in ("out", "resume"):
             continue
@@ -101,20 +105,29 @@ def check_out(cfg: TrainConfig, resume: bool) -> Path | None:
     run = Path(cfg.out)
     if resume:
         if not runs.is_run(run):
-            raise InputError(f"--resume {run}: not a sit run (no config.json); pass the folder `sit train --out` created")
+            raise InputError(
+                f"--resume {run}: not a sit run (no config.json); pass the folder `sit train --out` created"
+            )
         latest, damaged = runs.newest_checkpoint(run)
         if latest is None and damaged:
             path, problem = damaged[0]
-            raise InputError(f"--resume {run}: checkpoint {path} is damaged ({problem}) and no older one is intact; "
-                             f"start the run again with a new --out")
+            raise InputError(
+                f"--resume {run}: checkpoint {path} is damaged ({problem}) and no older one is intact; "
+                f"start the run again with a new --out"
+            )
         if latest is None:
             raise InputError(f"--resume {run}: the run has no complete checkpoint yet; start it again with a new --out")
         for path, problem in damaged if distributed.is_main() else ():
-            print(f"note: checkpoint {path} is damaged ({problem}); resuming from {latest}, the newest intact one "
-                  f"(its later steps are trained again and the damaged checkpoint replaced)")
+            print(
+                f"note: checkpoint {path} is damaged ({problem}); resuming from {latest}, the newest intact one "
+                f"(its later steps are trained again and the damaged checkpoint replaced)"
+            )
         done = int(latest.name)
         if done >= cfg.steps:
-            raise InputError(f"--resume {run}: the run already finished at step {done}; pass --steps N with N > {done} to train further")
+            raise InputError(
+                f"--resume {run}: the run already finished at step {done}; "
+                f"pass --steps N with N > {done} to train further"
+            )
         return latest
     if runs.is_run(run):
         raise InputError(f"{run} is already a run; continue it with --resume {run}, or pick a new --out")
@@ -127,16 +140,17 @@ def check_resumed_data(cfg: TrainConfig, saved: dict, dataset, latest: Path) -> 
     """A resumed run's data must give the model it was trained with; a change of size changes the data order."""
     changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in DATA_FIELDS if saved[k] != getattr(cfg, k)]
     if changed:
-        raise InputError(f"--resume {cfg.out}: the data {cfg.data} no longer matches the run ({', '.join(changed)}); "
-                         f"restore the data the run was trained on, or train a new run with --out")
+        raise InputError(
+            f"--resume {cfg.out}: the data {cfg.data} no longer matches the run ({', '.join(changed)}); "
+            f"restore the data the run was trained on, or train a new run with --out"
+        )
     state = json.loads((latest / "state.json").read_text())
-    size = state.get("data_size")
-    if size is None and state.get("epoch"):  # checkpoints written before data_size: batches per epoch tell
-        per_epoch = (state["step"] - state["batch_in_epoch"]) // state["epoch"]
-        size = None if per_epoch == len(dataset) // cfg.batch_size else f"about {per_epoch * cfg.batch_size}"
-    if size is not None and size != len(dataset) and distributed.is_main():
-        print(f"warning: {cfg.data} now holds {len(dataset)} images, the run was trained on {size}: the data order "
-              f"changed, so the resumed run is not the one an uninterrupted run would have trained")
+    size = state["data_size"]
+    if size != len(dataset) and distributed.is_main():
+        print(
+            f"warning: {cfg.data} now holds {len(dataset)} images, the run was trained on {size}: the data order "
+            f"changed, so the resumed run is not the one an uninterrupted run would have trained"
+        )
 
 
 def open_data(cfg: TrainConfig, device: torch.device):
@@ -146,7 +160,9 @@ def open_data(cfg: TrainConfig, device: torch.device):
     info = dataset.info
     vae = None
     if cfg.vae is not None and cfg.data == DIGITS:
-        raise InputError("the digits are 1-channel 8x8 images, too small for a VAE: drop --vae and train in pixel space")
+        raise InputError(
+            "the digits are 1-channel 8x8 images, too small for a VAE: drop --vae and train in pixel space"
+        )
     if cfg.vae is not None and not info.latent:
         from sitcli.autoencoder import latent_scale, latent_shape, load_vae
 
@@ -161,63 +177,62 @@ def open_data(cfg: TrainConfig, device: torch.device):
     check_batch_size(len(dataset), cfg.batch_size, distributed.world_size())
     if cfg.epochs is not None:
         cfg.steps = cfg.epochs * (len(dataset) // cfg.batch_size)
-    if cfg.input_size % int(cfg.model.rsplit("/", 1)[-1]):
-        raise InputError(f"{cfg.model} needs an input size divisible by its patch size; the data gives {cfg.input_size}")
+    if cfg.input_size % model_shape(cfg.model)[3]:
+        raise InputError(
+            f"{cfg.model} needs an input size divisible by its patch size; the data gives {cfg.input_size}"
+        )
     return dataset, vae
 
 
-def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
+def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     """Check, lock the run folder, build (or restore) everything the loop steps, then write config.json."""
+    dist = session.dist
     apply_presets(cfg)
     cfg.check()
-    check_precision(cfg.precision, dist.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    check_device_precision(cfg.precision, dist.device)
+    session.set_threads(cfg.threads)
     run = Path(cfg.out)
     saved = {k: getattr(cfg, k) for k in DATA_FIELDS}
     dataset, vae = open_data(cfg, dist.device)
     if cfg.objective == "meanflow" and cfg.meanflow_omega != 1 and not (cfg.num_classes and cfg.class_dropout_prob > 0):
-        raise InputError("--meanflow-omega folds classifier-free guidance into the target, which needs class labels and "
-                         "--class-dropout-prob > 0 (the unconditional velocity is learnt from dropped labels)")
+        raise InputError(
+            "--meanflow-omega folds classifier-free guidance into the target, which needs class labels and "
+            "--class-dropout-prob > 0 (the unconditional velocity is learnt from dropped labels)"
+        )
     encoders = open_encoders(cfg, dataset, dist.device)
     atomic.check_can_create(run, "--out")  # before the lock, which creates the folder
-    lock = lock_on_rank0(run, "sit train")
-    try:
-        latest = check_out(cfg, resume)
+    session.hold(run, "sit train")
+    latest = check_out(cfg, resume)
+    if latest is not None:
+        check_resumed_data(cfg, saved, dataset, latest)
+    check_log(cfg.log)
+    evaluation = None
+    if cfg.eval_every:
+        from sitcli.training.evaluation import TrainingEval
+
+        evaluation = TrainingEval(cfg, dist, vae)  # reads the reference statistics and Inception weights
+
+    # Model and optimiser: same init on every rank; after that each rank has its own RNG streams.
+    torch.manual_seed(cfg.seed)
+    model = cfg.new_model(tuple(e.width for e in encoders)).to(dist.device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    model.grad_checkpointing = cfg.grad_checkpointing
+    # fused None: torch's default implementation
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cfg.fused_adamw or None)
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    rank_seed = cfg.seed * dist.world_size + dist.rank
+    torch.manual_seed(rank_seed)  # the model's label dropout draws from the global RNG
+    noise = torch.Generator(dist.device).manual_seed(rank_seed)
+    step, log_window = 0, None
+    if latest is not None:  # restored before config.json changes: a resume that cannot load rewrites nothing
+        step, log_window = _restore(latest, model, ema, opt, scaler, noise, cfg, dist)
+    distributed.barrier()  # every rank has checked the folder (and loaded its checkpoint) before rank 0 writes
+    if dist.is_main:
+        runs.write_config(run, cfg.to_dict())
         if latest is not None:
-            check_resumed_data(cfg, saved, dataset, latest)
-        check_log(cfg.log)
-        evaluation = None
-        if cfg.eval_every:
-            from sitcli.training.evaluation import TrainingEval
-
-            evaluation = TrainingEval(cfg, dist, vae)  # reads the reference statistics and Inception weights
-
-        # Model and optimiser: same init on every rank; after that each rank has its own RNG streams.
-        torch.manual_seed(cfg.seed)
-        model = cfg.build_model(tuple(e.width for e in encoders)).to(dist.device)
-        ema = copy.deepcopy(model).requires_grad_(False).eval()
-        model.grad_checkpointing = cfg.grad_checkpointing
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                fused=cfg.fused_adamw or None)  # None: torch's default implementation
-        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-        rank_seed = cfg.seed * dist.world_size + dist.rank
-        torch.manual_seed(rank_seed)  # the model's label dropout draws from the global RNG
-        noise = torch.Generator(dist.device).manual_seed(rank_seed)
-        step, log_window = 0, None
-        if latest is not None:  # restored before config.json changes: a resume that cannot load rewrites nothing
-            step, log_window = _restore(latest, model, ema, opt, scaler, noise, cfg, dist)
-        distributed.barrier()  # every rank has checked the folder (and loaded its checkpoint) before rank 0 writes
-        if dist.is_main:
-            runs.write_config(run, cfg.to_dict())
-            if latest is not None:
-                truncate_log(run / "log.csv", step)
-                truncate_log(run / EVAL_LOG, step)
-                write_best(run)
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
+            truncate_log(run / "log.csv", step)
+            truncate_log(run / EVAL_LOG, step)
+            write_best(run)
 
     net = model
     if dist.active:
@@ -233,8 +248,28 @@ def prepare(cfg: TrainConfig, resume: bool, dist: distributed.Dist) -> Prepared:
     for note in (n for term in terms for n in getattr(term, "notes", list)()) if dist.is_main else ():
         print(note)
     loggers = open_loggers(cfg.log, run, cfg.to_dict()) if dist.is_main else []
-    return Prepared(cfg, run, dist, dataset, data, vae, model, net, ema, opt, scaler, noise, transport,
-                    terms, step, latest, preview, evaluation, loggers, log_window, lock)
+    return Prepared(
+        cfg,
+        run,
+        dist,
+        dataset,
+        data,
+        vae,
+        model,
+        net,
+        ema,
+        opt,
+        scaler,
+        noise,
+        transport,
+        terms,
+        step,
+        latest,
+        preview,
+        evaluation,
+        loggers,
+        log_window,
+    )
 
 
 def open_encoders(cfg: TrainConfig, dataset, device: torch.device) -> list:
@@ -247,14 +282,18 @@ def open_encoders(cfg: TrainConfig, dataset, device: torch.device) -> list:
         from sitcli.training.losses import CachedEncoder
 
         entries = dataset.use_features([encoder_identity(p) for p in cfg.repa_encoder], cfg.repa_encoder)
-        return [CachedEncoder(path, e["width"], e["grid"], e["resolution"], e["fixed_resolution"])
-                for path, e in zip(cfg.repa_encoder, entries)]
+        return [
+            CachedEncoder(path, e["width"], e["grid"], e["resolution"], e["fixed_resolution"])
+            for path, e in zip(cfg.repa_encoder, entries)
+        ]
     from sitcli.encoders import load_encoder
 
     return [load_encoder(path).to(device) for path in cfg.repa_encoder]
 
 
-def _restore(latest: Path, model, ema, opt, scaler, noise: torch.Generator, cfg: TrainConfig, dist) -> tuple[int, dict | None]:
+def _restore(
+    latest: Path, model, ema, opt, scaler, noise: torch.Generator, cfg: TrainConfig, dist
+) -> tuple[int, dict | None]:
     """Load weights, optimiser and RNG state from a checkpoint folder; returns its step and log window."""
     state = runs.load_checkpoint(latest, dist.device)
     try:
@@ -263,8 +302,10 @@ def _restore(latest: Path, model, ema, opt, scaler, noise: torch.Generator, cfg:
         opt.load_state_dict(state["optimizer"]["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()
-        raise InputError(f"--resume {cfg.out}: checkpoint {latest} does not fit the model config.json describes "
-                         f"({first}); the run folder was changed by hand or comes from another version") from None
+        raise InputError(
+            f"--resume {cfg.out}: checkpoint {latest} does not fit the model config.json describes "
+            f"({first}); the run folder was changed by hand or comes from another version"
+        ) from None
     for group in opt.param_groups:  # --lr may have been changed for the resumed run
         group["lr"] = cfg.lr
     if scaler is not None and state["optimizer"].get("scaler"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sitcli.config import TrainConfig
 from sitcli.data import DIGITS, is_latent_cache
-from sitcli.models import SIZES, SiT_models
+from sitcli.models import SiT_models, model_shape
 
 PRESETS: dict[str, dict] = {
     # A 0.7M-parameter SiT on the native 8x8 digits (4 tokens of 4x4 pixels): recognisable samples
@@ -42,7 +42,7 @@ def apply_presets(cfg: TrainConfig) -> TrainConfig:
                 continue  # the cache knows its size
             setattr(cfg, name, value)
     if cfg.repa_encoder and cfg.repa_depth is None and cfg.model in SiT_models:
-        depth = SIZES[cfg.model.split("-")[1].split("/")[0]][0]
+        depth = model_shape(cfg.model)[0]
         cfg.repa_depth = REPA_DEPTHS.get(depth, max(1, depth // 3))
     if cfg.out is None:
         cfg.out = str(Path("runs") / (Path(cfg.data).name or "run"))

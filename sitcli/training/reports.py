@@ -43,7 +43,7 @@ class TrainLog:
         self.path = Path(run) / "log.csv"
         self.is_main, self.total, self.log_every = is_main, total, log_every
         self.loggers = list(loggers)
-        # A resumed run keeps the columns its log.csv began with (one written before a column existed too).
+        # A resumed run keeps the columns its log.csv began with.
         self.columns = _header(self.path) if is_main and self.path.is_file() else log_columns(list(terms))
         window = window or {}
         self.losses: list[list[float]] = [list(v) for v in window.get("losses", [])]
@@ -93,36 +93,55 @@ class TrainLog:
         window = max(now - self.window_start, 1e-9)
         steps_per_s, images_per_s = len(self.losses) / window, self.images / window
         shown = f"{losses[0]:.4f}" + "".join(f" {n[5:]} {v:.4f}" for n, v in zip(self.columns[2:], losses[1:]))
-        self.bar.update(self.task, completed=step, loss=shown, speed=f"{steps_per_s:.2f} steps/s {images_per_s:.0f} img/s")
+        self.bar.update(
+            self.task, completed=step, loss=shown, speed=f"{steps_per_s:.2f} steps/s {images_per_s:.0f} img/s"
+        )
         if step % self.log_every == 0 or step == self.total:
             means = [sum(column) / len(column) for column in zip(*self.losses)]
             grad_norm = float(torch.stack(self._norms()).float().mean()) if self.grad_norms else float("nan")
             elapsed = self.elapsed_before + now - self.started
-            values = {**dict(zip(("loss", *(c for c in self.columns if c.startswith("loss_"))), means)),
-                      "grad_norm": grad_norm, "lr": self.lr, "steps_per_s": steps_per_s, "images_per_s": images_per_s,
-                      "elapsed_s": elapsed}
+            values = {
+                **dict(zip(("loss", *(c for c in self.columns if c.startswith("loss_"))), means)),
+                "grad_norm": grad_norm,
+                "lr": self.lr,
+                "steps_per_s": steps_per_s,
+                "images_per_s": images_per_s,
+                "elapsed_s": elapsed,
+            }
             new = not self.path.is_file()
             with open(self.path, "a") as f:  # appending one line; a torn last line is dropped on resume
                 if new:
                     f.write(",".join(self.columns) + "\n")
-                f.write(",".join([str(step)] + [_format(c, values.get(c, float("nan"))) for c in self.columns[1:]]) + "\n")
+                f.write(
+                    ",".join([str(step)] + [_format(c, values.get(c, float("nan"))) for c in self.columns[1:]]) + "\n"
+                )
             self.losses, self.grad_norms, self.images, self.window_start = [], [], 0, now
             plot_loss(read_log(self.path), self.path.parent / "loss.png")
             for logger in self.loggers:
-                logger.scalars(step, {("train/" + k if k.startswith("loss") or k in OPTIMISER_COLUMNS else "speed/" + k): v
-                                      for k, v in values.items()})
+                logger.scalars(
+                    step,
+                    {
+                        ("train/" + k if k.startswith("loss") or k in OPTIMISER_COLUMNS else "speed/" + k): v
+                        for k, v in values.items()
+                    },
+                )
 
     def _norms(self) -> list[torch.Tensor]:
         """The gradient norms of the window as tensors, those from a checkpoint on the device of the others."""
         device = next((g.device for g in self.grad_norms if isinstance(g, torch.Tensor)), "cpu")
-        return [g if isinstance(g, torch.Tensor) else torch.tensor(g, dtype=self.norm_dtype, device=device)
-                for g in self.grad_norms]
+        return [
+            g if isinstance(g, torch.Tensor) else torch.tensor(g, dtype=self.norm_dtype, device=device)
+            for g in self.grad_norms
+        ]
 
     def window(self) -> dict:
         """The steps since the last row, for a checkpoint: per-step losses and gradient norms (exact in JSON)."""
         norms = self._norms()
-        return {"losses": self.losses, "grad_norms": [float(g) for g in norms],
-                "grad_norm_dtype": str(norms[0].dtype).removeprefix("torch.") if norms else "float32"}
+        return {
+            "losses": self.losses,
+            "grad_norms": [float(g) for g in norms],
+            "grad_norm_dtype": str(norms[0].dtype).removeprefix("torch.") if norms else "float32",
+        }
 
     def image(self, step: int, tag: str, path: Path | None) -> None:
         """An image the run wrote (an EMA sample grid) to every logger."""
@@ -146,15 +165,24 @@ class TrainLog:
                 f.write(",".join(columns) + "\n")
             f.write(",".join([str(step)] + [f"{metrics[c]:.6g}" for c in columns[1:]]) + "\n")
         best = write_best(path.parent)
-        self.bar.console.print(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-                               + (f"; best fid {best['fid']:.4g} at step {best['step']}" if best else ""), highlight=False)
+        self.bar.console.print(
+            f"step {step}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            + (f"; best fid {best['fid']:.4g} at step {best['step']}" if best else ""),
+            highlight=False,
+        )
         for logger in self.loggers:
             logger.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
 
 
 def _format(column: str, value: float) -> str:
-    return f"{value:.4g}" if column in ("steps_per_s", "images_per_s") else f"{value:.1f}" if column == "elapsed_s" \
+    return (
+        f"{value:.4g}"
+        if column in ("steps_per_s", "images_per_s")
+        else f"{value:.1f}"
+        if column == "elapsed_s"
         else f"{value:.6g}"
+    )
 
 
 def _header(path: Path) -> tuple[str, ...]:
@@ -199,7 +227,9 @@ def truncate_log(path: Path, step: int) -> None:
         return
     columns = Path(path).read_text().splitlines()[0].split(",")
     rows = [r for r in read_log(path) if r["step"] <= step]
-    lines = [",".join(columns)] + [",".join(f"{r[k]:g}" if k != "step" else str(int(r[k])) for k in columns) for r in rows]
+    lines = [",".join(columns)] + [
+        ",".join(f"{r[k]:g}" if k != "step" else str(int(r[k])) for k in columns) for r in rows
+    ]
     atomic.write_text(path, "\n".join(lines) + "\n")
 
 
@@ -235,8 +265,13 @@ class TrainingPreview:
         classes = max(cfg.num_classes, 1)
         self.ncol = classes if classes <= 16 else 8
         n = classes * 8 if classes <= 16 else 32
-        self.y, self.x0 = labels_and_noise(cfg.seed, list(range(n)), (cfg.in_channels, cfg.input_size, cfg.input_size),
-                                           classes, ",".join(str(i % classes) for i in range(n)) if classes <= 16 else None)
+        self.y, self.x0 = labels_and_noise(
+            cfg.seed,
+            list(range(n)),
+            (cfg.in_channels, cfg.input_size, cfg.input_size),
+            classes,
+            ",".join(str(i % classes) for i in range(n)) if classes <= 16 else None,
+        )
         if self.vae is None and cfg.latent_scale is not None and cfg.vae:
             from sitcli.autoencoder import load_vae
 

@@ -71,7 +71,9 @@ def log_likelihood(
     counter = CountingModel(model, model_kwargs)
     probe = None
     if divergence == "hutchinson":
-        probe = torch.randint(0, 2, x1.shape, generator=generator, device="cpu" if generator is None else generator.device)
+        probe = torch.randint(
+            0, 2, x1.shape, generator=generator, device="cpu" if generator is None else generator.device
+        )
         probe = (2 * probe - 1).to(device=x1.device, dtype=x1.dtype)
 
     def dynamics(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

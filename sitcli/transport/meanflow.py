@@ -14,7 +14,8 @@ of the flow dz/ds = v(z, s) from time t to a later time r >= t is
 Identity. For fixed r, z_r is the same point for every z_t on one trajectory, so differentiating
 (r - t) u(z_t, t, r) = z_r - z_t along the flow in t gives -u + (r - t) du/dt = -v, i.e.
 
-    u(z_t, t, r) = v(z_t, t) + (r - t) du/dt,    du/dt = v . grad_z u + d_t u        (paper: u = v - (tau_t - tau_r) du/dtau)
+    u(z_t, t, r) = v(z_t, t) + (r - t) du/dt,    du/dt = v . grad_z u + d_t u
+    (the paper: u = v - (tau_t - tau_r) du/dtau)
 
 and du/dt is one forward-mode Jacobian-vector product of (z, t, r) -> u with tangents (v, 1, 0).
 
@@ -49,8 +50,14 @@ import torch
 from sitcli.transport.interpolants import expand_time
 
 
-def draw_times(sample_time: Callable[..., torch.Tensor], batch: int, share: float, device=None,
-               dtype=torch.float32, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_times(
+    sample_time: Callable[..., torch.Tensor],
+    batch: int,
+    share: float,
+    device=None,
+    dtype=torch.float32,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, r), each (batch,): two draws of ``sample_time(batch, device, dtype, generator)``, sorted so that
     t <= r; then r = t except on a share ``share`` of the rows (drawn from ``generator`` after the times)."""
     a = sample_time(batch, device=device, dtype=dtype, generator=generator)
@@ -69,8 +76,13 @@ def jvp_math_attention():
     return sdpa_kernel(SDPBackend.MATH)
 
 
-def total_derivative(u: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor,
-                     t: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def total_derivative(
+    u: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    t: torch.Tensor,
+    r: torch.Tensor,
+    v: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(u(z, t, r), du/dt along the flow) by one ``torch.func.jvp`` with tangents (v, 1, 0), no gradients."""
     with torch.no_grad(), jvp_math_attention():
         return torch.func.jvp(u, (z, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
@@ -87,20 +99,32 @@ def adaptive_weight(error: torch.Tensor, p: float, c: float) -> torch.Tensor:
     return 1.0 / (mse + c) ** p if p else torch.ones_like(mse)
 
 
-def sample_meanflow(model: Callable, x0: torch.Tensor, steps: int = 1, model_kwargs: dict | None = None,
-                    interval: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, int]:
-    """``steps`` mean-flow jumps from noise x0 at interval[0] to data at interval[1]: (samples, nfe).
+def meanflow_time_grid(steps: int = 1, interval: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """The ``steps`` + 1 uniform times of the mean-flow jumps over ``interval`` (float64)."""
+    if steps < 1:
+        raise ValueError(f"steps={steps}: a mean-flow sampler needs at least one step")
+    return torch.linspace(interval[0], interval[1], steps + 1, dtype=torch.float64)
+
+
+def sample_meanflow(
+    model: Callable,
+    x0: torch.Tensor,
+    steps: int = 1,
+    model_kwargs: dict | None = None,
+    interval: tuple[float, float] = (0.0, 1.0),
+    time_grid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Mean-flow jumps z_r = z_t + (r - t) u(z_t, t, r) over ``time_grid`` (None: ``steps`` uniform jumps from
+    noise x0 at interval[0] to data at interval[1]): (samples, nfe).
 
     ``model(x, t, r=r, **model_kwargs)`` returns the average velocity from t to r (a mean-flow SiT,
     or any callable, e.g. an exact one for tests).
     """
-    if steps < 1:
-        raise ValueError(f"steps={steps}: a mean-flow sampler needs at least one step")
-    grid = torch.linspace(interval[0], interval[1], steps + 1, dtype=torch.float64).tolist()
+    grid = (meanflow_time_grid(steps, interval) if time_grid is None else time_grid).tolist()
     x, kwargs = x0, model_kwargs or {}
     with contextlib.nullcontext() if x0.requires_grad else torch.no_grad():
         for t, r in zip(grid[:-1], grid[1:]):
             tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
             rr = torch.full((x.shape[0],), r, dtype=x.dtype, device=x.device)
             x = x + (r - t) * model(x, tt, r=rr, **kwargs).to(x.dtype)
-    return x, steps
+    return x, len(grid) - 1

@@ -2,7 +2,8 @@
 
 Both take any callable ``model(x, t, **model_kwargs)`` (t of shape (B,)), convert its output with
 the transport, and return ``(samples, nfe)`` where nfe counts model evaluations (a classifier-free
-guided call counts one, its two passes being one doubled batch; an autoguided call two, one per network). Samples keep the dtype and device of ``x0``.
+guided call counts one, its two passes being one doubled batch; an autoguided call two, one per network).
+Samples keep the dtype and device of ``x0``.
 
 ODE (probability flow):  dX = v(X, t) dt,   solved by ``integrate`` with a method of ``methods``.
 SDE:                     dX = [v(X, t) + w(t) s(X, t)] dt + sqrt(2 w(t)) dW,   see ``diffusion``.
@@ -45,6 +46,36 @@ def _grad_mode(x0: torch.Tensor):
     return contextlib.nullcontext() if x0.requires_grad else torch.no_grad()
 
 
+def ode_time_grid(
+    transport: Transport,
+    method: str = "adams",
+    steps: int = 50,
+    spacing: str | None = None,
+    time_shift: float = 1.0,
+    edm_rho: float = 7.0,
+    device=None,
+    dtype=torch.float32,
+) -> torch.Tensor:
+    """The increasing times an ODE ``method`` steps on from noise to data (``integrate.integration_times``): the
+    ``steps`` + 1 points of ``spacing`` (None: the method's own), shifted by ``time_shift`` and snapped to the
+    discrete grid in discrete time; (t0, t1) for adaptive methods, which refuse a spacing or a shift. Built before
+    any sampling, so that every refusal of these settings comes before work is done."""
+    t0, t1 = transport.sample_interval()
+    return integration_times(
+        ode_method(method),
+        t0,
+        t1,
+        steps,
+        transport.timestep_grid(dtype=torch.float64),
+        device,
+        dtype,
+        spacing,
+        time_shift,
+        transport.interpolant,
+        edm_rho,
+    )
+
+
 def sample_ode(
     transport: Transport,
     model: Callable,
@@ -57,18 +88,16 @@ def sample_ode(
     spacing: str | None = None,
     time_shift: float = 1.0,
     edm_rho: float = 7.0,
+    time_grid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Integrate the probability-flow ODE from noise x0 at t0 to data at t1.
 
     Args:
         method: a name in ``methods.ODE_METHODS``: fixed grid "euler" | "heun" | "midpoint" | "rk4"
-            (``steps`` uniform steps, so nfe is steps x 1, 2, 2, 4); multistep "adams" (4th-order
-            Adams-Bashforth on a cosine grid, nfe = steps: on the mixtures of
-            ``examples/sampler_nfe.py`` it reaches dopri5's default accuracy with 0.52-0.59x its
-            NFE for every interpolant, where rk4 needs 0.50-0.73x, or more than 64 NFE on VP); or
-            adaptive "dopri5" | "dopri8" | "bosh3" | "tsit5" (``atol``, ``rtol``; ``steps`` ignored).
-        spacing, time_shift, edm_rho: the grid of a fixed-grid or multistep method (``time_grids``;
-            spacing None is the method's own); adaptive methods refuse them.
+            (``steps`` steps, so nfe is steps x 1, 2, 2, 4); multistep "adams" (4th-order Adams-Bashforth on a
+            cosine grid, nfe = steps); or adaptive "dopri5" | "dopri8" | "bosh3" | "tsit5" (``atol``, ``rtol``).
+        time_grid: the times to step on (``ode_time_grid``); None builds it from ``steps``, ``spacing``,
+            ``time_shift`` and ``edm_rho``.
     Returns:
         (samples, nfe).
     """
@@ -78,12 +107,12 @@ def sample_ode(
         output, t_batch = counter(x, t)
         return transport.velocity(output, x, t_batch)
 
-    t0, t1 = transport.sample_interval()
-    ode = ode_method(method)
-    times = integration_times(ode, t0, t1, steps, transport.timestep_grid(dtype=torch.float64), x0.device, x0.dtype,
-                              spacing, time_shift, transport.interpolant, edm_rho)
+    if time_grid is None:
+        time_grid = ode_time_grid(transport, method, steps, spacing, time_shift, edm_rho, x0.device, x0.dtype)
     with _grad_mode(x0):
-        x = integrate(velocity, x0, ode, times, atol=atol, rtol=rtol)
+        x = integrate(
+            velocity, x0, ode_method(method), time_grid.to(device=x0.device, dtype=x0.dtype), atol=atol, rtol=rtol
+        )
     return x, counter.nfe
 
 
@@ -97,6 +126,41 @@ def standard_normal_like(x: torch.Tensor, generator: Generator = None) -> torch.
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
     rows = [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
     return torch.stack(rows).to(x.device)
+
+
+def sde_time_grid(
+    transport: Transport,
+    steps: int = 250,
+    w: str = "sigma",
+    last_step: str | None = "euler",
+    last_step_size: float = 0.04,
+    spacing: str | None = None,
+    time_shift: float = 1.0,
+    edm_rho: float = 7.0,
+    device=None,
+    dtype=torch.float32,
+) -> torch.Tensor:
+    """The times of the SDE's steps before its last step (``sample_sde``): from t0 (where w(t) and the score
+    are finite) to 1 - last_step_size with a last step, to t1 without; uniform unless ``spacing``. Built before
+    any sampling, so that every refusal of these settings comes before work is done."""
+    last_step = "none" if last_step is None else str(last_step).lower()
+    t0, t1 = transport.sample_interval(sde=True, w=check_diffusion_coefficient(w))
+    if last_step != "none":
+        t1 = 1.0 - last_step_size
+        if not t0 < t1 < 1:
+            raise InputError(f"--last-step-size {last_step_size:g} must lie in (0, {1 - t0:g}): e.g. 0.04")
+        if steps < 2:
+            raise InputError("--steps must be >= 2 with a last step (one SDE step plus the last step)")
+    return transport.time_grid(
+        t0,
+        t1,
+        steps - 1 if last_step != "none" else steps,
+        device=device,
+        dtype=dtype,
+        spacing=spacing or "uniform",
+        time_shift=time_shift,
+        edm_rho=edm_rho,
+    )
 
 
 def sample_sde(
@@ -114,6 +178,7 @@ def sample_sde(
     spacing: str | None = None,
     time_shift: float = 1.0,
     edm_rho: float = 7.0,
+    time_grid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Integrate dX = [v + w(t) s] dt + sqrt(2 w(t)) dW from noise x0 at t0 to data.
 
@@ -131,32 +196,24 @@ def sample_sde(
             whatever w(t) is, so it is right for every diffusion coefficient and interpolant.
             "mean": the official code's default, a drift step x + (v + w s) h without noise; for a
             large w it pulls every sample towards its posterior mean and narrows the distribution
-            (4-D mixture, w = constant, 250 steps: sliced W1 0.079 against 0.038 with "euler", and
-            more steps do not help). Kept by name to reproduce the official code.
+            (examples/README.md measures it). Kept by name to reproduce the official code.
             "tweedie": the posterior mean E[x1 | x] in one jump. "none": the SDE runs to t1.
         generator: a torch.Generator, or one per sample row (per-sample seeds).
-        spacing, time_shift, edm_rho: the grid of the SDE steps before the last step (``time_grids``;
-            spacing None is uniform).
+        time_grid: the SDE's times before its last step (``sde_time_grid``); None builds it from ``steps``,
+            ``w``, ``last_step``, ``last_step_size``, ``spacing``, ``time_shift`` and ``edm_rho``.
     Returns:
         (samples, nfe).
     """
     w = check_diffusion_coefficient(w)
+    sde_method(method)  # an unknown name is refused, not run as Heun
     last_step = "none" if last_step is None else str(last_step).lower()
-    sde_method(method)  # refuses an unknown name before any work
     if last_step not in LAST_STEPS:
-        raise InputError(f"unknown last step {last_step!r}: choose one of {', '.join(LAST_STEPS)}")
-    if w_norm < 0:
-        raise InputError(f"w_norm={w_norm} is negative: the diffusion coefficient must be >= 0")
-
-    t0, t1 = transport.sample_interval(sde=True, w=w)
-    if last_step != "none":
-        t1 = 1.0 - last_step_size
-        if not t0 < t1 < 1:
-            raise InputError(f"last_step_size={last_step_size} must lie in (0, {1 - t0:g}): e.g. 0.04")
-        if steps < 2:
-            raise InputError("steps must be >= 2 with a last step (one SDE step plus the last step)")
-    grid = transport.time_grid(t0, t1, steps - 1 if last_step != "none" else steps, device=x0.device, dtype=x0.dtype,
-                               spacing=spacing or "uniform", time_shift=time_shift, edm_rho=edm_rho)
+        raise ValueError(f"unknown last step {last_step!r}: choose one of {', '.join(LAST_STEPS)}")
+    if time_grid is None:
+        time_grid = sde_time_grid(
+            transport, steps, w, last_step, last_step_size, spacing, time_shift, edm_rho, x0.device, x0.dtype
+        )
+    grid = time_grid.to(device=x0.device, dtype=x0.dtype)
 
     interpolant = transport.interpolant
     counter = CountingModel(model, model_kwargs)

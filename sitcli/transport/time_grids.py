@@ -62,15 +62,22 @@ def edm_times(t0: float, t1: float, steps: int, interpolant: Interpolant | None 
               **_) -> torch.Tensor:
     if interpolant is None:
         raise ValueError("the edm spacing needs the interpolant (its sigma_t / alpha_t)")
-    sigma_start, sigma_end = (float(noise_to_signal(interpolant, torch.tensor(t, dtype=torch.float64))) for t in (t0, t1))
+    sigma_start, sigma_end = (
+        float(noise_to_signal(interpolant, torch.tensor(t, dtype=torch.float64))) for t in (t0, t1)
+    )
     cap_hi, cap_lo = sigma_start > EDM_SIGMA_MAX, sigma_end < EDM_SIGMA_MIN
     cap_lo = cap_lo and steps - cap_hi - cap_lo >= 1
     cap_hi = cap_hi and steps - cap_hi - cap_lo >= 1
     hi, lo = (EDM_SIGMA_MAX if cap_hi else sigma_start), (EDM_SIGMA_MIN if cap_lo else sigma_end)
     u = torch.linspace(0, 1, steps - cap_hi - cap_lo + 1, dtype=torch.float64)
     sigmas = ((1 - u) * hi ** (1 / edm_rho) + u * lo ** (1 / edm_rho)) ** edm_rho  # both ends exact
-    times = torch.cat([torch.tensor([t0] * cap_hi, dtype=torch.float64), time_of_noise_to_signal(interpolant, sigmas),
-                       torch.tensor([t1] * cap_lo, dtype=torch.float64)])
+    times = torch.cat(
+        [
+            torch.tensor([t0] * cap_hi, dtype=torch.float64),
+            time_of_noise_to_signal(interpolant, sigmas),
+            torch.tensor([t1] * cap_lo, dtype=torch.float64),
+        ]
+    )
     times[0], times[-1] = t0, t1
     return times
 
@@ -120,14 +127,8 @@ def time_grid(
         time_shift: s of the shift phi_s (1: none).
         interpolant, edm_rho: what the edm spacing needs (the others ignore them).
     """
-    if steps < 1:
-        raise InputError(f"steps={steps} is invalid: pass at least 1 step")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: {' or '.join(SPACINGS)}")
-    if not time_shift > 0:
-        raise InputError(f"time_shift={time_shift} is invalid: pass s > 0 (1 is no shift; SD3 uses 3)")
-    if not edm_rho > 0:
-        raise InputError(f"edm_rho={edm_rho} is invalid: pass rho > 0 (EDM uses 7)")
     if time_shift == 1:
         times = SPACINGS[spacing](t0, t1, steps, interpolant=interpolant, edm_rho=edm_rho)
     else:

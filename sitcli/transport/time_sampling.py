@@ -93,7 +93,8 @@ def _mode_pdf(p, u):
 def _mode_check(p):
     c = p["mode_scale"]
     if not -1 <= c <= 2 / (math.pi - 2):
-        return f"mode_scale={c} makes the mode density's map decrease: pass -1 <= mode_scale <= {2 / (math.pi - 2):.4f} (SD3: 1.29)"
+        return (f"mode_scale={c} makes the mode density's map decrease: pass -1 <= mode_scale <= "
+                f"{2 / (math.pi - 2):.4f} (SD3: 1.29)")
     return None
 
 
@@ -115,9 +116,14 @@ TIME_DENSITIES: dict[str, TimeDensity] = {
     d.name: d
     for d in (
         TimeDensity("uniform", {}, _uniform_draw, lambda p, u: u.clamp(0, 1), lambda p, u: torch.ones_like(u)),
-        TimeDensity("logit-normal", {"logit_mean": 0.0, "logit_std": 1.0}, _logit_normal_draw, _logit_normal_cdf,
-                    _logit_normal_pdf,
-                    lambda p: None if p["logit_std"] > 0 else f"logit_std={p['logit_std']} must be positive, e.g. 1"),
+        TimeDensity(
+            "logit-normal",
+            {"logit_mean": 0.0, "logit_std": 1.0},
+            _logit_normal_draw,
+            _logit_normal_cdf,
+            _logit_normal_pdf,
+            lambda p: None if p["logit_std"] > 0 else f"logit_std={p['logit_std']} must be positive, e.g. 1",
+        ),
         TimeDensity("mode", {"mode_scale": 1.29}, _mode_draw, _mode_cdf, _mode_pdf, _mode_check),
         TimeDensity("cosmap", {}, _cosmap_draw, _cosmap_cdf, _cosmap_pdf),
     )

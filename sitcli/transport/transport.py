@@ -70,11 +70,6 @@ class Transport:
         self.interpolant = get_interpolant(interpolant)
         self.prediction = objectives.check_prediction(prediction)
         self.loss_weight = objectives.check_loss_weight(loss_weight)
-        for name, value in (("train_eps", train_eps), ("sample_eps", sample_eps)):
-            if value is not None and not 0 <= value < 0.5:
-                raise InputError(f"{name}={value} is out of range: pass a value in [0, 0.5), e.g. 1e-3")
-        if num_timesteps is not None and (int(num_timesteps) != num_timesteps or num_timesteps < 2):
-            raise InputError(f"num_timesteps={num_timesteps} is invalid: pass an integer >= 2, or omit it")
         self.train_eps = train_eps
         self.sample_eps = sample_eps
         self.num_timesteps = None if num_timesteps is None else int(num_timesteps)

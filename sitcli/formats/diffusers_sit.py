@@ -9,7 +9,7 @@ standard diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetenso
 are sit's, bit for bit.
 
 Example:
-    >>> from sitcli.diffusers_sit import SiTTransformer2DModel
+    >>> from sitcli.formats.diffusers_sit import SiTTransformer2DModel
     >>> model = SiTTransformer2DModel.from_pretrained("converted/SiT-XL-2-256")
     >>> v = model(latents, timestep=torch.full((4,), 0.5), class_labels=labels).sample
 

@@ -1,0 +1,213 @@
+"""`sit sample` and `sit methods`: flags -> SampleConfig -> ``sample.sample`` -> a few lines."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from sitcli.cli.choices import (Convention, DiffusionCoefficient, Interpolant, LastStep, Method, Precision,
+                                Prediction, Sampler, Spacing, plain)
+from sitcli.cli.errors import console
+
+CKPT, SAMPLER, GUIDANCE, OUTPUT, SPEED = "Checkpoint", "Sampler", "Guidance", "Output", "Speed"
+
+
+def sample(
+    ckpt: str = typer.Option(
+        ...,
+        "--ckpt",
+        rich_help_panel=CKPT,
+        help="A run, checkpoint folder, .safetensors, official .pt or diffusers folder.",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", rich_help_panel=CKPT, help="Check that --ckpt holds this architecture, e.g. SiT-XL/2."
+    ),
+    src_format: str | None = typer.Option(
+        None, "--from", rich_help_panel=CKPT, help="official | dit | diffusers | sit, where it cannot be told."
+    ),
+    ema: bool = typer.Option(True, "--ema/--no-ema", rich_help_panel=CKPT, help="The EMA weights or the raw ones."),
+    vae: str | None = typer.Option(
+        None, "--vae", rich_help_panel=CKPT, help="VAE folder of a latent model (default: the run's)."
+    ),
+    interpolant: Interpolant | None = typer.Option(
+        None,
+        "--interpolant",
+        case_sensitive=False,
+        rich_help_panel=CKPT,
+        help="For a checkpoint that does not record it (linear).",
+    ),
+    prediction: Prediction | None = typer.Option(
+        None, "--prediction", "--pred", case_sensitive=False, rich_help_panel=CKPT, help="Likewise (velocity)."
+    ),
+    sample_eps: float | None = typer.Option(
+        None, "--sample-eps", rich_help_panel=CKPT, help="Likewise: keep this far from singular ends."
+    ),
+    sampler: Sampler | None = typer.Option(
+        None,
+        "--sampler",
+        case_sensitive=False,
+        rich_help_panel=SAMPLER,
+        help="ode, sde or meanflow (default: meanflow for such a model, else ode).",
+    ),
+    method: Method | None = typer.Option(
+        None,
+        "--method",
+        case_sensitive=False,
+        rich_help_panel=SAMPLER,
+        help="adams (ODE), euler (SDE), jump (meanflow); see `sit methods`.",
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", rich_help_panel=SAMPLER, help="Steps: 50 ODE, 250 SDE, 1 mean-flow jump."
+    ),
+    atol: float = typer.Option(1e-6, "--atol", rich_help_panel=SAMPLER, help="Absolute tolerance of adaptive ODEs."),
+    rtol: float = typer.Option(1e-3, "--rtol", rich_help_panel=SAMPLER, help="Relative tolerance of adaptive ODEs."),
+    w: DiffusionCoefficient = typer.Option(
+        "sigma",
+        "--w",
+        case_sensitive=False,
+        rich_help_panel=SAMPLER,
+        help="The SDE's diffusion coefficient w(t) (official: --diffusion-form).",
+    ),
+    w_norm: float = typer.Option(
+        1.0, "--w-norm", rich_help_panel=SAMPLER, help="Scale of w(t) (official: --diffusion-norm)."
+    ),
+    last_step: LastStep = typer.Option(
+        "euler",
+        "--last-step",
+        case_sensitive=False,
+        rich_help_panel=SAMPLER,
+        help="How the SDE crosses its last step (mean: the official code's).",
+    ),
+    last_step_size: float = typer.Option(
+        0.04, "--last-step-size", rich_help_panel=SAMPLER, help="Length in time of the SDE's last step."
+    ),
+    spacing: Spacing | None = typer.Option(
+        None,
+        "--spacing",
+        case_sensitive=False,
+        rich_help_panel=SAMPLER,
+        help="Time grid of fixed-step methods (uniform; adams: cosine).",
+    ),
+    time_shift: float = typer.Option(
+        1.0,
+        "--time-shift",
+        rich_help_panel=SAMPLER,
+        help="SD3's shift S of the time grid; S > 1: more steps near noise.",
+    ),
+    edm_rho: float = typer.Option(7.0, "--edm-rho", rich_help_panel=SAMPLER, help="rho of --spacing edm (7)."),
+    cfg_scale: float = typer.Option(
+        1.0, "--cfg-scale", rich_help_panel=GUIDANCE, help="Classifier-free guidance scale (1: none)."
+    ),
+    cfg_interval: tuple[float, float] = typer.Option(
+        (0.0, 1.0),
+        "--cfg-interval",
+        rich_help_panel=GUIDANCE,
+        help="Guide only for LO <= t <= HI (in --cfg-interval-in).",
+    ),
+    cfg_interval_in: Convention = typer.Option(
+        "t",
+        "--cfg-interval-in",
+        case_sensitive=False,
+        rich_help_panel=GUIDANCE,
+        help="The time convention of --cfg-interval.",
+    ),
+    cfg_channels: str = typer.Option(
+        "all",
+        "--cfg-channels",
+        rich_help_panel=GUIDANCE,
+        help="all, or 3 to guide 3 latent channels as the official numbers.",
+    ),
+    guidance_model: str | None = typer.Option(
+        None, "--guidance-model", rich_help_panel=GUIDANCE, help="Autoguidance: a weaker checkpoint of the same shape."
+    ),
+    guidance_scale: float = typer.Option(
+        1.0, "--guidance-scale", rich_help_panel=GUIDANCE, help="Autoguidance scale (1: none)."
+    ),
+    class_labels: str | None = typer.Option(
+        None,
+        "--class-labels",
+        rich_help_panel=GUIDANCE,
+        help="One label (3) or a list cycled over indices (1,4,7); default random.",
+    ),
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        rich_help_panel=OUTPUT,
+        help="Folder for the PNGs (default RUN/samples); reruns add missing ones.",
+    ),
+    num: int = typer.Option(
+        64,
+        "--num-samples",
+        "--num",
+        rich_help_panel=OUTPUT,
+        help="Number of images, indices 0..N-1 (--num-samples under torchrun).",
+    ),
+    batch_size: int = typer.Option(
+        64, "--batch-size", rich_help_panel=OUTPUT, help="Images per forward pass per rank (the images stay the same)."
+    ),
+    seed: int = typer.Option(0, "--seed", rich_help_panel=OUTPUT, help="Base seed; image i has its own (seed, i)."),
+    npz: bool = typer.Option(
+        False, "--npz", rich_help_panel=OUTPUT, help="Also write OUT/samples.npz (the ADM evaluator's format)."
+    ),
+    grid: str | None = typer.Option(
+        None, "--grid", rich_help_panel=OUTPUT, help="Also write a grid of the first 100 images to this image file."
+    ),
+    precision: Precision = typer.Option(
+        "fp32", "--precision", case_sensitive=False, rich_help_panel=SPEED, help="bf16 autocast; fp16 on CUDA only."
+    ),
+    compile: bool = typer.Option(False, "--compile", rich_help_panel=SPEED, help="torch.compile the model."),
+    tf32: bool = typer.Option(
+        True, "--tf32/--no-tf32", rich_help_panel=SPEED, help="TF32 matmuls on CUDA (default on; no effect on CPU)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", rich_help_panel=SPEED, help="torch threads (default: the run's setting)."
+    ),
+    device: str | None = typer.Option(
+        None, "--device", rich_help_panel=SPEED, help="cpu or cuda (default: cuda if available)."
+    ),
+) -> None:
+    """Sample images from a trained SiT model, one PNG per index; shards over ranks under torchrun.
+
+    The SDE is dX = [v + w(t) s] dt + sqrt(2 w(t)) dW (the SiT paper's w_t is 2 w(t)). Its last step is a
+    probability-flow ODE step by default, right for every w(t); --last-step mean is the official code's drift step.
+    --cfg-interval-in: with r = sigma_t / alpha_t of the model's interpolant, repa is REPA's time, sigma EDM's
+    sigma = r, logsnr -2 log r. --time-shift S maps SD3's t' = S t / (1 + (S - 1) t) (t = 1 noise) onto sit's
+    time; adaptive ODE methods choose their own steps and refuse it.
+    """
+    flags = plain({k: v for k, v in locals().items() if k != "device"})  # first: only the flags
+    from sitcli.config import SampleConfig
+    from sitcli.sample import sample as run_sampling
+
+    config = SampleConfig(**flags)
+    try:
+        result = run_sampling(config, device=device)
+    except KeyboardInterrupt:  # every finished image is already on disk
+        console.print("interrupted; run the same command again to draw the missing images", highlight=False)
+        raise typer.Exit(130) from None
+    if not result.is_main:
+        return
+    console.print(
+        f"{result.new} new images in {result.out} ({result.total} in all); NFE per sample "
+        f"{result.nfe_per_sample:.1f}; {result.images_per_s:.1f} images/s",
+        highlight=False,
+    )
+    for path in (result.npz, result.grid):
+        if path is not None:
+            console.print(f"wrote {path}", highlight=False)
+
+
+def methods() -> None:
+    """List the sampler methods with their model evaluations (NFE) per step and time grid."""
+    from rich.table import Table
+
+    from sitcli.transport import MEANFLOW_METHODS, ODE_METHODS, SDE_METHODS
+
+    table = Table("sampler", "method", "NFE per step", "what it is", title="sit sample --method")
+    for kind, registry, grid in (
+        ("ode", ODE_METHODS, ""),
+        ("sde", SDE_METHODS, ", uniform grid"),
+        ("meanflow", MEANFLOW_METHODS, ""),
+    ):
+        for m in registry.values():
+            table.add_row(kind, m.name, str(m.nfe_per_step or "adaptive"), m.summary + grid)
+    Console().print(table)

@@ -1,0 +1,450 @@
+"""`sit cache-latents`: one pass of the VAE over an image folder, sharded over torchrun ranks, resumable.
+
+    from sitcli.data.latent_cache import CacheConfig, cache_latents
+    cache_latents(CacheConfig("imagenet/train", "sd-vae-ft-ema", "imagenet-latents"))  # then sit train --data it
+
+The images (in the folder's sorted order) are cut into shards of ``shard_size`` consecutive
+indices. Each rank encodes its share of the unfinished shards and writes each as
+``OUT/shards/NNNNNN.npz`` under a temporary name, renamed into place once complete: a shard is
+done exactly when its file exists, so an interrupted extraction, run again with the same flags (on
+any number of ranks), encodes only the missing shards. Rank 0 then joins the shards into the
+cache that ``LatentDataset`` (below) reads and removes them.
+
+Image i and its mirror image are encoded as z = s (mu + sigma n) with n the noise of index i alone
+(``seeds.index_normal(seed, i)``: one draw for the image and its mirror), and the
+VAE sees the same batches (``batch_size`` consecutive indices from the start of a shard) however
+the shards are split, so a cache made on K ranks is bit for bit the one a single process makes.
+
+With ``repa_encoder`` (REPA's frozen encoders, ``sitcli.encoders``) the same batches also give each
+encoder's patch tokens of the image and of its mirror, ``encoder.features(x, repa_grid)``, stored
+as ``repa_features_K.npy`` (N, 2, tokens, width) in ``repa_dtype`` beside the latents and listed in
+the manifest under ``repa_features`` (path, sha256 of the files, pixels fed, token grid, dtype), so
+that ``sit train --data CACHE --repa-encoder PATH`` reads them instead of running the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from sitcli import atomic, distributed
+from sitcli.autoencoder import encode, latent_scale, latent_shape, load_vae
+from sitcli.data.images import DataInfo, ImageFolderDataset, to_unit_range
+from sitcli.domains import COUNT, COUNT_OR_ZERO, SEED, check_domains
+from sitcli.errors import InputError
+from sitcli.seeds import index_normal
+from sitcli.session import session
+
+LATENT_MANIFEST = "latents.json"
+REPA_DTYPES = ("float16", "float32")  # storage of cached encoder features (numpy has no bfloat16)
+SHARDS = "shards"
+SHARD_SETTINGS = "settings.json"
+
+
+@dataclass
+class CacheConfig:
+    """The settings of ``sit cache-latents``: encode the image folder ``data`` with the VAE folder ``vae`` into the
+    cache ``out``, images center-cropped to ``image_size``.
+
+    ``seed`` seeds the posterior noise of each image (by index); ``shard_size`` images make a shard, the unit
+    that ranks share out and that an interrupted extraction keeps. An ``out`` holding anything but the shards of
+    an interrupted extraction is refused unless ``overwrite`` (then the cache's own files are replaced and any
+    others left alone). ``repa_encoder``: also store these encoders' patch tokens at a ``repa_grid`` token grid
+    (default: the latent side // 2, SiT-*/2's grid), as ``repa_dtype``.
+    """
+
+    data: str
+    vae: str
+    out: str
+    image_size: int = 256
+    batch_size: int = 64
+    num_workers: int = 4
+    seed: int = 0
+    shard_size: int = 4096
+    overwrite: bool = False
+    repa_encoder: list[str] = field(default_factory=list)
+    repa_grid: int | None = None
+    repa_dtype: str = "float16"
+
+    def __post_init__(self):
+        self.repa_encoder = [str(p) for p in self.repa_encoder or []]
+        check_domains(asdict(self), CACHE_DOMAINS)
+        if self.repa_dtype not in REPA_DTYPES:
+            raise InputError(f"--repa-dtype {self.repa_dtype}: pick one of {', '.join(REPA_DTYPES)}")
+
+
+CACHE_DOMAINS = dict(image_size=COUNT, batch_size=COUNT, num_workers=COUNT_OR_ZERO, seed=SEED, shard_size=COUNT,
+                     repa_grid=COUNT)
+
+
+@dataclass
+class CacheResult:
+    out: Path
+    count: int  # images in the cache (unreadable ones left out)
+    shards: int
+    reused_shards: int  # finished by an earlier, interrupted run
+    is_main: bool = True  # rank 0 (the one that reports)
+
+
+def cache_latents(cfg: CacheConfig, progress: bool = True, device: str | None = None) -> CacheResult:
+    """Encode ``cfg.data`` with the VAE into the latent cache ``cfg.out``; every rank under torchrun encodes its
+    shards, rank 0 assembles. Each image is stored twice, as itself and mirrored (the training flip), as float16;
+    images that cannot be read are listed in the manifest and left out."""
+    out_dir = Path(cfg.out)
+    atomic.check_can_create(out_dir, "--out")
+    _check_out(out_dir, cfg.overwrite)
+    with session(device) as job:
+        dist = job.dist
+        dataset = ImageFolderDataset(cfg.data, cfg.image_size)
+        model = load_vae(cfg.vae, dist.device)
+        _, side = latent_shape(model, cfg.image_size)  # refuses a size the VAE cannot encode, before any write
+        settings = {
+            "data": str(Path(cfg.data).resolve()),
+            "vae": str(Path(cfg.vae).resolve()),
+            "image_size": cfg.image_size,
+            "seed": cfg.seed,
+            "shard_size": cfg.shard_size,
+            "batch_size": cfg.batch_size,
+            "count": len(dataset),
+        }
+        encoders = _open_encoders(cfg.repa_encoder, dist.device)
+        if encoders:
+            grid = cfg.repa_grid or max(1, side // 2)
+            settings["repa_features"] = [
+                _feature_entry(path, enc, grid, cfg.repa_dtype, k)
+                for k, (path, enc) in enumerate(zip(cfg.repa_encoder, encoders))
+            ]
+        shards = out_dir / SHARDS
+        _check_shards(shards, settings)
+        total = -(-len(dataset) // cfg.shard_size)
+        todo = [k for k in range(total) if not _shard_path(shards, k).is_file()]
+        distributed.barrier()  # every rank has listed the finished shards before any rank writes one
+        if dist.is_main:
+            atomic.write_json(shards / SHARD_SETTINGS, settings)
+        _encode_shards(
+            dataset,
+            model,
+            cfg.image_size,
+            shards,
+            todo[dist.rank :: dist.world_size],
+            cfg.shard_size,
+            cfg.batch_size,
+            cfg.num_workers,
+            cfg.seed,
+            progress and dist.is_main,
+            encoders,
+            settings,
+        )
+        distributed.barrier()  # all shards are on disk
+        count = _assemble(out_dir, shards, total, dataset, settings, latent_scale(model)) if dist.is_main else 0
+        return CacheResult(out_dir, count, total, total - len(todo), dist.is_main)
+
+
+def _check_out(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file; pass a folder")
+    if overwrite:
+        return
+    if is_latent_cache(out_dir):
+        raise InputError(
+            f"{out_dir} already holds a latent cache; train on it with --data {out_dir}, pass --overwrite "
+            "to replace it, or pick a new --out"
+        )
+    resumable = {SHARDS, "latents.npy.tmp", "labels.npy.tmp"}  # what an interrupted extraction leaves
+    joining = (out_dir / SHARDS).is_dir()  # interrupted while joining the shards, before the manifest
+    if joining:
+        resumable |= {"latents.npy", "labels.npy"}
+    other = (
+        sorted(
+            p.name
+            for p in out_dir.iterdir()
+            if p.name not in resumable and not (joining and p.name.startswith("repa_features_"))
+        )
+        if out_dir.is_dir()
+        else []
+    )
+    if other:
+        raise InputError(
+            f"--out {out_dir} is not empty (it holds {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}): "
+            "pass --overwrite to write the cache into it, or pick a new --out"
+        )
+
+
+def _open_encoders(paths: list[str], device) -> list:
+    if not paths:
+        return []
+    from sitcli.encoders import load_encoder
+
+    return [load_encoder(path).to(device) for path in paths]
+
+
+def _feature_entry(path: str, encoder, grid: int, dtype: str, k: int) -> dict:
+    """The manifest's record of one encoder's cached features."""
+    from sitcli.encoders import encoder_identity
+
+    side = encoder.token_grid(grid)
+    return {
+        "encoder": str(Path(path).resolve()),
+        "sha256": encoder_identity(path),
+        "file": f"repa_features_{k}.npy",
+        "requested_grid": grid,
+        "grid": side,
+        "resolution": encoder.input_size(grid),
+        "width": encoder.width,
+        "tokens": side * side,
+        "dtype": dtype,
+        "fixed_resolution": encoder.resolution is not None,
+    }
+
+
+def _shard_path(shards: Path, k: int) -> Path:
+    return shards / f"{k:06d}.npz"
+
+
+def _check_shards(shards: Path, settings: dict) -> None:
+    """Finished shards from an interrupted run are reused only if they were made with the same settings."""
+    saved_path = shards / SHARD_SETTINGS
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    changed = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
+    if changed:
+        raise InputError(
+            f"{shards} holds shards of an extraction with other settings ({', '.join(changed)} differ); "
+            "run it again with the same flags, or pick a new --out"
+        )
+
+
+class _Images(torch.utils.data.Dataset):
+    """Index i -> (image i in [-1, 1], its label, i); label -1 when the file cannot be read."""
+
+    def __init__(self, dataset: ImageFolderDataset, image_size: int):
+        self.dataset, self.image_size = dataset, image_size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        arr = self.dataset.load(i)
+        if arr is None:
+            return torch.zeros(3, self.image_size, self.image_size), -1, i
+        return to_unit_range(arr.transpose(2, 0, 1).copy()), self.dataset.files[i][1], i
+
+
+def _encode_shards(
+    dataset,
+    vae,
+    image_size: int,
+    shards: Path,
+    mine: list[int],
+    shard_size: int,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    progress: bool,
+    encoders: list = (),
+    settings: dict | None = None,
+) -> None:
+    """Encode the shards ``mine``, writing each as soon as its last batch is done."""
+    from rich.progress import track
+    from torch.utils.data import DataLoader
+
+    n = len(dataset)
+    ranges = {k: range(k * shard_size, min((k + 1) * shard_size, n)) for k in mine}
+    plan = [list(r[i : i + batch_size]) for r in ranges.values() for i in range(0, len(r), batch_size)]
+    loader = DataLoader(_Images(dataset, image_size), batch_sampler=plan, num_workers=num_workers)
+    device = next(vae.parameters()).device
+    channels, side = latent_shape(vae, image_size)
+    entries = (settings or {}).get("repa_features", [])
+    parts: list[tuple[np.ndarray, ...]] = []
+    for x, y, idx in track(loader, total=len(plan), description="encoding", disable=not progress):
+        # Each image's own noise: [0] for the image, [1] for its mirror image.
+        noise = torch.stack([index_normal(seed, i, (2, channels, side, side)) for i in idx.tolist()]).to(device)
+        x = x.to(device)
+        both = torch.stack([encode(vae, x, noise=noise[:, 0]), encode(vae, x.flip(-1), noise=noise[:, 1])], dim=1)
+        features = [
+            torch.stack([enc.features(x, e["requested_grid"]), enc.features(x.flip(-1), e["requested_grid"])], dim=1)
+            .cpu()
+            .numpy()
+            .astype(e["dtype"])
+            for enc, e in zip(encoders, entries)
+        ]
+        parts.append((both.cpu().numpy().astype(np.float16), y.numpy().astype(np.int64), *features))
+        k = int(idx[0]) // shard_size
+        if int(idx[-1]) == ranges[k][-1]:  # the shard's last batch
+            arrays = {f"features_{j}": np.concatenate([p[2 + j] for p in parts]) for j in range(len(entries))}
+            atomic.save_npz(
+                _shard_path(shards, k),
+                latents=np.concatenate([p[0] for p in parts]),
+                labels=np.concatenate([p[1] for p in parts]),
+                **arrays,
+            )
+            parts = []
+
+
+def _assemble(out_dir: Path, shards: Path, total: int, dataset, settings: dict, scale: float) -> int:
+    """Join the shards into latents.npy / labels.npy (and the encoders' repa_features_K.npy)
+    without the unreadable images, write the manifest last (it marks the cache complete), then
+    remove the shards; returns the image count."""
+    labels = np.concatenate([np.load(_shard_path(shards, k))["labels"] for k in range(total)])
+    keep = labels >= 0
+    entries = settings.get("repa_features", [])
+    arrays = {"latents": "latents.npy", **{f"features_{j}": e["file"] for j, e in enumerate(entries)}}
+    (out_dir / LATENT_MANIFEST).unlink(missing_ok=True)  # an old cache (--overwrite) is incomplete from here on
+    for key, name in arrays.items():
+        _join(out_dir / name, shards, total, key, int(keep.sum()))
+    with open(out_dir / "labels.npy.tmp", "wb") as f:
+        np.save(f, labels[keep])
+    os.replace(out_dir / "labels.npy.tmp", out_dir / "labels.npy")
+    manifest = {
+        "data": settings["data"],
+        "vae": settings["vae"],
+        "image_size": settings["image_size"],
+        "latent_scale": scale,
+        "classes": dataset.classes,
+        "count": int(keep.sum()),
+        "skipped": [str(dataset.files[i][0]) for i in np.flatnonzero(~keep)],
+        "seed": settings["seed"],
+    }
+    if entries:
+        manifest["repa_features"] = entries
+    atomic.write_text(out_dir / LATENT_MANIFEST, json.dumps(manifest, indent=2))
+    shutil.rmtree(shards)
+    return manifest["count"]
+
+
+def _join(path: Path, shards: Path, total: int, key: str, count: int) -> None:
+    """The kept rows of array ``key`` of every shard, in order, as one .npy file at ``path``."""
+    with np.load(_shard_path(shards, 0)) as shard:
+        first = shard[key]
+    tmp = path.with_name(path.name + ".tmp")
+    joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(count, *first.shape[1:]))
+    row = 0
+    for k in range(total):
+        with np.load(_shard_path(shards, k)) as shard:
+            kept = shard[key][shard["labels"] >= 0]
+        joined[row : row + len(kept)] = kept
+        row += len(kept)
+    joined.flush()
+    del joined
+    os.replace(tmp, path)
+
+
+#################################################################################
+#                              Reading a latent cache                           #
+#################################################################################
+
+
+class LatentDataset:
+    """A latent cache written by ``sit cache-latents``: ``latents.json`` (manifest), ``latents.npy``
+    (N, 2, C, h, w) float16 with the latents of each image and of its mirror image, ``labels.npy``.
+
+    The arrays are memory-mapped, so a cache larger than RAM works; ``flip`` picks the mirrored copy.
+    After ``use_features``, batches are ``(x, y, [features of each chosen encoder (B, tokens, width),
+    float32])``, read from the encoders' ``repa_features_K.npy`` (N, 2, tokens, width) beside the latents.
+    """
+
+    flip = True
+    features: tuple = ()
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        manifest, self.latents, self.labels = _open_cache(self.root)
+        _, _, channels, size, _ = self.latents.shape
+        self.classes = manifest["classes"]
+        self.num_classes = len(self.classes)
+        self.info = DataInfo(
+            channels=channels,
+            size=size,
+            num_classes=self.num_classes,
+            image_size=manifest["image_size"],
+            latent=True,
+            vae=manifest["vae"],
+            latent_scale=manifest["latent_scale"],
+        )
+        self.manifest = manifest
+
+    def use_features(self, identities: list[str], paths: list[str]) -> list[dict]:
+        """Read the cached features of the encoders with these sha256 ``identities`` (given as
+        ``paths``) with every batch; returns their manifest entries. Refuses a missing encoder."""
+        stored = {e["sha256"]: e for e in self.manifest.get("repa_features", [])}
+        for path, identity in zip(paths, identities):
+            if identity not in stored:
+                held = ", ".join(e["encoder"] for e in stored.values()) or "none"
+                m = self.manifest
+                raise InputError(
+                    f"latent cache {self.root} has no features of encoder {path} (it holds: {held}); build "
+                    f"a cache with them: sit cache-latents --data {m['data']} --vae {m['vae']} --image-size "
+                    f"{m['image_size']} --seed {m['seed']} --out NEW --repa-encoder {path}"
+                )
+        entries = [stored[i] for i in identities]
+        self.features = tuple(np.load(self.root / e["file"], mmap_mode="r") for e in entries)
+        return entries
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, items: Sequence[tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.array([i for i, _ in items])
+        flips = np.array([int(f) for _, f in items])
+        x = torch.from_numpy(np.ascontiguousarray(self.latents[idx, flips])).float()
+        y = torch.from_numpy(np.asarray(self.labels[idx], dtype=np.int64))
+        if not self.features:
+            return x, y
+        return x, y, [torch.from_numpy(np.ascontiguousarray(f[idx, flips])).float() for f in self.features]
+
+
+def _open_cache(root: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(manifest, latents, labels) of a cache, each checked against the others; a damaged cache is an InputError."""
+
+    def damaged(what: str, manifest: dict | None = None) -> InputError:
+        m = manifest or {}
+        redo = (
+            (
+                f"sit cache-latents --data {m['data']} --vae {m['vae']} --image-size {m['image_size']} --seed "
+                f"{m.get('seed', 0)} --out {root} --overwrite"
+            )
+            if {"data", "vae", "image_size"} <= set(m)
+            else f"sit cache-latents --data IMAGES --vae VAE --out {root} --overwrite"
+        )
+        return InputError(f"the cache at {root} is damaged ({what}); rebuild it with {redo}")
+
+    try:
+        manifest = json.loads((root / LATENT_MANIFEST).read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise damaged(f"{LATENT_MANIFEST} is not valid JSON") from None
+    missing = [k for k in ("classes", "image_size", "vae", "latent_scale", "count") if k not in manifest]
+    if missing:
+        raise damaged(f"{LATENT_MANIFEST} lacks {', '.join(missing)}", manifest)
+    arrays = []
+    for name in ("latents.npy", "labels.npy"):
+        if not (root / name).is_file():
+            raise damaged(f"{name} is missing", manifest)
+        try:
+            arrays.append(np.load(root / name, mmap_mode="r"))
+        except (ValueError, OSError, EOFError) as err:  # a cut header, or data shorter than the header says
+            raise damaged(f"{name} cannot be read: {err}", manifest) from None
+    latents, labels = arrays
+    if latents.ndim != 5 or latents.shape[1] != 2 or labels.ndim != 1:
+        raise damaged(
+            f"latents.npy has shape {latents.shape}, labels.npy {labels.shape}; expected (N, 2, C, h, w) and (N,)",
+            manifest,
+        )
+    if not len(latents) == len(labels) == manifest["count"]:
+        raise damaged(
+            f"{len(latents)} latents, {len(labels)} labels, {manifest['count']} in {LATENT_MANIFEST}", manifest
+        )
+    return manifest, latents, labels
+
+
+def is_latent_cache(path: str | Path) -> bool:
+    return (Path(path) / LATENT_MANIFEST).is_file()

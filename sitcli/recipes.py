@@ -85,7 +85,8 @@ _SIT_CFG = dict(cfg_scale=1.5, cfg_channels="3", cfg_interval=(0.0, 1.0), cfg_in
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe(
         name="sit-sde",
-        summary="SiT paper's SDE: Euler-Maruyama, 250 steps (249 + the mean last step of 0.04), w = sigma_t, cfg 1.5 on 3 channels",
+        summary="SiT paper's SDE: Euler-Maruyama, 250 steps (249 + the mean last step of 0.04), w = sigma_t, "
+                "cfg 1.5 on 3 channels",
         result="FID-50K 2.06 on ImageNet 256 with cfg 1.5 (README.md line 55, the paper's best); 8.3 unguided with "
                "--cfg-scale 1 (the authors in willisma/SiT#31: the 8.3 is the SDE's, not the ODE's)",
         checkpoint="the official SiT-XL/2 256x256 (SiT-XL-2-256.pt, 7M steps, linear interpolant, velocity)",

@@ -135,7 +135,7 @@ def test_rae_shift_is_its_grid_up_to_its_end_time():
     assert "0.99311" in get_recipe("rae").lacks
 
 
-# ----------------------------------------------------------------------------- each recipe runs with the reference's NFE
+# ----------------------------------------------------------------------------- each recipe runs at the reference's NFE
 
 
 def _conditional_model(interpolant):
@@ -170,7 +170,8 @@ def test_each_recipe_samples_with_the_reference_nfe(name):
     grid = dict(spacing=s["spacing"], time_shift=s["time_shift"])
     if s["sampler"] == "sde":
         x, nfe = sample_sde(transport, guided, x0, s["method"], s["steps"], s["w"], s["w_norm"], s["last_step"],
-                            s["last_step_size"], generator=torch.Generator().manual_seed(1), model_kwargs=kwargs, **grid)
+                            s["last_step_size"], generator=torch.Generator().manual_seed(1), model_kwargs=kwargs,
+                            **grid)
     else:
         x, nfe = sample_ode(transport, guided, x0, s["method"], s["steps"], model_kwargs=kwargs, **grid)
     assert nfe == REFERENCE_NFE[name] and bool(torch.isfinite(x).all())

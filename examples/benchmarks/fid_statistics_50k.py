@@ -69,7 +69,8 @@ def main() -> None:
     for name, ours, theirs in (("statistics (mean, cov) s", sit_stats, pf_stats), ("Frechet distance s", sit_fd_s,
                                 pf_fd_s), ("total s", sit_stats + sit_fd_s, pf_stats + pf_fd_s)):
         print(f"{name:28s}{ours:10.2f}{theirs:14.2f}{theirs / ours:8.2f}")
-    print(f"distance: sit {sit_fd:.10g}, pytorch-fid {pf_fd:.10g} (relative difference {abs(sit_fd - pf_fd) / pf_fd:.1e})")
+    print(f"distance: sit {sit_fd:.10g}, pytorch-fid {pf_fd:.10g} "
+          f"(relative difference {abs(sit_fd - pf_fd) / pf_fd:.1e})")
     print(f"memory held for statistics: sit 2 x {args.dim}^2 float64 = {2 * args.dim**2 * 8 / 2**20:.0f} MiB; "
           f"pytorch-fid all rows, {args.num * args.dim * 8 / 2**20:.0f} MiB as float64")
 

@@ -23,11 +23,12 @@ the cosine path's end at t = 0.2578.) For a path REPA does not have (VP, DDPM) `
 
 EDM's sigma is the noise level of x_t / alpha_t = x1 + r eps (EDM's x = y + sigma n with the data y
 unscaled: ``generate_images.py`` of NVlabs/edm2 steps sigma from 80 to 0.002; the guidance interval
-of Kynkaenniemi et al. 2024 is written in that sigma), and the log-SNR is lambda = log(alpha_t^2 / sigma_t^2) (Kingma et al. 2021), so on the linear path EDM's
-sigma is (1 - t) / t and lambda = 2 log(t / (1 - t)). For other interpolants the point of sit's time
-with the same noise level is found by bisection on r in float64 to round-off (60 halvings of [0,
-1]). A value outside the interpolant's range maps to the nearer end (t = 0 for any sigma above
-r(0), e.g. VP's r(0) is about 152).
+of Kynkaenniemi et al. 2024 is written in that sigma), and the log-SNR is lambda = log(alpha_t^2 /
+sigma_t^2) (Kingma et al. 2021), so on the linear path EDM's sigma is (1 - t) / t and lambda =
+2 log(t / (1 - t)). For other interpolants the point of sit's time with the same noise level is
+found by bisection on r in float64 to round-off (60 halvings of [0, 1]). A value outside the
+interpolant's range maps to the nearer end (t = 0 for any sigma above r(0), e.g. VP's r(0) is
+about 152).
 
 LightningDiT (hustvl/LightningDiT) and the official SiT code use sit's own time (``transport/path.py``:
 alpha = t, sigma = 1 - t), so their cfg intervals are ``t``: LightningDiT's ``cfg_interval_start

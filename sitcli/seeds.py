@@ -3,9 +3,15 @@
 A sample's class label, starting noise and (stream 1) SDE increments are drawn from its own
 generator, so an image does not depend on the batch it was drawn in, on the number of ranks, or
 on restarts. Training previews use the same streams, so their noise is fixed across a run.
+
+Labels are drawn one of two ways (``LABEL_SAMPLINGS``): ``random``, uniform from the index's own
+generator, or ``balanced``, exactly N / K of each of K classes among N samples (``balanced_labels``,
+as RAE's ``--label-sampling equal``); the starting noise is the same either way.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,21 +55,70 @@ def index_normal(seed: int, index: int, shape: tuple[int, ...], stream: int = 0)
     return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
 
 
+LABEL_SAMPLINGS = ("random", "balanced")
+_BALANCED_STREAM = 0xBA1  # keeps the label permutations' numpy streams apart from index_normal's
+
+
 def labels_and_noise(
-    seed: int, indices: list[int], shape: tuple[int, ...], num_classes: int, class_labels: str | None
+    seed: int, indices: list[int], shape: tuple[int, ...], num_classes: int, class_labels: str | None,
+    labels: str = "random", num_samples: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-index class labels and starting noise (CPU), the same on every device and batch split.
 
-    A random label is always drawn first, so the noise of an index does not depend on ``class_labels``.
+    A random label is always drawn first, so the noise of an index does not depend on ``class_labels``
+    or ``labels``. ``labels="balanced"`` takes the labels from ``balanced_labels`` (``num_samples`` is N).
     """
+    if labels not in LABEL_SAMPLINGS:
+        raise InputError(f"unknown --labels {labels!r}; choose one of {', '.join(LABEL_SAMPLINGS)}")
     fixed = parse_class_labels(class_labels, num_classes)
-    labels, noise = [], []
+    if labels == "balanced" and fixed:
+        raise InputError("--class-labels fixes every label: drop it, or drop --labels balanced")
+    drawn, noise = [], []
     for i in indices:
         g = index_generator(seed, i)
-        drawn = int(torch.randint(0, max(num_classes, 1), (1,), generator=g))
-        labels.append(fixed[i % len(fixed)] if fixed else drawn)
+        label = int(torch.randint(0, max(num_classes, 1), (1,), generator=g))
+        drawn.append(fixed[i % len(fixed)] if fixed else label)
         noise.append(torch.randn(shape, generator=g))
-    return torch.tensor(labels, dtype=torch.long), torch.stack(noise)
+    if labels == "balanced":
+        if num_samples is None:
+            raise ValueError("balanced labels need num_samples, the N that every class divides evenly")
+        return balanced_labels(seed, indices, num_samples, max(num_classes, 1)), torch.stack(noise)
+    return torch.tensor(drawn, dtype=torch.long), torch.stack(noise)
+
+
+def check_balanced(num_samples: int, num_classes: int) -> None:
+    """Refuse balanced labels for N samples that K classes do not divide."""
+    if num_classes < 1:
+        raise ValueError(f"balanced labels need at least one class, got {num_classes}")
+    if num_samples % num_classes:
+        below = num_samples // num_classes * num_classes
+        choices = f"{below} or {below + num_classes}" if below else f"{num_classes}"
+        raise InputError(f"--labels balanced draws exactly N / K of each class, but --num-samples {num_samples} is not "
+                         f"a multiple of the {num_classes} classes: pass --num-samples {choices}, or --labels random")
+
+
+def balanced_labels(seed: int, indices: Sequence[int], num_samples: int, num_classes: int) -> torch.Tensor:
+    """Labels of ``indices`` such that indices 0..N-1 (N = ``num_samples``) hold each of the K =
+    ``num_classes`` classes exactly N / K times.
+
+    The indices are cut into blocks of K consecutive ones, and block b holds every class once, in the
+    order of a permutation pi_b of 0..K-1 drawn by numpy's PCG64 from (seed, b, K) alone:
+
+        label(i) = pi_{i // K}(i mod K).
+
+    An index's label is thus a function of (seed, K, i) only: the same in any subset of indices, batch,
+    rank split or restart, and for any N (every multiple of K indices from 0 is balanced as well). K
+    must divide N (``check_balanced``); each index must lie in [0, N).
+    """
+    check_balanced(num_samples, num_classes)
+    bad = [i for i in indices if not 0 <= i < num_samples]
+    if bad:
+        raise ValueError(f"index {bad[0]} is outside the {num_samples} samples")
+    if seed < 0:
+        raise InputError(f"--seed must be 0 or more (got {seed})")
+    blocks = {b: np.random.default_rng([seed, b, num_classes, _BALANCED_STREAM]).permutation(num_classes)
+              for b in {i // num_classes for i in indices}}
+    return torch.tensor([int(blocks[i // num_classes][i % num_classes]) for i in indices], dtype=torch.long)
 
 
 def parse_class_labels(class_labels: str | None, num_classes: int) -> list[int]:

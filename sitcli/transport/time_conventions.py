@@ -1,20 +1,39 @@
-"""Other papers' time axes, mapped exactly onto sit's time for a given interpolant.
+"""Other papers' time axes, mapped exactly onto sit's time t (t = 0 noise, t = 1 data).
 
-Every convention below is a monotone function of the noise-to-signal ratio of sit's interpolant,
+Two kinds of convention. A *time* convention is the model's own time written another way, whatever
+the interpolant; a *noise-level* convention is a monotone function of the noise-to-signal ratio of
+sit's interpolant,
 
     r(t) = sigma_t / alpha_t        (infinite at t = 0 when alpha_0 = 0, zero at t = 1),
 
-which decreases in t, so each has one inverse on [0, 1]:
+which decreases in t, so it has one inverse on [0, 1]:
 
-    t        sit's time (t = 0 noise, t = 1 data)                       the identity
-    repa     REPA's time tau (tau = 1 noise), x = (1 - tau) x1 + tau eps:   tau = r / (1 + r)
-    sigma    EDM's noise level sigma (x = x1 + sigma eps, up to scale):     sigma = r
-    logsnr   the log signal-to-noise ratio lambda = log(alpha^2 / sigma^2): lambda = -2 log r
+    t        sit's time                                                      the identity
+    repa     REPA's time s (s = 1 noise, s = 0 data):                        s = 1 - t
+    sigma    EDM's noise level sigma (x = x1 + sigma eps, up to scale):      sigma = r
+    logsnr   the log signal-to-noise ratio lambda = log(alpha^2 / sigma^2):  lambda = -2 log r
 
-For the linear interpolant (alpha = t, sigma = 1 - t) REPA's time is tau = 1 - t and EDM's sigma is
-(1 - t) / t; for others the point in sit's time with the same noise level is found by bisection on
-r in float64 to round-off (60 halvings of [0, 1]). A value outside the interpolant's range maps to
-the nearer end (t = 0 for any sigma above r(0), e.g. VP's r(0) is about 152).
+REPA's time is the model's time reversed, for each of REPA's paths (``samplers.py`` of
+sihyun-yu/REPA: ``linear`` alpha = 1 - s, sigma = s; ``cosine`` alpha = cos(pi s / 2), sigma =
+sin(pi s / 2), which is sit's GVP at t = 1 - s; ``formats.repa`` loads both that way), and its
+samplers guide where s lies in [--guidance-low, --guidance-high]: REPA's ``--guidance-high 0.7``
+is t >= 0.3 on every path. (Not r / (1 + r): that equals 1 - t on the linear path only, and put
+the cosine path's end at t = 0.2578.) For a path REPA does not have (VP, DDPM) ``repa`` is still
+1 - t, the model's time reversed.
+
+EDM's sigma is the noise level of x_t / alpha_t = x1 + r eps (EDM's x = y + sigma n with the data y
+unscaled: ``generate_images.py`` of NVlabs/edm2 steps sigma from 80 to 0.002; the guidance interval
+of Kynkaenniemi et al. 2024 is written in that sigma), and the log-SNR is lambda = log(alpha_t^2 /
+sigma_t^2) (Kingma et al. 2021), so on the linear path EDM's sigma is (1 - t) / t and lambda =
+2 log(t / (1 - t)). For other interpolants the point of sit's time with the same noise level is
+found by bisection on r in float64 to round-off (60 halvings of [0, 1]). A value outside the
+interpolant's range maps to the nearer end (t = 0 for any sigma above r(0), e.g. VP's r(0) is
+about 152).
+
+LightningDiT (hustvl/LightningDiT) and the official SiT code use sit's own time (``transport/path.py``:
+alpha = t, sigma = 1 - t), so their cfg intervals are ``t``: LightningDiT's ``cfg_interval_start
+0.125`` guides t >= 0.125. Its ``timestep_shift`` is another convention, of the time grid rather
+than of the guidance interval: see ``recipes.lightningdit_time_shift``.
 """
 
 from __future__ import annotations
@@ -49,13 +68,17 @@ def time_of_noise_to_signal(interpolant: Interpolant, r: torch.Tensor) -> torch.
     return torch.where(r <= 0, torch.ones_like(t), t)
 
 
-# name -> (value from r, r from value); "t" is handled apart, it needs no ratio.
+# Time conventions: name -> (value from t, t from value); the same maps for every interpolant.
+_TIME_CONVENTIONS: dict[str, tuple[Callable, Callable]] = {
+    "t": (lambda t: t, lambda v: v),
+    "repa": (lambda t: 1 - t, lambda v: 1 - v),
+}
+# Noise-level conventions: name -> (value from r, r from value).
 _RATIO_CONVENTIONS: dict[str, tuple[Callable, Callable]] = {
-    "repa": (lambda r: torch.where(torch.isinf(r), torch.ones_like(r), r / (1 + r)), lambda v: v / (1 - v)),
     "sigma": (lambda r: r, lambda v: v),
     "logsnr": (lambda r: -2 * torch.log(r), lambda v: torch.exp(-v / 2)),
 }
-CONVENTIONS: tuple[str, ...] = ("t", *_RATIO_CONVENTIONS)
+CONVENTIONS: tuple[str, ...] = (*_TIME_CONVENTIONS, *_RATIO_CONVENTIONS)
 
 
 def _check(convention: str) -> None:
@@ -67,8 +90,8 @@ def from_time(interpolant: Interpolant, t, convention: str) -> torch.Tensor:
     """sit's time t as a value in ``convention`` (float64)."""
     _check(convention)
     t = torch.as_tensor(t, dtype=F64)
-    if convention == "t":
-        return t
+    if convention in _TIME_CONVENTIONS:
+        return _TIME_CONVENTIONS[convention][0](t)
     return _RATIO_CONVENTIONS[convention][0](noise_to_signal(interpolant, t))
 
 
@@ -76,8 +99,8 @@ def to_time(interpolant: Interpolant, value, convention: str) -> torch.Tensor:
     """A value in ``convention`` as sit's time t in [0, 1] (float64)."""
     _check(convention)
     value = torch.as_tensor(value, dtype=F64)
-    if convention == "t":
-        return value
+    if convention in _TIME_CONVENTIONS:
+        return _TIME_CONVENTIONS[convention][1](value)
     return time_of_noise_to_signal(interpolant, _RATIO_CONVENTIONS[convention][1](value))
 
 

@@ -157,3 +157,18 @@ def test_adaptive_methods_refuse_a_shift_or_a_spacing():
         sample_ode(tr, model, torch.randn(2, 3), "dopri5", spacing="edm")
     with pytest.raises(InputError, match="time_shift=-1"):
         time_grid(0.0, 1.0, 4, time_shift=-1)
+
+
+@pytest.mark.parametrize("interpolant", [Linear(), GVP(), VP()])
+def test_logsnr_is_uniform_in_log_snr_between_edm_caps(interpolant):
+    """Inside the caps the steps are equal in lambda = log(alpha / sigma) = -log(sigma_t / alpha_t); the first
+    step runs from t0 to sigma = 80 where sigma(t0) is above it (all three here, VP's sigma(0) being ~152) and
+    the last from sigma = 0.002 to t1 = 1."""
+    grid = time_grid(0.0, 1.0, 12, "logsnr", dtype=F64, interpolant=interpolant)
+    assert grid[0] == 0 and grid[-1] == 1 and bool((grid.diff() > 0).all())
+    lam = -torch.log(noise_to_signal(interpolant, grid[1:-1]))
+    torch.testing.assert_close(lam[[0, -1]], torch.tensor([-math.log(80), -math.log(0.002)], dtype=F64))
+    torch.testing.assert_close(lam.diff(), torch.full((10,), float(lam[-1] - lam[0]) / 10, dtype=F64))
+    interior = time_grid(0.2, 0.8, 6, "logsnr", dtype=F64, interpolant=interpolant)  # no caps needed
+    lam = -torch.log(noise_to_signal(interpolant, interior))
+    torch.testing.assert_close(lam.diff(), torch.full((6,), float(lam[-1] - lam[0]) / 6, dtype=F64))

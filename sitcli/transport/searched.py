@@ -11,12 +11,19 @@ variable-step Adams-Bashforth of order k that sit already ships (``adams``). The
 
     tau_i = t0 + (t1 - t0) sum_{m<i} softmax(theta)_m,
 
-so the increments stay positive and the ends stay exact. The search starts from Adams-Bashforth of
-``init_order`` on the grid ``init_spacing`` / ``init_shift`` (``time_grids``), and fits (theta, c) by Adam
-(torch.optim) to the mean squared distance between the solver's endpoints and reference endpoints for the same
-starting noises (``reference_endpoints``: dopri5 at a tight tolerance through ``integrate``):
+so the increments stay positive and the ends stay exact. The search starts from Adams-Bashforth: of
+``init_order`` on the grid ``init_spacing`` / ``init_shift`` (``time_grids``) when they are given, otherwise from
+the candidate of ``INIT_CANDIDATES`` (orders 2-4 on the uniform and cosine grids, sit's ``adams`` among them)
+with the least loss on the training noises. It fits (theta, c) by Adam (torch.optim; the learning rate rises
+linearly over the first tenth of ``iterations``, then decays as a cosine to 0: the first full-size Adam steps
+otherwise throw the coefficients out of the start's stable region) to the mean squared distance between the
+solver's endpoints and reference endpoints for the same starting noises (``reference_endpoints``: dopri5 at a
+tight tolerance, through ``integrate``):
 
     loss(theta, c) = mean_n mean_d (x_N(x0_n) - x_ref_n)^2.
+
+With full batches the solver kept is the iterate of least loss (the start included), so a search never ends
+worse on its own noises than where it began; with mini-batches, whose losses are not comparable, the last.
 
 NeuralSolver fits to a 100-step Euler trajectory and adds a loss at every step; here only the endpoint counts,
 against a far more accurate reference, since the endpoint is what sampling returns.
@@ -49,6 +56,9 @@ from sitcli.transport.time_grids import time_grid
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 F64 = torch.float64
 FORMAT = "sit-searched-solver/1"
+# (Adams-Bashforth order, spacing) a search may start from; ("4", "cosine") is sit's ``adams``.
+INIT_CANDIDATES: tuple[tuple[int, str], ...] = ((2, "uniform"), (3, "uniform"), (4, "uniform"), (2, "cosine"),
+                                                 (3, "cosine"), (4, "cosine"))
 
 
 # ---------------------------------------------------------------- the solver and its application
@@ -168,36 +178,46 @@ def adams_coefficients(times: torch.Tensor, order: int) -> torch.Tensor:
 
 @dataclass
 class SearchState:
-    """Where a search stands: its settings, parameters (theta, c), Adam's state, iteration and losses."""
+    """Where a search stands: its settings, the Adams-Bashforth start it chose (``init``), the parameters
+    (theta, c), Adam's state, the iteration and the losses so far."""
 
     settings: dict
+    init: dict
     theta: torch.Tensor
     coefficients: torch.Tensor
     optimizer: dict
     iteration: int = 0
     losses: list[float] = field(default_factory=list)
+    best: dict = field(default_factory=dict)  # {"loss", "iteration", "theta", "coefficients"} of full batches
 
     def times(self) -> torch.Tensor:
-        t0, t1 = self.settings["t0"], self.settings["t1"]
-        return _times(self.theta, t0, t1)
+        return _times(self.theta, self.settings["t0"], self.settings["t1"])
 
     def solver(self) -> SearchedSolver:
-        meta = {k: self.settings[k] for k in ("interpolant", "t0", "t1", "fingerprint", "init_spacing", "init_shift",
-                                              "init_order", "fit_times", "seed", "lr")}
-        meta.update(nfe=len(self.theta), iterations=self.iteration, loss=self.losses[-1] if self.losses else None)
-        return SearchedSolver(self.times().detach(), torch.tril(self.coefficients.detach(), -1), meta)
+        """The solver found: the best full-batch iterate, or the current one with mini-batches."""
+        theta, coefficients = (self.best["theta"], self.best["coefficients"]) if self.best else \
+            (self.theta, self.coefficients)
+        meta = {k: self.settings[k] for k in ("interpolant", "t0", "t1", "fingerprint", "fit_times", "seed", "lr",
+                                              "samples")}
+        meta.update(nfe=len(self.theta), iterations=self.iteration, init_order=self.init["order"],
+                    init_spacing=self.init["spacing"], init_loss=self.init["loss"],
+                    loss=self.best["loss"] if self.best else (self.losses[-1] if self.losses else None),
+                    best_iteration=self.best.get("iteration"))
+        return SearchedSolver(_times(theta, self.settings["t0"], self.settings["t1"]).detach(),
+                              torch.tril(coefficients.detach(), -1), meta)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT + "-search", "settings": dict(self.settings), "theta": self.theta.detach().clone(),
-                "coefficients": self.coefficients.detach().clone(), "optimizer": _clone(self.optimizer),
-                "iteration": self.iteration, "losses": list(self.losses)}
+        return {"format": FORMAT + "-search", "settings": dict(self.settings), "init": dict(self.init),
+                "theta": self.theta.detach().clone(), "coefficients": self.coefficients.detach().clone(),
+                "optimizer": _clone(self.optimizer), "iteration": self.iteration, "losses": list(self.losses),
+                "best": _clone(self.best)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SearchState":
         if data.get("format") != FORMAT + "-search":
             raise InputError(f"not a solver search state (format {data.get('format')!r})")
-        return cls(dict(data["settings"]), data["theta"].clone(), data["coefficients"].clone(),
-                   _clone(data["optimizer"]), int(data["iteration"]), list(data["losses"]))
+        return cls(dict(data["settings"]), dict(data["init"]), data["theta"].clone(), data["coefficients"].clone(),
+                   _clone(data["optimizer"]), int(data["iteration"]), list(data["losses"]), _clone(data["best"]))
 
 
 def _clone(value):
@@ -226,6 +246,37 @@ def _batch(n: int, batch_size: int | None, seed: int, iteration: int) -> torch.T
     return order[position * batch_size: (position + 1) * batch_size]
 
 
+def _loss(velocity: Velocity, x0: torch.Tensor, reference: torch.Tensor, times: torch.Tensor,
+          coefficients: torch.Tensor) -> torch.Tensor:
+    x = _solve(velocity, x0, times.to(x0.device), coefficients.to(x0.device))
+    return (x - reference).pow(2).flatten(1).mean(dim=1).mean()
+
+
+def _start(velocity: Velocity, x0: torch.Tensor, reference: torch.Tensor, nfe: int, t0: float, t1: float,
+           init_order: int | None, init_spacing: str | None, init_shift: float,
+           init_grid: torch.Tensor | None) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """(init, theta, c) of the Adams-Bashforth start: the one asked for, or the candidate of least loss."""
+    candidates = [(o, sp) for o, sp in INIT_CANDIDATES
+                  if (init_order is None or o == init_order) and (init_spacing is None or sp == init_spacing)]
+    if not candidates:
+        candidates = [(init_order or 2, init_spacing or "uniform")]
+    if init_grid is not None:
+        candidates = sorted({(o, "given") for o, _ in candidates})
+    best = None
+    for order, spacing in candidates:
+        grid = init_grid.detach().to("cpu", F64) if init_grid is not None else \
+            time_grid(t0, t1, nfe, spacing, dtype=F64, time_shift=init_shift)
+        if len(grid) != nfe + 1:
+            raise ValueError(f"init_grid has {len(grid)} points; {nfe} steps need {nfe + 1}")
+        coefficients = adams_coefficients(grid, order)
+        with torch.no_grad():
+            loss = float(_loss(velocity, x0, reference, grid, coefficients)) if len(candidates) > 1 else None
+        if best is None or loss < best[0]["loss"]:
+            best = ({"order": order, "spacing": spacing, "shift": init_shift, "loss": loss},
+                    torch.log(grid.diff() / (t1 - t0)), coefficients)
+    return best
+
+
 def search_solver(
     velocity: Velocity,
     x0: torch.Tensor,
@@ -234,25 +285,27 @@ def search_solver(
     t0: float,
     t1: float,
     iterations: int = 300,
-    lr: float = 1e-2,
-    init_spacing: str = "uniform",
+    lr: float = 2e-2,
+    init_order: int | None = None,
+    init_spacing: str | None = None,
     init_shift: float = 1.0,
-    init_order: int = 2,
+    init_grid: torch.Tensor | None = None,
     fit_times: bool = True,
     batch_size: int | None = None,
     seed: int = 0,
     interpolant: str = "",
     fingerprint: str = "",
-    init_grid: torch.Tensor | None = None,
     state: SearchState | None = None,
     callback: Callable[[SearchState], None] | None = None,
 ) -> SearchState:
     """Fit an ``nfe``-step solver to ``reference`` endpoints of the noises ``x0`` (module docstring).
 
-    Runs until ``iterations`` Adam steps in all, starting from ``state`` when given (a search interrupted
-    earlier, with the same settings) or from Adams-Bashforth of ``init_order`` on ``init_grid`` (or the
-    ``init_spacing`` / ``init_shift`` grid from t0 to t1; in discrete time pass the snapped grid with
-    ``fit_times=False``). ``callback(state)`` is called after every step, e.g. to save it.
+    Runs ``iterations`` Adam steps in all (peak learning rate ``lr``, warm-up and cosine decay), from ``state``
+    when given (a search interrupted earlier, with the same settings) or from an Adams-Bashforth start:
+    ``init_order`` on the ``init_spacing`` / ``init_shift`` grid (``time_grids``) or on ``init_grid``; what is
+    left None is chosen among ``INIT_CANDIDATES`` by the loss on ``x0`` (one solve each, without gradients).
+    In discrete time pass the snapped grid as ``init_grid`` with ``fit_times=False``. ``callback(state)`` is
+    called after every step, e.g. to save it.
 
     Args:
         fit_times: fit the time points too; False keeps the initial grid and fits the coefficients only.
@@ -263,39 +316,44 @@ def search_solver(
         raise InputError(f"nfe={nfe} is invalid: a searched solver takes at least 1 step")
     if reference.shape != x0.shape:
         raise ValueError(f"reference endpoints {tuple(reference.shape)} do not match the noises {tuple(x0.shape)}")
-    settings = dict(nfe=nfe, t0=float(t0), t1=float(t1), lr=float(lr), init_spacing=init_spacing,
-                    init_shift=float(init_shift), init_order=int(init_order), fit_times=bool(fit_times),
+    settings = dict(nfe=nfe, t0=float(t0), t1=float(t1), iterations=int(iterations), lr=float(lr),
+                    init_order=init_order, init_spacing=init_spacing, init_shift=float(init_shift),
+                    init_grid=None if init_grid is None else init_grid.tolist(), fit_times=bool(fit_times),
                     batch_size=batch_size, seed=int(seed), interpolant=interpolant, fingerprint=fingerprint,
                     samples=int(x0.shape[0]))
     if state is None:
-        grid = time_grid(t0, t1, nfe, init_spacing, dtype=F64, time_shift=init_shift) if init_grid is None \
-            else init_grid.detach().to("cpu", F64)
-        if len(grid) != nfe + 1:
-            raise ValueError(f"init_grid has {len(grid)} points; {nfe} steps need {nfe + 1}")
-        theta = torch.log(grid.diff() / (t1 - t0))
-        state = SearchState(settings, theta, adams_coefficients(grid, init_order), optimizer={})
+        init, theta, coefficients = _start(velocity, x0, reference, nfe, t0, t1, init_order, init_spacing,
+                                           init_shift, init_grid)
+        state = SearchState(settings, init, theta, coefficients, optimizer={})
     elif state.settings != settings:
         changed = sorted(k for k in settings if state.settings.get(k) != settings[k])
         raise InputError(f"cannot resume this search with other settings ({', '.join(changed)} differ)")
 
     theta = state.theta.clone().requires_grad_(fit_times)
     coefficients = state.coefficients.clone().requires_grad_(True)
-    params = [coefficients, theta] if fit_times else [coefficients]
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = torch.optim.Adam([coefficients, theta] if fit_times else [coefficients], lr=lr)
     if state.optimizer:
         optimizer.load_state_dict(state.optimizer)
     lower = torch.tril(torch.ones(nfe, nfe, dtype=F64), -1)
-    device = x0.device
+    warm_up = max(1, iterations // 10)
     while state.iteration < iterations:
-        rows = _batch(x0.shape[0], batch_size, seed, state.iteration)
-        noise, target = (x0, reference) if rows is None else (x0[rows.to(device)], reference[rows.to(device)])
+        k = state.iteration
+        rows = _batch(x0.shape[0], batch_size, seed, k)
+        noise, target = (x0, reference) if rows is None else (x0[rows.to(x0.device)], reference[rows.to(x0.device)])
         optimizer.zero_grad()
-        x = _solve(velocity, noise, _times(theta, t0, t1).to(device), (coefficients * lower).to(device))
-        loss = (x - target).pow(2).flatten(1).mean(dim=1).mean()
+        loss = _loss(velocity, noise, target, _times(theta, t0, t1), coefficients * lower)
+        best, value = state.best, float(loss.detach())
+        if rows is None and (not best or value < best["loss"]):  # the loss of the parameters before step k
+            best = {"loss": value, "iteration": k, "theta": theta.detach().clone(),
+                    "coefficients": (coefficients * lower).detach().clone()}
         loss.backward()
+        progress = (k - warm_up) / max(1, iterations - warm_up)
+        scale = (k + 1) / warm_up if k < warm_up else 0.5 * (1 + math.cos(math.pi * progress))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * scale
         optimizer.step()
-        state = SearchState(settings, theta.detach().clone(), coefficients.detach().clone(),
-                            _clone(optimizer.state_dict()), state.iteration + 1, [*state.losses, float(loss.detach())])
+        state = SearchState(settings, state.init, theta.detach().clone(), coefficients.detach().clone(),
+                            _clone(optimizer.state_dict()), k + 1, [*state.losses, value], best)
         if callback is not None:
             callback(state)
     return state

@@ -95,11 +95,13 @@ class Interrupted(Exception):
     pass
 
 
-def test_a_resumed_search_ends_where_an_uninterrupted_one_does():
+@pytest.mark.parametrize("batch_size", [25, None])
+def test_a_resumed_search_ends_where_an_uninterrupted_one_does(batch_size):
     """A search of 7 steps is killed after its third (its callback saved the state, through to_dict, as it would
-    to a file), then resumed from that state. Two mini-batches of 25 per epoch (of 60 noises), so the break
-    falls inside an epoch; the learning-rate schedule and the batches depend on the iteration only."""
-    straight = small_search()
+    to a file), then resumed from that state. With mini-batches of 25 (two per epoch of 60 noises) the break
+    falls inside an epoch; the learning-rate schedule and the batches depend on the iteration only. With full
+    batches the best iterate is carried over too."""
+    straight = small_search(batch_size=batch_size)
     saved = []
 
     def save_then_die(state):
@@ -108,15 +110,21 @@ def test_a_resumed_search_ends_where_an_uninterrupted_one_does():
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        small_search(callback=save_then_die)
-    resumed = small_search(state=SearchState.from_dict(saved[-1]))
+        small_search(callback=save_then_die, batch_size=batch_size)
+    resumed = small_search(state=SearchState.from_dict(saved[-1]), batch_size=batch_size)
     assert resumed.iteration == straight.iteration == 7 and resumed.init == straight.init
     assert torch.equal(resumed.theta, straight.theta) and torch.equal(resumed.coefficients, straight.coefficients)
-    assert resumed.losses == straight.losses
+    assert resumed.losses == straight.losses and bool(resumed.best) == (batch_size is None)
+    a, b = resumed.solver(), straight.solver()
+    assert torch.equal(a.times, b.times) and torch.equal(a.coefficients, b.coefficients) and a.metadata == b.metadata
     assert not torch.equal(saved[-1]["theta"], straight.theta)  # it did move on after the break
-    assert torch.equal(small_search().theta, straight.theta)  # and runs repeat bit for bit
+    assert torch.equal(small_search(batch_size=batch_size).theta, straight.theta)  # and runs repeat bit for bit
     with pytest.raises(InputError, match="lr"):
-        small_search(state=SearchState.from_dict(saved[-1]), lr=0.1)
+        small_search(state=SearchState.from_dict(saved[-1]), lr=0.1, batch_size=batch_size)
+    with pytest.raises(InputError, match="data"):
+        search_solver(mixture_velocity("gvp"), noise(60, 6), noise(60, 6), 4, 0.0, 1.0, iterations=7, lr=0.05,
+                      batch_size=batch_size, seed=3, interpolant="gvp", fingerprint="abc",
+                      state=SearchState.from_dict(saved[-1]))
 
 
 def test_the_search_starts_from_the_best_adams_candidate_and_improves_on_it():

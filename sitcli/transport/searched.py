@@ -22,8 +22,9 @@ tight tolerance, through ``integrate``):
 
     loss(theta, c) = mean_n mean_d (x_N(x0_n) - x_ref_n)^2.
 
-With full batches the solver kept is the iterate of least loss (the start included), so a search never ends
-worse on its own noises than where it began; with mini-batches, whose losses are not comparable, the last.
+With full batches the solver kept is the iterate of least loss among those whose loss was computed (every one
+but the last; the start included), so a search never ends worse on its own noises than where it began; with
+mini-batches, whose losses are not comparable, the last.
 
 NeuralSolver fits to a 100-step Euler trajectory and adds a loss at every step; here only the endpoint counts,
 against a far more accurate reference, since the endpoint is what sampling returns.
@@ -246,6 +247,14 @@ def _batch(n: int, batch_size: int | None, seed: int, iteration: int) -> torch.T
     return order[position * batch_size: (position + 1) * batch_size]
 
 
+def _data_hash(*tensors: torch.Tensor) -> str:
+    """A hash of the noises and references, so that a search resumes only on the data it began with."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _loss(velocity: Velocity, x0: torch.Tensor, reference: torch.Tensor, times: torch.Tensor,
           coefficients: torch.Tensor) -> torch.Tensor:
     x = _solve(velocity, x0, times.to(x0.device), coefficients.to(x0.device))
@@ -320,7 +329,7 @@ def search_solver(
                     init_order=init_order, init_spacing=init_spacing, init_shift=float(init_shift),
                     init_grid=None if init_grid is None else init_grid.tolist(), fit_times=bool(fit_times),
                     batch_size=batch_size, seed=int(seed), interpolant=interpolant, fingerprint=fingerprint,
-                    samples=int(x0.shape[0]))
+                    samples=int(x0.shape[0]), data=_data_hash(x0, reference))
     if state is None:
         init, theta, coefficients = _start(velocity, x0, reference, nfe, t0, t1, init_order, init_spacing,
                                            init_shift, init_grid)

@@ -150,6 +150,19 @@ def test_fitting_coefficients_only_keeps_the_grid():
     assert state.solver().coefficients.abs().sum() > 0
 
 
+def test_in_discrete_time_the_snapped_grid_is_kept():
+    """A model trained on 25 time points: the search keeps the snapped grid (its times stay training times)
+    and picks the Adams order on it."""
+    transport = Transport("gvp", "velocity", num_timesteps=25)
+    grid = transport.time_grid(0.0, 1.0, 4, dtype=F64, spacing="cosine")
+    state = small_search(5, fit_times=False, init_grid=grid)
+    times = state.solver().times
+    torch.testing.assert_close(times, grid, rtol=0, atol=1e-15)
+    snapped = transport.timestep_grid(dtype=F64)
+    assert bool(((times[:, None] - snapped[None]).abs().min(dim=1).values < 1e-15).all())
+    assert state.init["spacing"] == "given" and state.init["order"] in (2, 3, 4)
+
+
 def test_solver_round_trip_and_refusals():
     solver = small_search(2).solver()
     again = SearchedSolver.from_dict(solver.to_dict())

@@ -7,31 +7,27 @@ ends of [0, 1] (lambda = -inf and +inf) are checked apart.
 """
 
 import math
-import sys
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.integrate import quad
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_sit import random_sit  # noqa: E402  (a helper module, not a test module)
-
-from sitcli.errors import InputError  # noqa: E402
-from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance  # noqa: E402
-from sitcli.transport import GaussianMixture, Transport, get_interpolant  # noqa: E402
-from sitcli.transport.multistep import (  # noqa: E402
+from sitcli.errors import InputError
+from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
+from sitcli.transport import GaussianMixture, Transport, get_interpolant
+from sitcli.transport.multistep import (
     dpm_solver_pp,
     g_coefficients,
     log_snr_schedule,
     unipc,
 )
-from sitcli.transport.objectives import predicted_data  # noqa: E402
-from sitcli.transport.samplers import CountingModel  # noqa: E402
-from sitcli.transport.time_conventions import to_time  # noqa: E402
-from sitcli.transport.time_grids import time_grid  # noqa: E402
+from sitcli.transport.objectives import predicted_data
+from sitcli.transport.samplers import CountingModel
+from sitcli.transport.time_conventions import to_time
+from sitcli.transport.time_grids import time_grid
+from helpers import random_sit
 
 F64 = torch.float64
 GM = GaussianMixture([[-1.0], [2.0]], [0.3, 0.5], [0.4, 0.6])
@@ -62,7 +58,7 @@ def test_g_coefficients_are_their_integrals_on_both_sides_of_the_series_switch()
     for h in (1e-4, 0.3, 0.999, 1.0, 2.5, 12.0):
         g = g_coefficients(h, 4)
         for j in range(4):
-            exact = quad(lambda w: math.exp(-w) * (1 - w / h) ** j, 0, h, epsabs=1e-15, epsrel=1e-13)[0]
+            exact = quad(lambda w, h=h, j=j: math.exp(-w) * (1 - w / h) ** j, 0, h, epsabs=1e-15, epsrel=1e-13)[0]
             assert g[j] == pytest.approx(exact, rel=1e-10, abs=1e-16), (h, j)
     assert g_coefficients(math.inf, 3) == [1.0, 1.0, 1.0]
 
@@ -355,7 +351,7 @@ def test_one_evaluation_per_step_on_the_discrete_time_grid(solver):
         seen.append(float(t))
         return field(t, x)
 
-    x, nfe = solver(velocity, noise(10), grid, transport.interpolant)
+    _, nfe = solver(velocity, noise(10), grid, transport.interpolant)
     training = transport.timestep_grid(dtype=F64)
     assert nfe == 9 and seen == grid[:-1].tolist()
     assert bool(torch.isin(torch.tensor(seen, dtype=F64), training).all())

@@ -1,22 +1,17 @@
 """The searched solver (``transport/searched.py``): its parameterisation contains sit's Adams-Bashforth, the search
 beats DPM-Solver++ 2M on held-out noises of the mixture, and it is deterministic, resumable and tied to a model."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_sit import random_sit  # noqa: E402  (a helper module, not a test module)
-
-from sitcli.errors import InputError  # noqa: E402
-from sitcli.guidance import ClassifierFreeGuidance  # noqa: E402
-from sitcli.transport import GaussianMixture, Transport, get_interpolant  # noqa: E402
-from sitcli.transport.adams import adams_bashforth  # noqa: E402
-from sitcli.transport.multistep import dpm_solver_pp, unipc  # noqa: E402
-from sitcli.transport.samplers import CountingModel  # noqa: E402
-from sitcli.transport.searched import (  # noqa: E402
+from sitcli.errors import InputError
+from sitcli.guidance import ClassifierFreeGuidance
+from sitcli.transport import GaussianMixture, Transport, get_interpolant
+from sitcli.transport.adams import adams_bashforth
+from sitcli.transport.multistep import dpm_solver_pp, unipc
+from sitcli.transport.samplers import CountingModel
+from sitcli.transport.searched import (
     INIT_CANDIDATES,
     SearchedSolver,
     SearchState,
@@ -27,7 +22,8 @@ from sitcli.transport.searched import (  # noqa: E402
     search_solver,
     searched_sample,
 )
-from sitcli.transport.time_grids import time_grid  # noqa: E402
+from sitcli.transport.time_grids import time_grid
+from helpers import random_sit
 
 F64 = torch.float64
 GM = GaussianMixture([[-1.0], [2.0]], [0.3, 0.5], [0.4, 0.6])

@@ -79,7 +79,7 @@ SHIFTS = [0.3, 3.0]
 @pytest.mark.parametrize("num_timesteps", [None, 1000])
 def test_shift_one_is_no_shift_bit_for_bit(spacing, num_timesteps):
     tr = Transport("gvp", "velocity", num_timesteps=num_timesteps)
-    if spacing == "edm" and num_timesteps:  # its steps crowd at the data end and do not fit: refused both ways
+    if spacing in ("edm", "logsnr") and num_timesteps:  # its steps crowd at the data end and do not fit: refused both ways
         for shift in ({}, {"time_shift": 1.0}):
             with pytest.raises(InputError, match="do not fit"):
                 tr.time_grid(1e-3, 1 - 1e-3, 10, spacing=spacing, **shift)
@@ -154,3 +154,18 @@ def test_adaptive_methods_refuse_a_shift_or_a_spacing():
         sample_ode(tr, model, torch.randn(2, 3), "dopri5", time_shift=3.0)
     with pytest.raises(InputError, match="spacing 'edm'"):
         sample_ode(tr, model, torch.randn(2, 3), "dopri5", spacing="edm")
+
+
+@pytest.mark.parametrize("interpolant", [Linear(), GVP(), VP()])
+def test_logsnr_is_uniform_in_log_snr_between_edm_caps(interpolant):
+    """Inside the caps the steps are equal in lambda = log(alpha / sigma) = -log(sigma_t / alpha_t); the first
+    step runs from t0 to sigma = 80 where sigma(t0) is above it (all three here, VP's sigma(0) being ~152) and
+    the last from sigma = 0.002 to t1 = 1."""
+    grid = time_grid(0.0, 1.0, 12, "logsnr", dtype=F64, interpolant=interpolant)
+    assert grid[0] == 0 and grid[-1] == 1 and bool((grid.diff() > 0).all())
+    lam = -torch.log(noise_to_signal(interpolant, grid[1:-1]))
+    torch.testing.assert_close(lam[[0, -1]], torch.tensor([-math.log(80), -math.log(0.002)], dtype=F64))
+    torch.testing.assert_close(lam.diff(), torch.full((10,), float(lam[-1] - lam[0]) / 10, dtype=F64))
+    interior = time_grid(0.2, 0.8, 6, "logsnr", dtype=F64, interpolant=interpolant)  # no caps needed
+    lam = -torch.log(noise_to_signal(interpolant, interior))
+    torch.testing.assert_close(lam.diff(), torch.full((6,), float(lam[-1] - lam[0]) / 6, dtype=F64))

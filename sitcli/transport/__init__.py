@@ -8,10 +8,12 @@ Modules (time runs from t = 0, noise, to t = 1, data):
     objectives      what the model predicts, conversions between predictions, the regression loss
     transport       ``Transport``: interpolant + prediction + loss weight, safe time intervals, discrete time
     time_sampling   the density training times are drawn from
-    time_grids      the time grids samplers step on (uniform, cosine; snapped in discrete time)
+    time_grids      the time grids samplers step on (uniform, cosine, edm, logsnr; snapped in discrete time)
     methods         the registry of ODE and SDE methods and last steps
     integrate       the one ODE integration (fixed grid, multistep, adaptive) behind samplers and likelihood
     adams           sit's variable-step Adams-Bashforth solver
+    multistep       DPM-Solver++ (2M, 3M) and UniPC: exponential integrators in the log-SNR
+    searched        a solver searched for one model (NeuralSolver-style times and coefficients)
     tsit5           Tsitouras' 5(4) pair, registered with torchdiffeq
     samplers        ``sample_ode``, ``sample_sde``
     diffusion       the diffusion coefficients w(t) of the sampling SDE

@@ -11,6 +11,10 @@ A grid is ``steps + 1`` increasing times from t0 to t1, laid out by a named spac
               (linear and GVP at t0 = 0: infinite) the grid starts with the step from t0 to sigma = 80,
               and where sigma(t1) < 0.002 (t1 = 1: zero) it ends with the step from sigma = 0.002 to
               t1, as EDM's last step to sigma = 0; still ``steps`` steps in all.
+    logsnr    uniform in the log signal-to-noise ratio lambda = log(alpha_t / sigma_t) = -log sigma, the grid
+              of the exponential integrators (``multistep``: DPM-Solver++, UniPC), within the same
+              [0.002, 80] of sigma and with the same first and last steps as edm (lambda is infinite at
+              the ends of linear and GVP). It is edm's spacing in the limit rho -> infinity.
 
 The cosine grid takes steps of O(1/steps^2) at both ends and O(1/steps) in the middle.
 
@@ -58,18 +62,27 @@ def cosine_times(t0: float, t1: float, steps: int, **_) -> torch.Tensor:
     return times
 
 
-def edm_times(t0: float, t1: float, steps: int, interpolant: Interpolant | None = None, edm_rho: float = 7.0,
-              **_) -> torch.Tensor:
+def _capped_noise_level_times(t0: float, t1: float, steps: int, interpolant: Interpolant | None,
+                              levels: Callable[[torch.Tensor, float, float], torch.Tensor]) -> torch.Tensor:
+    """A grid laid out in the noise level sigma = sigma_t / alpha_t: ``levels(u, hi, lo)`` maps u in [0, 1]
+    to sigma from hi to lo, within EDM's [0.002, 80] (the edm and logsnr spacings of the module)."""
     if interpolant is None:
+<<<<<<< HEAD
         raise ValueError("the edm spacing needs the interpolant (its sigma_t / alpha_t)")
     sigma_start, sigma_end = (
         float(noise_to_signal(interpolant, torch.tensor(t, dtype=torch.float64))) for t in (t0, t1)
     )
+=======
+        raise ValueError("the edm and logsnr spacings need the interpolant (its sigma_t / alpha_t)")
+    sigma_start, sigma_end = (float(noise_to_signal(interpolant, torch.tensor(t, dtype=torch.float64)))
+                              for t in (t0, t1))
+>>>>>>> issue-25
     cap_hi, cap_lo = sigma_start > EDM_SIGMA_MAX, sigma_end < EDM_SIGMA_MIN
     cap_lo = cap_lo and steps - cap_hi - cap_lo >= 1
     cap_hi = cap_hi and steps - cap_hi - cap_lo >= 1
     hi, lo = (EDM_SIGMA_MAX if cap_hi else sigma_start), (EDM_SIGMA_MIN if cap_lo else sigma_end)
     u = torch.linspace(0, 1, steps - cap_hi - cap_lo + 1, dtype=torch.float64)
+<<<<<<< HEAD
     sigmas = ((1 - u) * hi ** (1 / edm_rho) + u * lo ** (1 / edm_rho)) ** edm_rho  # both ends exact
     times = torch.cat(
         [
@@ -78,8 +91,31 @@ def edm_times(t0: float, t1: float, steps: int, interpolant: Interpolant | None 
             torch.tensor([t1] * cap_lo, dtype=torch.float64),
         ]
     )
+=======
+    sigmas = levels(u, hi, lo)
+    times = torch.cat([torch.tensor([t0] * cap_hi, dtype=torch.float64), time_of_noise_to_signal(interpolant, sigmas),
+                       torch.tensor([t1] * cap_lo, dtype=torch.float64)])
+>>>>>>> issue-25
     times[0], times[-1] = t0, t1
     return times
+
+
+def edm_times(t0: float, t1: float, steps: int, interpolant: Interpolant | None = None, edm_rho: float = 7.0,
+              **_) -> torch.Tensor:
+    def rho_spaced(u: torch.Tensor, hi: float, lo: float) -> torch.Tensor:
+        return ((1 - u) * hi ** (1 / edm_rho) + u * lo ** (1 / edm_rho)) ** edm_rho  # both ends exact
+
+    return _capped_noise_level_times(t0, t1, steps, interpolant, rho_spaced)
+
+
+def _log_uniform(u: torch.Tensor, hi: float, lo: float) -> torch.Tensor:
+    sigmas = torch.exp((1 - u) * math.log(hi) + u * math.log(lo))
+    sigmas[0], sigmas[-1] = hi, lo  # both ends exact
+    return sigmas
+
+
+def logsnr_times(t0: float, t1: float, steps: int, interpolant: Interpolant | None = None, **_) -> torch.Tensor:
+    return _capped_noise_level_times(t0, t1, steps, interpolant, _log_uniform)
 
 
 # name -> (t0, t1, steps, interpolant=, edm_rho=) -> steps + 1 float64 times; a new spacing is one more entry.
@@ -87,6 +123,7 @@ SPACINGS: dict[str, Callable[..., torch.Tensor]] = {
     "uniform": uniform_times,
     "cosine": cosine_times,
     "edm": edm_times,
+    "logsnr": logsnr_times,
 }
 
 
@@ -125,7 +162,7 @@ def time_grid(
         spacing: a name in ``SPACINGS``.
         discrete_grid: the training times of discrete time (float64), or None in continuous time.
         time_shift: s of the shift phi_s (1: none).
-        interpolant, edm_rho: what the edm spacing needs (the others ignore them).
+        interpolant, edm_rho: what the edm and logsnr spacings need (the others ignore them).
     """
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: {' or '.join(SPACINGS)}")

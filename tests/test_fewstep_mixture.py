@@ -3,7 +3,7 @@ improved MeanFlow), against the mixture's exact velocity (``transport.mixture``,
 
 A small DMF-shaped network (a trunk that sees t, a head that sees r) is first made the flow model of four
 Gaussians by regressing u(z, t, t) on the exact velocity (a frozen exact teacher, 600 steps); then each
-objective fine-tunes it for 400 steps (batch 256, fm_share 0.5, p = 1, c = 1e-3). Distances are sliced W1
+objective fine-tunes it for 400 steps (batch 256, half the rows jumping, p = 1, c = 1e-3). Distances are sliced W1
 (128 fixed directions) to 20,000 fresh data points, from the same 20,000 noise draws for every sampler.
 Measured on this machine (3 seeds, mean ± sd):
 
@@ -96,7 +96,7 @@ def flow_model(seed: int) -> TinyFlowMap:
 
 def fine_tune(model: TinyFlowMap, objective: str, seed: int, steps: int = 400) -> None:
     tr, g = Transport("linear"), torch.Generator().manual_seed(100 + seed)
-    term = {"dmf": DecoupledMeanFlowLoss, "imf": ImprovedMeanFlowLoss}[objective](model, tr, fm_share=0.5, c=1e-3)
+    term = {"dmf": DecoupledMeanFlowLoss, "imf": ImprovedMeanFlowLoss}[objective](model, tr, share=0.5, c=1e-3)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):

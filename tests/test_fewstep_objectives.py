@@ -57,7 +57,7 @@ def regression(transport, batch, output):
 def test_at_r_equal_t_the_dmf_loss_is_the_flow_matching_loss_bit_for_bit():
     tr = Transport("linear")
     model = init_from_flow(SiT(**ARCH, dmf_depth=2), random_sit().state_dict()).eval()
-    term = DecoupledMeanFlowLoss(model, tr, fm_share=1.0, p=0.0)
+    term = DecoupledMeanFlowLoss(model, tr, share=0.0, p=0.0)
     batch = batch_for(model, tr, term)
     assert torch.equal(batch.r, batch.t)
     assert torch.equal(term(batch), regression(tr, batch, batch.output))
@@ -67,7 +67,7 @@ def test_at_r_equal_t_the_dmf_loss_is_the_flow_matching_loss_bit_for_bit():
 def test_at_r_equal_t_the_imf_loss_is_the_flow_matching_loss_of_each_head_bit_for_bit(head):
     tr = Transport("linear")
     model = random_sit(mean_flow=True, velocity_head_depth=head)
-    term = ImprovedMeanFlowLoss(model, tr, fm_share=1.0, p=0.0)
+    term = ImprovedMeanFlowLoss(model, tr, share=0.0, p=0.0)
     batch = batch_for(model, tr, term)
     want = regression(tr, batch, batch.output[:, :4])
     if head:
@@ -78,8 +78,8 @@ def test_at_r_equal_t_the_imf_loss_is_the_flow_matching_loss_of_each_head_bit_fo
 def test_at_r_equal_t_the_adaptive_weight_is_that_of_the_flow_matching_error():
     tr = Transport("linear")
     model = random_sit(dmf_depth=1)
-    for term in (DecoupledMeanFlowLoss(model, tr, fm_share=1.0, p=1.0, c=0.01),
-                 ImprovedMeanFlowLoss(model, tr, fm_share=1.0, p=1.0, c=0.01)):
+    for term in (DecoupledMeanFlowLoss(model, tr, share=0.0, p=1.0, c=0.01),
+                 ImprovedMeanFlowLoss(model, tr, share=0.0, p=1.0, c=0.01)):
         batch = batch_for(model, tr, term)
         error = batch.output - tr.interpolant.conditional_velocity(batch.x1, batch.noise, batch.t)
         assert torch.equal(term(batch), meanflow.adaptive_weight(error, 1.0, 0.01) * regression(tr, batch, batch.output))
@@ -129,7 +129,7 @@ def mlp_batch(model, transport, term, seed=0, n=6):
 
 def test_the_dmf_target_is_v_plus_r_minus_t_times_the_float64_central_difference():
     tr, model = Transport("linear"), FlowMapMLP()
-    term = DecoupledMeanFlowLoss(model, tr, fm_share=0.0)
+    term = DecoupledMeanFlowLoss(model, tr, share=1.0)
     batch = mlp_batch(model, tr, term)
     assert torch.all(batch.r > batch.t)
     v = tr.interpolant.conditional_velocity(batch.x1, batch.noise, batch.t)
@@ -144,7 +144,7 @@ def test_the_dmf_target_is_v_plus_r_minus_t_times_the_float64_central_difference
 
 def test_the_imf_jvp_runs_along_the_models_own_velocity_and_matches_float64_central_differences():
     tr, model = Transport("linear"), FlowMapMLP()
-    term = ImprovedMeanFlowLoss(model, tr, fm_share=0.0, omega_max=8.0)
+    term = ImprovedMeanFlowLoss(model, tr, share=1.0, omega_max=8.0)
     batch = mlp_batch(model, tr, term)
     omega = batch.model_kwargs["omega"]
     assert torch.all(omega >= 1) and torch.all(omega <= 8) and omega.unique().numel() == 6
@@ -197,10 +197,10 @@ def test_gradients_reach_the_model_only_through_its_prediction(objective):
     tr = Transport("linear")
     model = random_sit(dmf_depth=2, omega_input=objective == "imf", velocity_head_depth=2 * (objective == "imf"))
     model.train()
-    term = {"dmf": lambda: DecoupledMeanFlowLoss(model, tr, fm_share=0.3, omega=0.5),
-            "imf": lambda: ImprovedMeanFlowLoss(model, tr, fm_share=0.3, omega_max=4.0),
-            "alphaflow-mid": lambda: AlphaFlowLoss(model, tr, fm_share=0.3, omega=2.0),
-            "alphaflow-jvp": lambda: AlphaFlowLoss(model, tr, fm_share=0.3, omega=2.0)}[objective]()
+    term = {"dmf": lambda: DecoupledMeanFlowLoss(model, tr, share=0.7, omega=2.0),
+            "imf": lambda: ImprovedMeanFlowLoss(model, tr, share=0.7, omega_max=4.0),
+            "alphaflow-mid": lambda: AlphaFlowLoss(model, tr, share=0.7, omega=2.0),
+            "alphaflow-jvp": lambda: AlphaFlowLoss(model, tr, share=0.7, omega=2.0)}[objective]()
     if objective.startswith("alphaflow"):
         term.at_step(50 if objective == "alphaflow-mid" else 100, 100)
         assert (0 < term.alpha < 1) if objective == "alphaflow-mid" else term.alpha == 0
@@ -278,7 +278,7 @@ def test_the_alphaflow_schedule_runs_from_flow_matching_to_mean_flows():
 def test_the_alphaflow_term_at_both_ends_is_flow_matching_and_the_mean_flow_target():
     tr = Transport("linear")
     model = random_sit(dmf_depth=2)
-    term = AlphaFlowLoss(model, tr, fm_share=0.25)
+    term = AlphaFlowLoss(model, tr, share=0.75)
     assert term.alpha == 1.0  # before at_step: flow matching
     batch = batch_for(model, tr, term)
     target, weight = term.targets(batch)
@@ -301,7 +301,7 @@ def test_the_alphaflow_term_jumps_from_an_euler_step_of_the_velocity():
             calls.append((x.clone(), t.clone(), r))
             return torch.zeros_like(x) + 3.0
 
-    term = AlphaFlowLoss(Recorder(), tr, fm_share=0.5)
+    term = AlphaFlowLoss(Recorder(), tr, share=0.5)
     term.at_step(1, 2)
     alpha = term.alpha
     batch = batch_for(Recorder(), tr, term, n=6)
@@ -317,14 +317,15 @@ def test_the_alphaflow_term_jumps_from_an_euler_step_of_the_velocity():
     assert torch.equal(weight, torch.where(batch.r != batch.t, alpha, 1.0))
 
 
-def test_guided_targets_have_the_guided_field_as_fixed_point():
+def test_the_guided_target_has_the_guided_field_as_fixed_point():
+    """v_g = v + (1 - 1/omega) (v_cond - v_uncond): a model whose conditional velocity is the guided field
+    omega a + (1 - omega) b reproduces itself as target from the true conditional velocity a."""
     a, b = torch.randn(3, 2), torch.randn(3, 2)  # the conditional and unconditional velocities
     omega = torch.tensor([1.0, 2.5, 6.0])
     guided = omega[:, None] * a + (1 - omega[:, None]) * b
-    assert torch.allclose(fewstep.imf_guided_velocity(a, guided, b, omega), guided, atol=1e-6)
-    w = 0.6  # DMF's model guidance: the fixed point is the guidance scale 1 / (1 - w)
-    fixed = b + (a - b) / (1 - w)
-    assert torch.allclose(fewstep.model_guided_velocity(a, fixed, b, w), fixed, atol=1e-6)
+    assert torch.allclose(fewstep.guided_velocity(a, guided, b, omega), guided, atol=1e-6)
+    assert torch.allclose(fewstep.guided_velocity(a[1:2], guided[1:2], b[1:2], 2.5), guided[1:2], atol=1e-6)
+    assert torch.equal(fewstep.guided_velocity(a, b, guided, 1.0), a)
 
 
 def test_omega_is_drawn_with_density_proportional_to_omega_to_the_minus_beta():
@@ -343,12 +344,12 @@ def test_time_pairs_take_the_flow_matching_share_and_order_two_draws():
         return lambda batch, device=None, dtype=torch.float32, generator=None: torch.full((batch,), value, dtype=dtype)
 
     g = torch.Generator().manual_seed(0)
-    t, r = fewstep.draw_time_pairs(constant(0.5), constant(0.7), constant(0.2), 20000, 0.3, generator=g)
+    t, r = fewstep.draw_time_pairs(constant(0.5), constant(0.7), constant(0.2), 20000, 0.7, generator=g)
     flow = t == 0.5
     assert torch.all(r[flow] == 0.5) and torch.all(t[~flow] == 0.2) and torch.all(r[~flow] == 0.7)
     assert abs(float(flow.float().mean()) - 0.3) < 0.015
     tr = Transport("linear", time_density="logit-normal", time_density_params={"logit_mean": 1.0})
-    t, r = fewstep.draw_time_pairs(tr.sample_time, tr.sample_time, tr.sample_time, 5000, 0.0, generator=g)
+    t, r = fewstep.draw_time_pairs(tr.sample_time, tr.sample_time, tr.sample_time, 5000, 1.0, generator=g)
     assert torch.all(t < r)
 
 
@@ -362,7 +363,7 @@ def test_one_training_step_of_each_objective_through_step_losses(objective):
     form = {"dmf": dict(dmf_depth=2), "imf": dict(mean_flow=True, omega_input=True, velocity_head_depth=1),
             "alphaflow": dict(mean_flow=True)}[objective]
     model = init_from_flow(SiT(**ARCH, **form), flow.state_dict()).train()
-    term = {"dmf": lambda: DecoupledMeanFlowLoss(model, tr, omega=0.5, guidance_interval=(0.3, 1.0)),
+    term = {"dmf": lambda: DecoupledMeanFlowLoss(model, tr, omega=2.5, guidance_interval=(0.3, 1.0)),
             "imf": lambda: ImprovedMeanFlowLoss(model, tr, omega_max=8.0),
             "alphaflow": lambda: AlphaFlowLoss(model, tr, omega=1.5)}[objective]()
     term.at_step(3, 8)
@@ -402,3 +403,20 @@ def test_a_dmf_model_and_an_omega_model_sample_differently_at_different_r_and_om
     low, _ = meanflow.sample_meanflow(imf, x0, 1, model_kwargs={"y": y, "omega": 1.0})
     high, _ = meanflow.sample_meanflow(imf, x0, 1, model_kwargs={"y": y, "omega": 5.0})
     assert not torch.allclose(low, high)
+
+
+@pytest.mark.slow
+def test_the_fine_tuning_cost_benchmark_runs_every_variant(capsys):
+    """examples/benchmarks/fewstep_cost.py --tiny: every objective's step runs and is printed against flow."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "examples" / "benchmarks" / "fewstep_cost.py"
+    spec = importlib.util.spec_from_file_location("fewstep_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--tiny", "--iters", "1", "--batch-size", "2"])
+    out = capsys.readouterr().out
+    assert set(results) == {"flow", "meanflow", "dmf", "dmf guided", "imf", "imf guided", "alphaflow mid",
+                            "alphaflow end"}
+    assert "| flow |" in out and out.count("x |") == 2 * len(results)

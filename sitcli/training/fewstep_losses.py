@@ -46,13 +46,13 @@ def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class _PairObjective(LossTerm):
     """What the three objectives share: (t, r) pairs from ``fewstep.draw_time_pairs``, then eps, then the labels."""
 
-    fm_share: float
+    share: float
     model: torch.nn.Module
 
     def _pairs(self, transport: Transport, x1: torch.Tensor, y: torch.Tensor | None,
                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         samplers = getattr(self, "sample_times", None) or (transport.sample_time,) * 3
-        t, r = fewstep.draw_time_pairs(*samplers, x1.shape[0], self.fm_share, x1.device, x1.dtype, generator)
+        t, r = fewstep.draw_time_pairs(*samplers, x1.shape[0], self.share, x1.device, x1.dtype, generator)
         _, noise = transport.draw_time_and_noise(x1, generator, t=t)
         return t, r, noise, drop_labels(self.model, y)
 
@@ -62,18 +62,19 @@ class DecoupledMeanFlowLoss(_PairObjective):
 
         sg(w) |u_theta(x_t, t, r) - sg(v_g + (r - t) du_theta/dt)|^2 / D,    w = 1 / (that mse + c)^p,
 
-    du/dt one JVP with tangents (v_g, 1, 0); v_g = v_c + omega (v_theta(. | y) - v_theta(. | null)) on labelled
-    rows with t in ``guidance_interval`` (sit's time; DMF's (0, 0.7) in its time is (0.3, 1) here), else v_c.
-    Defaults are DMF's: half the rows flow matching, p = 1, c = 0.01, no guidance (omega = 0).
+    du/dt one JVP with tangents (v_g, 1, 0); v_g = v_c + (1 - 1/omega) (v_theta(. | y) - v_theta(. | null)) on
+    labelled rows with t in ``guidance_interval`` (sit's time; DMF's (0, 0.7) in its time is (0.3, 1) here), else
+    v_c; omega >= 1 is the guidance scale the model learns (DMF's 0.6 is omega = 2.5; 1: none). ``share``: the
+    rows with r != t. Defaults are DMF's: half the rows jump, p = 1, c = 0.01; no guidance.
     """
 
     name = "dmf"
 
-    def __init__(self, model: torch.nn.Module, transport: Transport, fm_share: float = 0.5, p: float = 1.0,
-                 c: float = 0.01, omega: float = 0.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
+    def __init__(self, model: torch.nn.Module, transport: Transport, share: float = 0.5, p: float = 1.0,
+                 c: float = 0.01, omega: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
                  sample_times: tuple[Callable, Callable, Callable] | None = None):
         self.model, self.transport, self.sample_times = model, transport, sample_times
-        self.fm_share, self.p, self.c, self.omega, self.guidance_interval = fm_share, p, c, omega, guidance_interval
+        self.share, self.p, self.c, self.omega, self.guidance_interval = share, p, c, omega, guidance_interval
 
     def inputs(self, transport: Transport, x1: torch.Tensor, y: torch.Tensor | None,
                generator: torch.Generator | None) -> StepInputs:
@@ -85,7 +86,7 @@ class DecoupledMeanFlowLoss(_PairObjective):
         """v_g (float32, no gradients): DMF's model guidance on the labelled rows inside the interval."""
         v = self.transport.interpolant.conditional_velocity(batch.x1, batch.noise, batch.t).float()
         labelled = _labelled(self.model, batch.y)
-        if self.omega == 0 or labelled is None:
+        if self.omega == 1 or labelled is None:
             return v
         lo, hi = self.guidance_interval
         guided_rows = labelled & (batch.t >= lo) & (batch.t <= hi)
@@ -95,7 +96,7 @@ class DecoupledMeanFlowLoss(_PairObjective):
         both = self.model(torch.cat([batch.x_t, batch.x_t]), torch.cat([batch.t, batch.t]),
                           y=torch.cat([batch.y, null]), drop_labels=False).float()
         v_cond, v_uncond = both.chunk(2)
-        return torch.where(_rows(guided_rows, v), fewstep.model_guided_velocity(v, v_cond, v_uncond, self.omega), v)
+        return torch.where(_rows(guided_rows, v), fewstep.guided_velocity(v, v_cond, v_uncond, self.omega), v)
 
     def target(self, batch: StepBatch) -> torch.Tensor:
         """u_tgt = v_g + (r - t) du/dt (float32, no gradients)."""
@@ -122,19 +123,19 @@ class ImprovedMeanFlowLoss(_PairObjective):
     ``with_velocity=True`` is [u, v]); without one the model's own velocity is u_theta(x_t, t, t).
     v_g = v_c + (1 - 1/omega) (v_theta(. | y, omega) - v_theta(. | null, 1)) on labelled rows, v_c on the
     others, omega per example from ``fewstep.draw_omega(omega_max, omega_beta)`` and fed to the model
-    (it needs ``omega_input``); ``omega_max=1`` is no guidance and no omega. Defaults: iMF's half of the
-    rows flow matching, p = 1, iMF's omega_max = 8 (s_max = 7) and beta = 1 when guided.
+    (it needs ``omega_input``); ``omega_max=1`` is no guidance and no omega. ``share``: the rows with r != t.
+    Defaults: iMF's half of the rows jump, p = 1; iMF guides with omega_max = 8 (its s_max = 7) and beta = 1.
     """
 
     name = "imf"
 
-    def __init__(self, model: torch.nn.Module, transport: Transport, fm_share: float = 0.5, p: float = 1.0,
+    def __init__(self, model: torch.nn.Module, transport: Transport, share: float = 0.5, p: float = 1.0,
                  c: float = 1e-3, omega_max: float = 1.0, omega_beta: float = 1.0,
                  sample_times: tuple[Callable, Callable, Callable] | None = None):
         if omega_max > 1 and not getattr(model, "omega_input", False):
             raise ValueError("omega_max > 1 feeds omega to the model: it needs an omega input (SiT(omega_input=True))")
         self.model, self.transport, self.sample_times = model, transport, sample_times
-        self.fm_share, self.p, self.c, self.omega_max, self.omega_beta = fm_share, p, c, omega_max, omega_beta
+        self.share, self.p, self.c, self.omega_max, self.omega_beta = share, p, c, omega_max, omega_beta
         self.head = bool(getattr(model, "velocity_head_depth", 0))
 
     def inputs(self, transport: Transport, x1: torch.Tensor, y: torch.Tensor | None,
@@ -166,7 +167,7 @@ class ImprovedMeanFlowLoss(_PairObjective):
             both = self._velocity(torch.cat([batch.x_t, batch.x_t]), torch.cat([batch.t, batch.t]),
                                   torch.cat([batch.y, null]), torch.cat([omega, torch.ones_like(omega)]))
             tangent, v_uncond = both.chunk(2)  # tangent: v_theta(x_t, t | the row's label, omega)
-            v_g = torch.where(_rows(labelled, v), fewstep.imf_guided_velocity(v, tangent.float(), v_uncond.float(), omega), v)
+            v_g = torch.where(_rows(labelled, v), fewstep.guided_velocity(v, tangent.float(), v_uncond.float(), omega), v)
         else:
             tangent, v_g = self._velocity(batch.x_t, batch.t, batch.y, omega), v
         kwargs = {} if omega is None else {"omega": omega}
@@ -200,17 +201,18 @@ class AlphaFlowLoss(_PairObjective):
     the first call). The guidance is MeanFlow's folded one (``MeanFlowLoss``, AlphaFlow's kappa = 0):
     v_g = omega v_c + (1 - omega) sg u_theta(x_t, t, t | null) on labelled rows. ``clamp_target``: AlphaFlow's
     clamp_utgt, a bound on |u_tgt| of the rows with 0 < alpha < 1 (None: none). Works with any mean-flow
-    model: ``SiT(mean_flow=True)`` or ``SiT(dmf_depth=...)``.
+    model: ``SiT(mean_flow=True)`` or ``SiT(dmf_depth=...)``. ``share``: the rows with r != t (AlphaFlow's
+    1 - ratio_fm).
     """
 
     name = "alphaflow"
 
-    def __init__(self, model: torch.nn.Module, transport: Transport, fm_share: float = 0.5, p: float = 1.0,
+    def __init__(self, model: torch.nn.Module, transport: Transport, share: float = 0.5, p: float = 1.0,
                  c: float = 1e-3, omega: float = 1.0, start: float = 0.0, end: float = 1.0, gamma: float = 25.0,
                  clamp: float = 0.005, clamp_target: float | None = None,
                  sample_times: tuple[Callable, Callable, Callable] | None = None):
         self.model, self.transport, self.sample_times = model, transport, sample_times
-        self.fm_share, self.p, self.c, self.omega, self.clamp_target = fm_share, p, c, omega, clamp_target
+        self.share, self.p, self.c, self.omega, self.clamp_target = share, p, c, omega, clamp_target
         self.schedule = dict(start=start, end=end, gamma=gamma, clamp=clamp)
         self.alpha = fewstep.alphaflow_alpha(0.0, **self.schedule)
 

@@ -8,8 +8,9 @@ tau_t - tau_r is r - t here, and du/dtau_t there is du/dt here (both signs flip)
 below says what it is in the paper's time.
 
 Time pairs (``draw_time_pairs``; DMF's ``DMFLoss.sample_times``, iMF's ``sample_tr``, AlphaFlow's
-``sample_traj_params``). A share ``fm_share`` of the rows are flow-matching rows, r = t with t from
-their own density; the others draw a and b from two densities and take t = min(a, b), r = max(a, b)
+``sample_traj_params``). A share ``share`` of the rows jump (as ``MeanFlowLoss``'s share): they draw a
+and b from two densities and take t = min(a, b), r = max(a, b); the others are flow-matching rows,
+r = t with t from their own density
 (the papers take tau_t = max, tau_r = min of their draws: the same pairs, since a density with
 logit-mean m in their time has logit-mean -m in sit's).
 
@@ -18,17 +19,17 @@ last blocks see r instead of t (``SiT(dmf_depth=...)``); the loss is the mean-fl
 
     u_tgt = v_g + (r - t) sg(du/dt),  du/dt = jvp of u along (v_g, 1, 0),   loss = sg(w) |u - u_tgt|^2 / D
 
-(paper: u_tgt = v - (tau_t - tau_r) du/dtau_t, the same equation) with DMF's model guidance
-(``model_guided_velocity``, their ``g_type="mg"``): for a labelled example at t in the guidance
-interval,
+(paper: u_tgt = v - (tau_t - tau_r) du/dtau_t, the same equation) with DMF's model guidance (their
+``g_type="mg"``): for a labelled example at t in the guidance interval,
 
-    v_g = v_c + omega (v_theta(x_t, t | y) - v_theta(x_t, t | null)),    v_theta(z, t) = sg u_theta(z, t, t),
+    v_g = v_c + (1 - 1/omega) (v_theta(x_t, t | y) - v_theta(x_t, t | null)),   v_theta(z, t) = sg u_theta(z, t, t)
 
-which the model fits when its conditional velocity is v_u + (v_cond - v_u) / (1 - omega): a
-classifier-free guidance scale 1 / (1 - omega) (DMF's omega = 0.6 is a scale of 2.5). DMF's
+(``guided_velocity``), which the model fits when its conditional velocity is the classifier-free guided
+omega v_cond + (1 - omega) v_uncond. omega here is that guidance scale, >= 1, as ``MeanFlowLoss``'s;
+DMF writes the coefficient 1 - 1/omega as its omega (its 0.6 is a scale omega = 2.5). DMF's
 weight is a learned log-variance, loss = log(mse / e^lv + eps) + lv; its gradient at lv = 0 is
 that of sit's adaptive weight sg(1 / (mse + c)^p) mse with p = 1 and c = eps, the weight used here.
-DMF's flow-matching half (a second batch at r = t) is the ``fm_share`` of the rows here.
+DMF's flow-matching half (a second batch at r = t) is the rows with r = t here (``share`` = 0.5).
 
 Improved MeanFlow (Geng et al. 2025, Lyy-iiis/imeanflow ``imf.py`` ``iMeanFlow.forward``). The
 loss lives in velocity space: the network's u is turned into the velocity it implies,
@@ -40,9 +41,9 @@ and V, not u, is regressed on the guided velocity v_g; the JVP's tangent is the 
 velocity v_theta(x_t, t) (its auxiliary head, sg), not the noisy conditional velocity:
 
     loss = sg(w_V) |V - sg(v_g)|^2 / D  +  sg(w_v) |v_theta(x_t, t) - sg(v_g)|^2 / D,
-    v_g  = v_c + (1 - 1/omega) (v_theta(x_t, t | y, omega) - v_theta(x_t, t | null, 1))   (``imf_guided_velocity``)
+    v_g  = v_c + (1 - 1/omega) (v_theta(x_t, t | y, omega) - v_theta(x_t, t | null, 1))   (``guided_velocity``)
 
-whose fixed point is the classifier-free guided field omega v_cond + (1 - omega) v_uncond. omega is
+the same guidance as DMF's, its fixed point omega v_cond + (1 - omega) v_uncond, but omega is
 drawn per example with density proportional to omega^-beta on [1, omega_max] (``draw_omega``; iMF
 draws 1 + s with s_max = 7 and beta = 1, log-uniform on [1, 8]) and fed to the model
 (``SiT(omega_input=True)``). iMF's adaptive weight is loss / sg(loss + eps)^p on the *sum* over
@@ -72,28 +73,23 @@ from sitcli.transport.interpolants import expand_time
 
 
 def draw_time_pairs(sample_fm: Callable[..., torch.Tensor], sample_a: Callable[..., torch.Tensor],
-                    sample_b: Callable[..., torch.Tensor], batch: int, fm_share: float, device=None,
+                    sample_b: Callable[..., torch.Tensor], batch: int, share: float, device=None,
                     dtype=torch.float32, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t, r), each (batch,), t <= r: a share ``fm_share`` of the rows (a random subset, drawn last) has r = t
-    from ``sample_fm``; the others t = min(a, b), r = max(a, b), a from ``sample_a`` and b from ``sample_b``.
-    Each sampler is called as ``sample(batch, device=, dtype=, generator=)`` (``Transport.sample_time``)."""
+    """(t, r), each (batch,), t <= r: a share ``share`` of the rows (a random subset, drawn last) jumps,
+    t = min(a, b), r = max(a, b), a from ``sample_a`` and b from ``sample_b``; the others have r = t from
+    ``sample_fm``. Each sampler is called as ``sample(batch, device=, dtype=, generator=)`` (``Transport.sample_time``)."""
     kwargs = dict(device=device, dtype=dtype, generator=generator)
     fm, a, b = sample_fm(batch, **kwargs), sample_a(batch, **kwargs), sample_b(batch, **kwargs)
-    flow_rows = torch.rand(batch, device=device, generator=generator) < fm_share
-    t = torch.where(flow_rows, fm, torch.minimum(a, b))
-    return t, torch.where(flow_rows, fm, torch.maximum(a, b))
+    jump = torch.rand(batch, device=device, generator=generator) < share
+    return torch.where(jump, torch.minimum(a, b), fm), torch.where(jump, torch.maximum(a, b), fm)
 
 
-def model_guided_velocity(v: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Tensor,
-                          omega: float) -> torch.Tensor:
-    """DMF's guided target v + omega (v_cond - v_uncond), v_cond and v_uncond the model's own velocities."""
-    return v + omega * (v_cond - v_uncond)
-
-
-def imf_guided_velocity(v: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Tensor,
-                        omega: torch.Tensor) -> torch.Tensor:
-    """iMF's guided target v + (1 - 1/omega) (v_cond - v_uncond), omega (B,) per example."""
-    return v + expand_time(1 - 1 / omega, v) * (v_cond - v_uncond)
+def guided_velocity(v: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Tensor,
+                    omega: float | torch.Tensor) -> torch.Tensor:
+    """The guided target v + (1 - 1/omega) (v_cond - v_uncond) of DMF and iMF, v_cond and v_uncond the model's
+    own velocities, omega >= 1 a number or one per example (B,)."""
+    coefficient = 1 - 1 / omega if isinstance(omega, (int, float)) else expand_time(1 - 1 / omega, v)
+    return v + coefficient * (v_cond - v_uncond)
 
 
 def draw_omega(batch: int, omega_max: float, beta: float = 1.0, device=None,

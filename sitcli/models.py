@@ -430,7 +430,8 @@ def init_from_flow(model: SiT, flow_state_dict: dict[str, torch.Tensor]) -> SiT:
     for key, value in flow_state_dict.items():
         if key in target:
             if value.shape != target[key].shape:
-                raise ValueError(f"{key}: shape {tuple(value.shape)} in the flow model, {tuple(target[key].shape)} here")
+                raise ValueError(f"{key}: shape {tuple(value.shape)} in the flow model, "
+                                 f"{tuple(target[key].shape)} here")
             state[key] = value
     for name in ("r_embedder", "omega_embedder"):
         if f"{name}.mlp.2.weight" in target and f"{name}.mlp.2.weight" not in flow_state_dict:

@@ -82,7 +82,8 @@ def test_at_r_equal_t_the_adaptive_weight_is_that_of_the_flow_matching_error():
                  ImprovedMeanFlowLoss(model, tr, share=0.0, p=1.0, c=0.01)):
         batch = batch_for(model, tr, term)
         error = batch.output - tr.interpolant.conditional_velocity(batch.x1, batch.noise, batch.t)
-        assert torch.equal(term(batch), meanflow.adaptive_weight(error, 1.0, 0.01) * regression(tr, batch, batch.output))
+        want = meanflow.adaptive_weight(error, 1.0, 0.01) * regression(tr, batch, batch.output)
+        assert torch.equal(term(batch), want)
 
 
 # ----------------------------------------------------------------------------------------- JVP

@@ -10,7 +10,8 @@ backward, AdamW, EMA) on the same data, the same architecture started from one f
 - ``flow``: the regression loss (``RegressionLoss``), the step being compared against;
 - ``meanflow``: sit's mean-flow loss (``MeanFlowLoss``, ``SiT(mean_flow=True)``), one JVP without gradients;
 - ``dmf`` / ``dmf guided``: Decoupled MeanFlow (``SiT(dmf_depth=2/3 of depth)``), one JVP; guided adds DMF's
-  model guidance (its 0.6, a guidance scale of 2.5, on t in [0.3, 1]): one forward of the doubled batch without gradients;
+  model guidance (its 0.6, a guidance scale of 2.5, on t in [0.3, 1]): one forward of the doubled batch without
+  gradients;
 - ``imf`` / ``imf guided``: improved MeanFlow (``SiT(mean_flow, omega_input, velocity_head_depth=depth/4)``):
   the forward runs both heads, a forward for the model's own velocity and one JVP; guided (omega up to 8) makes
   that forward one of the doubled batch (conditional and unconditional);

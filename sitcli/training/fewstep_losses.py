@@ -50,7 +50,8 @@ class _PairObjective(LossTerm):
     model: torch.nn.Module
 
     def _pairs(self, transport: Transport, x1: torch.Tensor, y: torch.Tensor | None,
-               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+               generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+        """(t, r, eps, the labels after dropout)."""
         samplers = getattr(self, "sample_times", None) or (transport.sample_time,) * 3
         t, r = fewstep.draw_time_pairs(*samplers, x1.shape[0], self.share, x1.device, x1.dtype, generator)
         _, noise = transport.draw_time_and_noise(x1, generator, t=t)
@@ -167,7 +168,8 @@ class ImprovedMeanFlowLoss(_PairObjective):
             both = self._velocity(torch.cat([batch.x_t, batch.x_t]), torch.cat([batch.t, batch.t]),
                                   torch.cat([batch.y, null]), torch.cat([omega, torch.ones_like(omega)]))
             tangent, v_uncond = both.chunk(2)  # tangent: v_theta(x_t, t | the row's label, omega)
-            v_g = torch.where(_rows(labelled, v), fewstep.guided_velocity(v, tangent.float(), v_uncond.float(), omega), v)
+            guided = fewstep.guided_velocity(v, tangent.float(), v_uncond.float(), omega)
+            v_g = torch.where(_rows(labelled, v), guided, v)
         else:
             tangent, v_g = self._velocity(batch.x_t, batch.t, batch.y, omega), v
         kwargs = {} if omega is None else {"omega": omega}
@@ -181,7 +183,8 @@ class ImprovedMeanFlowLoss(_PairObjective):
     def __call__(self, batch: StepBatch) -> torch.Tensor:
         v_g, du_dt = self.targets(batch)
         channels = batch.x1.shape[1]
-        compound = fewstep.compound_velocity(batch.output[:, :channels].float(), du_dt, batch.t.float(), batch.r.float())
+        u = batch.output[:, :channels].float()
+        compound = fewstep.compound_velocity(u, du_dt, batch.t.float(), batch.r.float())
         error = compound - v_g
         loss = meanflow.adaptive_weight(error, self.p, self.c) * error.pow(2).flatten(1).mean(1)
         if self.head:
@@ -193,7 +196,8 @@ class ImprovedMeanFlowLoss(_PairObjective):
 class AlphaFlowLoss(_PairObjective):
     """AlphaFlow's curriculum (``transport.fewstep``): per example
 
-        weight sg(w) |u_theta(x_t, t, r) - sg(u_tgt)|^2 / D,   u_tgt = alpha v_g + (1 - alpha) u_theta(x_t + delta v_g, t + delta, r),
+        weight sg(w) |u_theta(x_t, t, r) - sg(u_tgt)|^2 / D,
+        u_tgt = alpha v_g + (1 - alpha) u_theta(x_t + delta v_g, t + delta, r),
 
     delta = alpha (r - t); u_tgt = v_g at alpha = 1 and the mean-flow JVP target at alpha = 0, and v_g on
     the rows with r = t; weight = alpha on the rows with r != t while 0 < alpha, else 1 (AlphaFlow's).

@@ -77,7 +77,8 @@ def draw_time_pairs(sample_fm: Callable[..., torch.Tensor], sample_a: Callable[.
                     dtype=torch.float32, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, r), each (batch,), t <= r: a share ``share`` of the rows (a random subset, drawn last) jumps,
     t = min(a, b), r = max(a, b), a from ``sample_a`` and b from ``sample_b``; the others have r = t from
-    ``sample_fm``. Each sampler is called as ``sample(batch, device=, dtype=, generator=)`` (``Transport.sample_time``)."""
+    ``sample_fm``. Each sampler is called as ``sample(batch, device=, dtype=, generator=)``, as
+    ``Transport.sample_time``."""
     kwargs = dict(device=device, dtype=dtype, generator=generator)
     fm, a, b = sample_fm(batch, **kwargs), sample_a(batch, **kwargs), sample_b(batch, **kwargs)
     jump = torch.rand(batch, device=device, generator=generator) < share

@@ -12,7 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from sitcli.models import SiT, init_from_flow
+from sitcli.models import SiT
+from sitcli.training.init_from import init_from_flow
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=4, num_heads=2, num_classes=5)

@@ -15,7 +15,8 @@ import math
 import pytest
 import torch
 
-from sitcli.models import SiT, init_from_flow
+from sitcli.models import SiT
+from sitcli.training.init_from import init_from_flow
 from sitcli.training.fewstep_losses import AlphaFlowLoss, DecoupledMeanFlowLoss, ImprovedMeanFlowLoss
 from sitcli.training.losses import RegressionLoss, StepBatch, step_losses
 from sitcli.transport import GaussianMixture, Transport, fewstep, meanflow

@@ -5,7 +5,7 @@
 
 Every variant is sit's training step (``training.loop.step_loss`` + ``step_update``: forward, loss,
 backward, AdamW, EMA) on the same data, the same architecture started from one flow SiT by
-``models.init_from_flow``, each with its own copy and optimiser:
+``training.init_from.init_from_flow``, each with its own copy and optimiser:
 
 - ``flow``: the regression loss (``RegressionLoss``), the step being compared against;
 - ``meanflow``: sit's mean-flow loss (``MeanFlowLoss``, ``SiT(mean_flow=True)``), one JVP without gradients;
@@ -35,8 +35,9 @@ def steps(model_name: str, input_size: int, batch_size: int, device: str, tiny: 
     """One step function per variant, each on its own copy of one flow SiT converted by ``init_from_flow``."""
     import torch
 
-    from sitcli.models import SIZES, SiT, init_from_flow
+    from sitcli.models import SIZES, SiT
     from sitcli.training.fewstep_losses import AlphaFlowLoss, DecoupledMeanFlowLoss, ImprovedMeanFlowLoss
+    from sitcli.training.init_from import init_from_flow
     from sitcli.training.losses import MeanFlowLoss, RegressionLoss
     from sitcli.training.loop import step_loss, step_update
     from sitcli.transport import Transport

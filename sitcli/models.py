@@ -189,6 +189,19 @@ class SiT(nn.Module):
             (``transport.meanflow``): ``r_embedder`` embeds the interval r - t like t (Geng et al.
             2025 found (t, t - r) works well in their time), and its embedding is added to t's. Off,
             the model and its state dict are those of an ordinary SiT.
+        dmf_depth: the other form of the second time, Decoupled MeanFlow's (Lee, Yu, Shin 2025, their
+            ``DMFT``): the first ``dmf_depth`` blocks are conditioned on t, the remaining blocks and the
+            final layer on r, both through the one ``t_embedder`` (plus the label), so the state dict is
+            an ordinary SiT's and a trained SiT fed r = t computes what it computed before, bit for
+            bit. ``None``: off; 0 .. depth (DMF-XL/2 uses 20 of 28). Not in the weights: a run records it.
+        omega_input: condition on the guidance scale omega >= 1 of improved MeanFlow (Geng et al.
+            2025, iMF): ``omega_embedder`` embeds 1 - 1/omega (0 for omega = 1) like a time, added to
+            the label's embedding, so one model samples at any omega with one evaluation.
+        velocity_head_depth: iMF's auxiliary velocity head: ``velocity_blocks`` (k blocks) and
+            ``velocity_final_layer`` branch off after block depth - k and predict the instantaneous
+            velocity v(x, t); its blocks are conditioned on t, the label and omega, not on r (the trunk
+            is shared: with ``dmf_depth`` >= depth - k no block before the branch sees r either).
+            ``forward(..., with_velocity=True)`` returns [u, v] along the channels. Used by the loss.
         projector_dims: one MLP projector per width, ``projectors.i`` (REPA's layout): hidden ->
             ``projector_hidden`` -> ``projector_hidden`` -> width, SiLU between. Used only by a
             training loss on a block's tokens (``training.losses.AlignmentLoss``); never by forward.
@@ -218,10 +231,18 @@ class SiT(nn.Module):
         projector_dims: Sequence[int] = (),
         projector_hidden: int = 2048,
         mean_flow: bool = False,
+        dmf_depth: int | None = None,
+        omega_input: bool = False,
+        velocity_head_depth: int = 0,
     ):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
+        if dmf_depth is not None and (mean_flow or not 0 <= dmf_depth <= depth):
+            raise ValueError(f"dmf_depth={dmf_depth}: pass 0..{depth} blocks, and not together with mean_flow "
+                             "(two forms of the second time)")
+        if not 0 <= velocity_head_depth <= depth:
+            raise ValueError(f"velocity_head_depth={velocity_head_depth}: pass 0..{depth} blocks")
         self.input_size = input_size
         self.patch_size = patch_size
         self.in_channels = in_channels
@@ -242,6 +263,14 @@ class SiT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
         self.blocks = nn.ModuleList([SiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        # The few-step options' modules come after the backbone's, so that its initialisation draws first.
+        self.dmf_depth, self.omega_input, self.velocity_head_depth = dmf_depth, omega_input, velocity_head_depth
+        if omega_input:
+            self.omega_embedder = TimestepEmbedder(hidden_size)
+        if velocity_head_depth:
+            self.velocity_blocks = nn.ModuleList(
+                [SiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(velocity_head_depth)])
+            self.velocity_final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
         if projector_dims:
             # Built after the backbone's init (with torch's default Linear init, as REPA), so that
@@ -274,15 +303,22 @@ class SiT(nn.Module):
         if self.mean_flow:
             nn.init.normal_(self.r_embedder.mlp[0].weight, std=0.02)
             nn.init.normal_(self.r_embedder.mlp[2].weight, std=0.02)
+        if self.omega_input:
+            nn.init.normal_(self.omega_embedder.mlp[0].weight, std=0.02)
+            nn.init.normal_(self.omega_embedder.mlp[2].weight, std=0.02)
 
         # adaLN-Zero: every block starts as the identity and the output starts at zero.
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        heads = [(self.blocks, self.final_layer)]
+        if self.velocity_head_depth:
+            heads.append((self.velocity_blocks, self.velocity_final_layer))
+        for blocks, final_layer in heads:
+            for block in blocks:
+                nn.init.zeros_(block.adaLN_modulation[-1].weight)
+                nn.init.zeros_(block.adaLN_modulation[-1].bias)
+            nn.init.zeros_(final_layer.adaLN_modulation[-1].weight)
+            nn.init.zeros_(final_layer.adaLN_modulation[-1].bias)
+            nn.init.zeros_(final_layer.linear.weight)
+            nn.init.zeros_(final_layer.linear.bias)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, p*p*C) tokens -> (B, C, H, W) image, patches laid out row by row."""
@@ -294,38 +330,66 @@ class SiT(nn.Module):
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, return_tokens: Sequence[int] = (),
-        r: torch.Tensor | None = None, drop_labels: bool = True,
+        r: torch.Tensor | None = None, drop_labels: bool = True, omega: torch.Tensor | float | None = None,
+        with_velocity: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Predict the model output (velocity, score or noise, per the transport) for x at times t.
 
         With ``return_tokens`` (block depths d in 1..depth), also return {d: the (B, N, hidden)
         tokens after the first d blocks}, e.g. for a loss on intermediate features; the output
-        alone otherwise. A mean-flow model (``mean_flow``) predicts the average velocity from t to
-        ``r`` (shape (B,)); ``r=None`` is r = t, the instantaneous velocity. ``drop_labels=False``
-        skips the training-time label dropout (for a caller that dropped labels itself).
+        alone otherwise. A mean-flow model (``mean_flow`` or ``dmf_depth``) predicts the average
+        velocity from t to ``r`` (shape (B,)); ``r=None`` is r = t, the instantaneous velocity.
+        ``drop_labels=False`` skips the training-time label dropout (for a caller that dropped labels
+        itself). ``omega``: the guidance scale of an ``omega_input`` model, (B,) or a number (None: 1).
+        ``with_velocity``: also run the velocity head; the output is then [u, v] along the channels.
         """
         if y is None:
             y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
         for d in return_tokens:
             if not 1 <= d <= len(self.blocks):
                 raise ValueError(f"return_tokens: depth {d} is outside 1..{len(self.blocks)}")
-        x = self.x_embedder(x) + self.pos_embed.to(x.dtype)
-        c = self.t_embedder(t) + self.y_embedder(y, self.training and drop_labels)
-        if self.mean_flow:
-            c = c + self.r_embedder(torch.zeros_like(t) if r is None else r - t)
-        elif r is not None:
+        if r is not None and not self.mean_flow and self.dmf_depth is None:
             raise ValueError("r is the second time of a mean-flow model; this SiT has none (mean_flow=False)")
-        tokens = {}
+        if omega is not None and not self.omega_input:
+            raise ValueError("omega is an input of an omega_input model; this SiT has none")
+        if with_velocity and not self.velocity_head_depth:
+            raise ValueError("with_velocity needs a velocity head (velocity_head_depth > 0)")
+        x = self.x_embedder(x) + self.pos_embed.to(x.dtype)
+        label = self.y_embedder(y, self.training and drop_labels)
+        if self.omega_input:
+            omega = torch.as_tensor(1.0 if omega is None else omega, dtype=torch.float32, device=x.device)
+            label = label + self.omega_embedder((1 - 1 / omega).expand(x.shape[0]))
+        c = c_t = self.t_embedder(t) + label
+        c_r = c
+        if self.mean_flow:
+            c = c_r = c + self.r_embedder(torch.zeros_like(t) if r is None else r - t)
+        elif self.dmf_depth is not None and r is not None:
+            c_r = self.t_embedder(r) + label
+        trunk = len(self.blocks) - self.velocity_head_depth
+        tokens, branch = {}, x  # branch: the tokens after the shared trunk, where the velocity head starts
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for depth, block in enumerate(self.blocks, start=1):
-            # Non-reentrant: works with torch.compile and DDP, and with inputs that need no grad.
-            x = checkpoint(block, x, c, use_reentrant=False) if recompute else block(x, c)
+            cond = c_r if self.dmf_depth is not None and depth > self.dmf_depth else c
+            x = self._block(block, x, cond, recompute)
             if depth in return_tokens:
                 tokens[depth] = x
-        x = self.unpatchify(self.final_layer(x, c))
-        if self.learn_sigma:
-            x = x[:, : self.in_channels]
-        return (x, tokens) if return_tokens else x
+            if depth == trunk:
+                branch = x
+        out = self._head(self.final_layer, x, c_r)
+        if with_velocity:
+            for block in self.velocity_blocks:
+                branch = self._block(block, branch, c_t, recompute)
+            out = torch.cat([out, self._head(self.velocity_final_layer, branch, c_t)], dim=1)
+        return (out, tokens) if return_tokens else out
+
+    @staticmethod
+    def _block(block: SiTBlock, x: torch.Tensor, c: torch.Tensor, recompute: bool) -> torch.Tensor:
+        # Non-reentrant: works with torch.compile and DDP, and with inputs that need no grad.
+        return checkpoint(block, x, c, use_reentrant=False) if recompute else block(x, c)
+
+    def _head(self, final_layer: FinalLayer, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        x = self.unpatchify(final_layer(x, c))
+        return x[:, : self.in_channels] if self.learn_sigma else x
 
 
 def projector(hidden_size: int, projector_hidden: int, out_dim: int) -> nn.Sequential:

@@ -3,6 +3,8 @@
     presets.py   defaults chosen by the data (the digits quickstart, the paper's ImageNet settings)
     prepare.py   checks, the run folder, data, model, EMA, optimiser and RNG streams before step 1
     losses.py    the loss as named terms (the interpolant's regression loss first)
+    fewstep_losses.py  objectives fine-tuning a flow SiT into a few-step model (DMF, iMF, AlphaFlow)
+    init_from.py  a few-step model started from a trained flow SiT's weights
     loop.py      the loop: step -> log -> save, and the two halves of a step
     state.py     EMA update, RNG states, the stop request of Ctrl-C / SIGTERM
     reports.py   progress bar, log.csv, loss.png, EMA sample grids, eval.csv / best.json

@@ -40,6 +40,7 @@ class StepBatch:
     images: torch.Tensor | None = None  # the batch in pixel space, [-1, 1] (x1 itself unless x1 is latent)
     r: torch.Tensor | None = None  # a mean-flow step's second time (B,), r >= t
     features: list[torch.Tensor] | None = None  # each encoder's patch tokens of the batch, read from a latent cache
+    model_kwargs: dict = field(default_factory=dict)  # the objective's extra model arguments (r, omega, ...)
 
 
 @dataclass
@@ -71,6 +72,9 @@ class LossTerm:
         """The step's draws when this term is the objective: t, then eps, from ``generator``."""
         t, noise = transport.draw_time_and_noise(x1, generator)
         return StepInputs(t, noise, y)
+
+    def at_step(self, step: int, total: int) -> None:
+        """Told before each step which one it is (0-based) of ``total``; a term with a schedule follows it."""
 
 
 class RegressionLoss(LossTerm):
@@ -225,7 +229,8 @@ def step_losses(
         output, tokens = net(x_t, t, y=y, return_tokens=depths, **drawn.model_kwargs)
     else:
         output, tokens = net(x_t, t, y=y, **drawn.model_kwargs), {}
-    batch = StepBatch(x1, noise, t, x_t, y, output, tokens, images, r=drawn.r, features=features)
+    batch = StepBatch(x1, noise, t, x_t, y, output, tokens, images, r=drawn.r, features=features,
+                      model_kwargs=drawn.model_kwargs)
     parts = {term.name: term(batch).mean() for term in terms}
     total = None
     for term in terms:

@@ -20,6 +20,7 @@ Modules (time runs from t = 0, noise, to t = 1, data):
     likelihood      ``log_likelihood`` through the probability-flow ODE
     mixture         ``GaussianMixture``: exact fields and densities, for tests and examples
     meanflow        mean flows: the average velocity u(z, t, r), its training target and jump sampler
+    fewstep         Decoupled MeanFlow, improved MeanFlow and AlphaFlow: their targets, time pairs, omega
     ddpm            DiT's discrete DDPM schedule as an interpolant
 """
 

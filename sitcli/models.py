@@ -370,7 +370,8 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
 #                                   SiT Configs                                 #
 #################################################################################
 
-# name -> (depth, hidden_size, num_heads); every size comes with patch sizes 2, 4 and 8.
+# name -> (depth, hidden_size, num_heads); every size comes with patch sizes 2, 4 and 8, and 1 for latents
+# that are already coarse (f16 autoencoders, RAE's 16 x 16 DINOv2 tokens: LightningDiT-XL/1's patch).
 SIZES: dict[str, tuple[int, int, int]] = {
     "XL": (28, 1152, 16),
     "L": (24, 1024, 16),
@@ -381,6 +382,9 @@ SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
+PATCH_SIZES = (1, 2, 4, 8)
+
+
 def _constructor(depth: int, hidden_size: int, num_heads: int, patch_size: int):
     def build(**kwargs) -> SiT:
         return SiT(depth=depth, hidden_size=hidden_size, num_heads=num_heads, patch_size=patch_size, **kwargs)
@@ -389,5 +393,5 @@ def _constructor(depth: int, hidden_size: int, num_heads: int, patch_size: int):
 
 
 SiT_models: dict[str, Callable[..., SiT]] = {
-    f"SiT-{size}/{patch}": _constructor(*SIZES[size], patch) for size in SIZES for patch in (2, 4, 8)
+    f"SiT-{size}/{patch}": _constructor(*SIZES[size], patch) for size in SIZES for patch in PATCH_SIZES
 }

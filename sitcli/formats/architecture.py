@@ -17,7 +17,7 @@ import torch
 
 from sitcli.autoencoder import DEFAULT_LATENT_SCALE
 from sitcli.errors import InputError
-from sitcli.models import SIZES, SiT
+from sitcli.models import PATCH_SIZES, SIZES, SiT
 
 StateDict = dict[str, torch.Tensor]
 
@@ -141,7 +141,7 @@ def registry_name(arch: dict[str, Any]) -> str | None:
     """The ``SiT_models`` key of an architecture, or None when the table has no such model."""
     for size, (depth, hidden, heads) in SIZES.items():
         if (arch["depth"], arch["hidden_size"], arch["num_heads"]) == (depth, hidden, heads) and arch["mlp_ratio"] == 4:
-            if arch["patch_size"] in (2, 4, 8):
+            if arch["patch_size"] in PATCH_SIZES:
                 return f"SiT-{size}/{arch['patch_size']}"
     return None
 

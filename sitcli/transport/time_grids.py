@@ -25,6 +25,13 @@ is phi_s of the spacing's grid from phi_(1/s)(t0) to phi_(1/s)(t1): its points a
 shifted points of a spacing grid, and it still runs from t0 to t1 in ``steps`` steps (same NFE).
 s = 1 is no shift (the grid is returned untouched); s must be > 0.
 
+Dimension-dependent shift (RAE, Zheng et al. 2025, ``src/train.py`` and ``src/sample.py`` of
+bytetriper/RAE): s = sqrt(C H W / 4096) for latents of shape (C, H, W) (``dimension_time_shift``;
+6.928 for RAE's 768 x 16 x 16, 1 for 4096 numbers). RAE's time runs the other way (tau = 1 noise)
+and shifts tau' = s tau / (1 + (s - 1) tau), which is phi_s in sit's time (see above); it shifts the
+training times (``time_sampling``, drawn first, then shifted) and the sampling grid alike. The named
+setting "dimension" (``resolve_time_shift``) stands for that value.
+
 The first and last points of every grid are set to t0 and t1 exactly, whatever the rounding. In
 discrete time (a model trained on the T points of ``training_grid``) every time is snapped to the
 nearest training time, and a grid whose snapped times stop increasing is refused.
@@ -87,6 +94,34 @@ def shift_time(t: torch.Tensor | float, time_shift: float) -> torch.Tensor:
     """phi_s(t) = t / (s + (1 - s) t), the time shift in sit's time (float64; see the module)."""
     t = torch.as_tensor(t, dtype=torch.float64)
     return t / (time_shift + (1 - time_shift) * t)
+
+
+DIMENSION_SHIFT_BASE = 4096  # RAE's time_dist_shift_base
+NAMED_SHIFTS = ("dimension",)
+
+
+def dimension_time_shift(latent_shape: tuple[int, ...], base: int = DIMENSION_SHIFT_BASE) -> float:
+    """RAE's s = sqrt(prod(latent_shape) / base): sqrt(768 * 16 * 16 / 4096) = sqrt(48) = 6.928."""
+    size = math.prod(int(d) for d in latent_shape)
+    if size < 1 or base < 1:
+        raise ValueError(f"a latent shape {tuple(latent_shape)} and base {base} must be positive")
+    return math.sqrt(size / base)
+
+
+def resolve_time_shift(time_shift: float | str, latent_shape: tuple[int, ...] | None = None) -> float:
+    """A time shift given as a number, or as "dimension" (RAE's sqrt(C H W / 4096) of ``latent_shape``)."""
+    if isinstance(time_shift, str):
+        if time_shift == "dimension":
+            if latent_shape is None:
+                raise InputError("--time-shift dimension needs the latent shape (C, H, W) of the model's input")
+            return dimension_time_shift(latent_shape)
+        try:
+            time_shift = float(time_shift)
+        except ValueError:
+            raise InputError(f"--time-shift {time_shift!r}: pass a number > 0 or one of {', '.join(NAMED_SHIFTS)}") from None
+    if not time_shift > 0 or not math.isfinite(time_shift):
+        raise InputError(f"time_shift={time_shift} is invalid: pass s > 0 (1 is no shift; SD3 uses 3) or 'dimension'")
+    return float(time_shift)
 
 
 def training_grid(t0: float, t1: float, num_timesteps: int, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -65,7 +65,7 @@ class GaussianFourierEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        f = t[:, None].float() * self.W[None].float() * 2 * math.pi
+        f = t[:, None] * self.W[None] * 2 * math.pi
         return self.mlp(torch.cat([torch.sin(f), torch.cos(f)], dim=-1).to(self.mlp[0].weight.dtype))
 
 

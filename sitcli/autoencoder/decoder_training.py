@@ -131,4 +131,4 @@ def decoder_step(rae: RAE, optimizer: torch.optim.Optimizer, images: torch.Tenso
     if clip_grad:
         torch.nn.utils.clip_grad_norm_(rae.decoder.parameters(), clip_grad)
     optimizer.step()
-    return {k: float(v) for k, v in terms.items() if k != "reconstruction"}
+    return {k: float(v.detach()) for k, v in terms.items() if k != "reconstruction"}

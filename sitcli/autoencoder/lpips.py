@@ -38,9 +38,10 @@ class LPIPS(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from torchvision.models import vgg16
+        from torchvision.models.vgg import cfgs, make_layers
 
-        self.features = vgg16(weights=None).features[: TAPS[-1]]
+        # VGG16's convolutional layers only (torchvision's own builder; its 120M-parameter classifier is not needed).
+        self.features = make_layers(cfgs["D"])[: TAPS[-1]]
         for k, c in enumerate(CHANNELS):
             # Sequential(Dropout, Conv): the lpips package's layout, hence the key ``linK.model.1.weight``;
             # forward calls the conv alone (the package's dropout is off in eval mode, which RAE uses).

@@ -62,7 +62,8 @@ class GaussianFourierEmbedding(nn.Module):
     def __init__(self, hidden_size: int, embedding_size: int = 256):
         super().__init__()
         self.W = nn.Parameter(torch.randn(embedding_size), requires_grad=False)
-        self.mlp = nn.Sequential(nn.Linear(2 * embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(nn.Linear(2 * embedding_size, hidden_size), nn.SiLU(),
+                                 nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         f = t[:, None] * self.W[None] * 2 * math.pi
@@ -289,8 +290,10 @@ class DiTwDDTHead(nn.Module):
             return checkpoint(block, x, c, rope, use_reentrant=False)
         return block(x, c, rope)
 
-    def forward_native(self, x: torch.Tensor, tau: torch.Tensor, y: torch.Tensor, drop_labels: bool | None = None,
-                       return_tokens: Sequence[int] = ()) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def forward_native(
+        self, x: torch.Tensor, tau: torch.Tensor, y: torch.Tensor, drop_labels: bool | None = None,
+        return_tokens: Sequence[int] = (),
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """RAE's forward: RAE's velocity eps - x at RAE's time ``tau`` (1 = noise). Labels are dropped
         for guidance while training unless ``drop_labels`` is False."""
         e = self.t_embedder(tau)
@@ -364,4 +367,6 @@ def _constructor(depth: int, hidden: int, heads: int, head_depth: int, head_widt
     return build
 
 
-DDT_models: dict[str, Callable[..., DiTwDDTHead]] = {f"DiTDH-{size}": _constructor(*DDT_SIZES[size]) for size in DDT_SIZES}
+DDT_models: dict[str, Callable[..., DiTwDDTHead]] = {
+    f"DiTDH-{size}": _constructor(*DDT_SIZES[size]) for size in DDT_SIZES
+}

@@ -37,8 +37,10 @@ def rae_shapes(input_size, in_channels, hidden_size, depth, num_heads, head_widt
         "final_layer.linear.weight": (in_channels, head_width), "final_layer.linear.bias": (in_channels,),
         "final_layer.adaLN_modulation.1.weight": (2 * head_width, head_width),
         "final_layer.adaLN_modulation.1.bias": (2 * head_width,),
-        "enc_feat_rope.freqs_cos": (n, hidden_size // num_heads), "enc_feat_rope.freqs_sin": (n, hidden_size // num_heads),
-        "dec_feat_rope.freqs_cos": (n, head_width // head_heads), "dec_feat_rope.freqs_sin": (n, head_width // head_heads),
+        "enc_feat_rope.freqs_cos": (n, hidden_size // num_heads),
+        "enc_feat_rope.freqs_sin": (n, hidden_size // num_heads),
+        "dec_feat_rope.freqs_cos": (n, head_width // head_heads),
+        "dec_feat_rope.freqs_sin": (n, head_width // head_heads),
     }
     if hidden_size != head_width:
         shapes |= {"s_projector.weight": (head_width, hidden_size), "s_projector.bias": (head_width,)}
@@ -136,7 +138,8 @@ def random_rae_state(cfg, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     sd = {k: (torch.randn(shape, generator=g) * (0.15 if len(shape) > 1 else 0.5)).to(dtype)
           for k, shape in rae_shapes(**cfg).items()}
-    for name, head_dim in (("enc", cfg["hidden_size"] // cfg["num_heads"]), ("dec", cfg["head_width"] // cfg["head_heads"])):
+    heads = (("enc", cfg["hidden_size"] // cfg["num_heads"]), ("dec", cfg["head_width"] // cfg["head_heads"]))
+    for name, head_dim in heads:
         cos, sin = rope_tables(head_dim, cfg["input_size"])
         sd[f"{name}_feat_rope.freqs_cos"], sd[f"{name}_feat_rope.freqs_sin"] = cos.to(dtype), sin.to(dtype)
     for k in sd:
@@ -172,8 +175,8 @@ def test_float64_outputs_agree_to_1e_10():
     model.load_state_dict(sd, strict=True)
     x, tau, y = inputs(TINY, seed=4, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_native(x, tau, y), reference_forward(sd, x, tau, y, TINY, literal=False),
-                                   rtol=1e-10, atol=1e-10)
+        want = reference_forward(sd, x, tau, y, TINY, literal=False)
+        torch.testing.assert_close(model.forward_native(x, tau, y), want, rtol=1e-10, atol=1e-10)
 
 
 def test_fixed_tables_are_raes():

@@ -65,8 +65,11 @@ def test_lightningdit_channel_statistics_apply_its_formula():
     torch.testing.assert_close(scaled.denormalize(z), (z * std[0]) / 0.7 + mean[0], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("make", [lambda: scale_only(0.3), lambda: from_mean_var(torch.randn(6, 3, 4), torch.rand(6, 3, 4)),
-                                  lambda: from_mean_std(torch.randn(6, 1, 1), torch.rand(6, 1, 1) + 0.1, scale=2.0)])
+@pytest.mark.parametrize("make", [
+    lambda: scale_only(0.3),
+    lambda: from_mean_var(torch.randn(6, 3, 4), torch.rand(6, 3, 4)),
+    lambda: from_mean_std(torch.randn(6, 1, 1), torch.rand(6, 1, 1) + 0.1, scale=2.0),
+])
 def test_denormalize_inverts_normalize_to_float_rounding(make):
     z = latents(4).double()  # float64 in, float64 out: the round trip to 1e-12
     norm = make()
@@ -112,7 +115,8 @@ def test_statistics_are_the_exact_mean_and_variance_whatever_the_batching():
     flat = z.transpose(0, 1).reshape(6, -1)
     torch.testing.assert_close(cm[:, 0, 0], flat.mean(1), rtol=0, atol=1e-12)
     torch.testing.assert_close(cv[:, 0, 0], flat.var(1, unbiased=False), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(one.channel(unbiased=True)[1][:, 0, 0], flat.var(1, unbiased=True), rtol=1e-12, atol=1e-12)
+    unbiased = one.channel(unbiased=True)[1][:, 0, 0]
+    torch.testing.assert_close(unbiased, flat.var(1, unbiased=True), rtol=1e-12, atol=1e-12)
 
 
 def test_merging_ranks_equals_one_pass():
@@ -146,7 +150,8 @@ def test_normalization_from_statistics_whitens_the_latents():
     assert element.kind == "element" and element.eps == 1e-5
     n = element.normalize(z)
     torch.testing.assert_close(n.mean(0), torch.zeros(6, 3, 4), rtol=0, atol=1e-5)
-    torch.testing.assert_close(n.var(0, unbiased=False), torch.ones(6, 3, 4), rtol=0, atol=1e-3)  # eps 1e-5 vs var >= 0.01
+    # eps = 1e-5 against variances >= 0.01: unit variance to 1e-3.
+    torch.testing.assert_close(n.var(0, unbiased=False), torch.ones(6, 3, 4), rtol=0, atol=1e-3)
     channel = stats.normalization("channel", unbiased=True)
     assert channel.kind == "channel" and channel.eps == 0
     flat = channel.normalize(z).transpose(0, 1).reshape(6, -1)
@@ -169,7 +174,8 @@ def test_sit_statistics_file_round_trips_bit_for_bit(tmp_path):
         save_normalization(path, norm)
         back = load_normalization(path)
         assert (back.kind, back.scale, back.eps, back.source) == (norm.kind, norm.scale, norm.eps, norm.source)
-        assert bitwise_equal(back.normalize(z), norm.normalize(z)) and bitwise_equal(back.denormalize(z), norm.denormalize(z))
+        assert bitwise_equal(back.normalize(z), norm.normalize(z))
+        assert bitwise_equal(back.denormalize(z), norm.denormalize(z))
 
 
 def test_raes_and_lightningdits_files_are_read(tmp_path):

@@ -124,7 +124,8 @@ def test_a_torch_hub_file_goes_through_timm_with_its_norm_without_affine(tmp_pat
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     u = F.interpolate((x + 1) / 2, size=(28, 28), mode="bicubic", align_corners=False)
     with torch.no_grad():
-        pre = model.forward_intermediates(normalise(u), indices=1, norm=False, output_fmt="NLC", intermediates_only=True)[0]
+        pre = model.forward_intermediates(normalise(u), indices=1, norm=False, output_fmt="NLC",
+                                          intermediates_only=True)[0]
     want = F.layer_norm(pre, (64,), eps=model.norm.eps).transpose(1, 2).reshape(2, 64, 2, 2)
     torch.testing.assert_close(encoder.features(x), want, rtol=0, atol=1e-6)
 
@@ -141,7 +142,8 @@ def rae_decoder_shapes(enc_width, grid, patch, width, layers, mlp):
     for i in range(layers):
         p = f"decoder_layers.{i}."
         for name in ("query", "key", "value"):
-            shapes |= {p + f"attention.attention.{name}.weight": (width, width), p + f"attention.attention.{name}.bias": (width,)}
+            shapes |= {p + f"attention.attention.{name}.weight": (width, width),
+                       p + f"attention.attention.{name}.bias": (width,)}
         shapes |= {p + "attention.output.dense.weight": (width, width), p + "attention.output.dense.bias": (width,),
                    p + "intermediate.dense.weight": (mlp, width), p + "intermediate.dense.bias": (mlp,),
                    p + "output.dense.weight": (width, mlp), p + "output.dense.bias": (width,),
@@ -154,7 +156,8 @@ def test_raes_released_decoder_layout_is_ours():
     # configs/stage1/pretrained/DINOv2-B.yaml: DINOv2-B (768 wide) at 224 pixels, the ViTXL decoder, patch 16.
     with torch.device("meta"):
         decoder = RAEDecoder(decoder_config("ViT-XL", hidden_size=768, num_patches=256, patch_size=16))
-    assert {k: tuple(v.shape) for k, v in decoder.state_dict().items()} == rae_decoder_shapes(768, 16, 16, 1152, 28, 4096)
+    shapes = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
+    assert shapes == rae_decoder_shapes(768, 16, 16, 1152, 28, 4096)
     assert decoder.config.image_size == 256 and DECODER_SIZES["ViT-XL"] == (1152, 28, 16, 4096)
 
 
@@ -245,7 +248,8 @@ def test_rae_encodes_normalizes_and_decodes_as_rae_does(dino):
     with torch.no_grad():
         back = n * torch.sqrt(var + 1e-5) + mean
         logits = decoder(back.reshape(3, 32, 16).transpose(1, 2))
-        x01 = decoder.unpatchify(logits) * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std, mean = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        x01 = decoder.unpatchify(logits) * std + mean
     assert torch.equal(rae.decode(n), 2 * x01 - 1)
     torch.testing.assert_close(rae.decode(n), rae.decode_raw(rae.encode_raw(x)), rtol=0, atol=1e-5)
     # Other statistics on the same networks.
@@ -289,7 +293,8 @@ def test_noise_augmentation_is_raes_draw():
 def test_gan_terms_and_the_adaptive_weight():
     real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.5])
     assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * ((0 + 0.5 + 2) / 3 + (0 + 1 + 2.5) / 3))
-    assert vanilla_d_loss(real, fake).item() == pytest.approx(0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean()).item())
+    vanilla = 0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean())
+    assert vanilla_d_loss(real, fake).item() == pytest.approx(vanilla.item())
     assert generator_loss(fake).item() == pytest.approx(-fake.mean().item())
     w = torch.randn(4, 3, requires_grad=True)
     x = torch.randn(6, 3)

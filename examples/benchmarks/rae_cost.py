@@ -57,9 +57,9 @@ def main() -> None:
     vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                         sample_size=256).eval().requires_grad_(False)
-    dino = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                                              intermediate_size=3072, patch_size=14, image_size=518,
-                                                              num_register_tokens=4))
+    dino = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=14,
+        image_size=518, num_register_tokens=4))
     encoder = RAEEncoder(TransformersEncoder(dino, "random DINOv2-B", 14, 768, None), 224)
     rae = RAE(encoder, RAEDecoder(decoder_config(args.decoder, 768, 256, 16)).eval().requires_grad_(False)).to(dev)
     spaces = {

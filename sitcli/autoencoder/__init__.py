@@ -7,7 +7,9 @@ The functions sit has always imported from here (``load_vae``, ``encode``, ``dec
 """
 
 from sitcli.autoencoder.base import Autoencoder
-from sitcli.autoencoder.kl import DEFAULT_LATENT_SCALE, KLAutoencoder, decode, encode, latent_scale, latent_shape, load_vae
+from sitcli.autoencoder.kl import (
+    DEFAULT_LATENT_SCALE, KLAutoencoder, decode, encode, latent_scale, latent_shape, load_vae,
+)
 from sitcli.autoencoder.normalization import LatentNormalization
 
 __all__ = ["DEFAULT_LATENT_SCALE", "Autoencoder", "KLAutoencoder", "LatentNormalization", "decode", "encode",

@@ -55,7 +55,8 @@ def load_normalization(path: str | Path, scale: float = 1.0, eps: float = RAE_EP
                          "or LightningDiT's latents_stats.pt") from None
     if not isinstance(state, dict) or "mean" not in state and "var" not in state:
         keys = sorted(state)[:4] if isinstance(state, dict) else type(state).__name__
-        raise InputError(f"{path} holds no latent statistics (expected keys mean and var, or mean and std; found {keys})")
+        raise InputError(f"{path} holds no latent statistics (expected keys mean and var, or mean and std; "
+                         f"found {keys})")
     if "std" in state:
         return from_mean_std(state["mean"], state["std"], scale=scale, source=str(path))
     return from_mean_var(state.get("mean"), state.get("var"), eps=eps, source=str(path), scale=scale)

@@ -131,7 +131,8 @@ class LatentNormalization:
         norm = cls(tensors.get("mean"), tensors.get("std"), float(metadata["scale"]), float(metadata.get("eps", 0)),
                    metadata.get("source", ""))
         if metadata.get("kind") not in (None, norm.kind):
-            raise InputError(f"latent normalization says kind {metadata['kind']!r} but its tensors make it {norm.kind!r}")
+            raise InputError(f"latent normalization says kind {metadata['kind']!r} but its tensors make it "
+                             f"{norm.kind!r}")
         return norm
 
     def describe(self) -> str:
@@ -156,7 +157,8 @@ def from_mean_var(mean: torch.Tensor | None, var: torch.Tensor | None, eps: floa
     mean = _drop_batch_axis(mean)
     var = _drop_batch_axis(var)
     std = None if var is None else torch.sqrt(var.float() + eps)
-    return LatentNormalization(mean=None if mean is None else mean.float(), std=std, scale=scale, eps=eps, source=source)
+    mean = None if mean is None else mean.float()
+    return LatentNormalization(mean=mean, std=std, scale=scale, eps=eps, source=source)
 
 
 def from_mean_std(mean: torch.Tensor, std: torch.Tensor, scale: float = 1.0, source: str = "") -> LatentNormalization:

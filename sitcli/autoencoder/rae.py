@@ -87,7 +87,8 @@ def _without_final_affine(encoder: Encoder) -> nn.Module:
     ``normalize=True``): the blocks are shared, only the norm attribute differs."""
     module = copy.copy(encoder.module)
     module._modules = dict(module._modules)  # a new attribute table; submodules stay shared
-    name = "layernorm" if isinstance(encoder, TransformersEncoder) else "norm" if isinstance(encoder, TimmEncoder) else None
+    names = {TransformersEncoder: "layernorm", TimmEncoder: "norm"}  # the final norm's attribute in each library
+    name = next((n for cls, n in names.items() if isinstance(encoder, cls)), None)
     old = getattr(module, name, None) if name else None
     if not isinstance(old, nn.LayerNorm):
         raise InputError(f"encoder {encoder.source} has no final LayerNorm to use as RAE's: pass a DINOv2 (with "
@@ -152,8 +153,9 @@ class RAE(Autoencoder):
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         if self.decoder is not None and image_size != self.decoder.config.image_size:
-            raise InputError(f"--image-size {image_size}: this RAE decodes {self.decoder.config.image_size}-pixel images "
-                             f"({self.encoder.grid}x{self.encoder.grid} tokens of {self.decoder.config.patch_size} pixels)")
+            cfg = self.decoder.config
+            raise InputError(f"--image-size {image_size}: this RAE decodes {cfg.image_size}-pixel images "
+                             f"({cfg.grid}x{cfg.grid} tokens of {cfg.patch_size} pixels)")
         return self.encoder.width, self.encoder.grid, self.encoder.grid
 
     def to(self, device: torch.device | str) -> "RAE":

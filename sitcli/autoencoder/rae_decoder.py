@@ -85,8 +85,9 @@ def read_decoder_config(path: str | Path, hidden_size: int, num_patches: int, pa
         raw = json.loads(file.read_text())
     except (OSError, ValueError) as err:
         raise InputError(f"{file} is not a readable decoder config.json ({err})") from None
-    fields = {k: raw[k] for k in ("decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
-                                  "decoder_intermediate_size", "num_channels", "layer_norm_eps", "qkv_bias") if k in raw}
+    names = ("decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
+             "decoder_intermediate_size", "num_channels", "layer_norm_eps", "qkv_bias")
+    fields = {k: raw[k] for k in names if k in raw}
     if raw.get("hidden_act", "gelu") != "gelu":
         raise InputError(f"{file}: hidden_act {raw['hidden_act']!r} is not supported (RAE's decoders use 'gelu')")
     return DecoderConfig(hidden_size=hidden_size, patch_size=patch_size, num_patches=num_patches, **fields)

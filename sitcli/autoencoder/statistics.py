@@ -86,7 +86,8 @@ class LatentStatistics:
         if unbiased and total < 2:
             raise ValueError("an unbiased variance needs at least 2 values per channel")
         mean = self.mean.mean(dim=(1, 2), keepdim=True)
-        m2 = self.m2.sum(dim=(1, 2), keepdim=True) + (self.count * (self.mean - mean) ** 2).sum(dim=(1, 2), keepdim=True)
+        spread = (self.count * (self.mean - mean) ** 2).sum(dim=(1, 2), keepdim=True)  # between positions
+        m2 = self.m2.sum(dim=(1, 2), keepdim=True) + spread
         return mean, m2 / (total - 1 if unbiased else total)
 
     def normalization(self, kind: str = "element", eps: float | None = None, unbiased: bool = False,

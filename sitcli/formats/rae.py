@@ -80,7 +80,8 @@ def ddt_architecture(state_dict: StateDict, num_heads: int | None = None, head_h
     if hidden != head_width:
         depth = sum(1 for i in range(blocks) if widths[i] == hidden)
         if any(widths[i] != (hidden if i < depth else head_width) for i in range(blocks)):
-            raise InputError(f"{where}: the blocks are not {hidden}-wide trunk blocks followed by {head_width}-wide ones")
+            raise InputError(f"{where}: the blocks are not {hidden}-wide trunk blocks followed by "
+                             f"{head_width}-wide ones")
     elif head_depth is None:
         raise InputError(f"{where}: trunk and head are both {hidden} wide, so the head depth is not in the shapes: "
                          "pass --head-depth")
@@ -96,14 +97,16 @@ def ddt_architecture(state_dict: StateDict, num_heads: int | None = None, head_h
     num_heads = num_heads or HEADS_BY_WIDTH.get(hidden)
     head_heads = head_heads or HEADS_BY_WIDTH.get(head_width)
     if num_heads is None or head_heads is None:
-        raise InputError(f"{where}: the number of attention heads of width {hidden if num_heads is None else head_width} "
-                         "is not in the shapes or the size table: pass --num-heads / --head-heads")
+        width = hidden if num_heads is None else head_width
+        raise InputError(f"{where}: the number of attention heads of width {width} is not in the shapes or the size "
+                         "table: pass --num-heads / --head-heads")
     if "pos_embed" in state_dict:
         grid_cells = state_dict["pos_embed"].shape[1]
     if grid_cells is None or math.isqrt(grid_cells) ** 2 != grid_cells:
         raise InputError(f"{where}: neither pos_embed nor a rotary table gives a square token grid")
     swiglu = "blocks.0.mlp.w12.weight" in state_dict
-    mlp_hidden = state_dict["blocks.0.mlp.w12.weight"].shape[0] // 2 if swiglu else need("blocks.0.mlp.fc1.weight").shape[0]
+    mlp_hidden = (state_dict["blocks.0.mlp.w12.weight"].shape[0] // 2 if swiglu
+                  else need("blocks.0.mlp.fc1.weight").shape[0])
     mlp_ratio = 4.0 if mlp_hidden == (int(2 / 3 * int(hidden * 4.0)) if swiglu else hidden * 4) else (
         mlp_hidden / hidden if not swiglu else None)
     if mlp_ratio is None:

@@ -118,7 +118,8 @@ def resolve_time_shift(time_shift: float | str, latent_shape: tuple[int, ...] | 
         try:
             time_shift = float(time_shift)
         except ValueError:
-            raise InputError(f"--time-shift {time_shift!r}: pass a number > 0 or one of {', '.join(NAMED_SHIFTS)}") from None
+            raise InputError(f"--time-shift {time_shift!r}: pass a number > 0 or one of "
+                             f"{', '.join(NAMED_SHIFTS)}") from None
     if not time_shift > 0 or not math.isfinite(time_shift):
         raise InputError(f"time_shift={time_shift} is invalid: pass s > 0 (1 is no shift; SD3 uses 3) or 'dimension'")
     return float(time_shift)

@@ -88,7 +88,8 @@ class Transport:
         if not (time_shift > 0 and math.isfinite(time_shift)):
             raise InputError(f"time_shift={time_shift} is invalid: pass s > 0 (1 is no shift)")
         if time_shift != 1 and self.num_timesteps is not None:
-            raise InputError("a time shift of the training times needs continuous time: drop --num-timesteps or the shift")
+            raise InputError("a time shift of the training times needs continuous time: drop --num-timesteps or "
+                             "the shift")
         self.time_shift = float(time_shift)
 
     def __repr__(self) -> str:

@@ -50,9 +50,9 @@ class LatentStatistics:
         """Add a batch of latents (B, C, H, W)."""
         if z.dim() != 4:
             raise ValueError(f"latents must be (B, C, H, W), got {tuple(z.shape)}")
-        z = z.detach().to(device="cpu", dtype=torch.float64)
+        z = z.detach().double()  # on z's device; only the (C, H, W) sums come to the CPU
         mean = z.mean(0)
-        return self._merge(z.shape[0], mean, ((z - mean) ** 2).sum(0))
+        return self._merge(z.shape[0], mean.cpu(), ((z - mean) ** 2).sum(0).cpu())
 
     def merge(self, other: "LatentStatistics") -> "LatentStatistics":
         """Add another pass's statistics (another rank's, or another shard's)."""

@@ -113,6 +113,11 @@ class Encoder:
         grid = size // self.patch_size if size and self.resolution is None else None
         return self._tokens(self.preprocess(images, grid))[:, 0].float()
 
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Every final token (prefix tokens first, then patches row by row) of an input already
+        ``preprocess``-ed, in the network's dtype; gradients as the caller's mode has them."""
+        return self._tokens(x)
+
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

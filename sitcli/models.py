@@ -434,7 +434,8 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
 #                                   SiT Configs                                 #
 #################################################################################
 
-# name -> (depth, hidden_size, num_heads); every size comes with patch sizes 2, 4 and 8.
+# name -> (depth, hidden_size, num_heads); every size comes with patch sizes 2, 4 and 8, and 1 for latents
+# that are already coarse (f16 autoencoders, RAE's 16 x 16 DINOv2 tokens: LightningDiT-XL/1's patch).
 SIZES: dict[str, tuple[int, int, int]] = {
     "XL": (28, 1152, 16),
     "L": (24, 1024, 16),
@@ -445,7 +446,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
-PATCH_SIZES = (2, 4, 8)
+PATCH_SIZES = (1, 2, 4, 8)
 
 
 def model_name(size: str, patch_size: int) -> str:

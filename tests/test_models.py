@@ -221,3 +221,24 @@ def test_activation_checkpointing_gives_the_same_output_and_gradients(return_tok
     with torch.no_grad():  # nothing to recompute when no gradient is recorded
         checked.eval(), plain.eval()
         torch.testing.assert_close(checked(x, t, y), plain(x, t, y), rtol=0, atol=0)
+
+
+def test_patch_size_1_models_for_f16_latents_are_in_the_table_and_read_back():
+    from sitcli.formats.architecture import describe, infer_architecture, registry_name
+
+    # LightningDiT-XL/1's shape on f16c32 VA-VAE latents of 256 images: 16 x 16 x 32, one token per latent pixel.
+    with torch.device("meta"):
+        model = SiT_models["SiT-XL/1"](input_size=16, in_channels=32, num_classes=1000, learn_sigma=False)
+        out = model(torch.zeros(2, 32, 16, 16), torch.zeros(2), torch.zeros(2, dtype=torch.long))
+    assert out.shape == (2, 32, 16, 16) and model.pos_embed.shape == (1, 256, 1152)
+    assert model.final_layer.linear.weight.shape == (32, 1152)
+    small = randomize(SiT_models["SiT-Ti/1"](input_size=4, in_channels=32, num_classes=3, learn_sigma=False))
+    arch = infer_architecture(small.state_dict())
+    assert (arch["patch_size"], arch["in_channels"], arch["input_size"]) == (1, 32, 4)
+    assert registry_name(arch) == "SiT-Ti/1" and describe(arch).startswith("SiT-Ti/1 layout")
+    x = torch.randn(2, 32, 4, 4)
+    again = SiT(**arch)
+    again.load_state_dict(small.state_dict(), strict=True)
+    t, y = torch.tensor([0.3, 0.7]), torch.tensor([0, 2])
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x, t, y), small.eval()(x, t, y)) and small(x, t, y).abs().sum() > 0

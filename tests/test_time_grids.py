@@ -79,7 +79,8 @@ SHIFTS = [0.3, 3.0]
 @pytest.mark.parametrize("num_timesteps", [None, 1000])
 def test_shift_one_is_no_shift_bit_for_bit(spacing, num_timesteps):
     tr = Transport("gvp", "velocity", num_timesteps=num_timesteps)
-    if spacing in ("edm", "logsnr") and num_timesteps:  # its steps crowd at the data end and do not fit: refused both ways
+    # edm's and logsnr's steps crowd at the data end and do not fit: refused both ways
+    if spacing in ("edm", "logsnr") and num_timesteps:
         for shift in ({}, {"time_shift": 1.0}):
             with pytest.raises(InputError, match="do not fit"):
                 tr.time_grid(1e-3, 1 - 1e-3, 10, spacing=spacing, **shift)

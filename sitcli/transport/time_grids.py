@@ -29,6 +29,13 @@ is phi_s of the spacing's grid from phi_(1/s)(t0) to phi_(1/s)(t1): its points a
 shifted points of a spacing grid, and it still runs from t0 to t1 in ``steps`` steps (same NFE).
 s = 1 is no shift (the grid is returned untouched); s must be > 0.
 
+Dimension-dependent shift (RAE, Zheng et al. 2025, ``src/train.py`` and ``src/sample.py`` of
+bytetriper/RAE): s = sqrt(C H W / 4096) for latents of shape (C, H, W) (``dimension_time_shift``;
+6.928 for RAE's 768 x 16 x 16, 1 for 4096 numbers). RAE's time runs the other way (tau = 1 noise)
+and shifts tau' = s tau / (1 + (s - 1) tau), which is phi_s in sit's time (see above); it shifts the
+training times (``time_sampling``, drawn first, then shifted) and the sampling grid alike. The named
+setting "dimension" (``resolve_time_shift``) stands for that value.
+
 The first and last points of every grid are set to t0 and t1 exactly, whatever the rounding. In
 discrete time (a model trained on the T points of ``training_grid``) every time is snapped to the
 nearest training time, and a grid whose snapped times stop increasing is refused.
@@ -67,35 +74,18 @@ def _capped_noise_level_times(t0: float, t1: float, steps: int, interpolant: Int
     """A grid laid out in the noise level sigma = sigma_t / alpha_t: ``levels(u, hi, lo)`` maps u in [0, 1]
     to sigma from hi to lo, within EDM's [0.002, 80] (the edm and logsnr spacings of the module)."""
     if interpolant is None:
-<<<<<<< HEAD
-        raise ValueError("the edm spacing needs the interpolant (its sigma_t / alpha_t)")
+        raise ValueError("the edm and logsnr spacings need the interpolant (its sigma_t / alpha_t)")
     sigma_start, sigma_end = (
         float(noise_to_signal(interpolant, torch.tensor(t, dtype=torch.float64))) for t in (t0, t1)
     )
-=======
-        raise ValueError("the edm and logsnr spacings need the interpolant (its sigma_t / alpha_t)")
-    sigma_start, sigma_end = (float(noise_to_signal(interpolant, torch.tensor(t, dtype=torch.float64)))
-                              for t in (t0, t1))
->>>>>>> issue-25
     cap_hi, cap_lo = sigma_start > EDM_SIGMA_MAX, sigma_end < EDM_SIGMA_MIN
     cap_lo = cap_lo and steps - cap_hi - cap_lo >= 1
     cap_hi = cap_hi and steps - cap_hi - cap_lo >= 1
     hi, lo = (EDM_SIGMA_MAX if cap_hi else sigma_start), (EDM_SIGMA_MIN if cap_lo else sigma_end)
     u = torch.linspace(0, 1, steps - cap_hi - cap_lo + 1, dtype=torch.float64)
-<<<<<<< HEAD
-    sigmas = ((1 - u) * hi ** (1 / edm_rho) + u * lo ** (1 / edm_rho)) ** edm_rho  # both ends exact
-    times = torch.cat(
-        [
-            torch.tensor([t0] * cap_hi, dtype=torch.float64),
-            time_of_noise_to_signal(interpolant, sigmas),
-            torch.tensor([t1] * cap_lo, dtype=torch.float64),
-        ]
-    )
-=======
     sigmas = levels(u, hi, lo)
     times = torch.cat([torch.tensor([t0] * cap_hi, dtype=torch.float64), time_of_noise_to_signal(interpolant, sigmas),
                        torch.tensor([t1] * cap_lo, dtype=torch.float64)])
->>>>>>> issue-25
     times[0], times[-1] = t0, t1
     return times
 
@@ -131,6 +121,35 @@ def shift_time(t: torch.Tensor | float, time_shift: float) -> torch.Tensor:
     """phi_s(t) = t / (s + (1 - s) t), the time shift in sit's time (float64; see the module)."""
     t = torch.as_tensor(t, dtype=torch.float64)
     return t / (time_shift + (1 - time_shift) * t)
+
+
+DIMENSION_SHIFT_BASE = 4096  # RAE's time_dist_shift_base
+NAMED_SHIFTS = ("dimension",)
+
+
+def dimension_time_shift(latent_shape: tuple[int, ...], base: int = DIMENSION_SHIFT_BASE) -> float:
+    """RAE's s = sqrt(prod(latent_shape) / base): sqrt(768 * 16 * 16 / 4096) = sqrt(48) = 6.928."""
+    size = math.prod(int(d) for d in latent_shape)
+    if size < 1 or base < 1:
+        raise ValueError(f"a latent shape {tuple(latent_shape)} and base {base} must be positive")
+    return math.sqrt(size / base)
+
+
+def resolve_time_shift(time_shift: float | str, latent_shape: tuple[int, ...] | None = None) -> float:
+    """A time shift given as a number, or as "dimension" (RAE's sqrt(C H W / 4096) of ``latent_shape``)."""
+    if isinstance(time_shift, str):
+        if time_shift == "dimension":
+            if latent_shape is None:
+                raise InputError("--time-shift dimension needs the latent shape (C, H, W) of the model's input")
+            return dimension_time_shift(latent_shape)
+        try:
+            time_shift = float(time_shift)
+        except ValueError:
+            raise InputError(f"--time-shift {time_shift!r}: pass a number > 0 or one of "
+                             f"{', '.join(NAMED_SHIFTS)}") from None
+    if not time_shift > 0 or not math.isfinite(time_shift):
+        raise InputError(f"time_shift={time_shift} is invalid: pass s > 0 (1 is no shift; SD3 uses 3) or 'dimension'")
+    return float(time_shift)
 
 
 def training_grid(t0: float, t1: float, num_timesteps: int, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -19,6 +19,10 @@ u_k, u_k = k / (T - 1), of [t0, t1] (``time_grids.training_grid``), point k draw
 proportional to the density at u_k: pdf(u_k) / sum_j pdf(u_j). For uniform that is one in T (drawn
 by ``randint``, as before these densities); logit-normal gives the two end points weight 0.
 
+A time shift s (``time_shift``, ``time_grids.shift_time``: t -> t / (s + (1 - s) t), s > 1 towards
+noise) maps each continuous draw t to phi_s(t), as RAE shifts its training times after drawing them
+(it then trains on the density of phi_s(t), on the same interval when t0 = 0 and t1 = 1).
+
 A new density is one more entry in ``TIME_DENSITIES``: its parameters with their defaults, a draw
 (batch, params, device, dtype, generator) -> u, its cdf and pdf (params, float64 u) -> float64,
 and a check of the parameters.
@@ -33,7 +37,7 @@ from typing import Callable
 import torch
 
 from sitcli.errors import InputError
-from sitcli.transport.time_grids import training_grid
+from sitcli.transport.time_grids import shift_time, training_grid
 
 
 @dataclass(frozen=True)
@@ -168,11 +172,15 @@ def sample_training_time(
     generator: torch.Generator | None = None,
     density: str = "uniform",
     params: dict | None = None,
+    time_shift: float = 1.0,
 ) -> torch.Tensor:
     """Training times, shape (batch,): t0 + (t1 - t0) u with u from ``density`` (with ``params``),
-    or a point of the ``num_timesteps``-point grid on [t0, t1] in discrete time (see the module)."""
+    or a point of the ``num_timesteps``-point grid on [t0, t1] in discrete time (see the module);
+    continuous times are then shifted by ``time_shift`` (1: none)."""
     chosen, full = time_density(density, params)
     t0, t1 = interval
+    if time_shift != 1 and num_timesteps is not None:
+        raise InputError("a time shift of the training times needs continuous time: drop --num-timesteps or the shift")
     if num_timesteps is not None:
         if density == "uniform":
             index = torch.randint(0, num_timesteps, (batch,), device=device, generator=generator)
@@ -180,4 +188,5 @@ def sample_training_time(
             weights = discrete_weights(density, full, num_timesteps).to(device)
             index = torch.multinomial(weights, batch, replacement=True, generator=generator)
         return training_grid(t0, t1, num_timesteps, device=device, dtype=dtype)[index]
-    return t0 + (t1 - t0) * chosen.draw(batch, full, device=device, dtype=dtype, generator=generator)
+    t = t0 + (t1 - t0) * chosen.draw(batch, full, device=device, dtype=dtype, generator=generator)
+    return t if time_shift == 1 else shift_time(t, time_shift).to(dtype)  # the same draws, shifted (in float64)

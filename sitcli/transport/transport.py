@@ -27,6 +27,7 @@ a training loop that adds loss terms calls the pieces itself, on the same draws.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -50,6 +51,8 @@ class Transport:
         time_density: the density of training times, a name in ``time_sampling.TIME_DENSITIES``.
         time_density_params: its parameters (``logit_mean``, ``logit_std``, ``mode_scale``); the
             density's defaults for those not given.
+        time_shift: s > 0 of the shift phi_s applied to every drawn training time (1: none; RAE's
+            ``time_grids.dimension_time_shift`` for its latents). Sampling grids take their own.
 
     Example:
         >>> tr = Transport("linear", "velocity")
@@ -66,6 +69,7 @@ class Transport:
         num_timesteps: int | None = None,
         time_density: str = "uniform",
         time_density_params: dict | None = None,
+        time_shift: float = 1.0,
     ):
         self.interpolant = get_interpolant(interpolant)
         self.prediction = objectives.check_prediction(prediction)
@@ -76,13 +80,20 @@ class Transport:
         self._train_interval = self._interval(train_eps, training=True)
         self.time_density = time_density
         self.time_density_params = time_sampling.time_density(time_density, time_density_params)[1]
+        if not (time_shift > 0 and math.isfinite(time_shift)):
+            raise InputError(f"time_shift={time_shift} is invalid: pass s > 0 (1 is no shift)")
+        if time_shift != 1 and self.num_timesteps is not None:
+            raise InputError("a time shift of the training times needs continuous time: drop --num-timesteps or "
+                             "the shift")
+        self.time_shift = float(time_shift)
 
     def __repr__(self) -> str:
         return (
             f"Transport(interpolant={self.interpolant!r}, prediction={self.prediction!r}, "
             f"loss_weight={self.loss_weight!r}, train_eps={self.train_eps}, sample_eps={self.sample_eps}, "
             f"num_timesteps={self.num_timesteps}, time_density={self.time_density!r}, "
-            f"time_density_params={self.time_density_params})"
+            f"time_density_params={self.time_density_params}"
+            + (f", time_shift={self.time_shift:g})" if self.time_shift != 1 else ")")
         )
 
     # ---------------------------------------------------------------- time intervals
@@ -146,7 +157,7 @@ class Transport:
         """Training times, shape (batch,): from the time density on [t0, t1], or on the grid in discrete time."""
         return time_sampling.sample_training_time(
             batch, self._train_interval, self.num_timesteps, device=device, dtype=dtype, generator=generator,
-            density=self.time_density, params=self.time_density_params,
+            density=self.time_density, params=self.time_density_params, time_shift=self.time_shift,
         )
 
     # ---------------------------------------------------------------- training

@@ -170,9 +170,10 @@ def sample(
 
     The SDE is dX = [v + w(t) s] dt + sqrt(2 w(t)) dW (the SiT paper's w_t is 2 w(t)). Its last step is a
     probability-flow ODE step by default, right for every w(t); --last-step mean is the official code's drift step.
-    --cfg-interval-in: with r = sigma_t / alpha_t of the model's interpolant, repa is REPA's time, sigma EDM's
-    sigma = r, logsnr -2 log r. --time-shift S maps SD3's t' = S t / (1 + (S - 1) t) (t = 1 noise) onto sit's
-    time; adaptive ODE methods choose their own steps and refuse it.
+    --cfg-interval-in: repa is REPA's time 1 - t (the model's own time reversed, for every path); with
+    r = sigma_t / alpha_t of the model's interpolant, sigma is EDM's sigma = r and logsnr is -2 log r.
+    --time-shift S maps SD3's t' = S t / (1 + (S - 1) t) (t = 1 noise) onto sit's time; adaptive ODE methods
+    choose their own steps and refuse it.
     """
     flags = plain({k: v for k, v in locals().items() if k != "device"})  # first: only the flags
     from sitcli.config import SampleConfig

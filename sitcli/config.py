@@ -9,8 +9,10 @@ config built for a foreign checkpoint never inherits a preset it did not ask for
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
@@ -19,7 +21,9 @@ from sitcli.data import DIGITS
 from sitcli.domains import COUNT, COUNT_OR_ZERO, EPS, FINITE, NON_NEGATIVE, POSITIVE, SEED, Domain, check_domains
 from sitcli.errors import InputError
 from sitcli.models import SiT_models, model_shape
+from sitcli.recipes import expand, get_recipe
 from sitcli.runtime import check_precision
+from sitcli.seeds import LABEL_SAMPLINGS
 from sitcli.transport import LAST_STEPS, MEANFLOW_METHODS, ODE_METHODS, SDE_METHODS, Transport
 from sitcli.transport.diffusion import check_diffusion_coefficient
 from sitcli.transport.time_conventions import CONVENTIONS
@@ -92,6 +96,12 @@ class TrainConfig:
     eval_steps: int = 50
     eval_metrics: str = "fid"  # comma list: fid (always), is, sfid (training.evaluation.EVAL_METRICS)
     inception_weights: str | None = None  # pytorch-fid's Inception weights (default: the torch hub cache)
+    eval_labels: str = "random"  # the evaluation samples' labels: random, or balanced (eval_num / classes of each)
+    # Post-hoc EMA (training.posthoc_ema, EDM2): power-function EMAs of these relative widths, kept beside the
+    # ema_decay EMA and saved under ema_snapshots/ every ema_snapshots_every steps (0: off); `sit ema` rebuilds any
+    # width from them.
+    ema_snapshots_every: int = 0
+    ema_sigma_rels: list[float] = field(default_factory=lambda: [0.05, 0.10])  # EDM2's two
     # Filled from the data when the run starts (what a sampler needs to rebuild the model):
     in_channels: int | None = None
     input_size: int | None = None
@@ -148,6 +158,18 @@ class TrainConfig:
             raise InputError(
                 f"--eval-method {self.eval_method!r} is not an ODE method; choose one of {', '.join(ODE_METHODS)}"
             )
+        if self.eval_labels not in LABEL_SAMPLINGS:
+            raise InputError(f"unknown --eval-labels {self.eval_labels!r}; choose one of {', '.join(LABEL_SAMPLINGS)}")
+        self._check_snapshots()
+
+    def _check_snapshots(self) -> None:
+        widths = list(self.ema_sigma_rels)
+        if not self.ema_snapshots_every:
+            if widths != _FIELD_DEFAULTS["ema_sigma_rels"]:
+                raise InputError("--ema-sigma-rels is a setting of post-hoc EMA: add --ema-snapshots-every K, or drop "
+                                 "it")
+        elif not widths or len(set(widths)) != len(widths):
+            raise InputError(f"--ema-sigma-rels {widths}: pass one or more different widths (EDM2: 0.05 and 0.1)")
 
     def _check_objective(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -246,10 +268,13 @@ TRAIN_DOMAINS: dict[str, Domain] = dict(
     meanflow_p=NON_NEGATIVE,
     meanflow_c=POSITIVE,
     meanflow_omega=Domain(1),
+    ema_snapshots_every=COUNT_OR_ZERO,
+    ema_sigma_rels=Domain(0, math.sqrt(1 / 12), lo_open=True, hi_open=True),  # training.posthoc_ema.MAX_SIGMA_REL
 )
 MEANFLOW_FIELDS = ("meanflow_share", "meanflow_p", "meanflow_c", "meanflow_omega")
 OBJECTIVES = ("flow", "meanflow")
-_FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+_FIELD_DEFAULTS = {f.name: f.default_factory() if callable(f.default_factory) else f.default
+                   for f in fields(TrainConfig)}
 
 # Settings that may change when a run is resumed; every other one is fixed by the run's config.json.
 # (lr and grad_clip so that a diverged run can go on from its last good checkpoint more gently.)
@@ -307,6 +332,11 @@ class SampleConfig:
     compile: bool = False  # torch.compile the model (fused kernels; float round-off differences)
     tf32: bool = True  # TF32 float32 matmuls/convolutions on CUDA (runtime.tf32); no effect on CPU
     class_labels: str | None = None  # "3", "1,4,7" (cycled), or None for uniform random labels
+    labels: str = "random"  # random (each index its own draw) or balanced: exactly num / classes of each class
+    # The named recipe (recipes.RECIPES) the sampler settings came from, and its settings given other values: recorded
+    # in sample.json, built by ``SampleConfig.from_recipe``.
+    recipe: str | None = None
+    recipe_overrides: dict = field(default_factory=dict)
     npz: bool = False
     grid: str | None = None
     vae: str | None = None
@@ -325,8 +355,42 @@ class SampleConfig:
         if self.grid is not None and Path(self.grid).suffix.lower() not in IMAGE_FORMATS:
             raise InputError(f"--grid {self.grid}: name an image file ({', '.join(IMAGE_FORMATS)})")
         self._check_guidance()
+        self._check_labels_and_recipe()
         if self.sampler is not None:  # None: chosen by the model (``for_model``)
             self._check_sampler()
+
+    @classmethod
+    def from_recipe(cls, recipe: str, given: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+                    ) -> "SampleConfig":
+        """The settings of ``recipe`` (``recipes.RECIPES``) with the ``given`` ones (the user's) on top, over
+        ``defaults`` (e.g. every flag of the command line, set or not); records the recipe and which of its settings
+        ``given`` changed (``recipe_overrides``).
+
+            SampleConfig.from_recipe("repa", {"ckpt": "SiT-XL-2-repa.pt", "steps": 100})
+        """
+        settings, overridden = expand(recipe, given)
+        missing = [name for name in get_recipe(recipe).requires if settings.get(name) is None]
+        if missing:
+            flags = " ".join(f"--{n.replace('_', '-')}" for n in missing)
+            raise InputError(f"--recipe {recipe} needs {flags} too (sit recipes says which checkpoint)")
+        return cls(**{**(defaults or {}), **settings, "recipe": recipe,
+                      "recipe_overrides": {name: _plain(given[name]) for name in overridden}})
+
+    def _check_labels_and_recipe(self) -> None:
+        if self.labels not in LABEL_SAMPLINGS:
+            raise InputError(f"unknown --labels {self.labels!r}; choose one of {', '.join(LABEL_SAMPLINGS)}")
+        if self.labels == "balanced" and self.class_labels not in (None, ""):
+            raise InputError("--class-labels fixes every label: drop it, or drop --labels balanced")
+        if self.recipe is None:
+            if self.recipe_overrides:
+                raise InputError("recipe_overrides without a recipe: build the config with SampleConfig.from_recipe")
+            return
+        # A config that names a recipe holds its settings (those overridden apart): sample.json must not say otherwise.
+        for name, value in get_recipe(self.recipe).settings.items():
+            want = self.recipe_overrides.get(name, value)
+            if _plain(getattr(self, name)) != _plain(want):
+                raise InputError(f"--recipe {self.recipe} sets {name} to {want!r}, this config to "
+                                 f"{getattr(self, name)!r}: build it with SampleConfig.from_recipe")
 
     def for_model(self, mean_flow: bool) -> "SampleConfig":
         """Choose the sampler the model calls for when none was given: the mean-flow jumps for a
@@ -436,6 +500,8 @@ SAMPLE_FLAGS = {"num": "--num-samples"}
 
 # Settings that do not change any image: they may differ when a folder is filled in several runs.
 FREE_SETTINGS = {"out", "num", "batch_size", "npz", "grid", "threads"}
+# Recorded in sample.json but not compared when adding to a folder: the settings they expand to are.
+PROVENANCE = {"recipe", "recipe_overrides"}
 
 # Settings a sampler never reads: an ODE folder's images do not depend on the SDE's w or last step.
 UNUSED_BY = {
@@ -450,3 +516,8 @@ MEANFLOW_UNUSED = ("atol", "rtol", "w", "w_norm", "last_step", "last_step_size",
 
 def field_names(cls) -> set[str]:
     return {f.name for f in fields(cls)}
+
+
+def _plain(value: Any) -> Any:
+    """A tuple as the list JSON makes of it, so that a setting compares equal before and after sample.json."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value

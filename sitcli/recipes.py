@@ -156,14 +156,15 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         source="bytetriper/RAE: configs/stage2/sampling/ImageNet256/DiTDHXL-DINOv2-B_AG.yaml lines 40-78 (ODE, euler, "
                "num_steps 50, autoguidance scale 1.42 over t 0..1, latent 768x16x16), src/sample_ddp.py lines 135-137 "
                "(shift sqrt(dim / 4096)), src/stage2/transport/integrators.py lines 100-101 (grid), "
-               "src/stage2/models/DDT.py lines 391-408 (autoguidance on all channels)",
+               "src/stage2/models/DDT.py lines 391-408 (autoguidance on all channels), src/sample_ddp.py line 308 "
+               "(--label-sampling equal: exactly 50 per class)",
         settings=dict(sampler="ode", method="euler", steps=49, spacing="uniform",
                       time_shift=rae_time_shift(16 * 16 * 768), cfg_scale=1.0, guidance_scale=1.42,
-                      cfg_interval=(0.0, 1.0), cfg_interval_in="t"),
+                      cfg_interval=(0.0, 1.0), cfg_interval_in="t", labels="balanced"),
         requires=("guidance_model",),
         lacks="RAE's grid ends at its time 1/1000 before the shift (src/stage2/transport/transport.py line 137), "
-              "t = 0.99311 in sit's time after it, where sit's grid ends at t = 1; RAE draws labels exactly 50 per "
-              "class (--label-sampling equal, src/sample_ddp.py line 308); a DiT^DH is not loadable by sit today",
+              "t = 0.99311 in sit's time after it, where sit's grid ends at t = 1; a DiT^DH is not loadable by sit "
+              "today",
     ),
     Recipe(
         name="meanflow",

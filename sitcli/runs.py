@@ -5,10 +5,14 @@ A run folder holds ``config.json`` (the training settings), ``log.csv``, ``loss.
 grids ``grids/NNNNNNN.png``, and ``checkpoints/NNNNNNN/`` with
 
     model.safetensors, ema.safetensors   weights (fp32), official SiT parameter names
-    optimizer.pt                         AdamW state, loadable with torch.load(weights_only=True)
+    optimizer.pt                         AdamW state (and the post-hoc EMA trackers' with --ema-snapshots-every),
+                                         loadable with torch.load(weights_only=True)
     rng.safetensors                      RNG states of every rank (uint8 tensors)
     state.json                           step and data position
     manifest.json                        size and SHA-256 of each file above, written last
+
+With --ema-snapshots-every K, ``ema_snapshots/NNNNNNN-SIGMA.safetensors`` holds the power-function EMA of each
+relative width at every K-th step (``save_ema_snapshot``), which `sit ema` combines into other widths.
 
 A checkpoint is written into a hidden temporary folder and renamed into place in one step, so a
 folder named by its step is complete when written; anything interrupted is a ``.tmp-*`` folder that
@@ -198,3 +202,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         "rng": load_file(path / "rng.safetensors"),
         "state": json.loads((path / "state.json").read_text()),
     }
+
+
+#################################################################################
+#                             Post-hoc EMA snapshots                            #
+#################################################################################
+
+SNAPSHOTS = "ema_snapshots"
+
+
+def save_ema_snapshot(run: str | Path, step: int, sigma_rel: float, weights: dict[str, torch.Tensor]) -> Path:
+    """Write ``ema_snapshots/<step>-<sigma_rel>.safetensors`` atomically: the power-function EMA of width
+    ``sigma_rel`` at training step ``step`` (``training.posthoc_ema``), in its own dtype, the step and width in
+    the file's metadata. A snapshot of the same step and width is replaced (a resumed run redraws it equal)."""
+    path = Path(run) / SNAPSHOTS / f"{step:07d}-{float(sigma_rel)!r}.safetensors"
+    metadata = {"step": str(int(step)), "sigma_rel": repr(float(sigma_rel))}
+    atomic.atomic_write(path, lambda tmp: save_file(_contiguous(weights), tmp, metadata=metadata))
+    return path
+
+
+def list_ema_snapshots(run: str | Path) -> list[tuple[int, float, Path]]:
+    """(step, sigma_rel, path) of every post-hoc EMA snapshot of ``run``, by step then width, as each file's
+    metadata records them; a file that is not a readable snapshot is refused, named."""
+    from safetensors import safe_open
+
+    found = []
+    for path in sorted((Path(run) / SNAPSHOTS).glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+            found.append((int(meta["step"]), float(meta["sigma_rel"]), path))
+        except Exception:  # noqa: BLE001 - safetensors raises its own error types; a missing key is as bad
+            raise InputError(f"{path} is not a readable post-hoc EMA snapshot (damaged?): move it out of "
+                             f"{SNAPSHOTS}/, or train the run again") from None
+    return sorted(found, key=lambda entry: entry[:2])
+
+
+def load_ema_snapshot(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sitcli import atomic, distributed, runs
-from sitcli.config import UNUSED_BY, SampleConfig
+from sitcli.config import PROVENANCE, UNUSED_BY, SampleConfig
 from sitcli.errors import InputError
 from sitcli.formats import nonfinite_tensors
 from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
@@ -29,7 +29,7 @@ from sitcli.loading import Loaded, load_model
 from sitcli.locks import LOCK
 from sitcli.runtime import autocast_model, check_device_precision
 from sitcli.session import Session, session
-from sitcli.seeds import index_generator, labels_and_noise
+from sitcli.seeds import check_balanced, index_generator, labels_and_noise
 from sitcli.transport import sample_meanflow, sample_ode, sample_sde
 from sitcli.transport.meanflow import meanflow_time_grid
 from sitcli.transport.samplers import ode_time_grid, sde_time_grid
@@ -102,6 +102,8 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     vae = open_vae(tcfg.latent_scale, cfg.vae or tcfg.vae, dist.device)
     if tcfg.num_classes == 0 and (cfg.cfg_scale != 1.0 or cfg.class_labels):
         raise InputError("the model is unconditional: drop --cfg-scale and --class-labels")
+    if cfg.labels == "balanced":
+        check_balanced(cfg.num, max(tcfg.num_classes, 1))
     fn = autocast_model(model, cfg.precision, dist.device)
     guide = None
     if cfg.cfg_scale != 1.0 or cfg.guidance_model is not None:
@@ -133,7 +135,8 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     _check_folder(out, settings, cfg.num)
     width = max(6, len(str(cfg.num - 1)))
     names = [out / f"{i:0{width}d}.png" for i in range(cfg.num)]
-    all_labels, _ = labels_and_noise(cfg.seed, list(range(cfg.num)), (0,), max(tcfg.num_classes, 1), cfg.class_labels)
+    all_labels, _ = labels_and_noise(cfg.seed, list(range(cfg.num)), (0,), max(tcfg.num_classes, 1), cfg.class_labels,
+                                     cfg.labels, cfg.num)
     side = None if vae is not None else tcfg.input_size  # a VAE's output size is its own
     mode = "RGB" if vae is not None or tcfg.in_channels == 3 else "L"
     todo = [i for i in range(cfg.num) if not is_finished(names[i], side, mode)]
@@ -183,7 +186,8 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
         task = bar.add_task("sample", total=len(job.mine))
         for start in range(0, len(job.mine), cfg.batch_size):
             idx = job.mine[start : start + cfg.batch_size]
-            y, x0 = labels_and_noise(cfg.seed, idx, shape, max(tcfg.num_classes, 1), cfg.class_labels)
+            y, x0 = labels_and_noise(cfg.seed, idx, shape, max(tcfg.num_classes, 1), cfg.class_labels, cfg.labels,
+                                     cfg.num)
             kwargs = {"y": y.to(dist.device) if tcfg.num_classes > 0 else None}
             began = time.perf_counter()
             x0 = x0.to(dist.device)
@@ -312,8 +316,10 @@ def _check_folder(out: Path, settings: dict, num: int) -> None:
     saved_path = out / SETTINGS_FILE
     if saved_path.is_file():
         saved = json.loads(saved_path.read_text())
-        unused = UNUSED_BY.get(settings.get("sampler"), set())
-        changed = sorted(k for k in settings if k not in unused and saved.get(k) != settings[k])
+        unused = UNUSED_BY.get(settings.get("sampler"), set()) | PROVENANCE
+        # A setting a folder's sample.json lacks was added to sit later: the folder was drawn with its default.
+        defaults = {f.name: f.default for f in fields(SampleConfig)}
+        changed = sorted(k for k in settings if k not in unused and saved.get(k, defaults.get(k)) != settings[k])
         if changed == ["tf32"]:
             flag = "--tf32" if saved["tf32"] else "--no-tf32"
             raise InputError(f"{out} holds samples drawn with {flag}; pass {flag} to add to it, or pick a new --out")

@@ -86,15 +86,17 @@ def labels_and_noise(
     return torch.tensor(drawn, dtype=torch.long), torch.stack(noise)
 
 
-def check_balanced(num_samples: int, num_classes: int) -> None:
-    """Refuse balanced labels for N samples that K classes do not divide."""
+def check_balanced(num_samples: int, num_classes: int, num_flag: str = "--num-samples",
+                   labels_flag: str = "--labels") -> None:
+    """Refuse balanced labels for N samples that K classes do not divide (the message names the flags given)."""
     if num_classes < 1:
         raise ValueError(f"balanced labels need at least one class, got {num_classes}")
     if num_samples % num_classes:
         below = num_samples // num_classes * num_classes
         choices = f"{below} or {below + num_classes}" if below else f"{num_classes}"
-        raise InputError(f"--labels balanced draws exactly N / K of each class, but --num-samples {num_samples} is not "
-                         f"a multiple of the {num_classes} classes: pass --num-samples {choices}, or --labels random")
+        raise InputError(f"{labels_flag} balanced draws exactly N / K of each class, but {num_flag} {num_samples} is "
+                         f"not a multiple of the {num_classes} classes: pass {num_flag} {choices}, or {labels_flag} "
+                         "random")
 
 
 def balanced_labels(seed: int, indices: Sequence[int], num_samples: int, num_classes: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from helpers import random_inception_state, random_sit, tiny_vae
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "examples").glob("*.md"))]
-COMMANDS = ("train", "sample", "nll", "fid", "convert", "cache-latents", "methods")
+COMMANDS = ("train", "sample", "nll", "fid", "convert", "cache-latents", "methods", "ema", "recipes")
 # Commands shown but not run here, by their first words, and why.
 NOT_RUN = {
     "torchrun --nnodes=4": "four nodes of 8 GPUs (run on 2 CPU ranks in tests/test_torchrun_commands.py)",
@@ -76,7 +76,8 @@ def shrunk(command: str, world: Path) -> list[str]:
     else:
         words = words[1:]
     job, args = words[0], words[1:]
-    small = {"--num": 2 if job == "nll" else 10, "--batch-size": 8, "--steps": 5, "--image-size": 16}
+    small = {"--num": 2 if job == "nll" else 10, "--batch-size": 8, "--steps": 5, "--image-size": 16,
+             "--ema-snapshots-every": 1}
     small["--num-samples"] = small["--num"]
     out = []
     for i, word in enumerate(args):
@@ -89,7 +90,7 @@ def shrunk(command: str, world: Path) -> list[str]:
             word = str(world / word.lstrip("/"))
         out.append(word)
     if job == "train":
-        steps = "4" if "--resume" in out else "2"
+        steps = "4" if "--resume" in out or "--ema-snapshots-every" in out else "2"  # 4 snapshot steps: sit ema fits
         if "--steps" in out:
             out[out.index("--steps") + 1] = steps
         else:

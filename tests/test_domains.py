@@ -10,9 +10,11 @@ import typing
 import pytest
 import torch
 
-from sitcli.cli import convert as convert_cli, evaluate as evaluate_cli, sample as sample_cli, train as train_cli
+from sitcli.cli import convert as convert_cli, ema as ema_cli, evaluate as evaluate_cli, sample as sample_cli, \
+    train as train_cli
 from sitcli.config import SAMPLE_DOMAINS, SAMPLE_FLAGS, TRAIN_DOMAINS, SampleConfig, TrainConfig
 from sitcli.convert import ConvertConfig
+from sitcli.ema import EMA_DOMAINS, EmaConfig
 from sitcli.evaluate.suite import FID_DOMAINS, FidConfig
 from sitcli.data.latent_cache import CACHE_DOMAINS, CacheConfig
 from sitcli.nll import NLL_DOMAINS, NllConfig
@@ -57,6 +59,7 @@ COMMANDS = {
     "fid": (evaluate_cli.fid, FidConfig, FID_DOMAINS),
     "convert": (convert_cli.convert, ConvertConfig, {"num_heads": COUNT}),
     "cache-latents": (convert_cli.cache_latents, CacheConfig, CACHE_DOMAINS),
+    "ema": (ema_cli.ema, EmaConfig, EMA_DOMAINS),
 }
 
 
@@ -103,6 +106,8 @@ TABLE = [
     ("sample", _sample, SAMPLE_DOMAINS, SAMPLE_FLAGS),
     ("nll", _job("nll"), NLL_DOMAINS, {"num": "--num-samples"}),
     *((command, _job(command), COMMANDS[command][2], {}) for command in ("fid", "convert", "cache-latents")),
+    ("ema", lambda name, value: EmaConfig(**{"run": "run", "sigma_rel": 0.05, "out": "out", name: value}), EMA_DOMAINS,
+     {}),
 ]
 
 

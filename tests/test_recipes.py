@@ -41,9 +41,9 @@ PUBLISHED = {
     "lightningdit": dict(sampler="ode", method="euler", steps=249, spacing="uniform", time_shift=1 / 0.3,
                          cfg_scale=6.7, cfg_channels="3", cfg_interval=(0.125, 1.0), cfg_interval_in="t"),
     # bytetriper/RAE configs/stage2/sampling/ImageNet256/DiTDHXL-DINOv2-B_AG.yaml 40-78: ODE euler, 50 points,
-    # autoguidance 1.42 over [0, 1]; src/sample_ddp.py 135-137: shift sqrt(196608 / 4096).
+    # autoguidance 1.42 over [0, 1]; src/sample_ddp.py 135-137: shift sqrt(196608 / 4096); line 308: labels equal.
     "rae": dict(sampler="ode", method="euler", steps=49, spacing="uniform", time_shift=math.sqrt(48), cfg_scale=1.0,
-                guidance_scale=1.42, cfg_interval=(0.0, 1.0), cfg_interval_in="t"),
+                guidance_scale=1.42, cfg_interval=(0.0, 1.0), cfg_interval_in="t", labels="balanced"),
     # Gsunshine/meanflow configs/run_b4.yml 28-29 and meanflow.py 121-124: one jump from 1 to 0.
     "meanflow": dict(sampler="meanflow", method="jump", steps=1, cfg_scale=1.0),
 }

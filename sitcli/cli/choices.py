@@ -10,7 +10,9 @@ from __future__ import annotations
 import enum
 
 from sitcli.config import OBJECTIVES, SAMPLERS
+from sitcli.recipes import RECIPES
 from sitcli.runtime import PRECISIONS
+from sitcli.seeds import LABEL_SAMPLINGS
 from sitcli.transport import (DIFFUSION_COEFFICIENTS, INTERPOLANTS, LAST_STEPS, LIKELIHOOD_METHODS, LOSS_WEIGHTS,
                               MEANFLOW_METHODS, ODE_METHODS, PREDICTIONS, SDE_METHODS)
 from sitcli.transport.time_conventions import CONVENTIONS
@@ -33,6 +35,7 @@ DiffusionCoefficient, LastStep = (
     choices("DiffusionCoefficient", DIFFUSION_COEFFICIENTS),
     choices("LastStep", LAST_STEPS),
 )
+LabelSampling, RecipeName = choices("LabelSampling", LABEL_SAMPLINGS), choices("RecipeName", RECIPES)
 TimeDensity, Spacing, Convention = (
     choices(n, r) for n, r in (("TimeDensity", TIME_DENSITIES), ("Spacing", SPACINGS), ("Convention", CONVENTIONS))
 )

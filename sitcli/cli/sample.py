@@ -5,14 +5,18 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from sitcli.cli.choices import (Convention, DiffusionCoefficient, Interpolant, LastStep, Method, Precision,
-                                Prediction, Sampler, Spacing, plain)
+from sitcli.cli.choices import (Convention, DiffusionCoefficient, Interpolant, LabelSampling, LastStep, Method,
+                                Precision, Prediction, RecipeName, Sampler, Spacing, plain)
 from sitcli.cli.errors import console
 
 CKPT, SAMPLER, GUIDANCE, OUTPUT, SPEED = "Checkpoint", "Sampler", "Guidance", "Output", "Speed"
 
 
 def sample(
+    ctx: typer.Context,
+    recipe: RecipeName | None = typer.Option(
+        None, "--recipe", rich_help_panel=SAMPLER, help="A published sampler's settings (`sit recipes`); flags win."
+    ),
     ckpt: str = typer.Option(
         ...,
         "--ckpt",
@@ -129,6 +133,13 @@ def sample(
         rich_help_panel=GUIDANCE,
         help="One label (3) or a list cycled over indices (1,4,7); default random.",
     ),
+    labels: LabelSampling = typer.Option(
+        "random",
+        "--labels",
+        case_sensitive=False,
+        rich_help_panel=GUIDANCE,
+        help="random, or balanced: exactly N / classes of each class (N a multiple).",
+    ),
     out: str | None = typer.Option(
         None,
         "--out",
@@ -175,11 +186,18 @@ def sample(
     --time-shift S maps SD3's t' = S t / (1 + (S - 1) t) (t = 1 noise) onto sit's time; adaptive ODE methods
     choose their own steps and refuse it.
     """
-    flags = plain({k: v for k, v in locals().items() if k != "device"})  # first: only the flags
+    flags = plain({k: v for k, v in locals().items() if k not in ("device", "ctx", "recipe")})  # first: the flags
     from sitcli.config import SampleConfig
     from sitcli.sample import sample as run_sampling
 
-    config = SampleConfig(**flags)
+    if recipe is None:
+        config = SampleConfig(**flags)
+    else:
+        # The flags the user typed (click's ParameterSource, compared by name: typer ships its own copy of click).
+        typed = {k: v for k, v in flags.items()
+                 if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+        config = SampleConfig.from_recipe(recipe.value, typed, defaults=flags)
+        _print_recipe(config)
     try:
         result = run_sampling(config, device=device)
     except KeyboardInterrupt:  # every finished image is already on disk
@@ -195,6 +213,41 @@ def sample(
     for path in (result.npz, result.grid):
         if path is not None:
             console.print(f"wrote {path}", highlight=False)
+
+
+def _print_recipe(config) -> None:
+    """The recipe as flags with its source, then each setting the command line gave another value (rank 0)."""
+    from sitcli.distributed import is_main
+    from sitcli.recipes import as_flags, get_recipe
+
+    if not is_main():
+        return
+    recipe = get_recipe(config.recipe)
+    console.print(f"recipe {recipe.name}: {as_flags(recipe.settings)}", highlight=False, soft_wrap=True)
+    console.print(f"  for {recipe.checkpoint}; {recipe.result}; source: {recipe.source}", highlight=False,
+                  soft_wrap=True)
+    if recipe.lacks:
+        console.print(f"  gaps: {recipe.lacks}", highlight=False, soft_wrap=True)
+    for name, value in config.recipe_overrides.items():
+        console.print(f"  override: {as_flags({name: value})} (the recipe's {as_flags({name: recipe.settings[name]})})",
+                      highlight=False, soft_wrap=True)
+
+
+def recipes() -> None:
+    """List the named sampling recipes: the published result each redoes, its checkpoint, source and gaps."""
+    from rich.markup import escape
+
+    from sitcli.recipes import RECIPES, as_flags
+
+    out = Console(soft_wrap=True, highlight=False)
+    for r in RECIPES.values():
+        out.print(f"[bold]{r.name}[/]  {escape(r.summary)}")
+        needs = " ".join(f"--{n.replace('_', '-')}" for n in r.requires) or "nothing"
+        rows = (("result", r.result), ("checkpoint", r.checkpoint), ("settings", as_flags(r.settings)),
+                ("source", r.source), ("you add", needs), ("gaps", r.lacks or "none"))
+        for label, text in rows:
+            out.print(f"  {label + ':':<12}{escape(text)}")
+        out.print()
 
 
 def methods() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from sitcli.cli.choices import (Interpolant, LossWeight, Objective, OdeMethod, Precision, Prediction, TimeDensity,
-                                plain)
+from sitcli.cli.choices import (Interpolant, LabelSampling, LossWeight, Objective, OdeMethod, Precision, Prediction,
+                                TimeDensity, plain)
 from sitcli.cli.errors import console
 
 DATA, MODEL, TRANSPORT, MEANFLOW = "Data and run", "Model", "Transport", "Mean flows"
@@ -179,6 +179,16 @@ def train(
     ),
     inception_weights: str | None = typer.Option(
         None, "--inception-weights", rich_help_panel=LOGS, help="Inception weights for --eval-every, as for `sit fid`."
+    ),
+    eval_labels: LabelSampling | None = typer.Option(
+        None, "--eval-labels", case_sensitive=False, rich_help_panel=LOGS,
+        help="random, or balanced: --eval-num / classes of each class.",
+    ),
+    ema_snapshots_every: int | None = typer.Option(
+        None, "--ema-snapshots-every", rich_help_panel=OPTIM, help="Steps between post-hoc EMA snapshots (0: none)."
+    ),
+    ema_sigma_rels: list[float] | None = typer.Option(
+        None, "--ema-sigma-rels", rich_help_panel=OPTIM, help="A width the snapshots track (repeatable; 0.05 and 0.1)."
     ),
     precision: Precision | None = typer.Option(
         None, "--precision", case_sensitive=False, rich_help_panel=SPEED, help="bf16 autocast; fp16 on CUDA only."

@@ -9,7 +9,8 @@ the reference's features, not its statistics, so they stay with `sit fid`.
     sit train --data ref_images/ --eval-every 10000 --eval-num 5000 --eval-ref ref.npz ...
 
 Sample ``i`` starts from the noise and label of ``seeds.index_generator(seed, i)`` (the streams `sit
-sample --seed` uses), so every evaluation of a run looks at the same noise, on any number of ranks:
+sample --seed` uses; with ``eval_labels="balanced"`` the label of ``seeds.balanced_labels``, exactly
+eval_num / classes of each), so every evaluation of a run looks at the same noise, on any number of ranks:
 rank ``r`` draws indices ``r, r + K, ...`` and the Inception features are gathered in index order.
 The sampler is the probability-flow ODE with ``eval_method`` / ``eval_steps`` (recorded in
 config.json), unguided.
@@ -127,7 +128,8 @@ class TrainingEval:
         classes = max(cfg.num_classes, 1)
         out: dict[str, list[torch.Tensor]] = {k: [] for k in self.outputs}
         for start in range(0, len(indices), self.batch_size):
-            y, x0 = labels_and_noise(cfg.seed, indices[start : start + self.batch_size], shape, classes, None)
+            y, x0 = labels_and_noise(cfg.seed, indices[start : start + self.batch_size], shape, classes, None,
+                                     cfg.eval_labels, cfg.eval_num)
             kwargs = {"y": y.to(device) if cfg.num_classes > 0 else None}
             x, _ = sample_ode(self.transport, ema, x0.to(device), cfg.eval_method, cfg.eval_steps, model_kwargs=kwargs)
             images = torch.from_numpy(to_images(x, self.vae)).to(device).permute(0, 3, 1, 2)

@@ -86,6 +86,8 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
                 raise TrainingDiverged(_diverged_message(sums[0], p.step + 1, last_ckpt, p.run))
             grad_norm = step_update(loss, p.model, p.ema, p.opt, cfg.ema_decay, cfg.grad_clip, p.scaler)
             p.step += 1
+            if p.posthoc_ema is not None:
+                update_posthoc_ema(p)
 
             log.step(p.step, losses, x.shape[0] * dist.world_size, grad_norm, p.opt.param_groups[0]["lr"])
             if p.step % cfg.ckpt_every == 0 or p.step == cfg.steps:
@@ -172,6 +174,8 @@ def save(p: Prepared, log: TrainLog | None = None) -> Path:
     path = None
     if p.dist.is_main:
         opt_state = {"optimizer": p.opt.state_dict(), "scaler": p.scaler.state_dict() if p.scaler else {}}
+        if p.posthoc_ema is not None:  # the trackers resume bit for bit from here
+            opt_state["posthoc_ema"] = p.posthoc_ema.state_dict()
         rng_tensors = {f"{k}.rank{r}": v for r, states in enumerate(rng) for k, v in states.items()}
         epoch, batch = divmod(p.step, len(p.dataset) // p.cfg.batch_size)
         path = runs.save_checkpoint(
@@ -192,6 +196,15 @@ def save(p: Prepared, log: TrainLog | None = None) -> Path:
         )
     distributed.barrier()
     return path or p.run / runs.CHECKPOINTS / f"{p.step:07d}"
+
+
+def update_posthoc_ema(p: Prepared) -> None:
+    """Fold step ``p.step``'s weights into the power-function EMAs (rank 0), and every ``ema_snapshots_every``
+    steps save each as ``ema_snapshots/<step>-<sigma_rel>.safetensors``."""
+    p.posthoc_ema.update(dict(p.model.named_parameters()), p.step)
+    if p.step % p.cfg.ema_snapshots_every == 0:
+        for sigma_rel, average in zip(p.posthoc_ema.sigma_rels, p.posthoc_ema.averages):  # copied to the CPU there
+            runs.save_ema_snapshot(p.run, p.step, sigma_rel, average)
 
 
 def _diverged_message(value: float, step: int, last_ckpt: Path | None, run: Path) -> str:

@@ -118,6 +118,22 @@ def profile_error(steps: Sequence[int], sigma_rels: Sequence[float] | float, tar
     return float(math.sqrt(max(x @ a @ x - 2 * x @ b + c, 0.0) / c))
 
 
+def fit_errors(steps: Sequence[int], sigma_rels: Sequence[float] | float, target_step: int,
+               target_sigma_rels: Sequence[float]) -> np.ndarray:
+    """``profile_error`` of the least-squares reconstruction of each width in ``target_sigma_rels`` at
+    ``target_step`` from the same snapshots: one factorisation of A for all of them (what a scan of widths needs)."""
+    t = np.asarray(steps, dtype=np.float64)
+    g = np.array([sigma_rel_to_gamma(s) for s in np.broadcast_to(np.asarray(sigma_rels, np.float64), t.shape)])
+    a = profile_inner_product(t[:, None], g[:, None], t[None, :], g[None, :])
+    g_out = np.array([sigma_rel_to_gamma(s) for s in target_sigma_rels])
+    b = profile_inner_product(t[:, None], g[:, None], float(target_step), g_out[None, :])  # (snapshots, targets)
+    c = profile_inner_product(float(target_step), g_out, float(target_step), g_out)
+    x = np.linalg.solve(a, b)
+    x = x / x.sum(axis=0)
+    squared = np.einsum("it,ij,jt->t", x, a, x) - 2 * np.einsum("it,it->t", x, b) + c
+    return np.sqrt(np.maximum(squared, 0.0) / c)
+
+
 def discrete_weights(gamma: float, step: int) -> np.ndarray:
     """w_k, k = 1..step: the weight the step-by-step tracker gives theta_k at ``step`` (module docstring)."""
     k = np.arange(step + 1, dtype=np.float64) / step

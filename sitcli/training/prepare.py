@@ -21,9 +21,11 @@ from sitcli.errors import InputError
 from sitcli.locks import LOCK
 from sitcli.models import model_shape
 from sitcli.runtime import check_device_precision
+from sitcli.seeds import check_balanced
 from sitcli.session import Session
 from sitcli.training.loggers import Logger, check_log, open_loggers
 from sitcli.training.losses import LossTerm, loss_terms
+from sitcli.training.posthoc_ema import PowerFunctionEMA
 from sitcli.training.presets import apply_presets
 from sitcli.training.reports import EVAL_LOG, TrainingPreview, truncate_log, write_best
 from sitcli.training.state import restore_rng_state
@@ -54,6 +56,7 @@ class Prepared:
     evaluation: object | None = None  # training.evaluation.TrainingEval when --eval-every is set
     loggers: list[Logger] | None = None  # besides log.csv (rank 0)
     log_window: dict | None = None  # the resumed checkpoint's steps since its last log.csv row
+    posthoc_ema: PowerFunctionEMA | None = None  # rank 0's power-function EMAs with --ema-snapshots-every
 
 
 DATA_FIELDS = ("num_classes", "in_channels", "input_size")  # what the data decides about the model
@@ -199,6 +202,8 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
             "--meanflow-omega folds classifier-free guidance into the target, which needs class labels and "
             "--class-dropout-prob > 0 (the unconditional velocity is learnt from dropped labels)"
         )
+    if cfg.eval_every and cfg.eval_labels == "balanced":
+        check_balanced(cfg.eval_num, max(cfg.num_classes, 1), "--eval-num", "--eval-labels")
     encoders = open_encoders(cfg, dataset, dist.device)
     atomic.check_can_create(run, "--out")  # before the lock, which creates the folder
     session.hold(run, "sit train")
@@ -223,9 +228,12 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     rank_seed = cfg.seed * dist.world_size + dist.rank
     torch.manual_seed(rank_seed)  # the model's label dropout draws from the global RNG
     noise = torch.Generator(dist.device).manual_seed(rank_seed)
+    # Rank 0 keeps the post-hoc EMAs; they only read the weights, so the run trains the same with or without them.
+    posthoc = PowerFunctionEMA(dict(model.named_parameters()), cfg.ema_sigma_rels) if (
+        cfg.ema_snapshots_every and dist.is_main) else None
     step, log_window = 0, None
     if latest is not None:  # restored before config.json changes: a resume that cannot load rewrites nothing
-        step, log_window = _restore(latest, model, ema, opt, scaler, noise, cfg, dist)
+        step, log_window = _restore(latest, model, ema, opt, scaler, noise, cfg, dist, posthoc)
     distributed.barrier()  # every rank has checked the folder (and loaded its checkpoint) before rank 0 writes
     if dist.is_main:
         runs.write_config(run, cfg.to_dict())
@@ -269,6 +277,7 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
         evaluation,
         loggers,
         log_window,
+        posthoc,
     )
 
 
@@ -292,7 +301,7 @@ def open_encoders(cfg: TrainConfig, dataset, device: torch.device) -> list:
 
 
 def _restore(
-    latest: Path, model, ema, opt, scaler, noise: torch.Generator, cfg: TrainConfig, dist
+    latest: Path, model, ema, opt, scaler, noise: torch.Generator, cfg: TrainConfig, dist, posthoc=None
 ) -> tuple[int, dict | None]:
     """Load weights, optimiser and RNG state from a checkpoint folder; returns its step and log window."""
     state = runs.load_checkpoint(latest, dist.device)
@@ -311,4 +320,9 @@ def _restore(
     if scaler is not None and state["optimizer"].get("scaler"):
         scaler.load_state_dict(state["optimizer"]["scaler"])
     restore_rng_state(state["rng"], noise, dist)
+    if posthoc is not None:
+        if "posthoc_ema" not in state["optimizer"]:
+            raise InputError(f"--resume {cfg.out}: checkpoint {latest} holds no post-hoc EMA state, though config.json "
+                             "asks for snapshots; the run folder was changed by hand or comes from another version")
+        posthoc.load_state_dict(state["optimizer"]["posthoc_ema"])
     return state["state"]["step"], state["state"].get("log_window")

@@ -386,7 +386,9 @@ class SampleConfig:
         if self.sampler == "ode" and ODE_METHODS[self.method].kind == "searched" and (
             self.time_shift != 1.0 or self.spacing is not None
         ):
-            raise InputError("--method searched steps on the times in its --solver file: drop --time-shift and --spacing")
+            raise InputError(
+                "--method searched steps on the times in its --solver file: drop --time-shift and --spacing"
+            )
         if (
             self.sampler == "ode"
             and ODE_METHODS[self.method].kind == "adaptive"

@@ -1,7 +1,8 @@
 """The `sit` command line: parse flags, build one config, make one library call, print the result.
 
-One module per group of commands (``train``, ``sample``, ``evaluate``, ``convert``, ``solvers``); ``choices`` holds the choice
-types built from the library's registries, ``errors`` how a failure is reported (one line, exit 2 or 1).
+One module per group of commands (``train``, ``sample``, ``evaluate``, ``convert``, ``solvers``); ``choices``
+holds the choice types built from the library's registries, ``errors`` how a failure is reported (one line, exit 2
+or 1).
 """
 
 from __future__ import annotations

@@ -49,9 +49,10 @@ def integration_times(
     """The increasing times ``method`` runs on from t0 to t1.
 
     Fixed-step methods: the steps + 1 points of ``spacing`` (None: the method's own for this
-    interpolant, ``ODEMethod.grid_spacing``), shifted by ``time_shift``, snapped onto ``discrete_grid`` (the training times of discrete time)
-    when one is given (``time_grids.time_grid``). Adaptive methods: (t0, t1); they choose their own
-    steps, so they are refused in discrete time and with a spacing or a time shift.
+    interpolant, ``ODEMethod.grid_spacing``), shifted by ``time_shift``, snapped onto ``discrete_grid``
+    (the training times of discrete time) when one is given (``time_grids.time_grid``). Adaptive methods:
+    (t0, t1); they choose their own steps, so they are refused in discrete time and with a spacing or a
+    time shift.
     """
     method = ode_method(method) if isinstance(method, str) else method
     if method.kind == "adaptive":

@@ -60,9 +60,10 @@ def ode_time_grid(
     solver: SearchedSolver | None = None,
 ) -> torch.Tensor:
     """The increasing times an ODE ``method`` steps on from noise to data (``integrate.integration_times``): the
-    ``steps`` + 1 points of ``spacing`` (None: the method's own; ``solver.times`` for "searched"), shifted by ``time_shift`` and snapped to the
-    discrete grid in discrete time; (t0, t1) for adaptive methods, which refuse a spacing or a shift. Built before
-    any sampling, so that every refusal of these settings comes before work is done."""
+    ``steps`` + 1 points of ``spacing`` (None: the method's own), shifted by ``time_shift`` and snapped to the
+    discrete grid in discrete time; a searched ``solver``'s own times for "searched"; (t0, t1) for adaptive
+    methods, which refuse a spacing or a shift. Built before any sampling, so that every refusal of these settings
+    comes before work is done."""
     if ode_method(method).kind == "searched":
         return searched_time_grid(transport, solver, device, dtype)
     t0, t1 = transport.sample_interval()

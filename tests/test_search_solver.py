@@ -238,3 +238,12 @@ def test_a_discrete_time_model_gets_a_solver_on_its_training_times(tmp_path, one
     sample(SampleConfig(ckpt=str(run), method="searched", solver=str(result.out), num=2, out=str(tmp_path / "s")),
            progress=False)
     assert len(pngs(tmp_path / "s")) == 2
+
+
+def test_training_evaluation_refuses_the_searched_method():
+    from sitcli.config import TrainConfig
+    from sitcli.training.presets import apply_presets
+
+    with pytest.raises(InputError, match="--eval-method searched needs a solver searched for fixed weights"):
+        apply_presets(TrainConfig(data="digits", eval_method="searched")).check()
+    apply_presets(TrainConfig(data="digits", eval_method="dpm++2m")).check()  # the exponential ones are welcome

@@ -158,6 +158,9 @@ class TrainConfig:
             raise InputError(
                 f"--eval-method {self.eval_method!r} is not an ODE method; choose one of {', '.join(ODE_METHODS)}"
             )
+        if ODE_METHODS[self.eval_method].kind == "searched":
+            raise InputError("--eval-method searched needs a solver searched for fixed weights, and training changes "
+                             "them: pick another method (dpm++2m, unipc, adams)")
         if self.eval_labels not in LABEL_SAMPLINGS:
             raise InputError(f"unknown --eval-labels {self.eval_labels!r}; choose one of {', '.join(LABEL_SAMPLINGS)}")
         self._check_snapshots()
@@ -325,6 +328,7 @@ class SampleConfig:
     spacing: str | None = None  # the time grid (transport.time_grids.SPACINGS); None: the method's own
     time_shift: float = 1.0  # SD3's shift s of the time grid (1 = none)
     edm_rho: float = 7.0  # rho of the edm spacing
+    solver: str | None = None  # --method searched: the solver file from `sit search-solver`
     num: int = 64
     batch_size: int = 64
     seed: int = 0
@@ -409,14 +413,20 @@ class SampleConfig:
         if self.sampler not in SAMPLERS:
             raise InputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         self.method = self.method or {"ode": "adams", "sde": "euler", "meanflow": "jump"}[self.sampler]
-        # None, not 0, is "unset": --steps 0 is refused by its domain instead of becoming the default.
-        if self.steps is None:
-            self.steps = {"ode": 50, "sde": 250, "meanflow": 1}[self.sampler]
         methods = list({"ode": ODE_METHODS, "sde": SDE_METHODS, "meanflow": MEANFLOW_METHODS}[self.sampler])
         if self.method not in methods:
             raise InputError(
                 f"unknown {self.sampler.upper()} method {self.method!r}; choose one of {', '.join(methods)}"
             )
+        searched = self.sampler == "ode" and ODE_METHODS[self.method].kind == "searched"
+        if searched and self.solver is None:
+            raise InputError("--method searched needs --solver FILE, a solver made for the model by sit search-solver")
+        if self.solver is not None and not searched:
+            raise InputError("--solver is read by --sampler ode --method searched only: drop it, or pass that method")
+        # None, not 0, is "unset": --steps 0 is refused by its domain instead of becoming the default. A searched
+        # solver's steps come from its file (``sample.prepare`` refuses --steps that differ).
+        if self.steps is None and not searched:
+            self.steps = {"ode": 50, "sde": 250, "meanflow": 1}[self.sampler]
         if self.sampler == "sde":
             self.w = check_diffusion_coefficient(self.w)
             if self.last_step not in LAST_STEPS:
@@ -437,6 +447,12 @@ class SampleConfig:
             raise InputError(f"unknown --spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
         if self.edm_rho != 7.0 and self.spacing != "edm":
             raise InputError(f"--edm-rho {self.edm_rho}: pass it together with --spacing edm")
+        if self.sampler == "ode" and ODE_METHODS[self.method].kind == "searched" and (
+            self.time_shift != 1.0 or self.spacing is not None
+        ):
+            raise InputError(
+                "--method searched steps on the times in its --solver file: drop --time-shift and --spacing"
+            )
         if (
             self.sampler == "ode"
             and ODE_METHODS[self.method].kind == "adaptive"

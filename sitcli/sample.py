@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,9 +31,11 @@ from sitcli.locks import LOCK
 from sitcli.runtime import autocast_model, check_device_precision
 from sitcli.session import Session, session
 from sitcli.seeds import check_balanced, index_generator, labels_and_noise
+from sitcli.solver_file import file_sha256, read_solver
 from sitcli.transport import sample_meanflow, sample_ode, sample_sde
 from sitcli.transport.meanflow import meanflow_time_grid
 from sitcli.transport.samplers import ode_time_grid, sde_time_grid
+from sitcli.transport.searched import SearchedSolver, check_solver, model_fingerprint
 from sitcli.transport.time_conventions import interval_in_time
 
 SETTINGS_FILE = "sample.json"
@@ -80,6 +83,7 @@ class SampleJob:
     names: list[Path]  # the PNG of every index
     mine: list[int]  # the missing indices this rank draws
     time_grid: torch.Tensor  # the times the sampler steps on (checked before the folder is touched)
+    solver: SearchedSolver | None = None  # --method searched: the solver read from --solver
 
 
 def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
@@ -100,25 +104,11 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     if cfg.compile:
         model = torch.compile(model)
     vae = open_vae(tcfg.latent_scale, cfg.vae or tcfg.vae, dist.device)
-    if tcfg.num_classes == 0 and (cfg.cfg_scale != 1.0 or cfg.class_labels):
-        raise InputError("the model is unconditional: drop --cfg-scale and --class-labels")
     if cfg.labels == "balanced":
         check_balanced(cfg.num, max(tcfg.num_classes, 1))
-    fn = autocast_model(model, cfg.precision, dist.device)
-    guide = None
-    if cfg.cfg_scale != 1.0 or cfg.guidance_model is not None:
-        interval = interval_in_time(loaded.transport.interpolant, *cfg.cfg_interval, cfg.cfg_interval_in)
-    if cfg.cfg_scale != 1.0:
-        channels = cfg.cfg_channels if cfg.cfg_channels == "all" else int(cfg.cfg_channels)
-        fn = ClassifierFreeGuidance(
-            fn, cfg.cfg_scale, null_class=tcfg.num_classes, channels=channels, interval=interval
-        )
-    if cfg.guidance_model is not None:
-        guide = _load_guide(cfg, loaded)
-        weak = autocast_model(guide.model.to(dist.device), cfg.precision, dist.device)
-        fn = AutoGuidance(fn, weak, cfg.guidance_scale, interval=interval)
-
-    grid = time_grid(cfg, loaded.transport)
+    fn, guide = guided_model(cfg, loaded, model, dist.device)
+    solver = searched_solver(cfg, loaded, guide) if cfg.sampler == "ode" and cfg.method == "searched" else None
+    grid = time_grid(cfg, loaded.transport, solver)
     out = Path(cfg.out or _default_out(cfg.ckpt))
     atomic.check_can_create(out, "--out")
     if cfg.grid:  # written last, after all the sampling: refuse a --grid under a file, or a folder, now
@@ -129,6 +119,8 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     settings["ckpt"] = str(loaded.weights.resolve())  # images from another checkpoint must not share the folder
     if guide is not None:
         settings["guidance_model"] = str(guide.weights.resolve())
+    if solver is not None:  # another solver file must not add to the folder either
+        settings.update(solver=str(Path(cfg.solver).resolve()), solver_sha256=file_sha256(cfg.solver))
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; pass a folder")
     session.hold(out, "sit sample")
@@ -151,7 +143,58 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
             out / "labels.csv", "index,label\n" + "".join(f"{i},{int(v)}\n" for i, v in enumerate(all_labels))
         )
     distributed.barrier()
-    return SampleJob(cfg, dist, loaded, fn, vae, out, names, todo[dist.rank :: dist.world_size], grid)
+    return SampleJob(cfg, dist, loaded, fn, vae, out, names, todo[dist.rank :: dist.world_size], grid, solver)
+
+
+def guided_model(cfg: SampleConfig, loaded: Loaded, model: torch.nn.Module, device) -> tuple[Callable, Loaded | None]:
+    """``model`` (``loaded``'s network, on ``device``) as sampling calls it: under autocast, with classifier-free
+    guidance or autoguidance as ``cfg`` asks. Returns it and the guide (autoguidance's weak model) or None."""
+    tcfg = loaded.config
+    if tcfg.num_classes == 0 and (cfg.cfg_scale != 1.0 or cfg.class_labels):
+        raise InputError("the model is unconditional: drop --cfg-scale and --class-labels")
+    fn = autocast_model(model, cfg.precision, device)
+    guide = None
+    if cfg.cfg_scale != 1.0 or cfg.guidance_model is not None:
+        interval = interval_in_time(loaded.transport.interpolant, *cfg.cfg_interval, cfg.cfg_interval_in)
+    if cfg.cfg_scale != 1.0:
+        channels = cfg.cfg_channels if cfg.cfg_channels == "all" else int(cfg.cfg_channels)
+        fn = ClassifierFreeGuidance(
+            fn, cfg.cfg_scale, null_class=tcfg.num_classes, channels=channels, interval=interval
+        )
+    if cfg.guidance_model is not None:
+        guide = _load_guide(cfg, loaded)
+        weak = autocast_model(guide.model.to(device), cfg.precision, device)
+        fn = AutoGuidance(fn, weak, cfg.guidance_scale, interval=interval)
+    return fn, guide
+
+
+def guidance_record(cfg: SampleConfig, loaded: Loaded, guide: Loaded | None) -> dict:
+    """The guidance ``guided_model`` applies, as a searched solver records it (the interval in sit's time, the
+    guide by its weights' fingerprint): a solver fitted to one guided field is refused for another."""
+    guided = cfg.cfg_scale != 1.0 or guide is not None
+    interval = interval_in_time(loaded.transport.interpolant, *cfg.cfg_interval, cfg.cfg_interval_in) if guided \
+        else (0.0, 1.0)
+    return {"cfg_scale": cfg.cfg_scale, "cfg_channels": cfg.cfg_channels if cfg.cfg_scale != 1.0 else "all",
+            "interval": [float(v) for v in interval], "guidance_scale": cfg.guidance_scale,
+            "guidance_model": None if guide is None else model_fingerprint(guide.model.state_dict())}
+
+
+def searched_solver(cfg: SampleConfig, loaded: Loaded, guide: Loaded | None) -> SearchedSolver:
+    """The solver of ``--solver``, refused unless it was searched for these weights (their fingerprint),
+    interpolant, interval and guidance, and for --steps when given."""
+    solver = read_solver(cfg.solver)
+    check_solver(solver, model_fingerprint(loaded.model.state_dict()), loaded.transport.interpolant.name,
+                 *loaded.transport.sample_interval())
+    if cfg.steps is not None and cfg.steps != solver.nfe:
+        raise InputError(f"--solver {cfg.solver} takes {solver.nfe} steps, not --steps {cfg.steps}: drop --steps, or "
+                         f"search a solver with --nfe {cfg.steps}")
+    wanted, fitted = guidance_record(cfg, loaded, guide), solver.metadata.get("guidance")
+    if fitted != wanted:
+        changed = sorted(k for k in wanted if (fitted or {}).get(k) != wanted[k])
+        raise InputError(f"--solver {cfg.solver} was searched under other guidance ({', '.join(changed)} differ): "
+                         "sample with its settings, or search one with these")
+    cfg.steps = solver.nfe
+    return solver
 
 
 def is_finished(path: Path, side: int | None, mode: str) -> bool:
@@ -203,6 +246,7 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
                     rtol=cfg.rtol,
                     model_kwargs=kwargs,
                     time_grid=job.time_grid,
+                    solver=job.solver,
                 )
             else:
                 gens = [index_generator(cfg.seed, i, dist.device, stream=1) for i in idx]
@@ -252,14 +296,15 @@ def write_extras(job: SampleJob, result: SampleResult) -> None:
         atomic.save_image(result.grid, make_grid(images[:100]))
 
 
-def time_grid(cfg: SampleConfig, transport) -> torch.Tensor:
+def time_grid(cfg: SampleConfig, transport, solver: SearchedSolver | None = None) -> torch.Tensor:
     """The times the sampler of ``cfg`` steps on (float64, CPU), built before anything is drawn or written, so
     that every refusal of the grid's settings (steps, spacing, shift, last step) comes first."""
     if cfg.sampler == "meanflow":
         return meanflow_time_grid(cfg.steps, transport.sample_interval())
     if cfg.sampler == "ode":
         return ode_time_grid(
-            transport, cfg.method, cfg.steps, cfg.spacing, cfg.time_shift, cfg.edm_rho, dtype=torch.float64
+            transport, cfg.method, cfg.steps, cfg.spacing, cfg.time_shift, cfg.edm_rho, dtype=torch.float64,
+            solver=solver,
         )
     return sde_time_grid(
         transport,

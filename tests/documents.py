@@ -19,7 +19,7 @@ from helpers import random_inception_state, random_sit, tiny_vae
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "examples").glob("*.md"))]
-COMMANDS = ("train", "sample", "nll", "fid", "convert", "cache-latents", "methods", "ema", "recipes")
+COMMANDS = ("train", "sample", "nll", "fid", "convert", "cache-latents", "methods", "ema", "recipes", "search-solver")
 # Commands shown but not run here, by their first words, and why.
 NOT_RUN = {
     "torchrun --nnodes=4": "four nodes of 8 GPUs (run on 2 CPU ranks in tests/test_torchrun_commands.py)",
@@ -77,7 +77,7 @@ def shrunk(command: str, world: Path) -> list[str]:
         words = words[1:]
     job, args = words[0], words[1:]
     small = {"--num": 2 if job == "nll" else 10, "--batch-size": 8, "--steps": 5, "--image-size": 16,
-             "--ema-snapshots-every": 1}
+             "--ema-snapshots-every": 1, "--samples": 8, "--iterations": 3}
     small["--num-samples"] = small["--num"]
     out = []
     for i, word in enumerate(args):
@@ -101,8 +101,11 @@ def shrunk(command: str, world: Path) -> list[str]:
         if "--resume" not in out:
             defaults["--num-workers"] = "0"
         out += [x for flag, value in defaults.items() if flag not in out for x in (flag, value)]
-    if job == "sample" and "--steps" not in out:
+    if job == "sample" and "--steps" not in out and "searched" not in out:  # a searched solver brings its steps
         out += ["--steps", "10"]
+    if job == "search-solver":
+        out += [x for flag, value in {"--samples": "8", "--iterations": "3"}.items() if flag not in out
+                for x in (flag, value)]
     if job == "cache-latents" and "--num-workers" not in out:
         out += ["--num-workers", "0"]
     return [job, *out]

@@ -52,3 +52,29 @@ def test_tiny_run_prints_every_table_on_the_cpu(gpu, monkeypatch, capsys, one_th
     assert sampling and int(sampling.group(2)) == 3  # NFE: one per SDE step, the guided pair counted once
     for label in ("plain (true fp32)", "--fast", "--fast --tf32"):
         assert re.search(rf"^\| {re.escape(label)} \| [\d.e+-]+ \|$", out, re.M), out
+
+
+@pytest.mark.slow
+def test_few_step_solvers_benchmark_prints_its_tables(tiny_run, tmp_path, monkeypatch, capsys, one_thread):
+    """examples/benchmarks/few_step_solvers.py end to end on the tiny run (a copy: it writes its solvers beside it):
+    every method at each NFE, the searched solvers made by the job and reused on a second call."""
+    import shutil
+
+    script = Path(__file__).parent.parent / "examples" / "benchmarks" / "few_step_solvers.py"
+    spec = importlib.util.spec_from_file_location("few_step_solvers", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    argv = ["few_step_solvers.py", "--runs", str(run), "--seeds", "2", "--num", "6", "--batch-size", "4",
+            "--budgets", "4", "10", "--search-samples", "6", "--search-iterations", "2", "--search-batch-size", "3"]
+    monkeypatch.setattr(sys, "argv", argv)
+    module.main()
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in run.glob("solver-*")) == [f"solver-nfe{n}-seed{s}.safetensors" for n in (10, 4)
+                                                          for s in (0, 1)]
+    for method in module.METHODS:
+        assert re.search(rf"^\| {re.escape(method)} \| \S+ ± \S+ \| \S+ ± \S+ \|$", out, re.M), (method, out)
+    assert "2 (run, seed) pairs" in out and "dopri5 default" in out
+    module.main()  # the solvers are reused: no search is printed
+    assert "searched solver-" not in capsys.readouterr().out

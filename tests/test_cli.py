@@ -56,7 +56,8 @@ def test_each_option_has_one_line_of_help():
         for param in command.params:
             text = getattr(param, "help", None) or ""
             assert "\n" not in text and len(text) <= 100, f"sit {name} {param.opts}: {text!r}"
-    assert set(group.commands) >= {"train", "sample", "nll", "fid", "convert", "cache-latents", "methods"}
+    assert set(group.commands) >= {"train", "sample", "nll", "fid", "convert", "cache-latents", "methods",
+                                   "search-solver"}
 
 
 def test_version_prints_the_installed_version():

@@ -12,12 +12,14 @@ import torch
 
 from sitcli.cli import convert as convert_cli, ema as ema_cli, evaluate as evaluate_cli, sample as sample_cli, \
     train as train_cli
+from sitcli.cli import solvers as solvers_cli
 from sitcli.config import SAMPLE_DOMAINS, SAMPLE_FLAGS, TRAIN_DOMAINS, SampleConfig, TrainConfig
 from sitcli.convert import ConvertConfig
 from sitcli.ema import EMA_DOMAINS, EmaConfig
 from sitcli.evaluate.suite import FID_DOMAINS, FidConfig
 from sitcli.data.latent_cache import CACHE_DOMAINS, CacheConfig
 from sitcli.nll import NLL_DOMAINS, NllConfig
+from sitcli.search_solver import SEARCH_DOMAINS, SearchConfig
 from sitcli.domains import COUNT, Domain
 from sitcli.errors import InputError
 from sitcli.training.presets import apply_presets
@@ -60,6 +62,7 @@ COMMANDS = {
     "convert": (convert_cli.convert, ConvertConfig, {"num_heads": COUNT}),
     "cache-latents": (convert_cli.cache_latents, CacheConfig, CACHE_DOMAINS),
     "ema": (ema_cli.ema, EmaConfig, EMA_DOMAINS),
+    "search-solver": (solvers_cli.search_solver, SearchConfig, SEARCH_DOMAINS),
 }
 
 
@@ -92,12 +95,13 @@ REQUIRED = {
     "fid": dict(a="a", b="b"),
     "convert": dict(src="a.pt", dst="b.pt"),
     "cache-latents": dict(data="data", vae="vae", out="out"),
+    "search-solver": dict(ckpt="run", nfe=5),
 }
 
 
 def _job(command: str):
     config = COMMANDS[command][1]
-    return lambda name, value: config(**REQUIRED[command], **{name: value})
+    return lambda name, value: config(**{**REQUIRED[command], name: (value, 1.0) if name == "cfg_interval" else value})
 
 
 # (command, the call that must refuse, its domains, how its flags are spelt): every numeric setting of every command.
@@ -105,7 +109,8 @@ TABLE = [
     ("train", _train, TRAIN_DOMAINS, {}),
     ("sample", _sample, SAMPLE_DOMAINS, SAMPLE_FLAGS),
     ("nll", _job("nll"), NLL_DOMAINS, {"num": "--num-samples"}),
-    *((command, _job(command), COMMANDS[command][2], {}) for command in ("fid", "convert", "cache-latents")),
+    *((command, _job(command), COMMANDS[command][2], {}) for command in ("fid", "convert", "cache-latents",
+                                                                          "search-solver")),
     ("ema", lambda name, value: EmaConfig(**{"run": "run", "sigma_rel": 0.05, "out": "out", name: value}), EMA_DOMAINS,
      {}),
 ]

@@ -1,14 +1,15 @@
 """The `sit` command line: parse flags, build one config, make one library call, print the result.
 
-One module per group of commands (``train``, ``sample``, ``evaluate``, ``convert``, ``ema``); ``choices`` holds the
-choice types built from the library's registries, ``errors`` how a failure is reported (one line, exit 2 or 1).
+One module per group of commands (``train``, ``sample``, ``evaluate``, ``convert``, ``ema``, ``solvers``);
+``choices`` holds the choice types built from the library's registries, ``errors`` how a failure is reported (one
+line, exit 2 or 1).
 """
 
 from __future__ import annotations
 
 import typer
 
-from sitcli.cli import convert, ema, evaluate, sample, train
+from sitcli.cli import convert, ema, evaluate, sample, solvers, train
 from sitcli.cli.errors import user_errors
 
 app = typer.Typer(
@@ -36,7 +37,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 for name, command in (("train", train.train), ("sample", sample.sample), ("nll", evaluate.nll),
                       ("cache-latents", convert.cache_latents), ("fid", evaluate.fid), ("convert", convert.convert),
-                      ("ema", ema.ema)):
+                      ("ema", ema.ema), ("search-solver", solvers.search_solver)):
     app.command(name)(user_errors(command))
 app.command("methods")(sample.methods)
 app.command("recipes")(sample.recipes)

@@ -99,6 +99,9 @@ def sample(
         help="SD3's shift S of the time grid; S > 1: more steps near noise.",
     ),
     edm_rho: float = typer.Option(7.0, "--edm-rho", rich_help_panel=SAMPLER, help="rho of --spacing edm (7)."),
+    solver: str | None = typer.Option(
+        None, "--solver", rich_help_panel=SAMPLER, help="--method searched: the file from `sit search-solver`."
+    ),
     cfg_scale: float = typer.Option(
         1.0, "--cfg-scale", rich_help_panel=GUIDANCE, help="Classifier-free guidance scale (1: none)."
     ),
@@ -185,6 +188,8 @@ def sample(
     r = sigma_t / alpha_t of the model's interpolant, sigma is EDM's sigma = r and logsnr is -2 log r.
     --time-shift S maps SD3's t' = S t / (1 + (S - 1) t) (t = 1 noise) onto sit's time; adaptive ODE methods
     choose their own steps and refuse it.
+    dpm++2m, dpm++3m and unipc step in the log-SNR on a uniform grid (logsnr on VP); --method searched runs a
+    solver searched for these weights by `sit search-solver` (--solver FILE; its steps and times are in the file).
     """
     flags = plain({k: v for k, v in locals().items() if k not in ("device", "ctx", "recipe")})  # first: the flags
     from sitcli.config import SampleConfig

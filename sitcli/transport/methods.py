@@ -2,9 +2,19 @@
 
 Each ODE method has a kind, which decides how ``integrate`` runs it:
 
-    fixed       a torchdiffeq Runge-Kutta solver stepping on a given time grid (``steps`` steps)
-    multistep   one of sit's own solvers, a callable (velocity, x0, grid) -> x, on a given grid
-    adaptive    a torchdiffeq solver choosing its own steps from ``atol`` / ``rtol``
+    fixed        a torchdiffeq Runge-Kutta solver stepping on a given time grid (``steps`` steps)
+    multistep    one of sit's own solvers, a callable (velocity, x0, grid) -> x, on a given grid
+    exponential  an exponential integrator in the log-SNR (``multistep``: DPM-Solver++, UniPC), a callable
+                 (velocity, x0, grid, interpolant) -> (x, nfe), on a given grid
+    searched     a solver searched for one model (``searched``): its times and coefficients come from a file
+                 (``sample_ode(solver=...)``), not from ``steps`` and a spacing
+    adaptive     a torchdiffeq solver choosing its own steps from ``atol`` / ``rtol``
+
+The grid a fixed-step method runs on is its ``spacing`` unless the interpolant has its own in ``spacings``
+(``grid_spacing``). The exponential integrators step on the uniform grid for linear and GVP and on the logsnr
+grid for VP and DiT's DDPM schedule: on linear and GVP the uniform grid was the more accurate of the two at 5-20
+NFE (``examples/multistep_nfe.py``), while on VP the uniform grid's steps are nearly all spent where the
+log-SNR hardly moves, and DPM-Solver++(3M) diverges on it from 15 steps on.
 
 The CLI builds its choices and help from these tables. A new ODE method is one more entry in
 ``ODE_METHODS`` (plus its solver function when it is a new algorithm); the order of the entries
@@ -13,12 +23,13 @@ is the order users see.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterable
 
 from sitcli.errors import InputError
 from sitcli.transport.adams import adams_bashforth
+from sitcli.transport.multistep import dpm_solver_pp, unipc
 
 
 @dataclass(frozen=True)
@@ -27,14 +38,15 @@ class ODEMethod:
 
     Attributes:
         name: the name users pass (``--method``).
-        kind: "fixed", "multistep" or "adaptive".
+        kind: one of ``ODE_KINDS`` (module docstring).
         nfe_per_step: model evaluations per step; None for adaptive methods.
-        spacing: the ``time_grids.SPACINGS`` name of the grid a fixed/multistep method steps on;
-            None for adaptive methods.
+        spacing: the ``time_grids.SPACINGS`` name of the grid a fixed-step method steps on;
+            None for adaptive and searched methods.
         summary: a short phrase for help texts.
-        order: the order of accuracy.
-        solver: the torchdiffeq method name (fixed, adaptive) or a callable
-            ``(velocity, x0, grid) -> x`` (multistep).
+        order: the order of accuracy; None for a searched solver, whose coefficients are fitted.
+        solver: the torchdiffeq method name (fixed, adaptive), a callable ``(velocity, x0, grid) -> x``
+            (multistep) or ``(velocity, x0, grid, interpolant) -> (x, nfe)`` (exponential); None (searched).
+        spacings: the spacing by interpolant name, where it differs from ``spacing``.
     """
 
     name: str
@@ -42,8 +54,13 @@ class ODEMethod:
     nfe_per_step: int | None
     spacing: str | None
     summary: str
-    order: int
-    solver: str | Callable
+    order: int | None
+    solver: str | Callable | None
+    spacings: dict[str, str] = field(default_factory=dict)
+
+    def grid_spacing(self, interpolant: str | None = None) -> str | None:
+        """The spacing this method steps on for the interpolant called ``interpolant`` (None: its own)."""
+        return self.spacings.get(interpolant, self.spacing)
 
 
 @dataclass(frozen=True)
@@ -55,7 +72,7 @@ class SDEMethod:
     summary: str
 
 
-ODE_KINDS = ("fixed", "multistep", "adaptive")
+ODE_KINDS = ("fixed", "multistep", "exponential", "searched", "adaptive")
 
 
 def _fixed(name: str, solver: str, nfe: int, order: int, summary: str) -> ODEMethod:
@@ -66,7 +83,14 @@ def _adaptive(name: str, order: int, summary: str) -> ODEMethod:
     return ODEMethod(name, "adaptive", None, None, f"{summary}, adaptive", order, name)
 
 
+def _exponential(name: str, order: int, solver: Callable, summary: str) -> ODEMethod:
+    return ODEMethod(name, "exponential", 1, "uniform", f"{summary}, uniform grid (VP: logsnr)",
+                     order, solver, dict(_LOGSNR_GRID))
+
+
 _ADAMS_ORDER = 4
+# The exponential integrators' grid where it is not uniform (module docstring).
+_LOGSNR_GRID = {"vp": "logsnr", "ddpm": "logsnr"}
 
 ODE_METHODS: dict[str, ODEMethod] = {
     m.name: m
@@ -79,6 +103,11 @@ ODE_METHODS: dict[str, ODEMethod] = {
             "adams", "multistep", 1, "cosine", "4th-order Adams-Bashforth, one NFE per step, cosine grid",
             _ADAMS_ORDER, partial(adams_bashforth, order=_ADAMS_ORDER),
         ),
+        _exponential("dpm++2m", 2, partial(dpm_solver_pp, order=2), "2nd-order DPM-Solver++(2M) in log-SNR"),
+        _exponential("dpm++3m", 3, partial(dpm_solver_pp, order=3), "3rd-order DPM-Solver++(3M) in log-SNR"),
+        _exponential("unipc", 3, partial(unipc, order=2, variant="bh2"), "3rd-order UniPC (bh2, UniP-2 + UniC)"),
+        ODEMethod("searched", "searched", 1, None, "a solver searched for one model (--solver FILE), its own grid",
+                  None, None),
         _adaptive("dopri5", 5, "5th-order Dormand-Prince"),
         _adaptive("dopri8", 8, "8th-order Dormand-Prince"),
         _adaptive("bosh3", 3, "3rd-order Bogacki-Shampine"),
@@ -101,8 +130,9 @@ MEANFLOW_METHODS: dict[str, SDEMethod] = {
 
 LAST_STEPS: tuple[str, ...] = ("mean", "tweedie", "euler", "none")
 
-# sit's multistep solvers step a single tensor, not the likelihood's (x, divergence integral) pair.
-LIKELIHOOD_METHODS: tuple[str, ...] = tuple(n for n, m in ODE_METHODS.items() if m.kind != "multistep")
+# sit's own solvers step a single tensor forwards in time, not the likelihood's (x, divergence integral) pair
+# backwards: the likelihood runs torchdiffeq's.
+LIKELIHOOD_METHODS: tuple[str, ...] = tuple(n for n, m in ODE_METHODS.items() if m.kind in ("fixed", "adaptive"))
 
 
 def ode_method(name: str, choices: Iterable[str] | None = None) -> ODEMethod:

@@ -20,6 +20,8 @@ from sitcli.errors import InputError
 from sitcli.transport.diffusion import check_diffusion_coefficient, diffusion_coefficient
 from sitcli.transport.integrate import integrate, integration_times
 from sitcli.transport.methods import LAST_STEPS, ode_method, sde_method
+from sitcli.transport.searched import SearchedSolver, searched_sample
+from sitcli.transport.time_grids import snap_to_grid
 from sitcli.transport.transport import Transport
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -55,11 +57,15 @@ def ode_time_grid(
     edm_rho: float = 7.0,
     device=None,
     dtype=torch.float32,
+    solver: SearchedSolver | None = None,
 ) -> torch.Tensor:
     """The increasing times an ODE ``method`` steps on from noise to data (``integrate.integration_times``): the
     ``steps`` + 1 points of ``spacing`` (None: the method's own), shifted by ``time_shift`` and snapped to the
-    discrete grid in discrete time; (t0, t1) for adaptive methods, which refuse a spacing or a shift. Built before
-    any sampling, so that every refusal of these settings comes before work is done."""
+    discrete grid in discrete time; a searched ``solver``'s own times for "searched"; (t0, t1) for adaptive
+    methods, which refuse a spacing or a shift. Built before any sampling, so that every refusal of these settings
+    comes before work is done."""
+    if ode_method(method).kind == "searched":
+        return searched_time_grid(transport, solver, device, dtype)
     t0, t1 = transport.sample_interval()
     return integration_times(
         ode_method(method),
@@ -76,6 +82,20 @@ def ode_time_grid(
     )
 
 
+def searched_time_grid(transport: Transport, solver: SearchedSolver | None, device=None,
+                       dtype=torch.float32) -> torch.Tensor:
+    """A searched solver's times; in discrete time they must be training times (``sit search-solver`` searches
+    such a model's solver on its snapped grid, with the times fixed)."""
+    if solver is None:
+        raise InputError("--method searched needs --solver FILE, a solver made for this model by sit search-solver")
+    times = solver.times.to(torch.float64)
+    discrete = transport.timestep_grid(dtype=torch.float64)
+    if discrete is not None and not torch.allclose(snap_to_grid(times, discrete), times, rtol=0, atol=1e-12):
+        raise InputError("this searched solver steps between the model's training times (discrete time): search "
+                         "one for this model with sit search-solver, which keeps to them")
+    return times.to(device=device, dtype=dtype)
+
+
 def sample_ode(
     transport: Transport,
     model: Callable,
@@ -89,15 +109,19 @@ def sample_ode(
     time_shift: float = 1.0,
     edm_rho: float = 7.0,
     time_grid: torch.Tensor | None = None,
+    solver: SearchedSolver | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Integrate the probability-flow ODE from noise x0 at t0 to data at t1.
 
     Args:
         method: a name in ``methods.ODE_METHODS``: fixed grid "euler" | "heun" | "midpoint" | "rk4"
             (``steps`` steps, so nfe is steps x 1, 2, 2, 4); multistep "adams" (4th-order Adams-Bashforth on a
-            cosine grid, nfe = steps); or adaptive "dopri5" | "dopri8" | "bosh3" | "tsit5" (``atol``, ``rtol``).
+            cosine grid, nfe = steps); exponential "dpm++2m" | "dpm++3m" | "unipc" (in the log-SNR, uniform grid,
+            logsnr on VP; nfe = steps); "searched" with ``solver`` (its own steps); or adaptive "dopri5" |
+            "dopri8" | "bosh3" | "tsit5" (``atol``, ``rtol``).
         time_grid: the times to step on (``ode_time_grid``); None builds it from ``steps``, ``spacing``,
-            ``time_shift`` and ``edm_rho``.
+            ``time_shift`` and ``edm_rho`` (from ``solver`` for "searched": its times are the grid).
+        solver: the ``searched.SearchedSolver`` of method "searched" (``sitcli.solver_file.read_solver``).
     Returns:
         (samples, nfe).
     """
@@ -108,11 +132,16 @@ def sample_ode(
         return transport.velocity(output, x, t_batch)
 
     if time_grid is None:
-        time_grid = ode_time_grid(transport, method, steps, spacing, time_shift, edm_rho, x0.device, x0.dtype)
+        time_grid = ode_time_grid(transport, method, steps, spacing, time_shift, edm_rho, x0.device, x0.dtype,
+                                  solver=solver)
     with _grad_mode(x0):
-        x = integrate(
-            velocity, x0, ode_method(method), time_grid.to(device=x0.device, dtype=x0.dtype), atol=atol, rtol=rtol
-        )
+        if ode_method(method).kind == "searched":
+            if solver is None or len(time_grid) != solver.nfe + 1:
+                raise ValueError("method 'searched' runs on its solver's times: pass solver= and its time grid")
+            x, _ = searched_sample(velocity, x0, solver)
+        else:
+            x = integrate(velocity, x0, ode_method(method), time_grid.to(device=x0.device, dtype=x0.dtype), atol=atol,
+                          rtol=rtol, interpolant=transport.interpolant)
     return x, counter.nfe
 
 

@@ -124,8 +124,8 @@ def model_fingerprint(state_dict: Mapping[str, torch.Tensor], values: int = 8) -
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name].detach()
-        flat = tensor.reshape(-1).to("cpu", F64)
-        sample = torch.cat([flat[:values], flat[-values:]]) if flat.numel() > 2 * values else flat
+        flat = tensor.reshape(-1)  # only the entries hashed go to the CPU (a model may be large and on a GPU)
+        sample = (torch.cat([flat[:values], flat[-values:]]) if flat.numel() > 2 * values else flat).to("cpu", F64)
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -306,6 +306,7 @@ def search_solver(
     fingerprint: str = "",
     state: SearchState | None = None,
     callback: Callable[[SearchState], None] | None = None,
+    batch_velocity: Callable[[torch.Tensor], Velocity] | None = None,
 ) -> SearchState:
     """Fit an ``nfe``-step solver to ``reference`` endpoints of the noises ``x0`` (module docstring).
 
@@ -320,6 +321,8 @@ def search_solver(
         fit_times: fit the time points too; False keeps the initial grid and fits the coefficients only.
         batch_size: rows per Adam step (None: all); the mini-batches follow from ``seed`` and the iteration.
         interpolant, fingerprint: recorded in the solver's metadata, for ``check_solver``.
+        batch_velocity: the velocity on the mini-batch of rows ``rows`` of ``x0``, where the field depends on
+            the row (a class-conditional model's labels); None: ``velocity`` serves every batch.
     """
     if nfe < 1:
         raise InputError(f"nfe={nfe} is invalid: a searched solver takes at least 1 step")
@@ -349,8 +352,9 @@ def search_solver(
         k = state.iteration
         rows = _batch(x0.shape[0], batch_size, seed, k)
         noise, target = (x0, reference) if rows is None else (x0[rows.to(x0.device)], reference[rows.to(x0.device)])
+        field = velocity if rows is None or batch_velocity is None else batch_velocity(rows)
         optimizer.zero_grad()
-        loss = _loss(velocity, noise, target, _times(theta, t0, t1), coefficients * lower)
+        loss = _loss(field, noise, target, _times(theta, t0, t1), coefficients * lower)
         best, value = state.best, float(loss.detach())
         if rows is None and (not best or value < best["loss"]):  # the loss of the parameters before step k
             best = {"loss": value, "iteration": k, "theta": theta.detach().clone(),

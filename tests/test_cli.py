@@ -101,9 +101,11 @@ def test_help_lists_every_choice_from_the_registries_and_a_typo_exits_2_naming_t
     )
 
 
-def test_options_are_grouped_into_panels_and_readable_at_80_columns():
+def test_options_are_grouped_into_panels_and_readable_at_80_columns(monkeypatch):
     import os
 
+    # typer reads TERMINAL_WIDTH once, when rich_utils is first imported: maybe under another test's wide runner.
+    monkeypatch.setattr("typer.rich_utils.MAX_WIDTH", 80)
     for command, panels in (
         ("train", ("Transport", "Optimisation", "Speed")),
         ("sample", ("Sampler", "Guidance", "Output")),

@@ -28,7 +28,7 @@ from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
 from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
 from sitcli.loading import Loaded, load_model
 from sitcli.locks import LOCK
-from sitcli.runtime import autocast_model, check_device_precision
+from sitcli.runtime import autocast_model, check_device_precision, compiled
 from sitcli.session import Session, session
 from sitcli.seeds import check_balanced, index_generator, labels_and_noise
 from sitcli.solver_file import file_sha256, read_solver
@@ -102,7 +102,7 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     session.set_threads(cfg.threads if cfg.threads is not None else tcfg.threads)
     model = loaded.model.to(dist.device)
     if cfg.compile:
-        model = torch.compile(model)
+        model = compiled(model, dist.device)
     vae = open_vae(tcfg.latent_scale, cfg.vae or tcfg.vae, dist.device)
     if cfg.labels == "balanced":
         check_balanced(cfg.num, max(tcfg.num_classes, 1))

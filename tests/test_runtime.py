@@ -1,7 +1,11 @@
-"""sitcli/runtime.py: the TF32 switch (applied, restored, on both of torch's APIs) and where jobs record it."""
+"""sitcli/runtime.py: the TF32 switch (applied, restored, on both of torch's APIs), where jobs record it, and
+torch.compile equal to eager on every CPU's code."""
 
 
 import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -97,3 +101,30 @@ def test_sampling_records_tf32_and_a_no_tf32_folder_is_filled_in_full_float32(tm
                                  method="euler", tf32=False), progress=False)
     assert result.new == 1 and seen == [("ieee", "ieee")]
     assert json.loads((out / "sample.json").read_text())["tf32"] is False
+
+
+COMPILED_VS_EAGER = """
+import torch
+from sitcli.models import SiT_models
+from sitcli.runtime import compiled
+torch.manual_seed(0)
+model = SiT_models["SiT-Ti/4"](input_size=8, in_channels=1, num_classes=10).eval()
+for p in model.parameters():
+    torch.nn.init.normal_(p, std=0.02)
+x, t, y = torch.randn(2, 1, 8, 8), torch.rand(2), torch.tensor([1, 2])
+with torch.no_grad():
+    print((model(x, t, y) - compiled(model, torch.device("cpu"))(x, t, y)).abs().max().item())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("capability", ["avx2", None])
+def test_a_compiled_model_equals_eager_with_the_avx2_code_of_an_avx2_machine(capability):
+    # Forcing AVX2 makes inductor write the code an AVX2-only machine gets; its vector loops gave NaN here.
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    if capability:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    proc = subprocess.run([sys.executable, "-c", COMPILED_VS_EAGER], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) < 1e-5

@@ -20,7 +20,7 @@ from sitcli.data import DIGITS, batches, check_batch_size, is_latent_cache, open
 from sitcli.errors import InputError
 from sitcli.locks import LOCK
 from sitcli.models import model_shape
-from sitcli.runtime import check_device_precision
+from sitcli.runtime import check_device_precision, compiled
 from sitcli.seeds import check_balanced
 from sitcli.session import Session
 from sitcli.training.loggers import Logger, check_log, open_loggers
@@ -248,7 +248,7 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
 
         net = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     if cfg.compile:
-        net = torch.compile(net)
+        net = compiled(net, dist.device)
     transport = cfg.transport()
     data = batches(dataset, cfg.batch_size, cfg.seed, dist.rank, dist.world_size, step, cfg.num_workers)
     preview = TrainingPreview(cfg, run / "grids", vae) if dist.is_main and cfg.sample_every else None

@@ -25,12 +25,13 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sitcli import atomic
+from sitcli import atomic, runs
 from sitcli.domains import COUNT, check_domains
 from sitcli.errors import InputError
 from sitcli.formats import Checkpoint, nonfinite_tensors
@@ -39,6 +40,7 @@ from sitcli.formats.diffusers import load_diffusers_model, write_diffusers
 from sitcli.formats.official import write_official
 from sitcli.formats.sitrun import write_sit
 from sitcli.loading import FORMATS, read_checkpoint
+from sitcli.outputs import Kind, Output, check_outputs, json_object
 from sitcli.session import session
 
 DIFFUSERS_CLASSES = ("auto", "sit", "dit")
@@ -139,7 +141,7 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
 
 def _convert(cfg: ConvertConfig) -> ConvertResult:
     src, dst, dst_format, ema = cfg.src, cfg.dst, cfg.dst_format, cfg.ema
-    _check_destination(src, dst, cfg.overwrite)
+    _check_destination(src, dst, dst_format, cfg.overwrite)
     ckpt = read_checkpoint(src, cfg.src_format, cfg.num_heads)
     if dst_format == "dit" and ckpt.kind != "dit":
         raise InputError(f"{src} holds SiT weights, not DiT ones: write them with --to official")
@@ -189,13 +191,36 @@ def _convert(cfg: ConvertConfig) -> ConvertResult:
     return result
 
 
-def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+def _check_destination(src: Path, dst: Path, dst_format: str, overwrite: bool) -> None:
+    """DST is never the source, nor holds it; --overwrite replaces only a previous result of the same format."""
     if src.exists() and dst.exists() and src.resolve() == dst.resolve():
         raise InputError(f"DST {dst} is the source itself: pick another destination")
     if dst.exists() and src.exists() and src.resolve().is_relative_to(dst.resolve()):
         raise InputError(f"DST {dst} contains the source: pick another destination")
-    if (dst.exists() or dst.is_symlink()) and not overwrite:
-        raise InputError(f"{dst} already exists: pass --overwrite to replace it, or pick another destination")
+    check_outputs([Output(dst, "DST", DESTINATIONS[dst_format])], {"the source": src}, overwrite)
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A file ``torch.save`` wrote (its zip layout holds data.pkl): an official or DiT .pt."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return path.is_file() and any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    config = json_object(path / "config.json") if path.is_dir() else None
+    return config is not None and "_class_name" in config
+
+
+# What --overwrite may replace, by --to: a previous result of that format.
+DESTINATIONS = {
+    "sit": Kind("a sit run folder (config.json, checkpoints/)", lambda p: p.is_dir() and runs.is_run(p)),
+    "official": Kind("a .pt file that torch.save wrote", _is_torch_file),
+    "dit": Kind("a .pt file that torch.save wrote", _is_torch_file),
+    "diffusers": Kind("a diffusers model folder (config.json with _class_name)", _is_diffusers_folder),
+}
 
 
 def _commit(staged: Path, dst: Path) -> None:

@@ -127,6 +127,11 @@ def checkpoint_problem(path: str | Path) -> str | None:
     return None
 
 
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file, in hex."""
+    return _sha256(path)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

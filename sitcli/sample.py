@@ -27,6 +27,7 @@ from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
 from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
 from sitcli.loading import Loaded, load_model
 from sitcli.locks import LOCK
+from sitcli.outputs import Kind, Output, check_outputs, json_object
 from sitcli.runtime import autocast_model, check_device_precision
 from sitcli.session import Session, session
 from sitcli.seeds import index_generator, labels_and_noise
@@ -36,6 +37,7 @@ from sitcli.transport.samplers import ode_time_grid, sde_time_grid
 from sitcli.transport.time_conventions import interval_in_time
 
 SETTINGS_FILE = "sample.json"
+GRIDS = ".grids.json"  # the --grid files drawn from the folder, with their sha256: the ones a rerun may replace
 NPZ = "samples.npz"  # kept describing every PNG: rewritten whenever images are added to a folder that has one
 
 
@@ -123,6 +125,7 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
         atomic.check_can_create(Path(cfg.grid).parent, "--grid")
         if Path(cfg.grid).is_dir():
             raise InputError(f"--grid {cfg.grid} is a folder: name an image file such as grid.png")
+        _check_grid(Path(cfg.grid), out, [loaded] + ([guide] if guide is not None else []))
     settings = cfg.record()
     settings["ckpt"] = str(loaded.weights.resolve())  # images from another checkpoint must not share the folder
     if guide is not None:
@@ -246,6 +249,9 @@ def write_extras(job: SampleJob, result: SampleResult) -> None:
     if job.cfg.grid:
         result.grid = Path(job.cfg.grid)
         atomic.save_image(result.grid, make_grid(images[:100]))
+        record = _grid_record(job.out)
+        record[str(result.grid.resolve())] = runs.file_digest(result.grid)
+        atomic.write_json(job.out / GRIDS, record)
 
 
 def time_grid(cfg: SampleConfig, transport) -> torch.Tensor:
@@ -301,6 +307,23 @@ def _load_guide(cfg: SampleConfig, main: Loaded) -> Loaded:
             f"{ta.prediction} on {ta.interpolant!r}: autoguidance needs the same interpolant and prediction"
         )
     return guide
+
+
+def _check_grid(grid: Path, out: Path, models: list[Loaded]) -> None:
+    """--grid may replace only a grid this sample folder drew (and that nobody changed since, ``GRIDS``): never a
+    file it reads (a checkpoint, a sample of the folder) nor any other file (a training image, another grid)."""
+    reads = {f"the weights {m.weights}": m.weights for m in models}
+    if grid.parent.resolve() == out.resolve() and grid.stem.isdigit():  # an index name: a sample of the folder
+        reads[f"sample {int(grid.stem)} of --out {out}"] = grid
+    record = _grid_record(out)
+    drew = Kind(f"a grid that sit sample drew for --out {out}",
+                lambda p: record.get(str(p.resolve())) == runs.file_digest(p) if p.is_file() else False)
+    check_outputs([Output(grid, "--grid", drew)], reads, overwrite=True)
+
+
+def _grid_record(out: Path) -> dict:
+    """The grids drawn from the folder ``out``: their path -> sha256 when written."""
+    return json_object(out / GRIDS) or {}
 
 
 def _default_out(ckpt: str) -> Path:

@@ -39,6 +39,7 @@ from sitcli.autoencoder import encode, latent_scale, latent_shape, load_vae
 from sitcli.data.images import DataInfo, ImageFolderDataset, to_unit_range
 from sitcli.domains import COUNT, COUNT_OR_ZERO, SEED, check_domains
 from sitcli.errors import InputError
+from sitcli.outputs import Kind, Output, check_outputs
 from sitcli.seeds import index_normal
 from sitcli.session import session
 
@@ -46,6 +47,7 @@ LATENT_MANIFEST = "latents.json"
 REPA_DTYPES = ("float16", "float32")  # storage of cached encoder features (numpy has no bfloat16)
 SHARDS = "shards"
 SHARD_SETTINGS = "settings.json"
+CACHE_FILES = (LATENT_MANIFEST, "latents.npy", "labels.npy", SHARDS)  # and repa_features_K.npy
 
 
 @dataclass
@@ -99,6 +101,8 @@ def cache_latents(cfg: CacheConfig, progress: bool = True, device: str | None = 
     images that cannot be read are listed in the manifest and left out."""
     out_dir = Path(cfg.out)
     atomic.check_can_create(out_dir, "--out")
+    reads = {"--data": cfg.data, "--vae": cfg.vae, **{f"--repa-encoder {p}": p for p in cfg.repa_encoder}}
+    check_outputs([Output(out_dir, "--out", Kind("a folder", Path.is_dir))], reads, overwrite=True)
     _check_out(out_dir, cfg.overwrite)
     with session(device) as job:
         dist = job.dist
@@ -151,6 +155,14 @@ def _check_out(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file; pass a folder")
     if overwrite:
+        # --overwrite replaces a cache's own files: refused where a file of that name is not part of one.
+        if out_dir.is_dir() and not is_latent_cache(out_dir) and not (out_dir / SHARDS).is_dir():
+            held = sorted(p.name for p in out_dir.iterdir() if p.name in CACHE_FILES or p.name.startswith("repa_features_"))
+            if held:
+                raise InputError(
+                    f"--out {out_dir} holds {', '.join(held)}, which is not part of a latent cache, and the cache "
+                    "would replace it: move it away or pick another --out"
+                )
         return
     if is_latent_cache(out_dir):
         raise InputError(

@@ -15,6 +15,7 @@ from sitcli.domains import COUNT, COUNT_OR_ZERO, SEED, Domain, check_domains
 from sitcli.errors import InputError
 from sitcli.evaluate import inception, inputs, metrics as M
 from sitcli.evaluate.statistics import GaussianStats, SplitScore
+from sitcli.outputs import Output, check_outputs
 from sitcli.session import session
 
 METRICS = ("fid", "is", "sfid", "pr", "kid", "fd_dinov2")
@@ -271,8 +272,10 @@ def evaluate(cfg: FidConfig, progress: ProgressFn | None = None, device: str | t
     """The metrics of ``cfg``: every image input is read once, and only the features a metric needs are kept (mean
     and covariance stream in float64; pool features, N x 2048 float32, are held only for ``pr`` and ``kid``)."""
     wanted = cfg.metrics
-    inputs.check_destination(cfg.save_stats, cfg.overwrite, "--save-stats")
-    inputs.check_destination(cfg.json, cfg.overwrite, "--json")
+    inputs.check_destination(cfg.save_stats, "--save-stats")
+    inputs.check_destination(cfg.json, "--json")
+    check_outputs([Output(cfg.save_stats, "--save-stats", inputs.STATISTICS),
+                   Output(cfg.json, "--json", inputs.FID_RESULT)], {"input A": cfg.a, "input B": cfg.b}, cfg.overwrite)
     sources = {"A": inputs.open_source(cfg.a)}
     if cfg.b is not None:
         sources["B"] = inputs.open_source(cfg.b)

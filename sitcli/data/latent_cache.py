@@ -157,7 +157,8 @@ def _check_out(out_dir: Path, overwrite: bool) -> None:
     if overwrite:
         # --overwrite replaces a cache's own files: refused where a file of that name is not part of one.
         if out_dir.is_dir() and not is_latent_cache(out_dir) and not (out_dir / SHARDS).is_dir():
-            held = sorted(p.name for p in out_dir.iterdir() if p.name in CACHE_FILES or p.name.startswith("repa_features_"))
+            held = sorted(p.name for p in out_dir.iterdir()
+                          if p.name in CACHE_FILES or p.name.startswith("repa_features_"))
             if held:
                 raise InputError(
                     f"--out {out_dir} holds {', '.join(held)}, which is not part of a latent cache, and the cache "

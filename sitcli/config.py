@@ -16,12 +16,14 @@ import torch
 
 from sitcli.atomic import IMAGE_FORMATS
 from sitcli.data import DIGITS
-from sitcli.domains import COUNT, COUNT_OR_ZERO, EPS, FINITE, NON_NEGATIVE, POSITIVE, SEED, Domain, check_domains
+from sitcli.domains import (COUNT, COUNT_OR_ZERO, EPS, FINITE, NON_NEGATIVE, NON_NEGATIVE_SCALE, POSITIVE, SCALE, SEED,
+                            Domain, check_domains)
 from sitcli.errors import InputError
 from sitcli.models import SiT_models, model_shape
 from sitcli.runtime import check_precision
 from sitcli.transport import LAST_STEPS, MEANFLOW_METHODS, ODE_METHODS, SDE_METHODS, Transport
 from sitcli.transport.diffusion import check_diffusion_coefficient
+from sitcli.transport.samplers import ode_time_grid
 from sitcli.transport.time_conventions import CONVENTIONS
 from sitcli.transport.time_grids import SPACINGS
 from sitcli.transport.time_sampling import DENSITY_PARAMS
@@ -148,6 +150,13 @@ class TrainConfig:
             raise InputError(
                 f"--eval-method {self.eval_method!r} is not an ODE method; choose one of {', '.join(ODE_METHODS)}"
             )
+        if self.eval_every:  # the evaluations' time grid, built now: it cannot fail at the first evaluation
+            try:
+                ode_time_grid(transport, self.eval_method, self.eval_steps)
+            except InputError as err:
+                raise InputError(
+                    f"--eval-steps {self.eval_steps} with --eval-method {self.eval_method}: {err}"
+                ) from None
 
     def _check_objective(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -419,11 +428,11 @@ SAMPLE_DOMAINS: dict[str, Domain] = dict(
     steps=COUNT,
     atol=POSITIVE,
     rtol=POSITIVE,
-    w_norm=NON_NEGATIVE,
+    w_norm=NON_NEGATIVE_SCALE,
     last_step_size=Domain(0, 1, lo_open=True),
-    cfg_scale=FINITE,
+    cfg_scale=SCALE,
     cfg_interval=Domain(infinite=True),
-    guidance_scale=FINITE,
+    guidance_scale=SCALE,
     time_shift=POSITIVE,
     edm_rho=POSITIVE,
     num=COUNT,

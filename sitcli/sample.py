@@ -62,7 +62,12 @@ def sample(cfg: SampleConfig, progress: bool = True, device: str | None = None) 
     """Draw the missing images of ``cfg.out`` (indices 0..num-1), sharded over torchrun ranks."""
     with session(device, tf32=cfg.tf32) as s:
         job = prepare(cfg, s)
-        result = draw(job, progress)
+        try:
+            result = draw(job, progress)
+        except BaseException:
+            if s.is_main:
+                job.undo()  # a call that failed before its first image leaves the folder as it found it
+            raise
         if s.is_main and (cfg.npz or cfg.grid or (job.out / NPZ).is_file() and result.new):
             write_extras(job, result)
         distributed.barrier()
@@ -82,6 +87,18 @@ class SampleJob:
     names: list[Path]  # the PNG of every index
     mine: list[int]  # the missing indices this rank draws
     time_grid: torch.Tensor  # the times the sampler steps on (checked before the folder is touched)
+    before: dict[str, bytes | None] | None = None  # sample.json and labels.csv as they were (rank 0)
+    fresh: list[int] | None = None  # the indices without a PNG before this call
+
+    def undo(self) -> None:
+        """Put sample.json and labels.csv back as they were before this call, if it drew no new image."""
+        if self.before is None or any(self.names[i].exists() for i in self.fresh):
+            return
+        for name, content in self.before.items():
+            if content is None:
+                (self.out / name).unlink(missing_ok=True)
+            else:
+                atomic.atomic_write(self.out / name, lambda tmp, data=content: Path(tmp).write_bytes(data))
 
 
 def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
@@ -140,10 +157,13 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     side = None if vae is not None else tcfg.input_size  # a VAE's output size is its own
     mode = "RGB" if vae is not None or tcfg.in_channels == 3 else "L"
     todo = [i for i in range(cfg.num) if not is_finished(names[i], side, mode)]
-    redo = sum(names[i].exists() for i in todo)
+    fresh = [i for i in todo if not names[i].exists()]
+    redo = len(todo) - len(fresh)
     if redo and dist.is_main:
         print(f"note: {redo} PNG(s) in {out} are not whole {side}x{side} {mode} images; drawing them again")
     distributed.barrier()  # every rank has listed the folder before any rank writes to it
+    before = {name: (out / name).read_bytes() if (out / name).is_file() else None
+              for name in (SETTINGS_FILE, "labels.csv")} if dist.is_main else None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_json(out / SETTINGS_FILE, settings)
@@ -151,7 +171,7 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
             out / "labels.csv", "index,label\n" + "".join(f"{i},{int(v)}\n" for i, v in enumerate(all_labels))
         )
     distributed.barrier()
-    return SampleJob(cfg, dist, loaded, fn, vae, out, names, todo[dist.rank :: dist.world_size], grid)
+    return SampleJob(cfg, dist, loaded, fn, vae, out, names, todo[dist.rank :: dist.world_size], grid, before, fresh)
 
 
 def is_finished(path: Path, side: int | None, mode: str) -> bool:
@@ -218,7 +238,7 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
                     time_grid=job.time_grid,
                 )
             if not bool(torch.isfinite(x).all()):
-                raise InputError(_nonfinite_message(cfg, idx))
+                raise InputError(_nonfinite_message(cfg, idx, drawn))
             images = to_images(x, job.vae)
             seconds += time.perf_counter() - began
             for i, image in zip(idx, images):
@@ -276,7 +296,7 @@ def time_grid(cfg: SampleConfig, transport) -> torch.Tensor:
     )
 
 
-def _nonfinite_message(cfg: SampleConfig, idx: list[int]) -> str:
+def _nonfinite_message(cfg: SampleConfig, idx: list[int], drawn: int = 0) -> str:
     scales = [
         f"--{k.replace('_', '-')} {getattr(cfg, k):g}"
         for k in ("cfg_scale", "guidance_scale", "time_shift")
@@ -286,7 +306,8 @@ def _nonfinite_message(cfg: SampleConfig, idx: list[int]) -> str:
     precision = f" or --precision {cfg.precision} overflowing (try fp32)" if cfg.precision != "fp32" else ""
     return (
         f"the samples of indices {idx[0]}..{idx[-1]} came out NaN or inf, so no PNG was written for them: likely "
-        f"{cause}{precision}; change it and draw into a new --out"
+        f"{cause}{precision}; change it and "
+        + ("draw into a new --out" if drawn else "run the command again")
     )
 
 
@@ -300,6 +321,11 @@ def _load_guide(cfg: SampleConfig, main: Loaded) -> Loaded:
                 f"--guidance-model {cfg.guidance_model} has {name}={getattr(b, name)}, the model "
                 f"{getattr(a, name)}: pass a checkpoint with the same latent shape and classes"
             )
+    if cfg.sampler == "meanflow" and not guide.checkpoint.arch.get("mean_flow"):
+        raise InputError(
+            f"--guidance-model {cfg.guidance_model} predicts instantaneous velocities, but the mean-flow jumps call "
+            "the guide with a second time r: pass a mean-flow guide, or --sampler ode or sde"
+        )
     ta, tb = main.transport, guide.transport
     if repr(ta.interpolant) != repr(tb.interpolant) or ta.prediction != tb.prediction:
         raise InputError(

@@ -9,7 +9,6 @@ per batch, so images agree only up to the solver tolerance across batch sizes.)
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,12 +107,7 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     loaded = load_model(cfg.ckpt, cfg.ema, cfg.src_format, cfg.model, **cfg.transport_overrides())
     tcfg = loaded.config
     cfg.for_model(bool(loaded.checkpoint.arch.get("mean_flow")))
-    bad = nonfinite_tensors(loaded.model.state_dict())
-    if bad:
-        raise InputError(
-            f"the weights of {loaded.weights} hold NaN or inf in {len(bad)} tensors ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}): the run diverged or the file is damaged; sample an earlier checkpoint"
-        )
+    _check_finite(loaded, "--ckpt")
     session.set_threads(cfg.threads if cfg.threads is not None else tcfg.threads)
     model = loaded.model.to(dist.device)
     if cfg.compile:
@@ -311,9 +305,20 @@ def _nonfinite_message(cfg: SampleConfig, idx: list[int], drawn: int = 0) -> str
     )
 
 
+def _check_finite(loaded: Loaded, flag: str) -> None:
+    """Refuse weights that hold NaN or inf: every sample would come out NaN, and the message blame the scales."""
+    bad = nonfinite_tensors(loaded.model.state_dict())
+    if bad:
+        raise InputError(
+            f"{flag}: the weights of {loaded.weights} hold NaN or inf in {len(bad)} tensors ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): the run diverged or the file is damaged; pass an earlier checkpoint"
+        )
+
+
 def _load_guide(cfg: SampleConfig, main: Loaded) -> Loaded:
     """The weak model of autoguidance, refused unless it can stand in for the main model."""
     guide = load_model(cfg.guidance_model, cfg.ema, None, None, **cfg.transport_overrides())
+    _check_finite(guide, "--guidance-model")
     a, b = main.config, guide.config
     for name in ("in_channels", "input_size", "num_classes"):
         if getattr(a, name) != getattr(b, name):
@@ -360,7 +365,10 @@ def _default_out(ckpt: str) -> Path:
 def _check_folder(out: Path, settings: dict, num: int) -> None:
     saved_path = out / SETTINGS_FILE
     if saved_path.is_file():
-        saved = json.loads(saved_path.read_text())
+        saved = json_object(saved_path)
+        if saved is None:  # the folder's images can no longer be told to match these settings
+            raise InputError(f"{saved_path} is damaged (not a JSON object of settings), so {out} cannot be added to: "
+                             "pick a new --out")
         unused = UNUSED_BY.get(settings.get("sampler"), set())
         changed = sorted(k for k in settings if k not in unused and saved.get(k) != settings[k])
         if changed == ["tf32"]:
@@ -381,6 +389,7 @@ def _check_folder(out: Path, settings: dict, num: int) -> None:
 
 def _held(out: Path) -> int:
     """How many samples a folder describes: the rows of labels.csv, or one past its highest PNG index."""
-    rows = (out / "labels.csv").read_text().splitlines()[1:] if (out / "labels.csv").is_file() else []
+    # Bytes, not text: labels.csv is rewritten whole, so a damaged one need only be counted.
+    rows = (out / "labels.csv").read_bytes().splitlines()[1:] if (out / "labels.csv").is_file() else []
     indices = [int(p.stem) for p in out.glob("*.png") if p.stem.isdigit()]
     return max(len(rows), max(indices, default=-1) + 1)

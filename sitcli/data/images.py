@@ -55,6 +55,20 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 
+# Modes Pillow opens 16-bit (and 32-bit integer) grey images in: its convert("RGB") clips them to 255, i.e. white.
+WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def as_rgb(image):
+    """A PIL image as 8-bit RGB, with 16-bit grey scaled by 255 / 65535 instead of clipped (all else: convert)."""
+    from PIL import Image
+
+    if image.mode in WIDE_GREY:
+        grey = np.asarray(image).astype(np.float64) * (255 / 65535)
+        image = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def center_crop_arr(image, image_size: int) -> np.ndarray:
     """ADM's crop: halve with a box filter while the short side is >= 2x the target, resize the short
     side to ``image_size`` with bicubic filtering, then cut out the central square. Returns HxWx3 uint8."""
@@ -151,7 +165,7 @@ class ImageFolderDataset:
         path = self.files[index][0]
         try:
             with Image.open(path) as image:
-                return center_crop_arr(image.convert("RGB"), self.image_size)
+                return center_crop_arr(as_rgb(image), self.image_size)
         except Exception as err:  # noqa: BLE001 - any decoder failure means "skip this file"
             if index not in self.bad:
                 self.bad.add(index)

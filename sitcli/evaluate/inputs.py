@@ -10,7 +10,8 @@ An input is recognised by its content, not its name:
 - a .npz holding ``mu`` and ``sigma``: precomputed statistics, as pytorch-fid writes them
   (optionally ``mu_s`` and ``sigma_s`` for sFID, as the ADM reference batches hold them).
 
-Decoding is pytorch-fid's: ``PIL.Image.open(path).convert("RGB")``, then uint8 -> float / 255.
+Decoding is pytorch-fid's: ``PIL.Image.open(path).convert("RGB")`` (16-bit grey scaled to 8 bits, where convert
+"RGB" would clip it to white: ``data.images.as_rgb``), then uint8 -> float / 255.
 Decoding runs in DataLoader worker processes; images travel as uint8 (4x less than float).
 """
 
@@ -29,6 +30,7 @@ from PIL import Image
 
 from sitcli import atomic
 from sitcli.data import IMAGE_EXTENSIONS
+from sitcli.data.images import as_rgb
 from sitcli.errors import InputError
 from sitcli.outputs import Kind, json_object, npz_arrays
 
@@ -207,7 +209,7 @@ class ImageDataset(torch.utils.data.Dataset):
         path = self.source.files[i]
         try:
             with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"))
+                rgb = np.asarray(as_rgb(img))  # pytorch-fid's convert("RGB"), but 16-bit grey is not read as white
         except Exception as err:  # PIL raises many types for broken files
             reason = (str(err).splitlines() or [type(err).__name__])[0]
             return i, None, f"cannot read image {path} ({reason}); remove or re-save it"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -54,9 +55,11 @@ class Prepared:
     evaluation: object | None = None  # training.evaluation.TrainingEval when --eval-every is set
     loggers: list[Logger] | None = None  # besides log.csv (rank 0)
     log_window: dict | None = None  # the resumed checkpoint's steps since its last log.csv row
+    encoder_digests: list[str] | None = None  # sha256 of each REPA encoder's files, recorded with each checkpoint
 
 
 DATA_FIELDS = ("num_classes", "in_channels", "input_size")  # what the data decides about the model
+REPA_DIGESTS = "repa_encoder_sha256"  # the key of a checkpoint's state.json that records its REPA encoders
 
 
 def resume_config(run: str | Path, given: dict | None = None) -> TrainConfig:
@@ -153,6 +156,20 @@ def check_resumed_data(cfg: TrainConfig, saved: dict, dataset, latest: Path) -> 
         )
 
 
+def check_resumed_encoders(cfg: TrainConfig, digests: list[str] | None, latest: Path) -> None:
+    """A resumed run's REPA encoders must be the files it was trained with (their sha256 is recorded with every
+    checkpoint, ``REPA_DIGESTS``), not other weights at the same paths."""
+    recorded = json.loads((latest / "state.json").read_text()).get(REPA_DIGESTS)
+    if recorded is None or digests is None:  # a run without REPA, or saved before the digests were recorded
+        return
+    for path, was, now in zip(cfg.repa_encoder, recorded, digests):
+        if was != now:
+            raise InputError(
+                f"--resume {cfg.out}: encoder {path} is not the one the run was trained with (its files' sha256 is "
+                f"{now[:12]}..., the run's {was[:12]}...): put the original back, or train a new run with --out"
+            )
+
+
 def open_data(cfg: TrainConfig, device: torch.device):
     """(dataset, vae): the data, and the VAE that encodes it when pixels are trained in latent space.
     Fills the data-derived fields of ``cfg`` (shape, classes, latent space)."""
@@ -199,12 +216,18 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
             "--meanflow-omega folds classifier-free guidance into the target, which needs class labels and "
             "--class-dropout-prob > 0 (the unconditional velocity is learnt from dropped labels)"
         )
-    encoders = open_encoders(cfg, dataset, dist.device)
+    digests = None
+    if cfg.repa_encoder:
+        from sitcli.encoders import encoder_identity
+
+        digests = [encoder_identity(path) for path in cfg.repa_encoder]
+    encoders = open_encoders(cfg, dataset, dist.device, digests)
     atomic.check_can_create(run, "--out")  # before the lock, which creates the folder
     session.hold(run, "sit train")
     latest = check_out(cfg, resume)
     if latest is not None:
         check_resumed_data(cfg, saved, dataset, latest)
+        check_resumed_encoders(cfg, digests, latest)
     check_log(cfg.log)
     evaluation = None
     if cfg.eval_every:
@@ -269,19 +292,32 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
         evaluation,
         loggers,
         log_window,
+        digests,
     )
 
 
-def open_encoders(cfg: TrainConfig, dataset, device: torch.device) -> list:
+def discard_new_run(p: Prepared) -> None:
+    """Empty the folder of a new run that stopped before its first checkpoint (rank 0): ``check_out`` found it
+    empty, so everything in it is this call's (config.json, logs, grids), and the same command can run again."""
+    if not p.dist.is_main or p.latest is not None or runs.newest_checkpoint(p.run)[0] is not None:
+        return
+    for entry in p.run.iterdir():
+        if entry.name != LOCK:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def open_encoders(cfg: TrainConfig, dataset, device: torch.device, digests: list[str] | None = None) -> list:
     """The frozen encoders of the alignment term (none without ``repa_encoder``), on ``device``; on a
-    latent cache, the cache's features of them (refused if it has none)."""
+    latent cache, the cache's features of them (refused if it has none), found by their ``digests``
+    (``encoders.encoder_identity``, computed when not given)."""
     if not cfg.repa_encoder:
         return []
     if dataset.info.latent:  # the cache's stored features; the encoders themselves are not loaded
         from sitcli.encoders import encoder_identity
         from sitcli.training.losses import CachedEncoder
 
-        entries = dataset.use_features([encoder_identity(p) for p in cfg.repa_encoder], cfg.repa_encoder)
+        digests = digests or [encoder_identity(p) for p in cfg.repa_encoder]
+        entries = dataset.use_features(digests, cfg.repa_encoder)
         return [
             CachedEncoder(path, e["width"], e["grid"], e["resolution"], e["fixed_resolution"])
             for path, e in zip(cfg.repa_encoder, entries)

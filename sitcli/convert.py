@@ -165,22 +165,23 @@ def _convert(cfg: ConvertConfig) -> ConvertResult:
     staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
     try:
         staged = staging / dst.name
-        if dst_format == "sit":
-            write_sit(ckpt, staged)
-            if "model" not in ckpt.weights or "ema" not in ckpt.weights:
-                result.weights = "the one set (as both model and ema)"
+        with atomic.storage_errors(dst, staging):  # a full disk: an OSError naming DST, as for every other write
+            if dst_format == "sit":
+                write_sit(ckpt, staged)
+                if "model" not in ckpt.weights or "ema" not in ckpt.weights:
+                    result.weights = "the one set (as both model and ema)"
+                else:
+                    result.weights = "model and ema"
+            elif dst_format in ("official", "dit"):
+                write_official(ckpt.state_dict(ema), staged)
+                result.notes.extend(_name_notes(dst, ckpt.kind))
             else:
-                result.weights = "model and ema"
-        elif dst_format in ("official", "dit"):
-            write_official(ckpt.state_dict(ema), staged)
-            result.notes.extend(_name_notes(dst, ckpt.kind))
-        else:
-            write_diffusers(ckpt, staged, ema, diffusers_class)
-            if diffusers_class == "dit" and ckpt.kind == "sit":
-                result.notes.append(
-                    "diffusers' DiTTransformer2DModel is fed sit's time t in [0, 1] as `timestep` here; its DiT "
-                    "pipelines and schedulers (integer DDPM steps) do not apply to SiT weights"
-                )
+                write_diffusers(ckpt, staged, ema, diffusers_class)
+                if diffusers_class == "dit" and ckpt.kind == "sit":
+                    result.notes.append(
+                        "diffusers' DiTTransformer2DModel is fed sit's time t in [0, 1] as `timestep` here; its DiT "
+                        "pipelines and schedulers (integer DDPM steps) do not apply to SiT weights"
+                    )
         if cfg.check and "diffusers" in (ckpt.format, dst_format):
             diffusers_model = load_diffusers_model(staged if dst_format == "diffusers" else src)
             result.deviation = measure_deviation(ckpt, ema, diffusers_model)

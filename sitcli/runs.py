@@ -164,10 +164,14 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-{step:07d}-"))
     aside = None
     try:
-        save_file(_contiguous(model), tmp / "model.safetensors")
-        save_file(_contiguous(ema), tmp / "ema.safetensors")
-        torch.save(optimizer, tmp / "optimizer.pt")
-        save_file(_contiguous(rng), tmp / "rng.safetensors")
+        for name, write in (
+            ("model.safetensors", lambda path: save_file(_contiguous(model), path)),
+            ("ema.safetensors", lambda path: save_file(_contiguous(ema), path)),
+            ("optimizer.pt", lambda path: torch.save(optimizer, path)),
+            ("rng.safetensors", lambda path: save_file(_contiguous(rng), path)),
+        ):
+            with atomic.storage_errors(final / name):  # a full disk: an OSError naming the file
+                write(tmp / name)
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         files = {
             name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in CHECKPOINT_FILES

@@ -387,14 +387,19 @@ def _join(path: Path, shards: Path, total: int, key: str, count: int) -> None:
     """The kept rows of array ``key`` of every shard, in order, as one .npy file at ``path``."""
     first = _read_shard(shards, 0, key)
     tmp = path.with_name(path.name + ".tmp")
-    joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(count, *first.shape[1:]))
-    row = 0
-    for k in range(total):
-        kept = _read_shard(shards, k, key)[_read_shard(shards, k, "labels") >= 0]
-        joined[row : row + len(kept)] = kept
-        row += len(kept)
-    joined.flush()
-    del joined
+    try:
+        joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(count, *first.shape[1:]))
+        atomic.reserve(tmp)  # a full disk is an OSError now, not a SIGBUS at the first page the map cannot back
+        row = 0
+        for k in range(total):
+            kept = _read_shard(shards, k, key)[_read_shard(shards, k, "labels") >= 0]
+            joined[row : row + len(kept)] = kept
+            row += len(kept)
+        joined.flush()
+        del joined
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

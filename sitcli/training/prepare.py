@@ -249,6 +249,17 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     step, log_window = 0, None
     if latest is not None:  # restored before config.json changes: a resume that cannot load rewrites nothing
         step, log_window = _restore(latest, model, ema, opt, scaler, noise, cfg, dist)
+    # The loggers start before config.json is written: one that cannot (a broken install, wandb without a key)
+    # is refused with nothing written. Every rank learns rank 0's refusal, so that none waits for it.
+    loggers, refused = [], None
+    if dist.is_main:
+        try:
+            loggers = open_loggers(cfg.log, run, cfg.to_dict())
+        except InputError as err:
+            refused = str(err)
+    refused = distributed.all_gather_objects(refused)[0]
+    if refused is not None:
+        raise InputError(refused)
     distributed.barrier()  # every rank has checked the folder (and loaded its checkpoint) before rank 0 writes
     if dist.is_main:
         runs.write_config(run, cfg.to_dict())
@@ -270,7 +281,6 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     terms = loss_terms(cfg, transport, model, encoders)
     for note in (n for term in terms for n in getattr(term, "notes", list)()) if dist.is_main else ():
         print(note)
-    loggers = open_loggers(cfg.log, run, cfg.to_dict()) if dist.is_main else []
     return Prepared(
         cfg,
         run,

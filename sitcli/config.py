@@ -106,7 +106,9 @@ class TrainConfig:
         # One path per entry, as given: a comma may be part of a path (several encoders: several entries).
         if isinstance(self.repa_encoder, str):
             self.repa_encoder = [self.repa_encoder]
-        self.repa_encoder = [str(p) for p in self.repa_encoder or [] if str(p)]
+        self.repa_encoder = [str(p) for p in self.repa_encoder or []]
+        if any(not p.strip() for p in self.repa_encoder):  # an empty path must not quietly turn alignment off
+            raise InputError("--repa-encoder '': pass the path of an encoder, or drop the flag to train without REPA")
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
@@ -120,8 +122,9 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def check(self) -> None:
-        """Refuse settings that cannot train (call once the presets are applied)."""
+    def check(self, resumed: bool = False) -> None:
+        """Refuse settings that cannot train (call once the presets are applied); ``resumed``: the config of a run
+        being resumed, whose fixed settings were accepted when it started."""
         if self.model not in SiT_models:
             raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(SiT_models)}")
         check_precision(self.precision)
@@ -133,6 +136,7 @@ class TrainConfig:
             if self.repa_weight < 0 or self.repa_projector_dim < 1:
                 raise InputError("--repa-weight must be >= 0 and --repa-projector-dim >= 1")
         self._check_objective()
+        self._check_without_effect(RESUMABLE if resumed else None)
         # The transport raises InputError for an invalid interpolant / prediction / loss-weight / density.
         transport = self.transport()
         for name, value in transport.time_density_params.items():  # config.json records the values used, not "default"
@@ -157,6 +161,19 @@ class TrainConfig:
                 raise InputError(
                     f"--eval-steps {self.eval_steps} with --eval-method {self.eval_method}: {err}"
                 ) from None
+
+    def _check_without_effect(self, among: set[str] | None = None) -> None:
+        """Refuse a setting that does nothing given the others: REPA's without an encoder, the evaluations' without
+        --eval-every (as the mean-flow settings without --objective meanflow); only those ``among`` when given."""
+        for fields_, needed, missing in (
+            (REPA_FIELDS, "--repa-encoder PATH", not self.repa_encoder),
+            (EVAL_FIELDS, "--eval-every N", not self.eval_every),
+        ):
+            changed = [n for n in fields_ if getattr(self, n) != _FIELD_DEFAULTS[n] and (among is None or n in among)]
+            changed = changed if missing else []
+            if changed:
+                raise InputError(f"--{changed[0].replace('_', '-')} has no effect without {needed}: add it or drop "
+                                 f"--{changed[0].replace('_', '-')}")
 
     def _check_objective(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -257,6 +274,8 @@ TRAIN_DOMAINS: dict[str, Domain] = dict(
     meanflow_omega=Domain(1),
 )
 MEANFLOW_FIELDS = ("meanflow_share", "meanflow_p", "meanflow_c", "meanflow_omega")
+REPA_FIELDS = ("repa_depth", "repa_weight", "repa_projector_dim")  # nothing without repa_encoder
+EVAL_FIELDS = ("eval_ref", "eval_num", "eval_method", "eval_steps", "eval_metrics", "inception_weights")  # eval_every
 OBJECTIVES = ("flow", "meanflow")
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 

@@ -81,6 +81,11 @@ class CacheConfig:
         check_domains(asdict(self), CACHE_DOMAINS)
         if self.repa_dtype not in REPA_DTYPES:
             raise InputError(f"--repa-dtype {self.repa_dtype}: pick one of {', '.join(REPA_DTYPES)}")
+        if any(not p.strip() for p in self.repa_encoder):
+            raise InputError("--repa-encoder '': pass the path of an encoder, or drop the flag to cache no features")
+        if not self.repa_encoder and (self.repa_grid is not None or self.repa_dtype != "float16"):
+            flag = "--repa-grid" if self.repa_grid is not None else "--repa-dtype"
+            raise InputError(f"{flag} has no effect without --repa-encoder PATH: add it or drop {flag}")
 
 
 CACHE_DOMAINS = dict(image_size=COUNT, batch_size=COUNT, num_workers=COUNT_OR_ZERO, seed=SEED, shard_size=COUNT,

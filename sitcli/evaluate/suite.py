@@ -242,6 +242,9 @@ class FidConfig:
             raise InputError(f"{', '.join(pair_metrics)} compare two inputs; give a second input B")
         if self.b is None and not self.metrics and self.save_stats is None:
             raise InputError("nothing to do: give a second input, --metrics, or --save-stats")
+        if self.dinov2 is not None and "fd_dinov2" not in self.metrics and self.save_stats is None:
+            raise InputError("--dinov2 is the encoder of fd_dinov2 and has no effect without it: add --metrics "
+                             "fd_dinov2 (or --save-stats, whose statistics then hold its features), or drop --dinov2")
         # pytorch-fid recognises a statistics file by its .npz suffix only.
         if self.save_stats is not None and Path(self.save_stats).suffix.lower() != ".npz":
             raise InputError(f"--save-stats {self.save_stats}: name the file *.npz")

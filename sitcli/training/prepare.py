@@ -205,7 +205,7 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     """Check, lock the run folder, build (or restore) everything the loop steps, then write config.json."""
     dist = session.dist
     apply_presets(cfg)
-    cfg.check()
+    cfg.check(resumed=resume)
     check_device_precision(cfg.precision, dist.device)
     session.set_threads(cfg.threads)
     run = Path(cfg.out)

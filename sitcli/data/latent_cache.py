@@ -40,6 +40,7 @@ from sitcli.autoencoder import encode, latent_scale, latent_shape, load_vae
 from sitcli.data.images import DataInfo, ImageFolderDataset, to_unit_range
 from sitcli.domains import COUNT, COUNT_OR_ZERO, SEED, check_domains
 from sitcli.errors import InputError
+from sitcli.locks import LOCK
 from sitcli.outputs import Kind, Output, check_outputs
 from sitcli.seeds import index_normal
 from sitcli.session import session
@@ -112,6 +113,7 @@ def cache_latents(cfg: CacheConfig, progress: bool = True, device: str | None = 
     _check_out(out_dir, cfg.overwrite)
     with session(device) as job:
         dist = job.dist
+        job.hold(out_dir, "sit cache-latents")  # one extraction per folder; held before the data is listed
         dataset = ImageFolderDataset(cfg.data, cfg.image_size)
         model = load_vae(cfg.vae, dist.device)
         _, side = latent_shape(model, cfg.image_size)  # refuses a size the VAE cannot encode, before any write
@@ -179,7 +181,7 @@ def _check_out(out_dir: Path, overwrite: bool) -> None:
             f"{out_dir} already holds a latent cache; train on it with --data {out_dir}, pass --overwrite "
             "to replace it, or pick a new --out"
         )
-    resumable = {SHARDS, "latents.npy.tmp", "labels.npy.tmp"}  # what an interrupted extraction leaves
+    resumable = {SHARDS, "latents.npy.tmp", "labels.npy.tmp", LOCK}  # what an interrupted extraction leaves
     joining = (out_dir / SHARDS).is_dir()  # interrupted while joining the shards, before the manifest
     if joining:
         resumable |= {"latents.npy", "labels.npy"}

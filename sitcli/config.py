@@ -20,7 +20,7 @@ from sitcli.domains import (COUNT, COUNT_OR_ZERO, EPS, FINITE, NON_NEGATIVE, NON
                             Domain, check_domains)
 from sitcli.errors import InputError
 from sitcli.models import SiT_models, model_shape
-from sitcli.runtime import check_precision
+from sitcli.runtime import check_precision, check_workers
 from sitcli.transport import LAST_STEPS, MEANFLOW_METHODS, ODE_METHODS, SDE_METHODS, Transport
 from sitcli.transport.diffusion import check_diffusion_coefficient
 from sitcli.transport.samplers import ode_time_grid
@@ -129,6 +129,7 @@ class TrainConfig:
             raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(SiT_models)}")
         check_precision(self.precision)
         check_domains(asdict(self), TRAIN_DOMAINS)
+        check_workers(self.num_workers)
         if self.repa_encoder:
             depth = model_shape(self.model)[0]
             if not 1 <= self.repa_depth <= depth:

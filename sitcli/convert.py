@@ -22,9 +22,11 @@ the result is complete: it is written to a hidden folder beside DST and renamed 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from sitcli.formats.diffusers import load_diffusers_model, write_diffusers
 from sitcli.formats.official import write_official
 from sitcli.formats.sitrun import write_sit
 from sitcli.loading import FORMATS, read_checkpoint
+from sitcli.locks import LOCK, FolderLock
 from sitcli.outputs import Kind, Output, check_outputs, json_object
 from sitcli.session import session
 
@@ -162,7 +165,9 @@ def _convert(cfg: ConvertConfig) -> ConvertResult:
         diffusers_class = "dit" if ckpt.kind == "dit" else "sit"
 
     dst.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(dst)
     staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
+    held = FolderLock(staging, "sit convert").acquire()  # so that another convert's clean-up leaves it alone
     try:
         staged = staging / dst.name
         with atomic.storage_errors(dst, staging):  # a full disk: an OSError naming DST, as for every other write
@@ -188,8 +193,32 @@ def _convert(cfg: ConvertConfig) -> ConvertResult:
         atomic.honour_umask(staged)
         _commit(staged, dst)
     finally:
+        held.release()
         shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _clean_stale(dst: Path) -> None:
+    """Remove what a killed `sit convert` (SIGTERM, kill -9: no ``finally`` ran) left beside DST: its hidden staging
+    folders, and an old DST set aside by ``_commit`` (put back when DST itself is missing). A staging folder that
+    a running convert holds (its lock), or that was made a moment ago and is not held yet, is left alone."""
+    in_use = False
+    for stale in sorted(dst.parent.glob(f".{glob.escape(dst.name)}.tmp-*")):
+        if not stale.is_dir():
+            continue
+        if not (stale / LOCK).exists() and time.time() - stale.stat().st_mtime < 60:
+            in_use = True
+            continue
+        try:
+            FolderLock(stale, "sit convert").acquire().release()
+        except InputError:  # held by a convert that is running
+            in_use = True
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in [] if in_use else sorted(dst.parent.glob(f".{glob.escape(dst.name)}.old-*")):
+        if not (dst.exists() or dst.is_symlink()) and (old / dst.name).exists():
+            os.rename(old / dst.name, dst)  # killed between the two renames of _commit: the old DST goes back
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_destination(src: Path, dst: Path, dst_format: str, overwrite: bool) -> None:

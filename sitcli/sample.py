@@ -145,7 +145,7 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
         raise InputError(f"--out {out} is a file; pass a folder")
     session.hold(out, "sit sample")
     _check_folder(out, settings, cfg.num)
-    width = max(6, len(str(cfg.num - 1)))
+    width = _index_width(out, cfg.num)
     names = [out / f"{i:0{width}d}.png" for i in range(cfg.num)]
     all_labels, _ = labels_and_noise(cfg.seed, list(range(cfg.num)), (0,), max(tcfg.num_classes, 1), cfg.class_labels)
     side = None if vae is not None else tcfg.input_size  # a VAE's output size is its own
@@ -385,6 +385,13 @@ def _check_folder(out: Path, settings: dict, num: int) -> None:
             )
     elif out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         raise InputError(f"--out {out} exists, is not empty and holds no {SETTINGS_FILE}; pick a new --out")
+
+
+def _index_width(out: Path, num: int) -> int:
+    """The digits of the folder's PNG names: those its PNGs already have (one width per folder, however far it is
+    extended: 000000.png .. 1000000.png), else enough for ``num`` and at least 6."""
+    widths = [len(p.stem) for p in out.glob("*.png") if p.stem.isdigit() and len(p.stem) >= 6] if out.is_dir() else []
+    return min(widths) if widths else max(6, len(str(num - 1)))
 
 
 def _held(out: Path) -> int:

@@ -42,6 +42,7 @@ from sitcli.domains import COUNT, COUNT_OR_ZERO, SEED, check_domains
 from sitcli.errors import InputError
 from sitcli.locks import LOCK
 from sitcli.outputs import Kind, Output, check_outputs
+from sitcli.runtime import check_workers
 from sitcli.seeds import index_normal
 from sitcli.session import session
 
@@ -80,6 +81,7 @@ class CacheConfig:
     def __post_init__(self):
         self.repa_encoder = [str(p) for p in self.repa_encoder or []]
         check_domains(asdict(self), CACHE_DOMAINS)
+        check_workers(self.num_workers)
         if self.repa_dtype not in REPA_DTYPES:
             raise InputError(f"--repa-dtype {self.repa_dtype}: pick one of {', '.join(REPA_DTYPES)}")
         if any(not p.strip() for p in self.repa_encoder):

@@ -233,6 +233,7 @@ class FidConfig:
 
     def __post_init__(self):
         check_domains(asdict(self), FID_DOMAINS)
+        runtime.check_workers(self.num_workers)
         if self.pr_subset is not None and self.pr_subset <= self.pr_k:
             raise InputError(f"--pr-subset {self.pr_subset}: pass more than k = {self.pr_k} images")
         self.metrics = parse_metrics(self.metrics if self.metrics is not None else

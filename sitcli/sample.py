@@ -263,7 +263,7 @@ def write_extras(job: SampleJob, result: SampleResult) -> None:
     if job.cfg.grid:
         result.grid = Path(job.cfg.grid)
         atomic.save_image(result.grid, make_grid(images[:100]))
-        record = _grid_record(job.out)
+        record = json_object(job.out / GRIDS) or {}
         record[str(result.grid.resolve())] = runs.file_digest(result.grid)
         atomic.write_json(job.out / GRIDS, record)
 
@@ -346,15 +346,10 @@ def _check_grid(grid: Path, out: Path, models: list[Loaded]) -> None:
     reads = {f"the weights {m.weights}": m.weights for m in models}
     if grid.parent.resolve() == out.resolve() and grid.stem.isdigit():  # an index name: a sample of the folder
         reads[f"sample {int(grid.stem)} of --out {out}"] = grid
-    record = _grid_record(out)
+    record = json_object(out / GRIDS) or {}
     drew = Kind(f"a grid that sit sample drew for --out {out}",
                 lambda p: record.get(str(p.resolve())) == runs.file_digest(p) if p.is_file() else False)
     check_outputs([Output(grid, "--grid", drew)], reads, overwrite=True)
-
-
-def _grid_record(out: Path) -> dict:
-    """The grids drawn from the folder ``out``: their path -> sha256 when written."""
-    return json_object(out / GRIDS) or {}
 
 
 def _default_out(ckpt: str) -> Path:

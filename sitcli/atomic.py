@@ -3,11 +3,15 @@ folder and are renamed over it, so a reader sees the old file or the new one, ne
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from sitcli.errors import InputError
 
@@ -42,6 +46,45 @@ def with_path(err: OSError, path: str | Path, tmp: str | None = None) -> OSError
     if err.filename is not None and str(err.filename) != str(tmp):
         return err
     return type(err)(err.errno, err.strerror or str(err), str(path))
+
+
+def reserve(path: str | Path) -> None:
+    """Give the file at ``path`` disk blocks for its whole size (``posix_fallocate``), so that writing it through a
+    memory map cannot meet a full disk: that is an OSError naming ``path`` here, where a map would die of SIGBUS."""
+    if not hasattr(os, "posix_fallocate"):  # not on Linux: nothing to reserve with
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, max(os.fstat(f.fileno()).st_size, 1))
+        except OSError as err:
+            if err.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system without it: glibc has no fallback
+                return
+            raise with_path(err, path) from None
+
+
+@contextlib.contextmanager
+def storage_errors(path: str | Path, staging: str | Path | None = None) -> Iterator[None]:
+    """Raise the failure of a writer that does not raise OSError (safetensors' SafetensorError, torch.save's
+    RuntimeError) as the OSError it stands for, naming ``path`` (also for an OSError about a file under the
+    temporary ``staging`` folder the result is written in): a full disk is one line, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        if staging is not None and err.filename is not None and Path(err.filename).is_relative_to(staging):
+            raise type(err)(err.errno, err.strerror or str(err), str(path)) from None
+        raise
+    except Exception as err:  # noqa: BLE001 - only the writers' I/O failures are turned into OSError
+        text = str(err)
+        code = re.search(r"\(os error (\d+)\)", text)
+        if code:
+            number = int(code.group(1))
+            raise OSError(number, os.strerror(number), str(path)) from None
+        if "inline_container" in text or "PytorchStreamWriter" in text:  # torch.save's writer gives no errno
+            if shutil.disk_usage(Path(path).parent if Path(path).parent.exists() else ".").free < 1 << 20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            raise OSError(errno.EIO, "the file could not be written (a full disk, a quota or a file size limit)",
+                          str(path)) from None
+        raise
 
 
 def check_can_create(folder: str | Path, flag: str) -> None:

@@ -18,14 +18,16 @@ import torch
 
 from sitcli.atomic import IMAGE_FORMATS
 from sitcli.data import DIGITS
-from sitcli.domains import COUNT, COUNT_OR_ZERO, EPS, FINITE, NON_NEGATIVE, POSITIVE, SEED, Domain, check_domains
+from sitcli.domains import (COUNT, COUNT_OR_ZERO, EPS, FINITE, NON_NEGATIVE, NON_NEGATIVE_SCALE, POSITIVE, SCALE, SEED,
+                            Domain, check_domains)
 from sitcli.errors import InputError
 from sitcli.models import SiT_models, model_shape
 from sitcli.recipes import expand, get_recipe
-from sitcli.runtime import check_precision
+from sitcli.runtime import check_precision, check_workers
 from sitcli.seeds import LABEL_SAMPLINGS
 from sitcli.transport import LAST_STEPS, MEANFLOW_METHODS, ODE_METHODS, SDE_METHODS, Transport
 from sitcli.transport.diffusion import check_diffusion_coefficient
+from sitcli.transport.samplers import ode_time_grid
 from sitcli.transport.time_conventions import CONVENTIONS
 from sitcli.transport.time_grids import SPACINGS
 from sitcli.transport.time_sampling import DENSITY_PARAMS
@@ -114,7 +116,9 @@ class TrainConfig:
         # One path per entry, as given: a comma may be part of a path (several encoders: several entries).
         if isinstance(self.repa_encoder, str):
             self.repa_encoder = [self.repa_encoder]
-        self.repa_encoder = [str(p) for p in self.repa_encoder or [] if str(p)]
+        self.repa_encoder = [str(p) for p in self.repa_encoder or []]
+        if any(not p.strip() for p in self.repa_encoder):  # an empty path must not quietly turn alignment off
+            raise InputError("--repa-encoder '': pass the path of an encoder, or drop the flag to train without REPA")
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
@@ -128,12 +132,14 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def check(self) -> None:
-        """Refuse settings that cannot train (call once the presets are applied)."""
+    def check(self, resumed: bool = False) -> None:
+        """Refuse settings that cannot train (call once the presets are applied); ``resumed``: the config of a run
+        being resumed, whose fixed settings were accepted when it started."""
         if self.model not in SiT_models:
             raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(SiT_models)}")
         check_precision(self.precision)
         check_domains(asdict(self), TRAIN_DOMAINS)
+        check_workers(self.num_workers)
         if self.repa_encoder:
             depth = model_shape(self.model)[0]
             if not 1 <= self.repa_depth <= depth:
@@ -141,6 +147,7 @@ class TrainConfig:
             if self.repa_weight < 0 or self.repa_projector_dim < 1:
                 raise InputError("--repa-weight must be >= 0 and --repa-projector-dim >= 1")
         self._check_objective()
+        self._check_without_effect(RESUMABLE if resumed else None)
         # The transport raises InputError for an invalid interpolant / prediction / loss-weight / density.
         transport = self.transport()
         for name, value in transport.time_density_params.items():  # config.json records the values used, not "default"
@@ -163,6 +170,13 @@ class TrainConfig:
                              "them: pick another method (dpm++2m, unipc, adams)")
         if self.eval_labels not in LABEL_SAMPLINGS:
             raise InputError(f"unknown --eval-labels {self.eval_labels!r}; choose one of {', '.join(LABEL_SAMPLINGS)}")
+        if self.eval_every:  # the evaluations' time grid, built now: it cannot fail at the first evaluation
+            try:
+                ode_time_grid(transport, self.eval_method, self.eval_steps)
+            except InputError as err:
+                raise InputError(
+                    f"--eval-steps {self.eval_steps} with --eval-method {self.eval_method}: {err}"
+                ) from None
         self._check_snapshots()
 
     def _check_snapshots(self) -> None:
@@ -173,6 +187,19 @@ class TrainConfig:
                                  "it")
         elif not widths or len(set(widths)) != len(widths):
             raise InputError(f"--ema-sigma-rels {widths}: pass one or more different widths (EDM2: 0.05 and 0.1)")
+
+    def _check_without_effect(self, among: set[str] | None = None) -> None:
+        """Refuse a setting that does nothing given the others: REPA's without an encoder, the evaluations' without
+        --eval-every (as the mean-flow settings without --objective meanflow); only those ``among`` when given."""
+        for fields_, needed, missing in (
+            (REPA_FIELDS, "--repa-encoder PATH", not self.repa_encoder),
+            (EVAL_FIELDS, "--eval-every N", not self.eval_every),
+        ):
+            changed = [n for n in fields_ if getattr(self, n) != _FIELD_DEFAULTS[n] and (among is None or n in among)]
+            changed = changed if missing else []
+            if changed:
+                raise InputError(f"--{changed[0].replace('_', '-')} has no effect without {needed}: add it or drop "
+                                 f"--{changed[0].replace('_', '-')}")
 
     def _check_objective(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -275,6 +302,9 @@ TRAIN_DOMAINS: dict[str, Domain] = dict(
     ema_sigma_rels=Domain(0, math.sqrt(1 / 12), lo_open=True, hi_open=True),  # training.posthoc_ema.MAX_SIGMA_REL
 )
 MEANFLOW_FIELDS = ("meanflow_share", "meanflow_p", "meanflow_c", "meanflow_omega")
+REPA_FIELDS = ("repa_depth", "repa_weight", "repa_projector_dim")  # nothing without repa_encoder
+EVAL_FIELDS = ("eval_ref", "eval_num", "eval_method", "eval_steps", "eval_metrics", "eval_labels",
+               "inception_weights")  # eval_every
 OBJECTIVES = ("flow", "meanflow")
 _FIELD_DEFAULTS = {f.name: f.default_factory() if callable(f.default_factory) else f.default
                    for f in fields(TrainConfig)}
@@ -499,11 +529,11 @@ SAMPLE_DOMAINS: dict[str, Domain] = dict(
     steps=COUNT,
     atol=POSITIVE,
     rtol=POSITIVE,
-    w_norm=NON_NEGATIVE,
+    w_norm=NON_NEGATIVE_SCALE,
     last_step_size=Domain(0, 1, lo_open=True),
-    cfg_scale=FINITE,
+    cfg_scale=SCALE,
     cfg_interval=Domain(infinite=True),
-    guidance_scale=FINITE,
+    guidance_scale=SCALE,
     time_shift=POSITIVE,
     edm_rho=POSITIVE,
     num=COUNT,

@@ -22,15 +22,18 @@ the result is complete: it is written to a hidden folder beside DST and renamed 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import shutil
 import tempfile
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sitcli import atomic
+from sitcli import atomic, runs
 from sitcli.domains import COUNT, check_domains
 from sitcli.errors import InputError
 from sitcli.formats import Checkpoint, nonfinite_tensors
@@ -39,6 +42,8 @@ from sitcli.formats.diffusers import load_diffusers_model, write_diffusers
 from sitcli.formats.official import write_official
 from sitcli.formats.sitrun import write_sit
 from sitcli.loading import FORMATS, read_checkpoint
+from sitcli.locks import LOCK, FolderLock
+from sitcli.outputs import Kind, Output, check_outputs, json_object
 from sitcli.session import session
 
 DIFFUSERS_CLASSES = ("auto", "sit", "dit")
@@ -139,7 +144,7 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
 
 def _convert(cfg: ConvertConfig) -> ConvertResult:
     src, dst, dst_format, ema = cfg.src, cfg.dst, cfg.dst_format, cfg.ema
-    _check_destination(src, dst, cfg.overwrite)
+    _check_destination(src, dst, dst_format, cfg.overwrite)
     ckpt = read_checkpoint(src, cfg.src_format, cfg.num_heads)
     if dst_format == "dit" and ckpt.kind != "dit":
         raise InputError(f"{src} holds SiT weights, not DiT ones: write them with --to official")
@@ -160,42 +165,92 @@ def _convert(cfg: ConvertConfig) -> ConvertResult:
         diffusers_class = "dit" if ckpt.kind == "dit" else "sit"
 
     dst.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(dst)
     staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
+    held = FolderLock(staging, "sit convert").acquire()  # so that another convert's clean-up leaves it alone
     try:
         staged = staging / dst.name
-        if dst_format == "sit":
-            write_sit(ckpt, staged)
-            if "model" not in ckpt.weights or "ema" not in ckpt.weights:
-                result.weights = "the one set (as both model and ema)"
+        with atomic.storage_errors(dst, staging):  # a full disk: an OSError naming DST, as for every other write
+            if dst_format == "sit":
+                write_sit(ckpt, staged)
+                if "model" not in ckpt.weights or "ema" not in ckpt.weights:
+                    result.weights = "the one set (as both model and ema)"
+                else:
+                    result.weights = "model and ema"
+            elif dst_format in ("official", "dit"):
+                write_official(ckpt.state_dict(ema), staged)
+                result.notes.extend(_name_notes(dst, ckpt.kind))
             else:
-                result.weights = "model and ema"
-        elif dst_format in ("official", "dit"):
-            write_official(ckpt.state_dict(ema), staged)
-            result.notes.extend(_name_notes(dst, ckpt.kind))
-        else:
-            write_diffusers(ckpt, staged, ema, diffusers_class)
-            if diffusers_class == "dit" and ckpt.kind == "sit":
-                result.notes.append(
-                    "diffusers' DiTTransformer2DModel is fed sit's time t in [0, 1] as `timestep` here; its DiT "
-                    "pipelines and schedulers (integer DDPM steps) do not apply to SiT weights"
-                )
+                write_diffusers(ckpt, staged, ema, diffusers_class)
+                if diffusers_class == "dit" and ckpt.kind == "sit":
+                    result.notes.append(
+                        "diffusers' DiTTransformer2DModel is fed sit's time t in [0, 1] as `timestep` here; its DiT "
+                        "pipelines and schedulers (integer DDPM steps) do not apply to SiT weights"
+                    )
         if cfg.check and "diffusers" in (ckpt.format, dst_format):
             diffusers_model = load_diffusers_model(staged if dst_format == "diffusers" else src)
             result.deviation = measure_deviation(ckpt, ema, diffusers_model)
         atomic.honour_umask(staged)
         _commit(staged, dst)
     finally:
+        held.release()
         shutil.rmtree(staging, ignore_errors=True)
     return result
 
 
-def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+def _clean_stale(dst: Path) -> None:
+    """Remove what a killed `sit convert` (SIGTERM, kill -9: no ``finally`` ran) left beside DST: its hidden staging
+    folders, and an old DST set aside by ``_commit`` (put back when DST itself is missing). A staging folder that
+    a running convert holds (its lock), or that was made a moment ago and is not held yet, is left alone."""
+    in_use = False
+    for stale in sorted(dst.parent.glob(f".{glob.escape(dst.name)}.tmp-*")):
+        if not stale.is_dir():
+            continue
+        if not (stale / LOCK).exists() and time.time() - stale.stat().st_mtime < 60:
+            in_use = True
+            continue
+        try:
+            FolderLock(stale, "sit convert").acquire().release()
+        except InputError:  # held by a convert that is running
+            in_use = True
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in [] if in_use else sorted(dst.parent.glob(f".{glob.escape(dst.name)}.old-*")):
+        if not (dst.exists() or dst.is_symlink()) and (old / dst.name).exists():
+            os.rename(old / dst.name, dst)  # killed between the two renames of _commit: the old DST goes back
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_destination(src: Path, dst: Path, dst_format: str, overwrite: bool) -> None:
+    """DST is never the source, nor holds it; --overwrite replaces only a previous result of the same format."""
     if src.exists() and dst.exists() and src.resolve() == dst.resolve():
         raise InputError(f"DST {dst} is the source itself: pick another destination")
     if dst.exists() and src.exists() and src.resolve().is_relative_to(dst.resolve()):
         raise InputError(f"DST {dst} contains the source: pick another destination")
-    if (dst.exists() or dst.is_symlink()) and not overwrite:
-        raise InputError(f"{dst} already exists: pass --overwrite to replace it, or pick another destination")
+    check_outputs([Output(dst, "DST", DESTINATIONS[dst_format])], {"the source": src}, overwrite)
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A file ``torch.save`` wrote (its zip layout holds data.pkl): an official or DiT .pt."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return path.is_file() and any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    config = json_object(path / "config.json") if path.is_dir() else None
+    return config is not None and "_class_name" in config
+
+
+# What --overwrite may replace, by --to: a previous result of that format.
+DESTINATIONS = {
+    "sit": Kind("a sit run folder (config.json, checkpoints/)", lambda p: p.is_dir() and runs.is_run(p)),
+    "official": Kind("a .pt file that torch.save wrote", _is_torch_file),
+    "dit": Kind("a .pt file that torch.save wrote", _is_torch_file),
+    "diffusers": Kind("a diffusers model folder (config.json with _class_name)", _is_diffusers_folder),
+}
 
 
 def _commit(staged: Path, dst: Path) -> None:

@@ -58,3 +58,6 @@ POSITIVE, NON_NEGATIVE, FINITE = Domain(0, lo_open=True), Domain(0), Domain()
 COUNT, COUNT_OR_ZERO = Domain(1, integer=True), Domain(0, integer=True)  # 0 where it means "none" / "torch's default"
 SEED = Domain(0, 2**30, hi_open=True, integer=True)  # seeds.index_generator's range
 EPS = Domain(0, 0.5, hi_open=True)  # distance from a singular end of [0, 1]
+# A factor of the sampler's float32 arithmetic: one beyond float32's range is infinite there, so it can only fail.
+FLOAT32_MAX = 3.4028234663852886e38
+SCALE, NON_NEGATIVE_SCALE = Domain(-FLOAT32_MAX, FLOAT32_MAX), Domain(0, FLOAT32_MAX)

@@ -191,8 +191,10 @@ def _load_transformers(folder: Path) -> Encoder:
     transformers_logging.disable_progress_bar()  # one bar per encoder at every start says nothing
     try:
         module = AutoModel.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as err:
-        raise InputError(f"encoder {folder}: transformers cannot load it ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 - a damaged weights file raises safetensors' or torch's own kinds
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise InputError(f"encoder {folder}: transformers cannot load it ({reason}); check that its weights file "
+                         "is complete") from None
     config = module.config
     patch = getattr(config, "patch_size", None)
     width = getattr(config, "hidden_size", None)

@@ -131,6 +131,11 @@ def checkpoint_problem(path: str | Path) -> str | None:
     return None
 
 
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file, in hex."""
+    return _sha256(path)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -163,10 +168,14 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-{step:07d}-"))
     aside = None
     try:
-        save_file(_contiguous(model), tmp / "model.safetensors")
-        save_file(_contiguous(ema), tmp / "ema.safetensors")
-        torch.save(optimizer, tmp / "optimizer.pt")
-        save_file(_contiguous(rng), tmp / "rng.safetensors")
+        for name, write in (
+            ("model.safetensors", lambda path: save_file(_contiguous(model), path)),
+            ("ema.safetensors", lambda path: save_file(_contiguous(ema), path)),
+            ("optimizer.pt", lambda path: torch.save(optimizer, path)),
+            ("rng.safetensors", lambda path: save_file(_contiguous(rng), path)),
+        ):
+            with atomic.storage_errors(final / name):  # a full disk: an OSError naming the file
+                write(tmp / name)
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         files = {
             name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in CHECKPOINT_FILES

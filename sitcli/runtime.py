@@ -8,6 +8,7 @@ are written once.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Callable, Iterator
 
 import torch
@@ -43,6 +44,24 @@ def compiled(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         if str(cpu_vec_isa.pick_vec_isa()) == "avx2":
             config.cpp.vec_isa_ok = False
     return torch.compile(model)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_workers(num_workers: int | None, flag: str = "--num-workers") -> None:
+    """Refuse more worker processes than the machine can run: each is a process (with its memory), and a number
+    such as 100000 forks until the machine gives out. Up to 4 per CPU (at least 8) are allowed, for loaders that
+    wait on slow disks."""
+    most = max(8, 4 * cpu_count())
+    if num_workers is not None and num_workers > most:
+        raise InputError(f"{flag} {num_workers}: this machine has {cpu_count()} CPUs; pass at most {most} "
+                         "(each worker is a process)")
 
 
 def check_precision(precision: str, allowed: tuple[str, ...] = PRECISIONS) -> None:

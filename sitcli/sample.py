@@ -9,7 +9,6 @@ per batch, so images agree only up to the solver tolerance across batch sizes.)
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,6 +27,7 @@ from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
 from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
 from sitcli.loading import Loaded, load_model
 from sitcli.locks import LOCK
+from sitcli.outputs import Kind, Output, check_outputs, json_object
 from sitcli.runtime import autocast_model, check_device_precision, compiled
 from sitcli.session import Session, session
 from sitcli.seeds import check_balanced, index_generator, labels_and_noise
@@ -39,6 +39,7 @@ from sitcli.transport.searched import SearchedSolver, check_solver, model_finger
 from sitcli.transport.time_conventions import interval_in_time
 
 SETTINGS_FILE = "sample.json"
+GRIDS = ".grids.json"  # the --grid files drawn from the folder, with their sha256: the ones a rerun may replace
 NPZ = "samples.npz"  # kept describing every PNG: rewritten whenever images are added to a folder that has one
 
 
@@ -63,7 +64,12 @@ def sample(cfg: SampleConfig, progress: bool = True, device: str | None = None) 
     """Draw the missing images of ``cfg.out`` (indices 0..num-1), sharded over torchrun ranks."""
     with session(device, tf32=cfg.tf32) as s:
         job = prepare(cfg, s)
-        result = draw(job, progress)
+        try:
+            result = draw(job, progress)
+        except BaseException:
+            if s.is_main:
+                job.undo()  # a call that failed before its first image leaves the folder as it found it
+            raise
         if s.is_main and (cfg.npz or cfg.grid or (job.out / NPZ).is_file() and result.new):
             write_extras(job, result)
         distributed.barrier()
@@ -84,6 +90,18 @@ class SampleJob:
     mine: list[int]  # the missing indices this rank draws
     time_grid: torch.Tensor  # the times the sampler steps on (checked before the folder is touched)
     solver: SearchedSolver | None = None  # --method searched: the solver read from --solver
+    before: dict[str, bytes | None] | None = None  # sample.json and labels.csv as they were (rank 0)
+    fresh: list[int] | None = None  # the indices without a PNG before this call
+
+    def undo(self) -> None:
+        """Put sample.json and labels.csv back as they were before this call, if it drew no new image."""
+        if self.before is None or any(self.names[i].exists() for i in self.fresh):
+            return
+        for name, content in self.before.items():
+            if content is None:
+                (self.out / name).unlink(missing_ok=True)
+            else:
+                atomic.atomic_write(self.out / name, lambda tmp, data=content: Path(tmp).write_bytes(data))
 
 
 def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
@@ -93,12 +111,7 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     loaded = load_model(cfg.ckpt, cfg.ema, cfg.src_format, cfg.model, **cfg.transport_overrides())
     tcfg = loaded.config
     cfg.for_model(bool(loaded.checkpoint.arch.get("mean_flow")))
-    bad = nonfinite_tensors(loaded.model.state_dict())
-    if bad:
-        raise InputError(
-            f"the weights of {loaded.weights} hold NaN or inf in {len(bad)} tensors ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}): the run diverged or the file is damaged; sample an earlier checkpoint"
-        )
+    _check_finite(loaded, "--ckpt")
     session.set_threads(cfg.threads if cfg.threads is not None else tcfg.threads)
     model = loaded.model.to(dist.device)
     if cfg.compile:
@@ -115,6 +128,7 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
         atomic.check_can_create(Path(cfg.grid).parent, "--grid")
         if Path(cfg.grid).is_dir():
             raise InputError(f"--grid {cfg.grid} is a folder: name an image file such as grid.png")
+        _check_grid(Path(cfg.grid), out, [loaded] + ([guide] if guide is not None else []))
     settings = cfg.record()
     settings["ckpt"] = str(loaded.weights.resolve())  # images from another checkpoint must not share the folder
     if guide is not None:
@@ -125,17 +139,20 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
         raise InputError(f"--out {out} is a file; pass a folder")
     session.hold(out, "sit sample")
     _check_folder(out, settings, cfg.num)
-    width = max(6, len(str(cfg.num - 1)))
+    width = _index_width(out, cfg.num)
     names = [out / f"{i:0{width}d}.png" for i in range(cfg.num)]
     all_labels, _ = labels_and_noise(cfg.seed, list(range(cfg.num)), (0,), max(tcfg.num_classes, 1), cfg.class_labels,
                                      cfg.labels, cfg.num)
     side = None if vae is not None else tcfg.input_size  # a VAE's output size is its own
     mode = "RGB" if vae is not None or tcfg.in_channels == 3 else "L"
     todo = [i for i in range(cfg.num) if not is_finished(names[i], side, mode)]
-    redo = sum(names[i].exists() for i in todo)
+    fresh = [i for i in todo if not names[i].exists()]
+    redo = len(todo) - len(fresh)
     if redo and dist.is_main:
         print(f"note: {redo} PNG(s) in {out} are not whole {side}x{side} {mode} images; drawing them again")
     distributed.barrier()  # every rank has listed the folder before any rank writes to it
+    before = {name: (out / name).read_bytes() if (out / name).is_file() else None
+              for name in (SETTINGS_FILE, "labels.csv")} if dist.is_main else None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_json(out / SETTINGS_FILE, settings)
@@ -143,7 +160,8 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
             out / "labels.csv", "index,label\n" + "".join(f"{i},{int(v)}\n" for i, v in enumerate(all_labels))
         )
     distributed.barrier()
-    return SampleJob(cfg, dist, loaded, fn, vae, out, names, todo[dist.rank :: dist.world_size], grid, solver)
+    return SampleJob(cfg, dist, loaded, fn, vae, out, names, todo[dist.rank :: dist.world_size], grid, solver, before,
+                     fresh)
 
 
 def guided_model(cfg: SampleConfig, loaded: Loaded, model: torch.nn.Module, device) -> tuple[Callable, Loaded | None]:
@@ -263,7 +281,7 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
                     time_grid=job.time_grid,
                 )
             if not bool(torch.isfinite(x).all()):
-                raise InputError(_nonfinite_message(cfg, idx))
+                raise InputError(_nonfinite_message(cfg, idx, drawn))
             images = to_images(x, job.vae)
             seconds += time.perf_counter() - began
             for i, image in zip(idx, images):
@@ -294,6 +312,9 @@ def write_extras(job: SampleJob, result: SampleResult) -> None:
     if job.cfg.grid:
         result.grid = Path(job.cfg.grid)
         atomic.save_image(result.grid, make_grid(images[:100]))
+        record = json_object(job.out / GRIDS) or {}
+        record[str(result.grid.resolve())] = runs.file_digest(result.grid)
+        atomic.write_json(job.out / GRIDS, record)
 
 
 def time_grid(cfg: SampleConfig, transport, solver: SearchedSolver | None = None) -> torch.Tensor:
@@ -319,7 +340,7 @@ def time_grid(cfg: SampleConfig, transport, solver: SearchedSolver | None = None
     )
 
 
-def _nonfinite_message(cfg: SampleConfig, idx: list[int]) -> str:
+def _nonfinite_message(cfg: SampleConfig, idx: list[int], drawn: int = 0) -> str:
     scales = [
         f"--{k.replace('_', '-')} {getattr(cfg, k):g}"
         for k in ("cfg_scale", "guidance_scale", "time_shift")
@@ -329,13 +350,25 @@ def _nonfinite_message(cfg: SampleConfig, idx: list[int]) -> str:
     precision = f" or --precision {cfg.precision} overflowing (try fp32)" if cfg.precision != "fp32" else ""
     return (
         f"the samples of indices {idx[0]}..{idx[-1]} came out NaN or inf, so no PNG was written for them: likely "
-        f"{cause}{precision}; change it and draw into a new --out"
+        f"{cause}{precision}; change it and "
+        + ("draw into a new --out" if drawn else "run the command again")
     )
+
+
+def _check_finite(loaded: Loaded, flag: str) -> None:
+    """Refuse weights that hold NaN or inf: every sample would come out NaN, and the message blame the scales."""
+    bad = nonfinite_tensors(loaded.model.state_dict())
+    if bad:
+        raise InputError(
+            f"{flag}: the weights of {loaded.weights} hold NaN or inf in {len(bad)} tensors ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): the run diverged or the file is damaged; pass an earlier checkpoint"
+        )
 
 
 def _load_guide(cfg: SampleConfig, main: Loaded) -> Loaded:
     """The weak model of autoguidance, refused unless it can stand in for the main model."""
     guide = load_model(cfg.guidance_model, cfg.ema, None, None, **cfg.transport_overrides())
+    _check_finite(guide, "--guidance-model")
     a, b = main.config, guide.config
     for name in ("in_channels", "input_size", "num_classes"):
         if getattr(a, name) != getattr(b, name):
@@ -343,6 +376,11 @@ def _load_guide(cfg: SampleConfig, main: Loaded) -> Loaded:
                 f"--guidance-model {cfg.guidance_model} has {name}={getattr(b, name)}, the model "
                 f"{getattr(a, name)}: pass a checkpoint with the same latent shape and classes"
             )
+    if cfg.sampler == "meanflow" and not guide.checkpoint.arch.get("mean_flow"):
+        raise InputError(
+            f"--guidance-model {cfg.guidance_model} predicts instantaneous velocities, but the mean-flow jumps call "
+            "the guide with a second time r: pass a mean-flow guide, or --sampler ode or sde"
+        )
     ta, tb = main.transport, guide.transport
     if repr(ta.interpolant) != repr(tb.interpolant) or ta.prediction != tb.prediction:
         raise InputError(
@@ -350,6 +388,18 @@ def _load_guide(cfg: SampleConfig, main: Loaded) -> Loaded:
             f"{ta.prediction} on {ta.interpolant!r}: autoguidance needs the same interpolant and prediction"
         )
     return guide
+
+
+def _check_grid(grid: Path, out: Path, models: list[Loaded]) -> None:
+    """--grid may replace only a grid this sample folder drew (and that nobody changed since, ``GRIDS``): never a
+    file it reads (a checkpoint, a sample of the folder) nor any other file (a training image, another grid)."""
+    reads = {f"the weights {m.weights}": m.weights for m in models}
+    if grid.parent.resolve() == out.resolve() and grid.stem.isdigit():  # an index name: a sample of the folder
+        reads[f"sample {int(grid.stem)} of --out {out}"] = grid
+    record = json_object(out / GRIDS) or {}
+    drew = Kind(f"a grid that sit sample drew for --out {out}",
+                lambda p: record.get(str(p.resolve())) == runs.file_digest(p) if p.is_file() else False)
+    check_outputs([Output(grid, "--grid", drew)], reads, overwrite=True)
 
 
 def _default_out(ckpt: str) -> Path:
@@ -360,7 +410,10 @@ def _default_out(ckpt: str) -> Path:
 def _check_folder(out: Path, settings: dict, num: int) -> None:
     saved_path = out / SETTINGS_FILE
     if saved_path.is_file():
-        saved = json.loads(saved_path.read_text())
+        saved = json_object(saved_path)
+        if saved is None:  # the folder's images can no longer be told to match these settings
+            raise InputError(f"{saved_path} is damaged (not a JSON object of settings), so {out} cannot be added to: "
+                             "pick a new --out")
         unused = UNUSED_BY.get(settings.get("sampler"), set()) | PROVENANCE
         # A setting a folder's sample.json lacks was added to sit later: the folder was drawn with its default.
         defaults = {f.name: f.default for f in fields(SampleConfig)}
@@ -381,8 +434,16 @@ def _check_folder(out: Path, settings: dict, num: int) -> None:
         raise InputError(f"--out {out} exists, is not empty and holds no {SETTINGS_FILE}; pick a new --out")
 
 
+def _index_width(out: Path, num: int) -> int:
+    """The digits of the folder's PNG names: those its PNGs already have (one width per folder, however far it is
+    extended: 000000.png .. 1000000.png), else enough for ``num`` and at least 6."""
+    widths = [len(p.stem) for p in out.glob("*.png") if p.stem.isdigit() and len(p.stem) >= 6] if out.is_dir() else []
+    return min(widths) if widths else max(6, len(str(num - 1)))
+
+
 def _held(out: Path) -> int:
     """How many samples a folder describes: the rows of labels.csv, or one past its highest PNG index."""
-    rows = (out / "labels.csv").read_text().splitlines()[1:] if (out / "labels.csv").is_file() else []
+    # Bytes, not text: labels.csv is rewritten whole, so a damaged one need only be counted.
+    rows = (out / "labels.csv").read_bytes().splitlines()[1:] if (out / "labels.csv").is_file() else []
     indices = [int(p.stem) for p in out.glob("*.png") if p.stem.isdigit()]
     return max(len(rows), max(indices, default=-1) + 1)

@@ -189,16 +189,17 @@ def test_existing_destination_is_refused_unless_overwrite_and_kept_on_error(tmp_
     torch.save(random_weights(3), tmp_path / "SiT-b.pt")
     (tmp_path / "SiT-bad.pt").write_bytes(b"junk")
     dst = tmp_path / "out.pt"
-    dst.write_bytes(b"precious")
+    torch.save(random_weights(5), dst)  # a previous result: --overwrite replaces nothing of another kind
+    precious = dst.read_bytes()
     with pytest.raises(InputError, match="--overwrite"):
         convert(ConvertConfig(tmp_path / "SiT-a.pt", dst, num_heads=2))
     with pytest.raises(InputError):
         convert(ConvertConfig(tmp_path / "SiT-bad.pt", dst, num_heads=2, overwrite=True))
-    assert dst.read_bytes() == b"precious"
+    assert dst.read_bytes() == precious
     convert(ConvertConfig(tmp_path / "SiT-a.pt", dst, num_heads=2, overwrite=True))
     assert_same(torch.load(dst, weights_only=True), torch.load(tmp_path / "SiT-a.pt", weights_only=True))
     # a folder destination is replaced as a whole, and nothing temporary is left behind
-    (tmp_path / "folder").mkdir()
+    convert(ConvertConfig(tmp_path / "SiT-a.pt", tmp_path / "folder", dst_format="diffusers", num_heads=2, check=False))
     (tmp_path / "folder" / "old.txt").write_text("old")
     convert(
         ConvertConfig(

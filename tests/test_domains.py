@@ -29,10 +29,10 @@ def outside(domain: Domain) -> list:
     """Values the domain excludes: NaN, the infinities it does not allow, just past each end, a fraction."""
     bad = [math.nan] + ([] if domain.infinite else [math.inf, -math.inf])
     step = 1 if domain.integer else 1e-3
-    if math.isfinite(domain.lo):
-        bad.append(domain.lo if domain.lo_open else domain.lo - step)
+    if math.isfinite(domain.lo):  # a step of at least one ulp: 1e-3 vanishes past an end such as float32's largest
+        bad.append(domain.lo if domain.lo_open else domain.lo - max(step, math.ulp(domain.lo)))
     if math.isfinite(domain.hi):
-        bad.append(domain.hi if domain.hi_open else domain.hi + step)
+        bad.append(domain.hi if domain.hi_open else domain.hi + max(step, math.ulp(domain.hi)))
     if domain.integer:
         bad.append((domain.lo if math.isfinite(domain.lo) else 0) + 1.5)
     return bad

@@ -55,8 +55,8 @@ def fid_flags(root: Path) -> list:
 def test_cache_latents_refuses_a_non_empty_out_without_overwrite(vae_and_images, tmp_path):
     out = tmp_path / "cache"
     out.mkdir()
-    np.save(out / "labels.npy", np.arange(3))  # someone else's file
-    before = digest(out / "labels.npy")
+    (out / "notes.txt").write_text("someone else's file")
+    before = digest(out / "notes.txt")
     flags = [
         "--data",
         vae_and_images / "images",
@@ -68,12 +68,12 @@ def test_cache_latents_refuses_a_non_empty_out_without_overwrite(vae_and_images,
         0,
     ]
     result = sit("cache-latents", *flags, "--out", out)
-    assert result.exit_code == 2 and "is not empty (it holds labels.npy)" in result.output, result.output
-    assert "--overwrite" in result.output and digest(out / "labels.npy") == before
-    assert sorted(p.name for p in out.iterdir()) == ["labels.npy"]
+    assert result.exit_code == 2 and "is not empty (it holds notes.txt)" in result.output, result.output
+    assert "--overwrite" in result.output and digest(out / "notes.txt") == before
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     result = sit("cache-latents", *flags, "--out", out, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert len(np.load(out / "labels.npy")) == 8  # the cache's own labels now
+    assert len(np.load(out / "labels.npy")) == 8 and digest(out / "notes.txt") == before  # the other file left alone
     result = sit("cache-latents", *flags, "--out", out)  # a finished cache is refused as before, --overwrite named
     assert result.exit_code == 2 and "already holds a latent cache" in result.output and "--overwrite" in result.output
 
@@ -81,14 +81,18 @@ def test_cache_latents_refuses_a_non_empty_out_without_overwrite(vae_and_images,
 @pytest.mark.parametrize("flag", ["--save-stats", "--json"])
 def test_fid_refuses_to_replace_an_existing_output_before_reading_any_image(fid_inputs, tmp_path, flag, stand_in):
     target = tmp_path / ("out.npz" if flag == "--save-stats" else "out.json")
-    target.write_bytes(b"precious")
+    if flag == "--save-stats":  # a previous output of the same kind: the one thing --overwrite may replace
+        np.savez(target, mu=np.zeros(3), sigma=np.eye(3))
+    else:
+        target.write_text('{"metrics": {}, "inputs": {}, "settings": {}}')
+    precious = target.read_bytes()
     other = ["--save-stats", tmp_path / "s.npz"] if flag == "--json" else []
     result = sit("fid", tmp_path / "missing-folder", flag, target, *other, *fid_flags(fid_inputs))
     assert result.exit_code == 2 and f"{target} already exists: pass --overwrite" in result.output.replace("\n", "")
-    assert target.read_bytes() == b"precious" and not (tmp_path / "s.npz").exists()
+    assert target.read_bytes() == precious and not (tmp_path / "s.npz").exists()
     result = sit("fid", fid_inputs / "images", flag, target, *other, *fid_flags(fid_inputs), "--overwrite")
     assert result.exit_code == 0, result.output
-    assert target.read_bytes() != b"precious"
+    assert target.read_bytes() != precious
 
 
 # ----------------------------------------------------------------------------- a sample folder agrees with itself

@@ -230,24 +230,3 @@ def test_shifted_edm_and_autoguided_sampling_from_the_cli(tiny_run, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "cfg" / "sample.json").read_text())["cfg_interval_in"] == "repa"
-
-
-@pytest.mark.parametrize("grid", ["x.txt", "x.svg", "x.npz", "folder"])
-def test_a_grid_that_cannot_be_written_is_refused_before_anything_is_drawn(tiny_run, tmp_path, grid):
-    (tmp_path / "folder").mkdir()
-    result = sit(
-        "sample", "--ckpt", tiny_run, "--out", tmp_path / "s", "--num", 2, "--steps", 2, "--grid", tmp_path / grid
-    )
-    assert result.exit_code == 2 and "--grid" in result.output and "Traceback" not in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1
-    assert not (tmp_path / "s").exists()
-    if grid != "folder":
-        assert ".png" in result.output and ".jpg" in result.output
-
-
-def test_a_tif_grid_is_written(tiny_run, tmp_path):
-    result = sit(
-        "sample", "--ckpt", tiny_run, "--out", tmp_path / "s", "--num", 2, "--steps", 2, "--grid", tmp_path / "grid.tif"
-    )
-    assert result.exit_code == 0, result.output
-    assert Image.open(tmp_path / "grid.tif").format == "TIFF"

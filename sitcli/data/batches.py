@@ -60,7 +60,7 @@ def batches(
 
     sampler = EpochBatches(len(dataset), batch_size, seed, dataset.flip, rank, world_size, start_step)
     if num_workers == 0:
-        return (dataset.__getitems__(items) for items in sampler)
+        return _checked(dataset, (dataset.__getitems__(items) for items in sampler))
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -70,7 +70,17 @@ def batches(
         persistent_workers=True,
         prefetch_factor=4,
     )
-    return iter(loader)
+    return _checked(dataset, iter(loader))
+
+
+def _checked(dataset, batches: Iterator) -> Iterator:
+    """``batches``, each passed to the data set's ``check_batch`` (if it has one) in this process, so that a
+    damaged batch is refused in one line, not from inside a worker process."""
+    check = getattr(dataset, "check_batch", None)
+    for batch in batches:
+        if check is not None:
+            check(batch)
+        yield batch
 
 
 def _identity(batch):

@@ -9,6 +9,7 @@ which is what makes resuming exact and independent of the number of workers or r
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,20 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 
+# Modes Pillow opens 16-bit (and 32-bit integer) grey images in: its convert("RGB") clips them to 255, i.e. white.
+WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def as_rgb(image):
+    """A PIL image as 8-bit RGB, with 16-bit grey scaled by 255 / 65535 instead of clipped (all else: convert)."""
+    from PIL import Image
+
+    if image.mode in WIDE_GREY:
+        grey = np.asarray(image).astype(np.float64) * (255 / 65535)
+        image = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def center_crop_arr(image, image_size: int) -> np.ndarray:
     """ADM's crop: halve with a box filter while the short side is >= 2x the target, resize the short
     side to ``image_size`` with bicubic filtering, then cut out the central square. Returns HxWx3 uint8."""
@@ -99,12 +114,41 @@ class DigitsDataset:
         return self.x[idx], self.y[idx]
 
 
+def is_sit_output(folder: Path) -> bool:
+    """Whether ``folder`` is something sit wrote or is writing: a run (its config.json names its data and model),
+    a sample folder (sample.json), a latent cache (latents.json, or the shards of one being made), or a folder a
+    sit job holds (.lock). Such a folder inside an image folder is not data: a run kept in its own --data folder
+    must not become a class of it when it is resumed."""
+    if any((folder / name).exists() for name in ("sample.json", "latents.json", ".lock", "shards/settings.json")):
+        return True
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and {"data", "model", "interpolant"} <= set(config)
+
+
 def _scan_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     if not root.is_dir():
         raise InputError(
             f"data folder {root} does not exist; pass --data digits or a folder with one sub-folder per class"
         )
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    outputs: dict[Path, bool] = {}
+
+    def sit_output(folder: Path) -> bool:
+        if folder not in outputs:
+            outputs[folder] = is_sit_output(folder)
+        return outputs[folder]
+
+    def inside_output(path: Path, top: Path) -> bool:
+        parent = path.parent
+        while parent != top:  # the folders between the class folder and the file (none for most files)
+            if sit_output(parent):
+                return True
+            parent = parent.parent
+        return False
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not sit_output(p))
     if not classes:
         raise InputError(
             f"data folder {root} has no class sub-folders; put the images in ROOT/<class name>/*.png "
@@ -113,8 +157,12 @@ def _scan_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     files = []
     for label, name in enumerate(classes):
         for path in sorted((root / name).rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and not inside_output(path, root / name):
                 files.append((path, label))
+    left_out = sorted(str(folder) for folder, output in outputs.items() if output)
+    if left_out:
+        print(f"note: {root} holds what sit wrote ({', '.join(left_out[:3])}{', ...' if len(left_out) > 3 else ''}): "
+              "left out of the data", file=sys.stderr, flush=True)
     if not files:
         raise InputError(
             f"data folder {root} has class sub-folders but no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
@@ -151,7 +199,7 @@ class ImageFolderDataset:
         path = self.files[index][0]
         try:
             with Image.open(path) as image:
-                return center_crop_arr(image.convert("RGB"), self.image_size)
+                return center_crop_arr(as_rgb(image), self.image_size)
         except Exception as err:  # noqa: BLE001 - any decoder failure means "skip this file"
             if index not in self.bad:
                 self.bad.add(index)

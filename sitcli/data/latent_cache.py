@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -39,6 +40,9 @@ from sitcli.autoencoder import encode, latent_scale, latent_shape, load_vae
 from sitcli.data.images import DataInfo, ImageFolderDataset, to_unit_range
 from sitcli.domains import COUNT, COUNT_OR_ZERO, SEED, check_domains
 from sitcli.errors import InputError
+from sitcli.locks import LOCK
+from sitcli.outputs import Kind, Output, check_outputs
+from sitcli.runtime import check_workers
 from sitcli.seeds import index_normal
 from sitcli.session import session
 
@@ -46,6 +50,7 @@ LATENT_MANIFEST = "latents.json"
 REPA_DTYPES = ("float16", "float32")  # storage of cached encoder features (numpy has no bfloat16)
 SHARDS = "shards"
 SHARD_SETTINGS = "settings.json"
+CACHE_FILES = (LATENT_MANIFEST, "latents.npy", "labels.npy", SHARDS)  # and repa_features_K.npy
 
 
 @dataclass
@@ -76,8 +81,14 @@ class CacheConfig:
     def __post_init__(self):
         self.repa_encoder = [str(p) for p in self.repa_encoder or []]
         check_domains(asdict(self), CACHE_DOMAINS)
+        check_workers(self.num_workers)
         if self.repa_dtype not in REPA_DTYPES:
             raise InputError(f"--repa-dtype {self.repa_dtype}: pick one of {', '.join(REPA_DTYPES)}")
+        if any(not p.strip() for p in self.repa_encoder):
+            raise InputError("--repa-encoder '': pass the path of an encoder, or drop the flag to cache no features")
+        if not self.repa_encoder and (self.repa_grid is not None or self.repa_dtype != "float16"):
+            flag = "--repa-grid" if self.repa_grid is not None else "--repa-dtype"
+            raise InputError(f"{flag} has no effect without --repa-encoder PATH: add it or drop {flag}")
 
 
 CACHE_DOMAINS = dict(image_size=COUNT, batch_size=COUNT, num_workers=COUNT_OR_ZERO, seed=SEED, shard_size=COUNT,
@@ -99,9 +110,12 @@ def cache_latents(cfg: CacheConfig, progress: bool = True, device: str | None = 
     images that cannot be read are listed in the manifest and left out."""
     out_dir = Path(cfg.out)
     atomic.check_can_create(out_dir, "--out")
+    reads = {"--data": cfg.data, "--vae": cfg.vae, **{f"--repa-encoder {p}": p for p in cfg.repa_encoder}}
+    check_outputs([Output(out_dir, "--out", Kind("a folder", Path.is_dir))], reads, overwrite=True)
     _check_out(out_dir, cfg.overwrite)
     with session(device) as job:
         dist = job.dist
+        job.hold(out_dir, "sit cache-latents")  # one extraction per folder; held before the data is listed
         dataset = ImageFolderDataset(cfg.data, cfg.image_size)
         model = load_vae(cfg.vae, dist.device)
         _, side = latent_shape(model, cfg.image_size)  # refuses a size the VAE cannot encode, before any write
@@ -124,6 +138,9 @@ def cache_latents(cfg: CacheConfig, progress: bool = True, device: str | None = 
         shards = out_dir / SHARDS
         _check_shards(shards, settings)
         total = -(-len(dataset) // cfg.shard_size)
+        if dist.is_main:  # a shard damaged since it was written (a copy cut short, a bad disk) is encoded again
+            _drop_damaged_shards(shards, total, len(dataset), cfg.shard_size, len(encoders))
+        distributed.barrier()
         todo = [k for k in range(total) if not _shard_path(shards, k).is_file()]
         distributed.barrier()  # every rank has listed the finished shards before any rank writes one
         if dist.is_main:
@@ -151,13 +168,22 @@ def _check_out(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file; pass a folder")
     if overwrite:
+        # --overwrite replaces a cache's own files: refused where a file of that name is not part of one.
+        if out_dir.is_dir() and not is_latent_cache(out_dir) and not (out_dir / SHARDS).is_dir():
+            held = sorted(p.name for p in out_dir.iterdir()
+                          if p.name in CACHE_FILES or p.name.startswith("repa_features_"))
+            if held:
+                raise InputError(
+                    f"--out {out_dir} holds {', '.join(held)}, which is not part of a latent cache, and the cache "
+                    "would replace it: move it away or pick another --out"
+                )
         return
     if is_latent_cache(out_dir):
         raise InputError(
             f"{out_dir} already holds a latent cache; train on it with --data {out_dir}, pass --overwrite "
             "to replace it, or pick a new --out"
         )
-    resumable = {SHARDS, "latents.npy.tmp", "labels.npy.tmp"}  # what an interrupted extraction leaves
+    resumable = {SHARDS, "latents.npy.tmp", "labels.npy.tmp", LOCK}  # what an interrupted extraction leaves
     joining = (out_dir / SHARDS).is_dir()  # interrupted while joining the shards, before the manifest
     if joining:
         resumable |= {"latents.npy", "labels.npy"}
@@ -220,6 +246,40 @@ def _check_shards(shards: Path, settings: dict) -> None:
             f"{shards} holds shards of an extraction with other settings ({', '.join(changed)} differ); "
             "run it again with the same flags, or pick a new --out"
         )
+
+
+def _shard_problem(path: Path, rows: int, keys: list[str]) -> str | None:
+    """What is wrong with a finished shard (a short phrase), or None: every array it must hold is there, with
+    ``rows`` rows and as many bytes as its header says (the zip's index and the arrays' headers are read, not
+    the data)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for key in keys:
+                info = zf.getinfo(f"{key}.npy")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                    header = f.tell()
+                if not shape or shape[0] != rows:
+                    return f"its {key} have {shape[0] if shape else 0} rows, not {rows}"
+                if info.file_size != header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                    return f"its {key} are cut short"
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as err:
+        return f"it cannot be read ({str(err) or type(err).__name__})"
+    return None
+
+
+def _drop_damaged_shards(shards: Path, total: int, n: int, shard_size: int, encoders: int) -> None:
+    """Remove (with a note) each finished shard that is damaged, so that it is encoded again."""
+    keys = ["latents", "labels", *(f"features_{j}" for j in range(encoders))]
+    for k in range(total):
+        path = _shard_path(shards, k)
+        problem = _shard_problem(path, min(shard_size, n - k * shard_size), keys) if path.is_file() else None
+        if problem is not None:
+            print(f"note: shard {path} is damaged ({problem}); encoding it again")
+            path.unlink()
 
 
 class _Images(torch.utils.data.Dataset):
@@ -293,7 +353,7 @@ def _assemble(out_dir: Path, shards: Path, total: int, dataset, settings: dict, 
     """Join the shards into latents.npy / labels.npy (and the encoders' repa_features_K.npy)
     without the unreadable images, write the manifest last (it marks the cache complete), then
     remove the shards; returns the image count."""
-    labels = np.concatenate([np.load(_shard_path(shards, k))["labels"] for k in range(total)])
+    labels = np.concatenate([_read_shard(shards, k, "labels") for k in range(total)])
     keep = labels >= 0
     entries = settings.get("repa_features", [])
     arrays = {"latents": "latents.npy", **{f"features_{j}": e["file"] for j, e in enumerate(entries)}}
@@ -320,20 +380,35 @@ def _assemble(out_dir: Path, shards: Path, total: int, dataset, settings: dict, 
     return manifest["count"]
 
 
+def _read_shard(shards: Path, k: int, key: str) -> np.ndarray:
+    """Array ``key`` of shard k; a shard whose data turn out damaged (a bad CRC) is removed, to be encoded again."""
+    path = _shard_path(shards, k)
+    try:
+        with np.load(path) as shard:
+            return shard[key]
+    except (zipfile.BadZipFile, ValueError, EOFError, KeyError) as err:
+        path.unlink(missing_ok=True)
+        raise InputError(f"shard {path} is damaged ({str(err) or type(err).__name__}); it was removed: run the "
+                         "same command again to encode it anew") from None
+
+
 def _join(path: Path, shards: Path, total: int, key: str, count: int) -> None:
     """The kept rows of array ``key`` of every shard, in order, as one .npy file at ``path``."""
-    with np.load(_shard_path(shards, 0)) as shard:
-        first = shard[key]
+    first = _read_shard(shards, 0, key)
     tmp = path.with_name(path.name + ".tmp")
-    joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(count, *first.shape[1:]))
-    row = 0
-    for k in range(total):
-        with np.load(_shard_path(shards, k)) as shard:
-            kept = shard[key][shard["labels"] >= 0]
-        joined[row : row + len(kept)] = kept
-        row += len(kept)
-    joined.flush()
-    del joined
+    try:
+        joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(count, *first.shape[1:]))
+        atomic.reserve(tmp)  # a full disk is an OSError now, not a SIGBUS at the first page the map cannot back
+        row = 0
+        for k in range(total):
+            kept = _read_shard(shards, k, key)[_read_shard(shards, k, "labels") >= 0]
+            joined[row : row + len(kept)] = kept
+            row += len(kept)
+        joined.flush()
+        del joined
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -353,6 +428,7 @@ class LatentDataset:
 
     flip = True
     features: tuple = ()
+    feature_files: list = []
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -374,7 +450,11 @@ class LatentDataset:
     def use_features(self, identities: list[str], paths: list[str]) -> list[dict]:
         """Read the cached features of the encoders with these sha256 ``identities`` (given as
         ``paths``) with every batch; returns their manifest entries. Refuses a missing encoder."""
-        stored = {e["sha256"]: e for e in self.manifest.get("repa_features", [])}
+        listed = self.manifest.get("repa_features", [])
+        if not isinstance(listed, list) or not all(isinstance(e, dict) and isinstance(e.get("sha256"), str)
+                                                   for e in listed):
+            raise _damaged(self.root, f"the repa_features of {LATENT_MANIFEST} are not a list sit wrote", self.manifest)
+        stored = {e["sha256"]: e for e in listed}
         for path, identity in zip(paths, identities):
             if identity not in stored:
                 held = ", ".join(e["encoder"] for e in stored.values()) or "none"
@@ -385,8 +465,41 @@ class LatentDataset:
                     f"{m['image_size']} --seed {m['seed']} --out NEW --repa-encoder {path}"
                 )
         entries = [stored[i] for i in identities]
-        self.features = tuple(np.load(self.root / e["file"], mmap_mode="r") for e in entries)
+        self.features = tuple(self._open_features(e) for e in entries)
+        self.feature_files = [e["file"] for e in entries]
         return entries
+
+    def _open_features(self, entry: dict) -> np.ndarray:
+        """One encoder's features (N, 2, tokens, width), memory-mapped, checked against its manifest entry."""
+        def damaged(what: str) -> InputError:
+            return _damaged(self.root, what, self.manifest)
+
+        kinds = {"file": str, "grid": int, "tokens": int, "width": int, "resolution": int, "dtype": str}
+        wrong = [k for k, kind in kinds.items() if not isinstance(entry.get(k), kind) or isinstance(entry.get(k), bool)]
+        if wrong or entry["dtype"] not in REPA_DTYPES or entry["tokens"] != entry["grid"] ** 2 or min(
+            entry["grid"], entry["width"], entry["resolution"]
+        ) < 1:
+            raise damaged(f"the {LATENT_MANIFEST} entry of encoder {entry.get('encoder')} is not one sit wrote")
+        name = entry["file"]
+        if Path(name).name != name or not name.startswith("repa_features_") or not (self.root / name).is_file():
+            raise damaged(f"{name}, the features of encoder {entry.get('encoder')}, is missing")
+        try:
+            features = np.load(self.root / name, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as err:  # a cut header, or data shorter than the header says
+            raise damaged(f"{name} cannot be read: {err}") from None
+        want = (len(self.labels), 2, entry["tokens"], entry["width"])
+        if features.shape != want or features.dtype != np.dtype(entry["dtype"]):
+            raise damaged(f"{name} holds {features.dtype} {features.shape}; its manifest entry says {entry['dtype']} "
+                          f"{want}")
+        return features
+
+    def check_batch(self, batch: tuple) -> None:
+        """Refuse a batch that holds NaN or inf (a cache damaged after it was written): the loss would blame --lr."""
+        x, _, *features = batch
+        parts = [("latents.npy", x), *zip(self.feature_files, features[0] if features else [])]
+        for name, values in parts:
+            if not bool(torch.isfinite(values).all()):
+                raise _damaged(self.root, f"{name} holds NaN or inf", self.manifest)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -401,20 +514,25 @@ class LatentDataset:
         return x, y, [torch.from_numpy(np.ascontiguousarray(f[idx, flips])).float() for f in self.features]
 
 
+def _damaged(root: Path, what: str, manifest: dict | None = None) -> InputError:
+    """The refusal of a damaged cache: what is wrong, and the command that rebuilds it."""
+    m = manifest or {}
+    redo = (
+        (
+            f"sit cache-latents --data {m['data']} --vae {m['vae']} --image-size {m['image_size']} --seed "
+            f"{m.get('seed', 0)} --out {root} --overwrite"
+        )
+        if {"data", "vae", "image_size"} <= set(m)
+        else f"sit cache-latents --data IMAGES --vae VAE --out {root} --overwrite"
+    )
+    return InputError(f"the cache at {root} is damaged ({what}); rebuild it with {redo}")
+
+
 def _open_cache(root: Path) -> tuple[dict, np.ndarray, np.ndarray]:
     """(manifest, latents, labels) of a cache, each checked against the others; a damaged cache is an InputError."""
 
     def damaged(what: str, manifest: dict | None = None) -> InputError:
-        m = manifest or {}
-        redo = (
-            (
-                f"sit cache-latents --data {m['data']} --vae {m['vae']} --image-size {m['image_size']} --seed "
-                f"{m.get('seed', 0)} --out {root} --overwrite"
-            )
-            if {"data", "vae", "image_size"} <= set(m)
-            else f"sit cache-latents --data IMAGES --vae VAE --out {root} --overwrite"
-        )
-        return InputError(f"the cache at {root} is damaged ({what}); rebuild it with {redo}")
+        return _damaged(root, what, manifest)
 
     try:
         manifest = json.loads((root / LATENT_MANIFEST).read_text())

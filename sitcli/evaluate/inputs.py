@@ -10,7 +10,8 @@ An input is recognised by its content, not its name:
 - a .npz holding ``mu`` and ``sigma``: precomputed statistics, as pytorch-fid writes them
   (optionally ``mu_s`` and ``sigma_s`` for sFID, as the ADM reference batches hold them).
 
-Decoding is pytorch-fid's: ``PIL.Image.open(path).convert("RGB")``, then uint8 -> float / 255.
+Decoding is pytorch-fid's: ``PIL.Image.open(path).convert("RGB")`` (16-bit grey scaled to 8 bits, where convert
+"RGB" would clip it to white: ``data.images.as_rgb``), then uint8 -> float / 255.
 Decoding runs in DataLoader worker processes; images travel as uint8 (4x less than float).
 """
 
@@ -29,7 +30,9 @@ from PIL import Image
 
 from sitcli import atomic
 from sitcli.data import IMAGE_EXTENSIONS
+from sitcli.data.images import as_rgb
 from sitcli.errors import InputError
+from sitcli.outputs import Kind, json_object, npz_arrays
 
 STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s", "mu_d", "sigma_d")  # _d: FD-DINOv2 (evaluate.dinov2)
 
@@ -206,7 +209,7 @@ class ImageDataset(torch.utils.data.Dataset):
         path = self.source.files[i]
         try:
             with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"))
+                rgb = np.asarray(as_rgb(img))  # pytorch-fid's convert("RGB"), but 16-bit grey is not read as white
         except Exception as err:  # PIL raises many types for broken files
             reason = (str(err).splitlines() or [type(err).__name__])[0]
             return i, None, f"cannot read image {path} ({reason}); remove or re-save it"
@@ -263,16 +266,27 @@ def _writable(path: str | Path) -> Path:
     return path
 
 
-def check_destination(path: str | Path | None, overwrite: bool, flag: str) -> None:
-    """Refuse an output that would replace an existing file unless ``overwrite`` (as `sit convert` does),
-    and one whose folder does not exist; called before any image is read (no output named: nothing to check)."""
-    if path is None:
-        return
-    path = _writable(path)
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise InputError(f"{flag} {path} already exists: pass --overwrite to replace it, or pick another destination")
-    if path.is_dir():
-        raise InputError(f"{flag} {path} is a folder: name a file")
+def check_destination(path: str | Path | None, flag: str) -> None:
+    """Refuse an output whose folder does not exist, before any image is read (whether it may replace an
+    existing file is ``outputs.check_outputs``'s rule)."""
+    if path is not None:
+        _writable(path)
+
+
+def is_statistics(path: Path) -> bool:
+    """Whether ``path`` is a statistics .npz (``mu`` and ``sigma``, no images): what --save-stats may replace."""
+    names = npz_arrays(path)
+    return {"mu", "sigma"} <= names and "arr_0" not in names
+
+
+def is_fid_result(path: Path) -> bool:
+    """Whether ``path`` holds a `sit fid --json` result: what --json may replace."""
+    value = json_object(path)
+    return value is not None and {"metrics", "inputs", "settings"} <= set(value)
+
+
+STATISTICS = Kind("a statistics .npz (mu, sigma) that `sit fid --save-stats` wrote", is_statistics)
+FID_RESULT = Kind("a `sit fid --json` result", is_fid_result)
 
 
 def save_stats(path: str | Path, stats: dict[str, np.ndarray]) -> Path:

@@ -15,6 +15,7 @@ from sitcli.domains import COUNT, COUNT_OR_ZERO, SEED, Domain, check_domains
 from sitcli.errors import InputError
 from sitcli.evaluate import inception, inputs, metrics as M
 from sitcli.evaluate.statistics import GaussianStats, SplitScore
+from sitcli.outputs import Output, check_outputs
 from sitcli.session import session
 
 METRICS = ("fid", "is", "sfid", "pr", "kid", "fd_dinov2")
@@ -232,6 +233,7 @@ class FidConfig:
 
     def __post_init__(self):
         check_domains(asdict(self), FID_DOMAINS)
+        runtime.check_workers(self.num_workers)
         if self.pr_subset is not None and self.pr_subset <= self.pr_k:
             raise InputError(f"--pr-subset {self.pr_subset}: pass more than k = {self.pr_k} images")
         self.metrics = parse_metrics(self.metrics if self.metrics is not None else
@@ -241,6 +243,9 @@ class FidConfig:
             raise InputError(f"{', '.join(pair_metrics)} compare two inputs; give a second input B")
         if self.b is None and not self.metrics and self.save_stats is None:
             raise InputError("nothing to do: give a second input, --metrics, or --save-stats")
+        if self.dinov2 is not None and "fd_dinov2" not in self.metrics and self.save_stats is None:
+            raise InputError("--dinov2 is the encoder of fd_dinov2 and has no effect without it: add --metrics "
+                             "fd_dinov2 (or --save-stats, whose statistics then hold its features), or drop --dinov2")
         # pytorch-fid recognises a statistics file by its .npz suffix only.
         if self.save_stats is not None and Path(self.save_stats).suffix.lower() != ".npz":
             raise InputError(f"--save-stats {self.save_stats}: name the file *.npz")
@@ -271,8 +276,10 @@ def evaluate(cfg: FidConfig, progress: ProgressFn | None = None, device: str | t
     """The metrics of ``cfg``: every image input is read once, and only the features a metric needs are kept (mean
     and covariance stream in float64; pool features, N x 2048 float32, are held only for ``pr`` and ``kid``)."""
     wanted = cfg.metrics
-    inputs.check_destination(cfg.save_stats, cfg.overwrite, "--save-stats")
-    inputs.check_destination(cfg.json, cfg.overwrite, "--json")
+    inputs.check_destination(cfg.save_stats, "--save-stats")
+    inputs.check_destination(cfg.json, "--json")
+    check_outputs([Output(cfg.save_stats, "--save-stats", inputs.STATISTICS),
+                   Output(cfg.json, "--json", inputs.FID_RESULT)], {"input A": cfg.a, "input B": cfg.b}, cfg.overwrite)
     sources = {"A": inputs.open_source(cfg.a)}
     if cfg.b is not None:
         sources["B"] = inputs.open_source(cfg.b)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import secrets
+import shutil
 from pathlib import Path
 from typing import Protocol
 
@@ -59,14 +60,37 @@ def check_log(spec: str | None) -> tuple[str, ...]:
 
 
 def open_loggers(spec: str | None, run: Path, config: dict) -> list[Logger]:
-    """The loggers besides log.csv for ``run`` (rank 0 only); ``config`` is recorded where the backend keeps one."""
+    """The loggers besides log.csv for ``run`` (rank 0 only); ``config`` is recorded where the backend keeps one.
+
+    A backend that fails to start (a broken install, wandb without an API key) is an InputError naming it; the
+    loggers opened before it are closed and the folders this call made removed."""
     opened: list[Logger] = []
+    made: list[Path] = []
     for name in check_log(spec):
-        if name == "tensorboard":
-            opened.append(TensorBoardLogger(run, config))
-        elif name == "wandb":
-            opened.append(WandbLogger(run, config))
+        if name == "csv":
+            continue
+        folder = Path(run) / name  # where the backend keeps its files
+        if not folder.exists():
+            made.append(folder)
+        try:
+            opened.append(TensorBoardLogger(run, config) if name == "tensorboard" else WandbLogger(run, config))
+        except Exception as err:  # noqa: BLE001 - a backend's start fails in its own ways
+            for logger in opened:
+                logger.close()
+            for path in made:
+                shutil.rmtree(path, ignore_errors=True)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            fix = START_FIXES[name]
+            raise InputError(f"--log-to {name} cannot start ({type(err).__name__}: {reason}): {fix}") from None
     return opened
+
+
+# What usually makes a backend start, by name.
+START_FIXES = {
+    "tensorboard": "reinstall it (pip install --force-reinstall tensorboard), or drop it from --log-to",
+    "wandb": "log in (wandb login, or set WANDB_API_KEY), set WANDB_MODE=offline to keep the run on disk, reinstall "
+             "wandb, or drop it from --log-to",
+}
 
 
 class TensorBoardLogger:

@@ -1,6 +1,7 @@
 """The training loop: prepare -> (step -> log -> save) until done, on 1 or K ranks.
 
     from sitcli.config import TrainConfig
+from sitcli.errors import InputError
     from sitcli.training import train, resume_config
     train(TrainConfig(data="digits"))          # the quickstart: runs/digits
     train(resume_config("runs/digits", {"steps": 5000}), resume=True)
@@ -20,10 +21,11 @@ import torch
 
 from sitcli import distributed, runs
 from sitcli.config import TrainConfig
+from sitcli.errors import InputError
 from sitcli.runtime import autocast
 from sitcli.session import session
 from sitcli.training.losses import LossTerm, step_losses
-from sitcli.training.prepare import Prepared, prepare
+from sitcli.training.prepare import REPA_DIGESTS, Prepared, discard_new_run, prepare
 from sitcli.training.reports import TrainLog
 from sitcli.training.state import StopRequest, rng_state, update_ema
 from sitcli.transport import Transport
@@ -50,7 +52,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     and returns with ``interrupted=True``.
     """
     with session(device, tf32=cfg.tf32) as s:
-        return run_loop(prepare(cfg, resume, s), progress)
+        p = prepare(cfg, resume, s)
+        try:
+            return run_loop(p, progress)
+        except (InputError, OSError):  # damaged data, a full disk: a new run that saved nothing leaves nothing
+            discard_new_run(p)
+            raise
 
 
 def run_loop(p: Prepared, progress: bool) -> TrainResult:
@@ -192,6 +199,7 @@ def save(p: Prepared, log: TrainLog | None = None) -> Path:
                 "world_size": p.dist.world_size,
                 "data_size": len(p.dataset),
                 "log_window": log.window() if log is not None else None,
+                **({REPA_DIGESTS: p.encoder_digests} if p.encoder_digests else {}),
             },
         )
     distributed.barrier()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -57,9 +58,11 @@ class Prepared:
     loggers: list[Logger] | None = None  # besides log.csv (rank 0)
     log_window: dict | None = None  # the resumed checkpoint's steps since its last log.csv row
     posthoc_ema: PowerFunctionEMA | None = None  # rank 0's power-function EMAs with --ema-snapshots-every
+    encoder_digests: list[str] | None = None  # sha256 of each REPA encoder's files, recorded with each checkpoint
 
 
 DATA_FIELDS = ("num_classes", "in_channels", "input_size")  # what the data decides about the model
+REPA_DIGESTS = "repa_encoder_sha256"  # the key of a checkpoint's state.json that records its REPA encoders
 
 
 def resume_config(run: str | Path, given: dict | None = None) -> TrainConfig:
@@ -156,6 +159,20 @@ def check_resumed_data(cfg: TrainConfig, saved: dict, dataset, latest: Path) -> 
         )
 
 
+def check_resumed_encoders(cfg: TrainConfig, digests: list[str] | None, latest: Path) -> None:
+    """A resumed run's REPA encoders must be the files it was trained with (their sha256 is recorded with every
+    checkpoint, ``REPA_DIGESTS``), not other weights at the same paths."""
+    recorded = json.loads((latest / "state.json").read_text()).get(REPA_DIGESTS)
+    if recorded is None or digests is None:  # a run without REPA, or saved before the digests were recorded
+        return
+    for path, was, now in zip(cfg.repa_encoder, recorded, digests):
+        if was != now:
+            raise InputError(
+                f"--resume {cfg.out}: encoder {path} is not the one the run was trained with (its files' sha256 is "
+                f"{now[:12]}..., the run's {was[:12]}...): put the original back, or train a new run with --out"
+            )
+
+
 def open_data(cfg: TrainConfig, device: torch.device):
     """(dataset, vae): the data, and the VAE that encodes it when pixels are trained in latent space.
     Fills the data-derived fields of ``cfg`` (shape, classes, latent space)."""
@@ -191,7 +208,7 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     """Check, lock the run folder, build (or restore) everything the loop steps, then write config.json."""
     dist = session.dist
     apply_presets(cfg)
-    cfg.check()
+    cfg.check(resumed=resume)
     check_device_precision(cfg.precision, dist.device)
     session.set_threads(cfg.threads)
     run = Path(cfg.out)
@@ -204,12 +221,18 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
         )
     if cfg.eval_every and cfg.eval_labels == "balanced":
         check_balanced(cfg.eval_num, max(cfg.num_classes, 1), "--eval-num", "--eval-labels")
-    encoders = open_encoders(cfg, dataset, dist.device)
+    digests = None
+    if cfg.repa_encoder:
+        from sitcli.encoders import encoder_identity
+
+        digests = [encoder_identity(path) for path in cfg.repa_encoder]
+    encoders = open_encoders(cfg, dataset, dist.device, digests)
     atomic.check_can_create(run, "--out")  # before the lock, which creates the folder
     session.hold(run, "sit train")
     latest = check_out(cfg, resume)
     if latest is not None:
         check_resumed_data(cfg, saved, dataset, latest)
+        check_resumed_encoders(cfg, digests, latest)
     check_log(cfg.log)
     evaluation = None
     if cfg.eval_every:
@@ -234,6 +257,17 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     step, log_window = 0, None
     if latest is not None:  # restored before config.json changes: a resume that cannot load rewrites nothing
         step, log_window = _restore(latest, model, ema, opt, scaler, noise, cfg, dist, posthoc)
+    # The loggers start before config.json is written: one that cannot (a broken install, wandb without a key)
+    # is refused with nothing written. Every rank learns rank 0's refusal, so that none waits for it.
+    loggers, refused = [], None
+    if dist.is_main:
+        try:
+            loggers = open_loggers(cfg.log, run, cfg.to_dict())
+        except InputError as err:
+            refused = str(err)
+    refused = distributed.all_gather_objects(refused)[0]
+    if refused is not None:
+        raise InputError(refused)
     distributed.barrier()  # every rank has checked the folder (and loaded its checkpoint) before rank 0 writes
     if dist.is_main:
         runs.write_config(run, cfg.to_dict())
@@ -255,7 +289,6 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     terms = loss_terms(cfg, transport, model, encoders)
     for note in (n for term in terms for n in getattr(term, "notes", list)()) if dist.is_main else ():
         print(note)
-    loggers = open_loggers(cfg.log, run, cfg.to_dict()) if dist.is_main else []
     return Prepared(
         cfg,
         run,
@@ -278,19 +311,32 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
         loggers,
         log_window,
         posthoc,
+        digests,
     )
 
 
-def open_encoders(cfg: TrainConfig, dataset, device: torch.device) -> list:
+def discard_new_run(p: Prepared) -> None:
+    """Empty the folder of a new run that stopped before its first checkpoint (rank 0): ``check_out`` found it
+    empty, so everything in it is this call's (config.json, logs, grids), and the same command can run again."""
+    if not p.dist.is_main or p.latest is not None or runs.newest_checkpoint(p.run)[0] is not None:
+        return
+    for entry in p.run.iterdir():
+        if entry.name != LOCK:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def open_encoders(cfg: TrainConfig, dataset, device: torch.device, digests: list[str] | None = None) -> list:
     """The frozen encoders of the alignment term (none without ``repa_encoder``), on ``device``; on a
-    latent cache, the cache's features of them (refused if it has none)."""
+    latent cache, the cache's features of them (refused if it has none), found by their ``digests``
+    (``encoders.encoder_identity``, computed when not given)."""
     if not cfg.repa_encoder:
         return []
     if dataset.info.latent:  # the cache's stored features; the encoders themselves are not loaded
         from sitcli.encoders import encoder_identity
         from sitcli.training.losses import CachedEncoder
 
-        entries = dataset.use_features([encoder_identity(p) for p in cfg.repa_encoder], cfg.repa_encoder)
+        digests = digests or [encoder_identity(p) for p in cfg.repa_encoder]
+        entries = dataset.use_features(digests, cfg.repa_encoder)
         return [
             CachedEncoder(path, e["width"], e["grid"], e["resolution"], e["fixed_resolution"])
             for path, e in zip(cfg.repa_encoder, entries)

@@ -261,6 +261,8 @@ class TrainingPreview:
     """EMA sample grids during training: the same noise and labels every time, so progress shows."""
 
     def __init__(self, cfg: TrainConfig, folder: Path, vae=None, steps: int = 25):
+        # In discrete time at most T - 1 uniform steps fit on the T training times.
+        steps = min(steps, cfg.num_timesteps - 1) if cfg.num_timesteps else steps
         self.cfg, self.folder, self.vae, self.steps = cfg, Path(folder), vae, steps
         classes = max(cfg.num_classes, 1)
         self.ncol = classes if classes <= 16 else 8

@@ -185,12 +185,16 @@ def time_grid(
     """
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: {' or '.join(SPACINGS)}")
-    if time_shift == 1:
-        times = SPACINGS[spacing](t0, t1, steps, interpolant=interpolant, edm_rho=edm_rho)
-    else:
-        a, b = (float(shift_time(v, 1 / time_shift)) for v in (t0, t1))
-        times = shift_time(SPACINGS[spacing](a, b, steps, interpolant=interpolant, edm_rho=edm_rho), time_shift)
-        times[0], times[-1] = t0, t1
+    try:
+        if time_shift == 1:
+            times = SPACINGS[spacing](t0, t1, steps, interpolant=interpolant, edm_rho=edm_rho)
+        else:
+            a, b = (float(shift_time(v, 1 / time_shift)) for v in (t0, t1))
+            times = shift_time(SPACINGS[spacing](a, b, steps, interpolant=interpolant, edm_rho=edm_rho), time_shift)
+            times[0], times[-1] = t0, t1
+    except (OverflowError, ZeroDivisionError):
+        times = torch.full((steps + 1,), math.nan, dtype=torch.float64)
+    _check_increasing(times, steps, spacing, time_shift, edm_rho)
     if discrete_grid is not None:
         times = snap_to_grid(times, discrete_grid)
         if not bool((times[1:] > times[:-1]).all()):
@@ -200,3 +204,19 @@ def time_grid(
                 f"and t={t1:g}: use fewer steps{uniform} or more --num-timesteps"
             )
     return times.to(device=device, dtype=dtype)
+
+
+def _check_increasing(times: torch.Tensor, steps: int, spacing: str, time_shift: float, edm_rho: float) -> None:
+    """Refuse a grid whose times are not finite and strictly increasing, in float64 and in the float32 the
+    samplers step in: an extreme shift or rho piles its points onto one time (or overflows), and a step of
+    length zero is no step (a multistep method divides by it)."""
+    narrow = times.float()
+    if bool(torch.isfinite(times).all() and (times[1:] > times[:-1]).all() and (narrow[1:] > narrow[:-1]).all()):
+        return
+    settings = [f"{steps} steps", f"--spacing {spacing}"]
+    settings += [f"--time-shift {time_shift:g}"] if time_shift != 1 else []
+    settings += [f"--edm-rho {edm_rho:g}"] if spacing == "edm" else []
+    raise InputError(
+        f"{', '.join(settings)}: the time grid collapses (its times are not finite and increasing in float32); "
+        "use a time shift nearer 1, an edm rho nearer 7 or fewer steps"
+    )

@@ -63,6 +63,9 @@ class ClassifierFreeGuidance:
         if self.scale == 1.0 or not bool(inside.any()):
             return self.model(x, t, y=y, **kwargs)
         null = torch.full_like(y, self.null_class)
+        # per-example arguments (a mean-flow model's r, an omega per example) go with both halves of the batch
+        kwargs = {k: torch.cat([v, v]) if torch.is_tensor(v) and v.shape[:1] == x.shape[:1] else v
+                  for k, v in kwargs.items()}
         both = self.model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]), **kwargs)
         cond, uncond = both.chunk(2)
         guided = uncond + self.scale * (cond - uncond)

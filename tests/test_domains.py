@@ -12,11 +12,11 @@ import torch
 
 from sitcli.cli import convert as convert_cli, evaluate as evaluate_cli, sample as sample_cli, train as train_cli
 from sitcli.config import SAMPLE_DOMAINS, SAMPLE_FLAGS, TRAIN_DOMAINS, SampleConfig, TrainConfig
-from sitcli.convert import ConvertConfig
+from sitcli.convert import CONVERT_DOMAINS, ConvertConfig
 from sitcli.evaluate.suite import FID_DOMAINS, FidConfig
 from sitcli.data.latent_cache import CACHE_DOMAINS, CacheConfig
 from sitcli.nll import NLL_DOMAINS, NllConfig
-from sitcli.domains import COUNT, Domain
+from sitcli.domains import Domain
 from sitcli.errors import InputError
 from sitcli.training.presets import apply_presets
 
@@ -55,7 +55,7 @@ COMMANDS = {
     "sample": (sample_cli.sample, SampleConfig, SAMPLE_DOMAINS),
     "nll": (evaluate_cli.nll, NllConfig, NLL_DOMAINS),
     "fid": (evaluate_cli.fid, FidConfig, FID_DOMAINS),
-    "convert": (convert_cli.convert, ConvertConfig, {"num_heads": COUNT}),
+    "convert": (convert_cli.convert, ConvertConfig, CONVERT_DOMAINS),
     "cache-latents": (convert_cli.cache_latents, CacheConfig, CACHE_DOMAINS),
 }
 

@@ -61,11 +61,25 @@ class TrainConfig:
     logit_std: float | None = None
     mode_scale: float | None = None  # the mode density's (None: 1.29)
     # Mean flows (transport.meanflow): the model learns the average velocity u(z, t, r) and samples in few jumps.
-    objective: str = "flow"  # "flow" (the interpolant's regression) or "meanflow"; the times come from time_density
+    objective: str = "flow"  # "flow" (the interpolant's regression), "meanflow", "dmf", "imf" or "alphaflow"
     meanflow_share: float = 0.25  # share of (t, r) pairs with r != t
     meanflow_p: float = 1.0  # adaptive weight 1 / (mse + c)^p
     meanflow_c: float = 1e-3
     meanflow_omega: float = 1.0  # classifier-free guidance scale folded into the target (1: none)
+    # Few-step objectives fine-tuning a flow SiT (training.fewstep_losses); they share the four settings above.
+    init_from: str | None = None  # a flow checkpoint the run starts from (any that `sit sample` reads); any objective
+    dmf_depth: int | None = None  # DMF's form: the first dmf_depth blocks see t, the rest and the final layer r
+    dmf_guidance_interval: tuple[float, float] = (0.0, 1.0)  # dmf: guide where lo <= t <= hi (sit's time)
+    imf_omega_max: float = 1.0  # imf: omega drawn on [1, imf_omega_max] and fed to the model (1: no guidance)
+    imf_omega_beta: float = 1.0  # imf: omega's density is proportional to omega^-beta
+    velocity_head_depth: int | None = None  # imf: blocks of the auxiliary velocity head (None: depth // 4)
+    omega_input: bool = False  # the model takes omega: set by check(), for imf with imf_omega_max > 1
+    alphaflow_start: int = 0  # alphaflow: the step where alpha starts down from 1 (flow matching) ...
+    alphaflow_end: int | None = None  # ... and the step where it reaches 0 (mean flows); None: the run's steps
+    alphaflow_gamma: float = 25.0  # the steepness of alpha's sigmoid
+    init_from_sha256: str | None = None  # filled when the run starts: the source's weights file, its format
+    init_from_format: str | None = None
+    init_from_step: int | None = None  # ... and its training step, where it records one
     lr: float | None = None
     weight_decay: float = 0.0
     ema_decay: float | None = None
@@ -119,6 +133,8 @@ class TrainConfig:
         self.repa_encoder = [str(p) for p in self.repa_encoder or []]
         if any(not p.strip() for p in self.repa_encoder):  # an empty path must not quietly turn alignment off
             raise InputError("--repa-encoder '': pass the path of an encoder, or drop the flag to train without REPA")
+        if isinstance(self.dmf_guidance_interval, list):  # read back from config.json
+            self.dmf_guidance_interval = tuple(self.dmf_guidance_interval)
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
@@ -204,13 +220,34 @@ class TrainConfig:
     def _check_objective(self) -> None:
         if self.objective not in OBJECTIVES:
             raise InputError(f"unknown --objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if self.objective == "flow":  # the fields' domains are checked with every other field's
-            changed = [n for n in MEANFLOW_FIELDS if getattr(self, n) != _FIELD_DEFAULTS[n]]
-            if changed:
-                raise InputError(
-                    f"--{changed[0].replace('_', '-')} is a setting of mean flows: add --objective meanflow or drop it"
-                )
+        # the fields' domains are checked with every other field's; here: whose setting each one is
+        owned = OBJECTIVE_FIELDS.get(self.objective, ())
+        for name in (n for n in FEWSTEP_FIELDS if n not in owned and getattr(self, n) != _FIELD_DEFAULTS[n]):
+            owners = [o for o, names in OBJECTIVE_FIELDS.items() if name in names]
+            raise InputError(
+                f"--{name.replace('_', '-')} is a setting of {_OBJECTIVE_NAMES[owners[0]]} (--objective "
+                f"{', '.join(owners)}): add --objective {owners[0]} or drop it"
+            )
+        if self.omega_input and not (self.objective == "imf" and self.imf_omega_max > 1):
+            raise InputError("omega_input is set for --objective imf with --imf-omega-max > 1 only: drop it")
+        self.omega_input = self.objective == "imf" and self.imf_omega_max > 1
+        if self.objective == "flow":
             return
+        depth = model_shape(self.model)[0]
+        lo, hi = self.dmf_guidance_interval
+        for bad, message in (
+            (self.dmf_depth is not None and self.dmf_depth > depth,
+             f"--dmf-depth {self.dmf_depth}: {self.model} has {depth} blocks; pass 0..{depth}"),
+            ((self.velocity_head_depth or 0) > depth,
+             f"--velocity-head-depth {self.velocity_head_depth}: {self.model} has {depth} blocks; pass 0..{depth}"),
+            (lo > hi, f"--dmf-guidance-interval {lo:g} {hi:g}: pass LO <= HI"),
+            ((lo, hi) != (0.0, 1.0) and self.meanflow_omega == 1,
+             "--dmf-guidance-interval says where DMF guides: pass --meanflow-omega > 1 with it"),
+            (self.alphaflow_end is not None and self.alphaflow_start >= self.alphaflow_end,
+             f"--alphaflow-start {self.alphaflow_start} must be below --alphaflow-end {self.alphaflow_end}"),
+        ):
+            if bad:
+                raise InputError(message)
         why = {
             "prediction": (self.prediction != "velocity", "the model predicts the average velocity: drop --prediction"),
             "interpolant": (
@@ -229,7 +266,12 @@ class TrainConfig:
         }
         for name, (bad, message) in why.items():
             if bad:
-                raise InputError(f"--objective meanflow: {message}")
+                raise InputError(f"--objective {self.objective}: {message}")
+
+    def model_form(self) -> dict:
+        """The ``SiT`` options of this config's model: the form of its second time, its omega input, its velocity
+        head (``model_form`` of the fields)."""
+        return model_form(self.objective, self.dmf_depth, self.omega_input, self.velocity_head_depth)
 
     def transport(self) -> Transport:
         params = {k: getattr(self, k) for k in DENSITY_PARAMS if getattr(self, k) is not None}
@@ -255,8 +297,25 @@ class TrainConfig:
             learn_sigma=self.learn_sigma,
             projector_dims=projector_dims,
             projector_hidden=self.repa_projector_dim,
-            **({"mean_flow": True} if self.objective == "meanflow" else {}),
+            **self.model_form(),
         )
+
+
+def model_form(objective: str, dmf_depth: int | None = None, omega_input: bool = False,
+               velocity_head_depth: int | None = None) -> dict:
+    """The ``models.SiT`` options a run's settings give its model: ``dmf_depth`` (DMF's form of the second time),
+    else ``mean_flow`` (an r embedder) for every objective but flow; ``omega_input``; ``velocity_head_depth``.
+    ``dmf_depth`` is not in the weights: a run records it, and a reader of the weights takes it from there."""
+    form: dict = {}
+    if dmf_depth is not None:
+        form["dmf_depth"] = dmf_depth
+    elif objective != "flow":
+        form["mean_flow"] = True
+    if omega_input:
+        form["omega_input"] = True
+    if velocity_head_depth:
+        form["velocity_head_depth"] = velocity_head_depth
+    return form
 
 
 # The domain of every numeric TrainConfig field (tests/test_domains.py checks that none is missing and
@@ -300,12 +359,31 @@ TRAIN_DOMAINS: dict[str, Domain] = dict(
     meanflow_omega=Domain(1),
     ema_snapshots_every=COUNT_OR_ZERO,
     ema_sigma_rels=Domain(0, math.sqrt(1 / 12), lo_open=True, hi_open=True),  # training.posthoc_ema.MAX_SIGMA_REL
+    dmf_depth=COUNT_OR_ZERO,
+    dmf_guidance_interval=Domain(0, 1),
+    imf_omega_max=Domain(1),
+    imf_omega_beta=FINITE,
+    velocity_head_depth=COUNT_OR_ZERO,
+    alphaflow_start=COUNT_OR_ZERO,
+    alphaflow_end=COUNT,
+    alphaflow_gamma=POSITIVE,
+    init_from_step=COUNT_OR_ZERO,
 )
 MEANFLOW_FIELDS = ("meanflow_share", "meanflow_p", "meanflow_c", "meanflow_omega")
 REPA_FIELDS = ("repa_depth", "repa_weight", "repa_projector_dim")  # nothing without repa_encoder
 EVAL_FIELDS = ("eval_ref", "eval_num", "eval_method", "eval_steps", "eval_metrics", "eval_labels",
                "inception_weights")  # eval_every
-OBJECTIVES = ("flow", "meanflow")
+OBJECTIVES = ("flow", "meanflow", "dmf", "imf", "alphaflow")
+# The settings each objective reads (besides the transport's); any other objective refuses them when given.
+OBJECTIVE_FIELDS = {
+    "meanflow": MEANFLOW_FIELDS,
+    "dmf": (*MEANFLOW_FIELDS, "dmf_depth", "dmf_guidance_interval"),
+    "imf": (*MEANFLOW_FIELDS[:3], "dmf_depth", "imf_omega_max", "imf_omega_beta", "velocity_head_depth"),
+    "alphaflow": (*MEANFLOW_FIELDS, "dmf_depth", "alphaflow_start", "alphaflow_end", "alphaflow_gamma"),
+}
+FEWSTEP_FIELDS = tuple(dict.fromkeys(n for names in OBJECTIVE_FIELDS.values() for n in names))
+_OBJECTIVE_NAMES = {"meanflow": "mean flows", "dmf": "Decoupled MeanFlow", "imf": "improved MeanFlow",
+                    "alphaflow": "AlphaFlow"}
 _FIELD_DEFAULTS = {f.name: f.default_factory() if callable(f.default_factory) else f.default
                    for f in fields(TrainConfig)}
 
@@ -379,6 +457,8 @@ class SampleConfig:
     interpolant: str | None = None
     prediction: str | None = None
     sample_eps: float | None = None
+    dmf_depth: int | None = None  # a Decoupled MeanFlow file's blocks that see t, where it does not record them
+    omega: float | None = None  # the guidance scale fed to a model with an omega input (iMF); None: 1
 
     def __post_init__(self):
         self.cfg_interval = tuple(float(v) for v in self.cfg_interval)
@@ -426,9 +506,15 @@ class SampleConfig:
                 raise InputError(f"--recipe {self.recipe} sets {name} to {want!r}, this config to "
                                  f"{getattr(self, name)!r}: build it with SampleConfig.from_recipe")
 
-    def for_model(self, mean_flow: bool) -> "SampleConfig":
+    def for_model(self, mean_flow: bool, omega_input: bool = False) -> "SampleConfig":
         """Choose the sampler the model calls for when none was given: the mean-flow jumps for a
-        mean-flow model, the ODE otherwise; refuse the jumps for a model without a second time."""
+        mean-flow model (any form of the second time: ``mean_flow`` or ``dmf_depth``), the ODE otherwise;
+        refuse the jumps for a model without a second time, and ``omega`` for one without an omega input."""
+        if self.omega is not None and not omega_input:
+            raise InputError(
+                f"--omega {self.omega:g} is the guidance scale of a model that takes omega as an input (sit train "
+                "--objective imf --imf-omega-max W); this one does not: drop --omega, or use --cfg-scale"
+            )
         if self.sampler is None:
             self.sampler = "meanflow" if mean_flow else "ode"
             self._check_sampler()
@@ -541,6 +627,8 @@ SAMPLE_DOMAINS: dict[str, Domain] = dict(
     seed=SEED,
     threads=COUNT_OR_ZERO,
     sample_eps=EPS,
+    dmf_depth=COUNT_OR_ZERO,
+    omega=Domain(1),
 )
 SAMPLE_FLAGS = {"num": "--num-samples"}
 

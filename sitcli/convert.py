@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 from sitcli import atomic, runs
-from sitcli.domains import COUNT, check_domains
+from sitcli.domains import COUNT, COUNT_OR_ZERO, check_domains
 from sitcli.errors import InputError
 from sitcli.formats import Checkpoint, nonfinite_tensors
-from sitcli.formats.architecture import model_with_weights
+from sitcli.formats.architecture import fewstep_parts, is_fewstep, model_with_weights
 from sitcli.formats.diffusers import load_diffusers_model, write_diffusers
 from sitcli.formats.official import write_official
 from sitcli.formats.sitrun import write_sit
@@ -88,7 +88,8 @@ class ConvertConfig:
     DiTTransformer2DModel), "sit" (``formats.diffusers_sit.SiTTransformer2DModel``), or "auto": dit for DiT weights,
     sit for SiT weights. ``num_heads``: attention heads, needed only when the hidden size is not in the size table.
     ``overwrite``: replace an existing ``dst``. ``check``: when either side is diffusers, measure its output
-    against sit's (``Deviation``).
+    against sit's (``Deviation``). ``dmf_depth``: the blocks that see t of a Decoupled MeanFlow file that does not
+    record it (DMF's released weights).
     """
 
     src: str | Path
@@ -100,10 +101,11 @@ class ConvertConfig:
     num_heads: int | None = None
     overwrite: bool = False
     check: bool = True
+    dmf_depth: int | None = None
 
     def __post_init__(self):
         self.src, self.dst = Path(self.src), Path(self.dst)
-        check_domains({"num_heads": self.num_heads}, {"num_heads": COUNT})
+        check_domains(dataclasses.asdict(self), CONVERT_DOMAINS)
         if self.diffusers_class not in DIFFUSERS_CLASSES:
             raise InputError(f"--diffusers-class {self.diffusers_class!r}: choose {', '.join(DIFFUSERS_CLASSES)}")
         for flag, value in (("--from", self.src_format), ("--to", self.dst_format)):
@@ -114,6 +116,9 @@ class ConvertConfig:
                 raise InputError(f"cannot tell the target format from {self.dst.name}: pass --to sit, official, dit "
                                  "or diffusers")
             self.dst_format = "official"
+
+
+CONVERT_DOMAINS = {"num_heads": COUNT, "dmf_depth": COUNT_OR_ZERO}
 
 
 @dataclasses.dataclass
@@ -145,12 +150,12 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
 def _convert(cfg: ConvertConfig) -> ConvertResult:
     src, dst, dst_format, ema = cfg.src, cfg.dst, cfg.dst_format, cfg.ema
     _check_destination(src, dst, dst_format, cfg.overwrite)
-    ckpt = read_checkpoint(src, cfg.src_format, cfg.num_heads)
+    ckpt = read_checkpoint(src, cfg.src_format, cfg.num_heads, cfg.dmf_depth)
     if dst_format == "dit" and ckpt.kind != "dit":
         raise InputError(f"{src} holds SiT weights, not DiT ones: write them with --to official")
-    if ckpt.arch.get("mean_flow") and dst_format != "sit":
-        raise InputError(f"{src} is a mean-flow model (a second time embedder, r_embedder): the official code and "
-                         f"diffusers have no such model, so it converts --to sit only")
+    if is_fewstep(ckpt.arch) and dst_format != "sit":
+        raise InputError(f"{src} is a few-step model ({', '.join(fewstep_parts(ckpt.arch))}): the official code "
+                         f"and diffusers have no such model, so it converts --to sit only")
     result = ConvertResult(src, dst, ckpt.format, dst_format, ckpt.kind, ckpt.arch, ckpt.used(ema))
     # Weights are copied as they are, but a model that samples black images is worth a word.
     for name, weights in ckpt.weights.items():

@@ -63,8 +63,8 @@ class ClassifierFreeGuidance:
         if self.scale == 1.0 or not bool(inside.any()):
             return self.model(x, t, y=y, **kwargs)
         null = torch.full_like(y, self.null_class)
-        # Per-row inputs besides x, t and y (a mean-flow model's second time r) go to both halves of the batch.
-        kwargs = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.shape[:1] == x.shape[:1] else v
+        # per-example arguments (a mean-flow model's r, an omega per example) go with both halves of the batch
+        kwargs = {k: torch.cat([v, v]) if torch.is_tensor(v) and v.shape[:1] == x.shape[:1] else v
                   for k, v in kwargs.items()}
         both = self.model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]), **kwargs)
         cond, uncond = both.chunk(2)

@@ -7,7 +7,8 @@
 Accepted (``src_format`` names the format where it cannot be detected):
     sit        a run folder (its newest complete checkpoint), a checkpoint folder, a .safetensors file
     official   the official SiT code's .pt (raw state dict, or training checkpoint {model, ema, opt, args});
-               REPA's .pt (the same plus ``projectors.*``), detected and mapped to sit's time (``formats.repa``)
+               REPA's .pt (the same plus ``projectors.*``), detected and mapped to sit's time (``formats.repa``);
+               Decoupled MeanFlow's .pt (``formats.dmf``), which needs ``dmf_depth`` where it does not record it
     dit        the DiT code's .pt: the same layout, trained as a DDPM (``sitcli.transport.ddpm``)
     diffusers  a diffusers folder of diffusers' ``DiTTransformer2DModel`` or sitcli's ``SiTTransformer2DModel``
 
@@ -49,9 +50,28 @@ class Loaded:
     checkpoint: Checkpoint  # the tensors as read, with architecture, kind and source
 
 
-def read_checkpoint(path: str | Path, src_format: str | None = None, num_heads: int | None = None) -> Checkpoint:
-    """Any supported checkpoint as a ``Checkpoint``; ``src_format=None`` detects the format."""
-    path = Path(path)
+def read_checkpoint(path: str | Path, src_format: str | None = None, num_heads: int | None = None,
+                    dmf_depth: int | None = None) -> Checkpoint:
+    """Any supported checkpoint as a ``Checkpoint``; ``src_format=None`` detects the format. ``dmf_depth``: the
+    blocks that see t of a Decoupled MeanFlow model whose file does not record it (a sit run records it)."""
+    checkpoint = _read_checkpoint(Path(path), src_format, num_heads)
+    arch, recorded = checkpoint.arch, checkpoint.arch.get("dmf_depth")
+    if dmf_depth is None:
+        if checkpoint.format == "dmf" and recorded is None:
+            raise InputError(f"{path} is a Decoupled MeanFlow model whose file does not say how many blocks see t: "
+                             f"pass --dmf-depth N (DMF-XL/2: 20)")
+        return checkpoint
+    if recorded is not None and recorded != dmf_depth:
+        raise InputError(f"{path} records dmf_depth={recorded}: drop --dmf-depth {dmf_depth}")
+    if arch.get("mean_flow") or not 0 <= dmf_depth <= arch["depth"]:
+        raise InputError(f"--dmf-depth {dmf_depth}: {path} has {arch['depth']} blocks"
+                         + (" and a mean-flow r embedder (another form of the second time)" if arch.get("mean_flow")
+                            else f"; pass 0..{arch['depth']}"))
+    arch["dmf_depth"] = dmf_depth
+    return checkpoint
+
+
+def _read_checkpoint(path: Path, src_format: str | None, num_heads: int | None) -> Checkpoint:
     if src_format is not None and src_format not in FORMATS:
         raise InputError(f"--from {src_format!r} is not a format: choose one of {', '.join(FORMATS)}")
     if not path.exists():
@@ -85,6 +105,7 @@ def load_model(
     src_format: str | None = None,
     model: str | None = None,
     num_heads: int | None = None,
+    dmf_depth: int | None = None,
     **transport: Any,
 ) -> Loaded:
     """Load ``ckpt`` for inference (EMA weights unless ``ema=False``).
@@ -92,10 +113,11 @@ def load_model(
     Args:
         model: a size-table name (``SiT-XL/2``) to check the architecture against; never needed.
         num_heads: attention heads, for a hidden size outside the size table (shapes do not tell).
+        dmf_depth: the blocks that see t of a Decoupled MeanFlow file that does not record it.
         transport: ``interpolant``, ``prediction``, ``sample_eps`` for a checkpoint that does not
             record its transport; one that does refuses a different value.
     """
-    checkpoint = read_checkpoint(ckpt, src_format, num_heads)
+    checkpoint = read_checkpoint(ckpt, src_format, num_heads, dmf_depth)
     transport = {k: v for k, v in transport.items() if v is not None}
     config = _config(checkpoint, str(ckpt))
     if model is not None and model != config.model:

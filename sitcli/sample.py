@@ -108,9 +108,10 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     """Load the model, check every setting and the folder, then write sample.json and labels.csv."""
     dist = session.dist
     check_device_precision(cfg.precision, dist.device)
-    loaded = load_model(cfg.ckpt, cfg.ema, cfg.src_format, cfg.model, **cfg.transport_overrides())
-    tcfg = loaded.config
-    cfg.for_model(bool(loaded.checkpoint.arch.get("mean_flow")))
+    loaded = load_model(cfg.ckpt, cfg.ema, cfg.src_format, cfg.model, dmf_depth=cfg.dmf_depth,
+                        **cfg.transport_overrides())
+    tcfg, arch = loaded.config, loaded.checkpoint.arch
+    cfg.for_model(bool(arch.get("mean_flow")) or arch.get("dmf_depth") is not None, bool(arch.get("omega_input")))
     _check_finite(loaded, "--ckpt")
     session.set_threads(cfg.threads if cfg.threads is not None else tcfg.threads)
     model = loaded.model.to(dist.device)
@@ -250,6 +251,8 @@ def draw(job: SampleJob, progress: bool = True) -> SampleResult:
             y, x0 = labels_and_noise(cfg.seed, idx, shape, max(tcfg.num_classes, 1), cfg.class_labels, cfg.labels,
                                      cfg.num)
             kwargs = {"y": y.to(dist.device) if tcfg.num_classes > 0 else None}
+            if cfg.omega is not None:  # an omega model's guidance scale, one evaluation per step
+                kwargs["omega"] = cfg.omega
             began = time.perf_counter()
             x0 = x0.to(dist.device)
             if cfg.sampler == "meanflow":
@@ -370,6 +373,8 @@ def _load_guide(cfg: SampleConfig, main: Loaded) -> Loaded:
     guide = load_model(cfg.guidance_model, cfg.ema, None, None, **cfg.transport_overrides())
     _check_finite(guide, "--guidance-model")
     a, b = main.config, guide.config
+    if cfg.omega is not None and not guide.checkpoint.arch.get("omega_input"):
+        raise InputError(f"--guidance-model {cfg.guidance_model} takes no omega: drop --omega or pick another guide")
     for name in ("in_channels", "input_size", "num_classes"):
         if getattr(a, name) != getattr(b, name):
             raise InputError(

@@ -14,13 +14,13 @@ from sitcli.cli import convert as convert_cli, ema as ema_cli, evaluate as evalu
     train as train_cli
 from sitcli.cli import solvers as solvers_cli
 from sitcli.config import SAMPLE_DOMAINS, SAMPLE_FLAGS, TRAIN_DOMAINS, SampleConfig, TrainConfig
-from sitcli.convert import ConvertConfig
+from sitcli.convert import CONVERT_DOMAINS, ConvertConfig
 from sitcli.ema import EMA_DOMAINS, EmaConfig
 from sitcli.evaluate.suite import FID_DOMAINS, FidConfig
 from sitcli.data.latent_cache import CACHE_DOMAINS, CacheConfig
 from sitcli.nll import NLL_DOMAINS, NllConfig
 from sitcli.search_solver import SEARCH_DOMAINS, SearchConfig
-from sitcli.domains import COUNT, Domain
+from sitcli.domains import Domain
 from sitcli.errors import InputError
 from sitcli.training.presets import apply_presets
 
@@ -59,7 +59,7 @@ COMMANDS = {
     "sample": (sample_cli.sample, SampleConfig, SAMPLE_DOMAINS),
     "nll": (evaluate_cli.nll, NllConfig, NLL_DOMAINS),
     "fid": (evaluate_cli.fid, FidConfig, FID_DOMAINS),
-    "convert": (convert_cli.convert, ConvertConfig, {"num_heads": COUNT}),
+    "convert": (convert_cli.convert, ConvertConfig, CONVERT_DOMAINS),
     "cache-latents": (convert_cli.cache_latents, CacheConfig, CACHE_DOMAINS),
     "ema": (ema_cli.ema, EmaConfig, EMA_DOMAINS),
     "search-solver": (solvers_cli.search_solver, SearchConfig, SEARCH_DOMAINS),

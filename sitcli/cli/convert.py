@@ -19,6 +19,8 @@ def convert(
     num_heads: int | None = typer.Option(None, "--num-heads", help="Attention heads, for a width not in the table."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing DST once the new one is complete."),
     check: bool = typer.Option(True, "--check/--no-check", help="Measure a diffusers model against sit's output."),
+    dmf_depth: int | None = typer.Option(None, "--dmf-depth", help="A DMF file's blocks that see t, where it does "
+                                         "not say (DMF-XL/2: 20)."),
 ) -> None:
     """Convert checkpoints between sit, the official SiT/DiT code and diffusers.
 
@@ -27,7 +29,8 @@ def convert(
     their training args or a SiT-/DiT- file name. --diffusers-class auto writes DiT weights as diffusers'
     DiTTransformer2DModel and SiT weights as sit's SiTTransformer2DModel. diffusers' DiT embeds timesteps with
     other frequencies than DiT and SiT (exponent i/127, not i/128), so its outputs differ; the measured
-    difference is printed, not hidden.
+    difference is printed, not hidden. Decoupled MeanFlow's .pt files (kyungmnlee/dmf, 256 px) are read into sit's
+    time with their loss-weight head dropped; their released weights do not record --dmf-depth.
     """
     flags = dict(locals())  # first: only the flags
     from sitcli.convert import ConvertConfig

@@ -46,6 +46,12 @@ def sample(
     sample_eps: float | None = typer.Option(
         None, "--sample-eps", rich_help_panel=CKPT, help="Likewise: keep this far from singular ends."
     ),
+    dmf_depth: int | None = typer.Option(
+        None, "--dmf-depth", rich_help_panel=CKPT, help="Likewise: a DMF model's blocks that see t (DMF-XL/2: 20)."
+    ),
+    omega: float | None = typer.Option(
+        None, "--omega", rich_help_panel=GUIDANCE, help="Guidance scale fed to a model with an omega input (imf)."
+    ),
     sampler: Sampler | None = typer.Option(
         None,
         "--sampler",

@@ -8,7 +8,7 @@ from sitcli.cli.choices import (Interpolant, LabelSampling, LossWeight, Objectiv
                                 TimeDensity, plain)
 from sitcli.cli.errors import console
 
-DATA, MODEL, TRANSPORT, MEANFLOW = "Data and run", "Model", "Transport", "Mean flows"
+DATA, MODEL, TRANSPORT, MEANFLOW = "Data and run", "Model", "Transport", "Few-step objectives"
 OPTIM, REPA, LOGS, SPEED = "Optimisation", "Representation alignment", "Logs, checkpoints and evaluation", "Speed"
 
 
@@ -92,10 +92,10 @@ def train(
         "--objective",
         case_sensitive=False,
         rich_help_panel=MEANFLOW,
-        help="flow (default) or meanflow: one-step Mean Flows.",
+        help="flow (default), meanflow, or a fine-tuning: dmf, imf, alphaflow (see the README).",
     ),
     meanflow_share: float | None = typer.Option(
-        None, "--meanflow-share", rich_help_panel=MEANFLOW, help="Share of (t, r) pairs with r != t (0.25)."
+        None, "--meanflow-share", rich_help_panel=MEANFLOW, help="Share of (t, r) pairs with r != t (0.25; DMF: 0.5)."
     ),
     meanflow_p: float | None = typer.Option(
         None, "--meanflow-p", rich_help_panel=MEANFLOW, help="Power p of the adaptive weight 1 / (mse + c)^p (1)."
@@ -105,6 +105,33 @@ def train(
     ),
     meanflow_omega: float | None = typer.Option(
         None, "--meanflow-omega", rich_help_panel=MEANFLOW, help="Guidance scale folded into the target (1: none)."
+    ),
+    init_from: str | None = typer.Option(
+        None, "--init-from", rich_help_panel=MEANFLOW, help="Start from this flow checkpoint (any `sit sample` reads)."
+    ),
+    dmf_depth: int | None = typer.Option(
+        None, "--dmf-depth", rich_help_panel=MEANFLOW, help="DMF: the first N blocks see t, the rest r (5/7 of depth)."
+    ),
+    dmf_guidance_interval: tuple[float, float] | None = typer.Option(
+        None, "--dmf-guidance-interval", rich_help_panel=MEANFLOW, help="dmf: guide for LO <= t <= HI (0 1)."
+    ),
+    imf_omega_max: float | None = typer.Option(
+        None, "--imf-omega-max", rich_help_panel=MEANFLOW, help="imf: omega drawn in [1, W], fed to the model (1)."
+    ),
+    imf_omega_beta: float | None = typer.Option(
+        None, "--imf-omega-beta", rich_help_panel=MEANFLOW, help="imf: omega's density is omega^-beta (1)."
+    ),
+    velocity_head_depth: int | None = typer.Option(
+        None, "--velocity-head-depth", rich_help_panel=MEANFLOW, help="imf: blocks of the velocity head (depth/4)."
+    ),
+    alphaflow_start: int | None = typer.Option(
+        None, "--alphaflow-start", rich_help_panel=MEANFLOW, help="alphaflow: the step where alpha leaves 1 (0)."
+    ),
+    alphaflow_end: int | None = typer.Option(
+        None, "--alphaflow-end", rich_help_panel=MEANFLOW, help="alphaflow: the step where alpha reaches 0 (--steps)."
+    ),
+    alphaflow_gamma: float | None = typer.Option(
+        None, "--alphaflow-gamma", rich_help_panel=MEANFLOW, help="alphaflow: steepness of alpha's sigmoid (25)."
     ),
     lr: float | None = typer.Option(
         None, "--lr", rich_help_panel=OPTIM, help="AdamW learning rate (1e-4; 1e-3 digits)."
@@ -211,7 +238,10 @@ def train(
     Unset flags come from a preset chosen by --data: digits gets the CPU quickstart (SiT-Ti/4 on 8x8, lr 1e-3,
     EMA 0.995, batch 128, 2000 steps); any other data the paper's settings (SiT-XL/2, 256x256, AdamW lr 1e-4, no
     weight decay, EMA 0.9999, batch 256). Flags you pass always win; config.json records the resolved values.
-    Mean flows (--objective meanflow) need velocity prediction, the linear or GVP interpolant and continuous time.
+    Mean flows (--objective meanflow) and the few-step objectives need velocity prediction, the linear or GVP
+    interpolant and continuous time. --init-from starts the run from a trained flow model's EMA weights (its size,
+    data shape and transport must be the run's); dmf, imf and alphaflow are meant to fine-tune one. --dmf-depth
+    counts the blocks that see t (DMF's meaning: DMF-XL/2 uses 20 of 28); the rest and the final layer see r.
     REPA's encoders are local transformers folders (e.g. DINOv2) or torch hub's DINOv2 .pth files
     (pip install 'sit[repa]'); on a latent cache, the features it stores. --log-to is spelled --log outside
     torchrun, which takes --log for its --log-dir.

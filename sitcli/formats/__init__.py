@@ -8,6 +8,7 @@ one back. ``sitcli.loading`` and ``sitcli.convert`` choose the reader and check 
     architecture.py  the SiT architecture from tensor shapes (the one place it is inferred)
     official.py   .pt files of the official SiT and DiT code (raw weights or training checkpoints)
     repa.py       REPA's .pt files: the same layout plus projectors, with time reversed (read only)
+    dmf.py        Decoupled MeanFlow's .pt files: REPA's time, a loss-weight head, DMF's form (read only)
     sitrun.py     sit run folders and checkpoint folders (config.json + safetensors)
     diffusers.py  diffusers folders: diffusers' own DiTTransformer2DModel and sitcli's SiT class
 """

@@ -48,9 +48,11 @@ def infer_architecture(
     the input size from the N = (input_size / p)^2 rows of ``pos_embed``; depth from the block
     count; mlp ratio from ``fc1``; classes from the label table (its last row is the null class);
     learn_sigma from the output layer (p^2 C or p^2 2C rows); a mean-flow model (``mean_flow=True``,
-    only then in the result) from its second time embedder, ``r_embedder.*``. Heads are not in any shape: they
-    come from ``num_heads``, else from the configuration table by hidden size. Anything that does
-    not fit the SiT layout exactly is refused with the reason.
+    only then in the result) from its second time embedder, ``r_embedder.*``; improved MeanFlow's parts from
+    ``omega_embedder.*`` (``omega_input=True``) and ``velocity_blocks.N.*`` (``velocity_head_depth``, their
+    count). DMF's form (``dmf_depth``) adds no tensor: the caller adds it from what the file records. Heads are
+    not in any shape: they come from ``num_heads``, else from the configuration table by hidden size. Anything
+    that does not fit the SiT layout exactly is refused with the reason.
     """
     def need(key: str, ndim: int) -> torch.Tensor:
         if key not in state_dict:
@@ -70,6 +72,7 @@ def infer_architecture(
     if grid * grid != pos.shape[1] or pos.shape[2] != hidden:
         raise InputError(f"{where}: pos_embed {tuple(pos.shape)} is not a square grid of {hidden}-d embeddings")
     depth = len({int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))})
+    head = len({int(m.group(1)) for k in state_dict if (m := re.match(r"velocity_blocks\.(\d+)\.", k))})
     if depth == 0:
         raise InputError(f"{where} has no transformer blocks ('blocks.N.*')")
     mlp_ratio = need("blocks.0.mlp.fc1.weight", 2).shape[0] / hidden
@@ -100,6 +103,10 @@ def infer_architecture(
     )
     if any(k.startswith("r_embedder.") for k in state_dict):
         arch["mean_flow"] = True
+    if any(k.startswith("omega_embedder.") for k in state_dict):
+        arch["omega_input"] = True
+    if head:
+        arch["velocity_head_depth"] = head
     check_layout(state_dict, arch, where)
     return arch
 
@@ -152,7 +159,28 @@ def describe(arch: dict[str, Any]) -> str:
     return (f"{name} layout: {arch['depth']} blocks, hidden {arch['hidden_size']}, {arch['num_heads']} heads, patch "
             f"{arch['patch_size']}, input {arch['in_channels']}x{arch['input_size']}x{arch['input_size']}, "
             f"{arch['num_classes']} classes, learn_sigma={arch['learn_sigma']}"
-            + (", mean flow (second time r)" if arch.get("mean_flow") else ""))
+            + "".join(f", {part}" for part in fewstep_parts(arch)))
+
+
+def fewstep_parts(arch: dict[str, Any]) -> list[str]:
+    """The few-step parts of an architecture in words (none for a flow SiT)."""
+    parts = ["mean flow (second time r)"] if arch.get("mean_flow") else []
+    if arch.get("dmf_depth") is not None:
+        parts.append(f"Decoupled MeanFlow (the first {arch['dmf_depth']} blocks see t, the rest r)")
+    if arch.get("omega_input"):
+        parts.append("omega input")
+    if arch.get("velocity_head_depth"):
+        parts.append(f"a {arch['velocity_head_depth']}-block velocity head")
+    return parts
+
+
+FEWSTEP_KEYS = ("mean_flow", "dmf_depth", "omega_input", "velocity_head_depth")  # the few-step options of SiT
+
+
+def is_fewstep(arch: dict[str, Any]) -> bool:
+    """A few-step model: a mean-flow, DMF or iMF form (``models.SiT``), which only sit's formats hold."""
+    return bool(arch.get("mean_flow") or arch.get("omega_input") or arch.get("velocity_head_depth")
+                or arch.get("dmf_depth") is not None)
 
 
 def assumed_latent_space(in_channels: int, input_size: int) -> tuple[int, float | None]:

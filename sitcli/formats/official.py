@@ -8,7 +8,7 @@ to its allow-list, ``argparse.Namespace``; a file that needs anything else is re
 it runs. The SiT and DiT layouts are identical, so which one a raw file holds is told by its name
 (``SiT-…`` / ``DiT-…``) or by ``--from``; a training checkpoint tells by its ``args``. REPA's files
 (the same layout plus ``projectors.*``) are told by those keys or their args and read into sit's
-time by ``formats.repa``.
+time by ``formats.repa``; Decoupled MeanFlow's (``logvar_linear.*``, or args with ``dmf_depth``) by ``formats.dmf``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from sitcli.errors import InputError
 from sitcli.formats import DIT_TRANSPORT, SIT_DEFAULT_TRANSPORT, Checkpoint, StateDict, strip_prefixes
 from sitcli.formats.architecture import heads_from_model_name, infer_architecture
+from sitcli.formats.dmf import dmf_depth_from, dmf_to_sit, is_dmf
 from sitcli.formats.repa import is_repa, repa_transport, to_sit_time
 
 ALLOWED_CLASSES = [argparse.Namespace]
@@ -127,8 +128,9 @@ def read_official(path: Path, kind: str | None = None, num_heads: int | None = N
         )
     args = vars(obj.get("args")) if shape == "training" and isinstance(obj.get("args"), argparse.Namespace) else {}
     first_weights = (obj.get("ema") or obj.get("model")) if shape == "training" else obj
-    repa = is_repa(strip_prefixes(first_weights or {}), args)
-    if repa:
+    dmf = is_dmf(strip_prefixes(first_weights or {}), args)
+    repa = not dmf and is_repa(strip_prefixes(first_weights or {}), args)
+    if repa or dmf:
         kind = "sit"
     if kind is None:
         kind = _kind_from_args(args) or kind_from_name(path)
@@ -145,10 +147,14 @@ def read_official(path: Path, kind: str | None = None, num_heads: int | None = N
         weights = {"ema": strip_prefixes(obj)}
     if repa:  # its time runs the other way: fold the map into the weights (formats.repa)
         weights = {name: to_sit_time(state_dict) for name, state_dict in weights.items()}
+    if dmf:  # REPA's time too, and a training-only head (formats.dmf)
+        weights = {name: dmf_to_sit(state_dict, str(path)) for name, state_dict in weights.items()}
     if num_heads is None:
         num_heads = heads_from_model_name(args.get("model"))
     first = next(iter(weights.values()))
     arch = infer_architecture(first, num_heads, where=str(path))
+    if dmf and dmf_depth_from(args) is not None:
+        arch["dmf_depth"] = dmf_depth_from(args)
     for name, state_dict in weights.items():
         if set(state_dict) != set(first):
             raise InputError(f"{path}: its {name!r} weights have different keys from its other weights")
@@ -157,17 +163,18 @@ def read_official(path: Path, kind: str | None = None, num_heads: int | None = N
             f"{path}: args.image_size={args['image_size']} implies latents of {args['image_size'] // 8}, but the "
             f"position embedding is for {arch['input_size']}: the file is inconsistent"
         )
-    transport = dict(DIT_TRANSPORT) if kind == "dit" else repa_transport(args) if repa else _sit_transport(args)
+    transport = (dict(DIT_TRANSPORT) if kind == "dit" else repa_transport(args) if repa or dmf
+                 else _sit_transport(args))
     what = "training checkpoint" if shape == "training" else "weights"
-    name = "REPA SiT" if repa else "DiT" if kind == "dit" else "SiT"
-    extra = {"image_size": int(args["resolution"])} if repa and args.get("resolution") else {}
+    name = "DMF" if dmf else "REPA SiT" if repa else "DiT" if kind == "dit" else "SiT"
+    extra = {"image_size": int(args["resolution"])} if (repa or dmf) and args.get("resolution") else {}
     return Checkpoint(
         weights,
         arch,
         kind,
         transport,
         source=f"{path} ({name} {what})",
-        format="repa" if repa else "dit" if kind == "dit" else "official",
+        format="dmf" if dmf else "repa" if repa else "dit" if kind == "dit" else "official",
         extra=extra,
         transport_assumed=kind == "sit" and "path_type" not in args and not repa,
     )

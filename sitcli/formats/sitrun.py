@@ -18,14 +18,16 @@ from typing import Any
 from safetensors.torch import load_file
 
 from sitcli import runs
-from sitcli.config import EXTERNAL, TrainConfig
+from sitcli.config import EXTERNAL, TrainConfig, model_form
 from sitcli.errors import InputError
 from sitcli.formats import DIT_TRANSPORT, SIT_DEFAULT_TRANSPORT, Checkpoint
 from sitcli.formats.architecture import (
+    FEWSTEP_KEYS,
     assumed_latent_space,
     backbone,
     heads_from_model_name,
     infer_architecture,
+    is_fewstep,
     registry_name,
 )
 from sitcli.models import SIZES
@@ -74,11 +76,18 @@ def read_sit(path: Path, num_heads: int | None = None) -> Checkpoint:
     else:
         transport = {k: config[k] for k in TRANSPORT_KEYS if config.get(k) is not None} or dict(SIT_DEFAULT_TRANSPORT)
     extra = {k: config[k] for k in ("vae", "latent_scale", "image_size") if config.get(k) is not None}
-    if bool(arch.get("mean_flow")) != (config.get("objective", "flow") == "meanflow") and run is not None:
-        raise InputError(
-            f"{path}: the weights {'have' if arch.get('mean_flow') else 'lack'} a second time embedder "
-            f"(r_embedder), but config.json says objective={config.get('objective', 'flow')}"
-        )
+    if config.get("dmf_depth") is not None:  # DMF's form is not in the weights: the run records it
+        arch["dmf_depth"] = int(config["dmf_depth"])
+    if run is not None:
+        objective = config.get("objective", "flow")
+        want = model_form(objective, config.get("dmf_depth"), bool(config.get("omega_input")),
+                          config.get("velocity_head_depth"))
+        have = {k: arch[k] for k in FEWSTEP_KEYS if k in arch}
+        if want != have:
+            raise InputError(
+                f"{path}: the weights' few-step parts ({have or 'none'}) are not those config.json describes "
+                f"(objective={objective}: {want or 'none'}); the run folder was changed by hand"
+            )
     return Checkpoint(
         weights,
         arch,
@@ -134,10 +143,24 @@ def run_config(ckpt: Checkpoint, source: str) -> dict[str, Any]:
         num_classes=arch["num_classes"],
         latent_scale=ckpt.extra.get("latent_scale") or latent_scale,
         steps=0,
-        **({"objective": "meanflow"} if arch.get("mean_flow") else {}),
+        **_fewstep_settings(ckpt),
         **transport,
     )
     return cfg.to_dict()
+
+
+def _fewstep_settings(ckpt: Checkpoint) -> dict[str, Any]:
+    """The objective and model form a converted run records: its source run's objective where it has one, else the
+    one its form implies (iMF's parts: imf; DMF's form: dmf; an r embedder: meanflow)."""
+    arch = ckpt.arch
+    if not is_fewstep(arch):
+        return {}
+    objective = (ckpt.run_config or {}).get("objective")
+    if objective in (None, "flow"):
+        fewstep = arch.get("omega_input") or arch.get("velocity_head_depth")
+        objective = "imf" if fewstep else "dmf" if arch.get("dmf_depth") is not None else "meanflow"
+    return dict(objective=objective, dmf_depth=arch.get("dmf_depth"), omega_input=bool(arch.get("omega_input")),
+                velocity_head_depth=arch.get("velocity_head_depth"))
 
 
 def write_sit(ckpt: Checkpoint, path: Path) -> None:

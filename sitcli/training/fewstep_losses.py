@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from sitcli.training.losses import LossTerm, StepBatch, StepInputs
+from sitcli.training.terms import LossTerm, StepBatch, StepInputs
 from sitcli.transport import Transport, fewstep, meanflow
 from sitcli.transport.interpolants import expand_time
 
@@ -202,7 +202,9 @@ class AlphaFlowLoss(_PairObjective):
     delta = alpha (r - t); u_tgt = v_g at alpha = 1 and the mean-flow JVP target at alpha = 0, and v_g on
     the rows with r = t; weight = alpha on the rows with r != t while 0 < alpha, else 1 (AlphaFlow's).
     alpha = ``fewstep.alphaflow_alpha(step / total, start, end, gamma, clamp)``, set by ``at_step`` (1 until
-    the first call). The guidance is MeanFlow's folded one (``MeanFlowLoss``, AlphaFlow's kappa = 0):
+    the first call); ``total``: the steps that ``start`` and ``end`` are fractions of (None: the total that
+    ``at_step`` is told, the run's length), so that a fixed schedule survives a resume with more steps. The
+    guidance is MeanFlow's folded one (``MeanFlowLoss``, AlphaFlow's kappa = 0):
     v_g = omega v_c + (1 - omega) sg u_theta(x_t, t, t | null) on labelled rows. ``clamp_target``: AlphaFlow's
     clamp_utgt, a bound on |u_tgt| of the rows with 0 < alpha < 1 (None: none). Works with any mean-flow
     model: ``SiT(mean_flow=True)`` or ``SiT(dmf_depth=...)``. ``share``: the rows with r != t (AlphaFlow's
@@ -214,14 +216,14 @@ class AlphaFlowLoss(_PairObjective):
     def __init__(self, model: torch.nn.Module, transport: Transport, share: float = 0.5, p: float = 1.0,
                  c: float = 1e-3, omega: float = 1.0, start: float = 0.0, end: float = 1.0, gamma: float = 25.0,
                  clamp: float = 0.005, clamp_target: float | None = None,
-                 sample_times: tuple[Callable, Callable, Callable] | None = None):
-        self.model, self.transport, self.sample_times = model, transport, sample_times
+                 sample_times: tuple[Callable, Callable, Callable] | None = None, total: int | None = None):
+        self.model, self.transport, self.sample_times, self.total = model, transport, sample_times, total
         self.share, self.p, self.c, self.omega, self.clamp_target = share, p, c, omega, clamp_target
         self.schedule = dict(start=start, end=end, gamma=gamma, clamp=clamp)
         self.alpha = fewstep.alphaflow_alpha(0.0, **self.schedule)
 
     def at_step(self, step: int, total: int) -> None:
-        self.alpha = fewstep.alphaflow_alpha(step / total, **self.schedule)
+        self.alpha = fewstep.alphaflow_alpha(step / (self.total or total), **self.schedule)
 
     def inputs(self, transport: Transport, x1: torch.Tensor, y: torch.Tensor | None,
                generator: torch.Generator | None) -> StepInputs:

@@ -3,14 +3,25 @@
     from sitcli.training.init_from import init_from_flow
     model = init_from_flow(SiT(**arch, dmf_depth=20), flow_state_dict)   # a DMF model that is the flow SiT at r = t
 
+``sit train --init-from CKPT`` reads the source with ``read_source`` (before the presets: the run's model size is
+the source's), checks it against the data and the transport with ``check_source`` (which records its sha256,
+format and step in config.json), and starts model and EMA with ``init_from_flow``; a resumed run ignores it.
+
 The few-step forms are ``SiT`` options (``models.SiT``: ``mean_flow``, ``dmf_depth``, ``omega_input``,
 ``velocity_head_depth``); the objectives that fine-tune them are in ``training.fewstep_losses``.
 """
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 
+from sitcli.config import TrainConfig
+from sitcli.errors import InputError
+from sitcli.formats.architecture import describe, registry_name
+from sitcli.loading import Loaded, load_model
 from sitcli.models import SiT
 
 
@@ -61,3 +72,62 @@ def init_from_flow(model: SiT, flow_state_dict: dict[str, torch.Tensor]) -> SiT:
             state[key] = flow_state_dict["final_layer." + key[len("velocity_final_layer."):]]
     model.load_state_dict(state)
     return model
+
+
+#################################################################################
+#                   --init-from: the source checkpoint of a run                 #
+#################################################################################
+
+
+def read_source(cfg: TrainConfig) -> Loaded:
+    """Load ``cfg.init_from`` (any checkpoint ``sit sample`` reads: a sit run, an official SiT or REPA .pt, a
+    diffusers folder; its EMA weights) and take the run's model size and learned-sigma layout from it.
+
+    Refused (InputError): a DiT (a DDPM chain, not a flow), a model that is already a few-step one, a size
+    outside the size table, or one that differs from a given ``--model``. Called before the presets fill
+    ``cfg``, so that an unset ``--model`` is the source's."""
+    loaded = load_model(cfg.init_from, ema=True)
+    arch, source = loaded.checkpoint.arch, cfg.init_from
+    if loaded.checkpoint.kind != "sit":
+        raise InputError(f"--init-from {source} is a DiT (trained as a DDPM chain): pass a SiT flow model")
+    form = [k for k in ("mean_flow", "omega_input", "velocity_head_depth") if arch.get(k)]
+    form += ["dmf_depth"] if arch.get("dmf_depth") is not None else []
+    if form:
+        raise InputError(f"--init-from {source} is a few-step model already ({', '.join(form)}): pass the flow "
+                         f"model it came from, or continue its run with --resume")
+    name = registry_name(arch)
+    if name is None:
+        raise InputError(f"--init-from {source} holds a {describe(arch)}, outside the size table sit trains")
+    if cfg.model is not None and cfg.model != name:
+        raise InputError(f"--init-from {source} holds a {name}, not a {cfg.model}: drop --model")
+    cfg.model, cfg.learn_sigma = name, arch["learn_sigma"]
+    return loaded
+
+
+def check_source(cfg: TrainConfig, loaded: Loaded) -> None:
+    """Refuse a source whose data shape or transport differ from the run's (call once the data filled ``cfg``),
+    then record what it is in ``cfg``: the sha256 of its weights file, its format and its training step."""
+    arch, source = loaded.checkpoint.arch, cfg.init_from
+    for name in ("in_channels", "input_size", "num_classes"):
+        if arch[name] != getattr(cfg, name):
+            raise InputError(f"--init-from {source} has {name}={arch[name]}, the data {cfg.data} gives "
+                             f"{getattr(cfg, name)}: pass a source trained on data of this shape")
+    theirs = (loaded.config.prediction, loaded.config.interpolant)
+    if theirs != (cfg.prediction, cfg.interpolant):
+        raise InputError(f"--init-from {source} predicts {theirs[0]} on the {theirs[1]} interpolant, this run "
+                         f"{cfg.prediction} on {cfg.interpolant}: pass --interpolant {theirs[1]}, or another source")
+    cfg.init_from_sha256 = file_sha256(loaded.weights)
+    cfg.init_from_format = loaded.checkpoint.format
+    cfg.init_from_step = next((int(s) for s in (loaded.weights.stem, loaded.weights.parent.name) if s.isdigit()), None)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, or of a folder's files in name order (their names included)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode() + b"\0" if path.is_dir() else b"")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -79,6 +79,8 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
                 from sitcli.autoencoder import encode
 
                 x = encode(p.vae, x, p.noise)
+            for term in p.terms:  # a schedule (AlphaFlow's alpha) follows the step, so a resumed run picks it up
+                term.at_step(p.step, cfg.steps)
             loss, parts = step_loss(p.net, p.transport, p.terms, x, y, p.noise, precision,
                                     pixels if p.vae is not None else None, features)
             # One small all-reduce per step: every rank learns the mean losses and whether to stop.

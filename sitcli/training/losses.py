@@ -7,74 +7,26 @@ turns that into a per-sample loss, and the total is the weighted sum of the term
     loss = sum_k  weight_k * mean_b term_k(batch)_b
 
 The first term is the objective: the interpolant's own regression loss (``RegressionLoss``), or
-with ``objective="meanflow"`` the mean-flow loss (``MeanFlowLoss``). The objective also draws the
+with ``objective="meanflow"`` the mean-flow loss (``MeanFlowLoss``), or a few-step objective fine-tuning a flow
+SiT (``dmf``, ``imf``, ``alphaflow``: ``training.fewstep_losses``). The objective also draws the
 step's inputs (``LossTerm.inputs``: times, noise, labels and extra model arguments), so a mean-flow
 step draws its second time r and calls the model at (x_t, t, r). A new term adds a ``LossTerm``
-subclass and appends it in ``loss_terms``; ``AlignmentLoss`` (REPA) is the second when the config
-names encoders.
+subclass (``training.terms``) and appends it in ``loss_terms``; ``AlignmentLoss`` (REPA) is the second when
+the config names encoders.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from sitcli.config import TrainConfig
 from sitcli.encoders import Encoder, match_grid
+from sitcli.training.fewstep_losses import AlphaFlowLoss, DecoupledMeanFlowLoss, ImprovedMeanFlowLoss
+from sitcli.training.terms import LossTerm, StepBatch, StepInputs
 from sitcli.transport import Transport, meanflow
-
-
-@dataclass
-class StepBatch:
-    """What one training step computed, handed to every loss term."""
-
-    x1: torch.Tensor  # data (B, C, H, W)
-    noise: torch.Tensor  # eps ~ N(0, I), shaped like x1
-    t: torch.Tensor  # training times (B,)
-    x_t: torch.Tensor  # alpha_t x1 + sigma_t eps
-    y: torch.Tensor | None  # class labels (B,)
-    output: torch.Tensor  # the model's prediction at (x_t, t)
-    tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # block depth -> tokens (B, N, hidden)
-    images: torch.Tensor | None = None  # the batch in pixel space, [-1, 1] (x1 itself unless x1 is latent)
-    r: torch.Tensor | None = None  # a mean-flow step's second time (B,), r >= t
-    features: list[torch.Tensor] | None = None  # each encoder's patch tokens of the batch, read from a latent cache
-    model_kwargs: dict = field(default_factory=dict)  # the objective's extra model arguments (r, omega, ...)
-
-
-@dataclass
-class StepInputs:
-    """What an objective draws for one step: times, noise, the labels the model sees and its extra arguments."""
-
-    t: torch.Tensor
-    noise: torch.Tensor
-    y: torch.Tensor | None
-    r: torch.Tensor | None = None
-    model_kwargs: dict = field(default_factory=dict)
-
-
-class LossTerm:
-    """One named part of the training loss: ``term(batch)`` -> per-sample loss (B,).
-
-    ``token_depths`` names the blocks whose tokens the term reads from ``batch.tokens``.
-    """
-
-    name: str = "term"
-    weight: float = 1.0
-    token_depths: tuple[int, ...] = ()
-
-    def __call__(self, batch: StepBatch) -> torch.Tensor:
-        raise NotImplementedError
-
-    def inputs(self, transport: Transport, x1: torch.Tensor, y: torch.Tensor | None,
-               generator: torch.Generator | None) -> StepInputs:
-        """The step's draws when this term is the objective: t, then eps, from ``generator``."""
-        t, noise = transport.draw_time_and_noise(x1, generator)
-        return StepInputs(t, noise, y)
-
-    def at_step(self, step: int, total: int) -> None:
-        """Told before each step which one it is (0-based) of ``total``; a term with a schedule follows it."""
 
 
 class RegressionLoss(LossTerm):
@@ -201,9 +153,22 @@ def loss_terms(cfg: TrainConfig, transport: Transport, model: torch.nn.Module | 
                encoders: list[Encoder] = ()) -> list[LossTerm]:
     """The terms a config asks for, the regression loss first; ``model`` holds the projectors
     (``model.projectors``) for the ``encoders`` when ``cfg.repa_encoder`` names any."""
+    shared = dict(share=cfg.meanflow_share, p=cfg.meanflow_p, c=cfg.meanflow_c)
     if cfg.objective == "meanflow":
         objective: LossTerm = MeanFlowLoss(model, transport, cfg.meanflow_share, cfg.meanflow_p, cfg.meanflow_c,
                                            cfg.meanflow_omega)
+    elif cfg.objective == "dmf":
+        objective = DecoupledMeanFlowLoss(model, transport, **shared, omega=cfg.meanflow_omega,
+                                          guidance_interval=cfg.dmf_guidance_interval)
+    elif cfg.objective == "imf":
+        objective = ImprovedMeanFlowLoss(model, transport, **shared, omega_max=cfg.imf_omega_max,
+                                         omega_beta=cfg.imf_omega_beta)
+    elif cfg.objective == "alphaflow":
+        # The schedule in steps (recorded in config.json), not in fractions of --steps: a resume with more steps
+        # keeps it. alphaflow_alpha's sigmoid is the same function of step / end for any unit.
+        end = cfg.alphaflow_end
+        objective = AlphaFlowLoss(model, transport, **shared, omega=cfg.meanflow_omega,
+                                  start=cfg.alphaflow_start / end, end=1.0, gamma=cfg.alphaflow_gamma, total=end)
     else:
         objective = RegressionLoss(transport)
     terms: list[LossTerm] = [objective]

@@ -24,6 +24,7 @@ from sitcli.models import model_shape
 from sitcli.runtime import check_device_precision, compiled
 from sitcli.seeds import check_balanced
 from sitcli.session import Session
+from sitcli.training.init_from import check_source, init_from_flow, read_source
 from sitcli.training.loggers import Logger, check_log, open_loggers
 from sitcli.training.losses import LossTerm, loss_terms
 from sitcli.training.posthoc_ema import PowerFunctionEMA
@@ -207,6 +208,7 @@ def open_data(cfg: TrainConfig, device: torch.device):
 def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     """Check, lock the run folder, build (or restore) everything the loop steps, then write config.json."""
     dist = session.dist
+    source = read_source(cfg) if cfg.init_from is not None and not resume else None  # a resume has its weights
     apply_presets(cfg)
     cfg.check(resumed=resume)
     check_device_precision(cfg.precision, dist.device)
@@ -214,13 +216,23 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     run = Path(cfg.out)
     saved = {k: getattr(cfg, k) for k in DATA_FIELDS}
     dataset, vae = open_data(cfg, dist.device)
-    if cfg.objective == "meanflow" and cfg.meanflow_omega != 1 and not (cfg.num_classes and cfg.class_dropout_prob > 0):
+    guided = {"meanflow": cfg.meanflow_omega != 1, "dmf": cfg.meanflow_omega != 1,
+              "alphaflow": cfg.meanflow_omega != 1, "imf": cfg.imf_omega_max > 1}.get(cfg.objective, False)
+    if guided and not (cfg.num_classes and cfg.class_dropout_prob > 0):
+        flag = "--imf-omega-max" if cfg.objective == "imf" else "--meanflow-omega"
         raise InputError(
-            "--meanflow-omega folds classifier-free guidance into the target, which needs class labels and "
+            f"{flag} folds classifier-free guidance into the target, which needs class labels and "
             "--class-dropout-prob > 0 (the unconditional velocity is learnt from dropped labels)"
         )
     if cfg.eval_every and cfg.eval_labels == "balanced":
         check_balanced(cfg.eval_num, max(cfg.num_classes, 1), "--eval-num", "--eval-labels")
+    if cfg.objective == "alphaflow" and cfg.alphaflow_end is None:
+        cfg.alphaflow_end = cfg.steps  # the schedule is fixed when the run starts: a resume with more steps keeps it
+        if cfg.alphaflow_start >= cfg.alphaflow_end:
+            raise InputError(f"--alphaflow-start {cfg.alphaflow_start} must be below --alphaflow-end (default: "
+                             f"the run's {cfg.steps} steps)")
+    if source is not None:
+        check_source(cfg, source)
     digests = None
     if cfg.repa_encoder:
         from sitcli.encoders import encoder_identity
@@ -243,6 +255,8 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     # Model and optimiser: same init on every rank; after that each rank has its own RNG streams.
     torch.manual_seed(cfg.seed)
     model = cfg.new_model(tuple(e.width for e in encoders)).to(dist.device)
+    if source is not None:  # the source's EMA weights; the run's EMA starts there too
+        init_from_flow(model, source.model.state_dict())
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     model.grad_checkpointing = cfg.grad_checkpointing
     # fused None: torch's default implementation

@@ -30,6 +30,13 @@ PRESETS: dict[str, dict] = {
 REPA_DEPTHS = {28: 8, 24: 8, 12: 4}
 
 
+# The few-step models' defaults by model depth: DMF's t-blocks (DMF-XL/2: 20 of 28), iMF's velocity head (a quarter).
+FEWSTEP_DEPTHS = {
+    "dmf": {"dmf_depth": lambda depth: round(depth * 20 / 28)},
+    "imf": {"velocity_head_depth": lambda depth: max(1, depth // 4)},
+}
+
+
 def preset_name(data: str) -> str:
     return "digits" if data == DIGITS else "paper"
 
@@ -44,6 +51,11 @@ def apply_presets(cfg: TrainConfig) -> TrainConfig:
     if cfg.repa_encoder and cfg.repa_depth is None and cfg.model in SiT_models:
         depth = model_shape(cfg.model)[0]
         cfg.repa_depth = REPA_DEPTHS.get(depth, max(1, depth // 3))
+    if cfg.model in SiT_models and cfg.objective in FEWSTEP_DEPTHS:
+        depth = model_shape(cfg.model)[0]
+        for name, default in FEWSTEP_DEPTHS[cfg.objective].items():
+            if getattr(cfg, name) is None:
+                setattr(cfg, name, default(depth))
     if cfg.out is None:
         cfg.out = str(Path("runs") / (Path(cfg.data).name or "run"))
     return cfg

@@ -24,16 +24,18 @@ from sitcli.config import UNUSED_BY, SampleConfig
 from sitcli.errors import InputError
 from sitcli.formats import nonfinite_tensors
 from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
-from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
+from sitcli.images import make_grid, read_png, to_images, to_pil
+from sitcli.latent_space import model_autoencoder, pixel_channels
 from sitcli.loading import Loaded, load_model
 from sitcli.locks import LOCK
 from sitcli.runtime import autocast_model, check_device_precision
 from sitcli.session import Session, session
 from sitcli.seeds import index_generator, labels_and_noise
-from sitcli.transport import sample_meanflow, sample_ode, sample_sde
+from sitcli.transport import ODE_METHODS, sample_meanflow, sample_ode, sample_sde
 from sitcli.transport.meanflow import meanflow_time_grid
 from sitcli.transport.samplers import ode_time_grid, sde_time_grid
 from sitcli.transport.time_conventions import interval_in_time
+from sitcli.transport.time_grids import describe_time_shift, resolve_time_shift
 
 SETTINGS_FILE = "sample.json"
 NPZ = "samples.npz"  # kept describing every PNG: rewritten whenever images are added to a folder that has one
@@ -99,7 +101,8 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     model = loaded.model.to(dist.device)
     if cfg.compile:
         model = torch.compile(model)
-    vae = open_vae(tcfg.latent_scale, cfg.vae or tcfg.vae, dist.device)
+    vae = model_autoencoder(tcfg, dist.device, cfg.vae, cfg.rae_encoder, cfg.rae_decoder, cfg.latent_stats)
+    _resolve_time_shift(cfg, tcfg, dist.is_main)
     if tcfg.num_classes == 0 and (cfg.cfg_scale != 1.0 or cfg.class_labels):
         raise InputError("the model is unconditional: drop --cfg-scale and --class-labels")
     fn = autocast_model(model, cfg.precision, dist.device)
@@ -135,7 +138,7 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     names = [out / f"{i:0{width}d}.png" for i in range(cfg.num)]
     all_labels, _ = labels_and_noise(cfg.seed, list(range(cfg.num)), (0,), max(tcfg.num_classes, 1), cfg.class_labels)
     side = None if vae is not None else tcfg.input_size  # a VAE's output size is its own
-    mode = "RGB" if vae is not None or tcfg.in_channels == 3 else "L"
+    mode = "RGB" if pixel_channels(vae, tcfg.in_channels) == 3 else "L"
     todo = [i for i in range(cfg.num) if not is_finished(names[i], side, mode)]
     redo = sum(names[i].exists() for i in todo)
     if redo and dist.is_main:
@@ -246,6 +249,19 @@ def write_extras(job: SampleJob, result: SampleResult) -> None:
     if job.cfg.grid:
         result.grid = Path(job.cfg.grid)
         atomic.save_image(result.grid, make_grid(images[:100]))
+
+
+def _resolve_time_shift(cfg: SampleConfig, tcfg, show: bool) -> None:
+    """``cfg.time_shift`` as a number: the one given ("dimension": RAE's, of the model's latent shape), else
+    the run's training shift for the fixed-grid samplers (1 for adaptive methods and mean-flow jumps)."""
+    shape = (tcfg.in_channels, tcfg.input_size, tcfg.input_size)
+    setting, from_run = cfg.time_shift, cfg.time_shift is None
+    if from_run:
+        adaptive = cfg.sampler == "ode" and ODE_METHODS[cfg.method].kind == "adaptive"
+        setting = 1.0 if adaptive or cfg.sampler == "meanflow" else getattr(tcfg, "time_shift", 1.0)
+    cfg.time_shift = resolve_time_shift(setting, shape)
+    if show and cfg.time_shift != 1.0:
+        print(describe_time_shift(setting, shape) + (", the run's training shift" if from_run else ""))
 
 
 def time_grid(cfg: SampleConfig, transport) -> torch.Tensor:

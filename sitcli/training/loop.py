@@ -68,10 +68,8 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             features = [f.to(dist.device, non_blocking=True) for f in cached[0]] if cached else None
             pixels = x
-            if p.vae is not None:
-                from sitcli.autoencoder import encode
-
-                x = encode(p.vae, x, p.noise)
+            if p.vae is not None:  # an Autoencoder: SD-VAE's road is bit for bit autoencoder.encode's
+                x = p.vae.encode(x, generator=p.noise)
             loss, parts = step_loss(p.net, p.transport, p.terms, x, y, p.noise, precision,
                                     pixels if p.vae is not None else None, features)
             # One small all-reduce per step: every rank learns the mean losses and whether to stop.

@@ -54,7 +54,10 @@ def train(
         None, "--time-shift", rich_help_panel=LATENT, help="Shift training times by S, or 'dimension' (RAE's)."
     ),
     model: str | None = typer.Option(
-        None, "--model", rich_help_panel=MODEL, help="SiT-{Ti,S,B,L,XL}/{1,2,4,8} or DiTDH-{Ti,S,XL} (SiT-Ti/4 on digits, else SiT-XL/2)."
+        None,
+        "--model",
+        rich_help_panel=MODEL,
+        help="SiT-{Ti,S,B,L,XL}/{1,2,4,8} or DiTDH-{Ti,S,XL} (SiT-Ti/4 on digits, else SiT-XL/2).",
     ),
     head_width: int | None = typer.Option(
         None, "--head-width", rich_help_panel=MODEL, help="DiTDH-*: width of the DDT head (2048)."

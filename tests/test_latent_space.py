@@ -197,7 +197,8 @@ def test_on_the_fly_rae_training_equals_training_on_its_cache(parts, cache, tmp_
     fly, cached = ((tmp_path / r / "log.csv").read_text().splitlines()[1].split(",") for r in ("fly", "cached"))
     assert float(fly[1]) == pytest.approx(float(cached[1]), rel=2e-3)
     a, b = (json.loads((tmp_path / r / "config.json").read_text())["autoencoder"] for r in ("fly", "cached"))
-    assert {k: a[k] for k in ("kind", "sha256", "latent_shape")} == {k: b[k] for k in ("kind", "sha256", "latent_shape")}
+    keys = ("kind", "sha256", "latent_shape")
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
 
 
 def test_f16_vae_latents_need_statistics_and_kl_statistics_normalise(tmp_path, vae_and_images):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from sitcli.cli import convert, evaluate, latents, sample, train
+from sitcli.cli import convert, decoder, evaluate, latents, sample, train
 from sitcli.cli.errors import user_errors
 
 app = typer.Typer(
@@ -36,7 +36,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 for name, command in (("train", train.train), ("sample", sample.sample), ("nll", evaluate.nll),
                       ("cache-latents", convert.cache_latents), ("fid", evaluate.fid), ("convert", convert.convert),
-                      ("latent-stats", latents.latent_stats)):
+                      ("latent-stats", latents.latent_stats), ("train-decoder", decoder.train_decoder)):
     app.command(name)(user_errors(command))
 app.command("methods")(sample.methods)
 

@@ -20,7 +20,8 @@ layers (``ViT-Ti``), 8-pixel patches, trained on L1 with RAE's noise augmentatio
    all decoded by decoder seed 0. Each draws ``--num`` class-conditional samples (labels 0..9 cycled, the ODE with
    adams 50 steps, the run's own time shift, EMA weights), reduced to 8x8 (``to_8x8``: the inverse of the
    upsampling) and scored by ``sitcli.evaluate.digits`` (Fréchet distance and precision/recall in a digit
-   classifier's features, SVM accuracy). Floors: the real digits, and the real digits through the same 32-pixel round trip.
+   classifier's features, SVM accuracy). Floors: the real digits, and the real digits through the same 32-pixel
+   round trip.
 
 Timings are wall seconds of each job in this process, taken in turns, so only their ratios mean anything.
 

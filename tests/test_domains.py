@@ -11,11 +11,14 @@ import pytest
 import torch
 
 from sitcli.cli import convert as convert_cli, evaluate as evaluate_cli, sample as sample_cli, train as train_cli
+from sitcli.cli import decoder as decoder_cli, latents as latents_cli
 from sitcli.config import SAMPLE_DOMAINS, SAMPLE_FLAGS, TRAIN_DOMAINS, SampleConfig, TrainConfig
 from sitcli.convert import ConvertConfig
 from sitcli.evaluate.suite import FID_DOMAINS, FidConfig
 from sitcli.data.latent_cache import CACHE_DOMAINS, CacheConfig
+from sitcli.latent_stats import STATS_DOMAINS, LatentStatsConfig
 from sitcli.nll import NLL_DOMAINS, NllConfig
+from sitcli.training.decoder import DECODER_DOMAINS, DecoderTrainConfig
 from sitcli.domains import COUNT, Domain
 from sitcli.errors import InputError
 from sitcli.training.presets import apply_presets
@@ -57,6 +60,8 @@ COMMANDS = {
     "fid": (evaluate_cli.fid, FidConfig, FID_DOMAINS),
     "convert": (convert_cli.convert, ConvertConfig, {"num_heads": COUNT}),
     "cache-latents": (convert_cli.cache_latents, CacheConfig, CACHE_DOMAINS),
+    "latent-stats": (latents_cli.latent_stats, LatentStatsConfig, STATS_DOMAINS),
+    "train-decoder": (decoder_cli.train_decoder, DecoderTrainConfig, DECODER_DOMAINS),
 }
 
 
@@ -89,6 +94,8 @@ REQUIRED = {
     "fid": dict(a="a", b="b"),
     "convert": dict(src="a.pt", dst="b.pt"),
     "cache-latents": dict(data="data", vae="vae", out="out"),
+    "latent-stats": dict(data="data", out="stats.safetensors"),
+    "train-decoder": dict(rae_encoder="dinov2"),
 }
 
 
@@ -102,7 +109,8 @@ TABLE = [
     ("train", _train, TRAIN_DOMAINS, {}),
     ("sample", _sample, SAMPLE_DOMAINS, SAMPLE_FLAGS),
     ("nll", _job("nll"), NLL_DOMAINS, {"num": "--num-samples"}),
-    *((command, _job(command), COMMANDS[command][2], {}) for command in ("fid", "convert", "cache-latents")),
+    *((command, _job(command), COMMANDS[command][2], {})
+      for command in ("fid", "convert", "cache-latents", "latent-stats", "train-decoder")),
 ]
 
 

@@ -270,3 +270,20 @@ def test_decoders_load_strictly_from_rae_files_and_refuse_others(parts, tmp_path
         load_decoder(tmp_path / "missing.pt")
     with pytest.raises(InputError, match="name two autoencoders"):
         AutoencoderSpec(vae="v", rae_encoder="e").check()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs gloo")
+def test_two_ranks_merge_to_the_one_process_statistics(cache, tmp_path):
+    from helpers import torchrun
+
+    torchrun("-m", "sitcli", "latent-stats", cache, "--out", tmp_path / "two.safetensors", "--batch-size", 5,
+             "--device", "cpu", cwd=tmp_path)
+    one = latent_stats(LatentStatsConfig(str(cache), out=str(tmp_path / "one.safetensors"), batch_size=5),
+                       progress=False)
+    a, b = load_normalization(one.out), load_normalization(tmp_path / "two.safetensors")
+    # Rank 0 takes batches 0, 2 and rank 1 batch 1; Chan's merge is exact up to float64 rounding.
+    torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.std, b.std, rtol=1e-6, atol=0)
+    assert "(24 latents)" in b.source and not json.loads((cache / "latents.json").read_text())["normalization"]

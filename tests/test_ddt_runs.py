@@ -60,7 +60,7 @@ def test_a_ddt_run_resumes_bit_for_bit_and_samples(tmp_path, one_thread):
     flags = [*TRAIN, "--model", "DiTDH-Ti", "--head-width", 48, "--time-shift", 2]
     assert sit("train", *flags, "--out", tmp_path / "straight", "--steps", 4, "--ckpt-every", 2).exit_code == 0
     assert sit("train", *flags, "--out", tmp_path / "halves", "--steps", 2, "--ckpt-every", 2).exit_code == 0
-    result = sit("train", "--resume", tmp_path / "halves", "--steps", 4)
+    result = sit("train", "--resume", tmp_path / "halves", "--steps", 4, "--time-shift", "2")  # the same shift
     assert result.exit_code == 0, result.output
     a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "halves")
     assert a[0] == b[0] == "0000004"

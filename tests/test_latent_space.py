@@ -287,3 +287,21 @@ def test_two_ranks_merge_to_the_one_process_statistics(cache, tmp_path):
     torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=1e-6)
     torch.testing.assert_close(a.std, b.std, rtol=1e-6, atol=0)
     assert "(24 latents)" in b.source and not json.loads((cache / "latents.json").read_text())["normalization"]
+
+
+@pytest.mark.slow
+def test_eval_every_decodes_rae_samples_with_the_runs_decoder(parts, tmp_path, stand_in, one_thread):
+    from sitcli.evaluate import inception
+
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, mu=np.zeros(inception.POOL_DIM), sigma=np.eye(inception.POOL_DIM))
+    stats = tmp_path / "stats.safetensors"
+    latent_stats(LatentStatsConfig("digits", out=str(stats), rae_encoder=str(parts / "dino"), rae_patch=PATCH,
+                                   image_size=IMAGE, num=64), progress=False)
+    result = sit(*run_args(tmp_path / "run", "--data", "digits", "--image-size", IMAGE, "--rae-encoder", parts / "dino",
+                           "--rae-decoder", parts / "decoder.pt", "--latent-stats", stats, "--eval-every", 2,
+                           "--eval-num", 4, "--eval-steps", 2, "--eval-ref", ref, "--sample-every", 2))
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "run" / "eval.csv").read_text().splitlines()
+    assert rows[0].startswith("step,fid") and np.isfinite(float(rows[1].split(",")[1]))
+    assert Image.open(tmp_path / "run" / "grids" / "0000002.png").mode == "L"  # grey digits, decoded grey

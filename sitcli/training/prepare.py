@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sitcli import atomic, distributed, runs
-from sitcli.config import EXTERNAL, RESUMABLE, TrainConfig
+from sitcli.config import EXTERNAL, RESUMABLE, TrainConfig, parse_time_shift
 from sitcli.data import DIGITS, batches, check_batch_size, is_latent_cache, open_dataset
 from sitcli.errors import InputError
 from sitcli.locks import LOCK
@@ -78,6 +78,8 @@ def resume_config(run: str | Path, given: dict | None = None) -> TrainConfig:
             continue
         if name not in {f.name for f in fields(TrainConfig)}:
             raise InputError(f"unknown setting {name!r}")
+        if name == "time_shift":  # as given on the command line ("2"), compared as the config holds it (2.0)
+            value = parse_time_shift(value)
         if name in RESUMABLE:
             setattr(saved, name, value)
         elif value != getattr(saved, name):

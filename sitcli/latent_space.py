@@ -26,7 +26,6 @@ patch comes from the decoder, or from ``rae_patch`` (16, RAE's) when encoding wi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from sitcli import runs
 from sitcli.autoencoder import Autoencoder, KLAutoencoder
 from sitcli.autoencoder.files import load_normalization
 from sitcli.autoencoder.kl import latent_scale, load_vae
-from sitcli.autoencoder.normalization import LatentNormalization, scale_only
+from sitcli.autoencoder.normalization import scale_only
 from sitcli.autoencoder.rae import DECODER_PATCH, RAE, load_rae_encoder
 from sitcli.autoencoder.rae_decoder import DecoderConfig, RAEDecoder
 from sitcli.encoders import encoder_identity
@@ -137,12 +136,6 @@ def statistics_identity(path: str | Path) -> dict:
     norm = load_normalization(path)
     return {"file": str(Path(path).resolve()), "sha256": encoder_identity(path), "kind": norm.kind,
             "describe": norm.describe()}
-
-
-def same_autoencoder(recorded: dict, now: dict) -> list[str]:
-    """The fields in which two identities differ (the source path is not compared: files move)."""
-    keys = ("kind", "sha256", "latent_shape", "encoder_input_size", "image_size")
-    return [k for k in keys if recorded.get(k) != now.get(k)]
 
 
 def model_autoencoder(tcfg, device: torch.device | str = "cpu", vae: str | None = None,
@@ -248,17 +241,3 @@ def load_decoder(path: str | Path, num_heads: int | None = None) -> RAEDecoder:
     else:
         state = read_state_dict(path)
     return build_decoder(state, str(path), config, num_heads)
-
-
-def decoder_patch_of(path: str | Path) -> int | None:
-    """The patch of a decoder run's config without reading weights (None for a file)."""
-    path = Path(path)
-    if path.is_dir() and (path / runs.CONFIG).is_file():
-        return json.loads((path / runs.CONFIG).read_text()).get("decoder", {}).get("patch_size")
-    return None
-
-
-def describe(ae: Autoencoder) -> str:
-    """One line: "rae (DINOv2 at 224 px) -> 768x16x16, element statistics ..." for messages."""
-    norm: LatentNormalization = ae.normalization
-    return f"{ae.kind} {ae.source}, normalisation: {norm.describe()}"

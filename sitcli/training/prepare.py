@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 
 from sitcli import atomic, distributed, runs
+from sitcli.autoencoder.files import load_normalization
 from sitcli.config import EXTERNAL, RESUMABLE, TrainConfig, parse_time_shift
 from sitcli.data import DIGITS, batches, check_batch_size, is_latent_cache, open_dataset
-from sitcli.errors import InputError
-from sitcli.locks import LOCK
-from sitcli.autoencoder.files import load_normalization
 from sitcli.ddt import DDT_models
 from sitcli.encoders import encoder_identity
+from sitcli.errors import InputError
 from sitcli.latent_space import STATS_COMMAND, identity, require_statistics, statistics_identity
+from sitcli.locks import LOCK
 from sitcli.models import model_shape
 from sitcli.runtime import check_device_precision
 from sitcli.session import Session

@@ -61,7 +61,7 @@ class LatentStatsConfig:
     overwrite: bool = False
 
     def __post_init__(self):
-        check_domains(asdict(self), STATS_DOMAINS)
+        check_domains(asdict(self), STATS_DOMAINS, STATS_FLAGS)
         if self.kind not in KINDS:
             raise InputError(f"--kind {self.kind!r}: choose one of {', '.join(KINDS)}")
         self.autoencoder().check()
@@ -84,6 +84,7 @@ class LatentStatsConfig:
 
 
 STATS_DOMAINS = dict(eps=NON_NEGATIVE, rae_patch=COUNT, image_size=COUNT, batch_size=COUNT, seed=SEED, num=COUNT)
+STATS_FLAGS = {"num": "--num-images"}
 
 
 @dataclass

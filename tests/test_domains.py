@@ -109,8 +109,9 @@ TABLE = [
     ("train", _train, TRAIN_DOMAINS, {}),
     ("sample", _sample, SAMPLE_DOMAINS, SAMPLE_FLAGS),
     ("nll", _job("nll"), NLL_DOMAINS, {"num": "--num-samples"}),
-    *((command, _job(command), COMMANDS[command][2], {})
-      for command in ("fid", "convert", "cache-latents", "latent-stats", "train-decoder")),
+    *((command, _job(command), COMMANDS[command][2], {}) for command in ("fid", "convert", "cache-latents")),
+    ("latent-stats", _job("latent-stats"), STATS_DOMAINS, {"num": "--num-images"}),
+    ("train-decoder", _job("train-decoder"), DECODER_DOMAINS, {}),
 ]
 
 

@@ -19,7 +19,7 @@ def latent_stats(
     image_size: int = typer.Option(256, "--image-size", help="Side of an image folder's center crops."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per batch (per rank)."),
     seed: int = typer.Option(0, "--seed", help="Seed of a VAE's posterior samples (as sit cache-latents)."),
-    num: int | None = typer.Option(None, "--num", help="Only the first N images (default: all)."),
+    num: int | None = typer.Option(None, "--num-images", help="Only the first N images (default: all)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing statistics file."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:

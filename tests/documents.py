@@ -100,6 +100,8 @@ def shrunk(command: str, world: Path) -> list[str]:
         out.append(word)
     if job == "train":
         steps = "4" if "--resume" in out else "2"
+        if "--epochs" in out:  # a recipe's epochs of ImageNet: steps here
+            del out[out.index("--epochs") : out.index("--epochs") + 2]
         if "--steps" in out:
             out[out.index("--steps") + 1] = steps
         else:
@@ -154,13 +156,22 @@ def rae_stand_ins(world: Path) -> None:
     from sitcli.ddt import DDT_models
 
     image_folder(world / "data" / "imgs", per_class=5, size=(16, 16))
+    image_folder(world / "data" / "imagenet" / "val", per_class=3, size=(16, 16))
     dinov2_folder(world / "models" / "dinov2-reg-base", registers=4)
     (world / "models" / "rae").mkdir(parents=True)
     torch.manual_seed(0)
-    torch.save(RAEDecoder(decoder_config("ViT-Ti", 32, 1, 16)).state_dict(), world / "models" / "rae" / "model.pt")
+    torch.save(RAEDecoder(decoder_config("ViT-Ti", 32, 1, 16)).state_dict(), world / "models" / "rae" / "decoder.pt")
     stats = {"mean": torch.randn(32, 1, 1) * 0.1, "var": torch.rand(32, 1, 1) + 0.5}  # RAE's stat.pt layout
     torch.save(stats, world / "models" / "rae" / "stat.pt")
     ddt = DDT_models["DiTDH-Ti"](input_size=1, in_channels=32, num_classes=1000)
+    from torchvision.models.vgg import cfgs, make_layers
+
+    (world / "models" / "lpips").mkdir()  # random VGG16 features and LPIPS heads, in their files' layouts
+    torch.save({f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()},
+               world / "models" / "lpips" / "vgg16-397923af.pth")
+    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) * 0.1 for k, c in enumerate((64, 128, 256, 512, 512))},
+               world / "models" / "lpips" / "vgg.pth")
+    torch.save(random_inception_state(), world / "models" / "pt_inception-2015-12-05-6726825d.pth")
     for path in (world / "stage2_model.pt", world / "models" / "rae" / "DiTDH-XL.pt"):
         torch.save({"ema": ddt.state_dict()}, path)
     AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 5,

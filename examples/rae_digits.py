@@ -86,7 +86,8 @@ def timed(path: Path, job) -> float:
     record = path / "seconds.json"
     if not record.is_file():
         start = time.perf_counter()
-        job()
+        if getattr(job(), "interrupted", False):  # Ctrl-C saved a checkpoint: not a finished run
+            raise SystemExit(f"{path} was interrupted: remove it and run again")
         path.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"seconds": time.perf_counter() - start}))
     return json.loads(record.read_text())["seconds"]

@@ -179,9 +179,11 @@ def model_autoencoder(tcfg, device: torch.device | str = "cpu", vae: str | None 
     ae = spec.open(tcfg.image_size if record or spec.kind == "kl" else None, device, image_channels=channels)
     image_size = tcfg.image_size or ae.decoder.config.image_size
     require_statistics(ae, "decoding these latents", STATS_COMMAND)
-    if tuple(ae.latent_shape(image_size)) != shape:
-        raise InputError(f"the autoencoder gives {'x'.join(map(str, ae.latent_shape(image_size)))} latents at "
-                         f"{image_size} pixels; the model takes {'x'.join(map(str, shape))}")
+    gives = tuple(ae.latent_shape(image_size)) if ae.kind == "rae" else (ae.vae.config.latent_channels,)
+    if gives != shape[: len(gives)]:  # a VAE decodes latents of any size (the image is then its own size)
+        raise InputError(f"the autoencoder gives {'x'.join(map(str, gives))} latents"
+                         + (f" at {image_size} pixels" if ae.kind == "rae" else " (channels)")
+                         + f"; the model takes {'x'.join(map(str, shape))}")
     return ae
 
 

@@ -21,6 +21,8 @@ from sitcli.data import DIGITS
 from sitcli.domains import (COUNT, COUNT_OR_ZERO, EPS, FINITE, NON_NEGATIVE, NON_NEGATIVE_SCALE, POSITIVE, SCALE, SEED,
                             Domain, check_domains)
 from sitcli.errors import InputError
+from sitcli.ddt import DDT_models
+from sitcli.latent_space import AutoencoderSpec
 from sitcli.models import SiT_models, model_shape
 from sitcli.recipes import expand, get_recipe
 from sitcli.runtime import check_precision, check_workers
@@ -29,7 +31,7 @@ from sitcli.transport import LAST_STEPS, MEANFLOW_METHODS, ODE_METHODS, SDE_METH
 from sitcli.transport.diffusion import check_diffusion_coefficient
 from sitcli.transport.samplers import ode_time_grid
 from sitcli.transport.time_conventions import CONVENTIONS
-from sitcli.transport.time_grids import SPACINGS
+from sitcli.transport.time_grids import NAMED_SHIFTS, SPACINGS, resolve_time_shift
 from sitcli.transport.time_sampling import DENSITY_PARAMS
 
 # The data a converted checkpoint says it was trained on: none that sit can open.
@@ -45,7 +47,7 @@ class TrainConfig:
 
     data: str = DIGITS  # "digits", an image folder (one sub-folder per class), or a latent cache
     out: str | None = None  # run folder; default runs/<data name>
-    model: str | None = None  # a key of models.SiT_models
+    model: str | None = None  # a key of models.SiT_models or ddt.DDT_models
     image_size: int | None = None
     vae: str | None = None  # local diffusers AutoencoderKL folder: train in its latent space
     class_dropout_prob: float = 0.1
@@ -118,11 +120,20 @@ class TrainConfig:
     # width from them.
     ema_snapshots_every: int = 0
     ema_sigma_rels: list[float] = field(default_factory=lambda: [0.05, 0.10])  # EDM2's two
+    # Other latent spaces (sitcli.latent_space) and the wide DiT^DH head (sitcli.ddt):
+    rae_encoder: str | None = None  # an RAE's DINOv2 (instead of vae): train in its latent space
+    rae_decoder: str | None = None  # its decoder (previews, --eval-every, sampling)
+    rae_patch: int | None = None  # the RAE decoder's patch in pixels, when no decoder tells (16)
+    latent_stats: str | None = None  # statistics normalising the raw latents (a cache's own by default)
+    time_shift: float | str = 1.0  # training times t -> t / (s + (1 - s) t); "dimension": sqrt(C H W / 4096)
+    head_width: int | None = None  # DiTDH-*: width of the DDT head (2048)
+    head_depth: int | None = None  # DiTDH-*: its blocks (2)
     # Filled from the data when the run starts (what a sampler needs to rebuild the model):
     in_channels: int | None = None
     input_size: int | None = None
     num_classes: int | None = None
     latent_scale: float | None = None
+    autoencoder: dict | None = None  # the latent space's identity (latent_space.identity, statistics)
 
     def __post_init__(self):
         if self.loss_weight == "none":
@@ -135,6 +146,7 @@ class TrainConfig:
             raise InputError("--repa-encoder '': pass the path of an encoder, or drop the flag to train without REPA")
         if isinstance(self.dmf_guidance_interval, list):  # read back from config.json
             self.dmf_guidance_interval = tuple(self.dmf_guidance_interval)
+        self.time_shift = parse_time_shift(self.time_shift)
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
@@ -151,11 +163,13 @@ class TrainConfig:
     def check(self, resumed: bool = False) -> None:
         """Refuse settings that cannot train (call once the presets are applied); ``resumed``: the config of a run
         being resumed, whose fixed settings were accepted when it started."""
-        if self.model not in SiT_models:
-            raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(SiT_models)}")
+        if self.model not in SiT_models and self.model not in DDT_models:
+            raise InputError(f"unknown model {self.model!r}; choose one of {', '.join([*SiT_models, *DDT_models])}")
         check_precision(self.precision)
-        check_domains(asdict(self), TRAIN_DOMAINS)
+        check_domains({**asdict(self), "time_shift": None if isinstance(self.time_shift, str) else self.time_shift},
+                      TRAIN_DOMAINS)
         check_workers(self.num_workers)
+        self._check_latent_space()
         if self.repa_encoder:
             depth = model_shape(self.model)[0]
             if not 1 <= self.repa_depth <= depth:
@@ -216,6 +230,43 @@ class TrainConfig:
             if changed:
                 raise InputError(f"--{changed[0].replace('_', '-')} has no effect without {needed}: add it or drop "
                                  f"--{changed[0].replace('_', '-')}")
+
+    def _check_latent_space(self) -> None:
+        """The autoencoder flags, RAE's time shift and the DiT^DH head (see sitcli.latent_space, sitcli.ddt)."""
+        self.autoencoder_spec().check()
+        ddt = self.model in DDT_models
+        if ddt:
+            self.learn_sigma = False  # DiT^DH predicts the velocity alone (no sigma channels)
+        if not ddt and (self.head_width is not None or self.head_depth is not None):
+            raise InputError(f"--head-width / --head-depth shape the DDT head of a DiT^DH: pass --model "
+                             f"{' or '.join(DDT_models)}, or drop them")
+        if ddt and self.repa_encoder:
+            raise InputError("--repa-encoder is not combined with DiT^DH models yet: drop it or use a SiT model")
+        if ddt and self.objective != "flow":
+            raise InputError("--objective meanflow needs a SiT model (DiT^DH has no second time): use --model SiT-*")
+        if self.time_shift != 1.0:
+            if self.num_timesteps is not None:
+                raise InputError("--time-shift shifts continuous training times: drop --num-timesteps or the shift")
+            if self.objective != "flow":
+                raise InputError("--time-shift is not combined with --objective meanflow yet: drop it")
+
+    def autoencoder_spec(self) -> AutoencoderSpec:
+        """The autoencoder the flags name (``vae`` or ``rae_*``), with ``latent_stats``."""
+        return AutoencoderSpec(vae=self.vae, rae_encoder=self.rae_encoder, rae_decoder=self.rae_decoder,
+                               rae_patch=self.rae_patch, latent_stats=self.latent_stats)
+
+    def latent_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of the model's input, once the data filled it."""
+        if self.in_channels is None or self.input_size is None:
+            return None
+        return (self.in_channels, self.input_size, self.input_size)
+
+    def resolved_time_shift(self) -> float:
+        """The training shift s as a number ("dimension": RAE's sqrt(C H W / 4096) once the data gave C, H, W;
+        1 before)."""
+        if self.time_shift == "dimension" and self.latent_shape() is None:
+            return 1.0
+        return resolve_time_shift(self.time_shift, self.latent_shape())
 
     def _check_objective(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -284,11 +335,17 @@ class TrainConfig:
             self.num_timesteps,
             self.time_density,
             params,
+            time_shift=self.resolved_time_shift(),
         )
 
     def new_model(self, projector_dims: tuple[int, ...] = ()) -> torch.nn.Module:
         """A freshly initialised model of this config's architecture and data shape, with a
         ``repa_projector_dim``-wide projector to each of ``projector_dims`` (the encoders' widths)."""
+        if self.model in DDT_models:
+            head = {k: v for k, v in (("head_width", self.head_width), ("head_depth", self.head_depth)) if v}
+            return DDT_models[self.model](input_size=self.input_size, in_channels=self.in_channels,
+                                          num_classes=self.num_classes, class_dropout_prob=self.class_dropout_prob,
+                                          **head)
         return SiT_models[self.model](
             input_size=self.input_size,
             in_channels=self.in_channels,
@@ -368,6 +425,10 @@ TRAIN_DOMAINS: dict[str, Domain] = dict(
     alphaflow_end=COUNT,
     alphaflow_gamma=POSITIVE,
     init_from_step=COUNT_OR_ZERO,
+    rae_patch=COUNT,
+    time_shift=POSITIVE,
+    head_width=COUNT,
+    head_depth=COUNT,
 )
 MEANFLOW_FIELDS = ("meanflow_share", "meanflow_p", "meanflow_c", "meanflow_omega")
 REPA_FIELDS = ("repa_depth", "repa_weight", "repa_projector_dim")  # nothing without repa_encoder
@@ -406,6 +467,7 @@ RESUMABLE = {
     "grad_checkpointing",
     "log",
     "inception_weights",
+    "rae_decoder",  # decodes previews and evaluations only; the training is the same
 }
 
 
@@ -434,7 +496,7 @@ class SampleConfig:
     guidance_model: str | None = None  # autoguidance: the weak model (any checkpoint load_model reads)
     guidance_scale: float = 1.0  # autoguidance's w (1 = none)
     spacing: str | None = None  # the time grid (transport.time_grids.SPACINGS); None: the method's own
-    time_shift: float = 1.0  # SD3's shift s of the time grid (1 = none)
+    time_shift: float | str | None = None  # SD3's shift s of the time grid (1 = none; None: the run's training shift)
     edm_rho: float = 7.0  # rho of the edm spacing
     solver: str | None = None  # --method searched: the solver file from `sit search-solver`
     num: int = 64
@@ -452,6 +514,9 @@ class SampleConfig:
     npz: bool = False
     grid: str | None = None
     vae: str | None = None
+    rae_encoder: str | None = None  # an RAE's parts, for a model that does not record them (or another decoder)
+    rae_decoder: str | None = None
+    latent_stats: str | None = None  # statistics, for a model that does not record them
     threads: int | None = None  # torch intra-op threads; None: the run's setting, 0: torch's default
     # Only for a checkpoint that does not record its transport (a run's config.json fixes them):
     interpolant: str | None = None
@@ -462,7 +527,9 @@ class SampleConfig:
 
     def __post_init__(self):
         self.cfg_interval = tuple(float(v) for v in self.cfg_interval)
-        check_domains(asdict(self), SAMPLE_DOMAINS, SAMPLE_FLAGS)
+        self.time_shift = parse_time_shift(self.time_shift)
+        named = isinstance(self.time_shift, str)
+        check_domains({**asdict(self), "time_shift": None if named else self.time_shift}, SAMPLE_DOMAINS, SAMPLE_FLAGS)
         check_precision(self.precision)
         if self.cfg_channels != "all" and not (str(self.cfg_channels).isdigit() and int(self.cfg_channels) > 0):
             raise InputError(f"--cfg-channels {self.cfg_channels!r}: pass 'all' or a number of channels such as 3")
@@ -572,7 +639,7 @@ class SampleConfig:
         if (
             self.sampler == "ode"
             and ODE_METHODS[self.method].kind == "adaptive"
-            and (self.time_shift != 1.0 or self.spacing is not None)
+            and (self.time_shift not in (None, 1.0) or self.spacing is not None)
         ):
             raise InputError(
                 f"--method {self.method} is adaptive and chooses its own steps: --time-shift and "
@@ -646,6 +713,19 @@ UNUSED_BY = {
 SAMPLERS = ("ode", "sde", "meanflow")
 # Settings the mean-flow sampler has no use for: refused when given.
 MEANFLOW_UNUSED = ("atol", "rtol", "w", "w_norm", "last_step", "last_step_size", "spacing", "time_shift", "edm_rho")
+
+
+def parse_time_shift(value: float | str | None) -> float | str | None:
+    """A time shift as given: a number (a numeric string becomes one) or a name of ``NAMED_SHIFTS``."""
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if value is None else float(value)
+    if str(value) in NAMED_SHIFTS:
+        return str(value)
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(f"--time-shift {value!r}: pass a number > 0 (1: none) or one of "
+                         f"{', '.join(NAMED_SHIFTS)}") from None
 
 
 def field_names(cls) -> set[str]:

@@ -12,6 +12,8 @@ Formats (``--from`` / ``--to``):
     dit        the DiT code's .pt: the same layout, trained as a DDPM (``sitcli.transport.ddpm``)
     diffusers  a diffusers model folder: diffusers' ``DiTTransformer2DModel`` or sitcli's
                ``SiTTransformer2DModel`` (``sitcli.formats.diffusers_sit``), or a pipeline folder holding one
+    rae        RAE's stage-2 .pt of a DiT^DH ({"ema", "model"}; read: bare or any training checkpoint), which
+               converts to and from sit run folders only
 
 Weights are copied, never recomputed, so every round trip returns the same tensors bit for bit
 (the one exception: diffusers' DiT class does not store ``pos_embed``; it is rebuilt from its
@@ -40,6 +42,7 @@ from sitcli.formats import Checkpoint, nonfinite_tensors
 from sitcli.formats.architecture import fewstep_parts, is_fewstep, model_with_weights
 from sitcli.formats.diffusers import load_diffusers_model, write_diffusers
 from sitcli.formats.official import write_official
+from sitcli.formats.rae import write_rae
 from sitcli.formats.sitrun import write_sit
 from sitcli.loading import FORMATS, read_checkpoint
 from sitcli.locks import LOCK, FolderLock
@@ -153,6 +156,10 @@ def _convert(cfg: ConvertConfig) -> ConvertResult:
     ckpt = read_checkpoint(src, cfg.src_format, cfg.num_heads, cfg.dmf_depth)
     if dst_format == "dit" and ckpt.kind != "dit":
         raise InputError(f"{src} holds SiT weights, not DiT ones: write them with --to official")
+    ddt = "head_width" in ckpt.arch
+    if ddt != (dst_format == "rae") and not (ddt and dst_format == "sit"):
+        raise InputError(f"{src} holds SiT weights: --to rae writes RAE's DiT^DH files only" if not ddt else
+                         f"{src} is a DiT^DH (RAE's wide-head model): it converts --to sit or --to rae only")
     if is_fewstep(ckpt.arch) and dst_format != "sit":
         raise InputError(f"{src} is a few-step model ({', '.join(fewstep_parts(ckpt.arch))}): the official code "
                          f"and diffusers have no such model, so it converts --to sit only")
@@ -182,6 +189,9 @@ def _convert(cfg: ConvertConfig) -> ConvertResult:
                     result.weights = "the one set (as both model and ema)"
                 else:
                     result.weights = "model and ema"
+            elif dst_format == "rae":
+                write_rae(ckpt, staged)
+                result.weights = "ema and model" if "model" in ckpt.weights else "ema"
             elif dst_format in ("official", "dit"):
                 write_official(ckpt.state_dict(ema), staged)
                 result.notes.extend(_name_notes(dst, ckpt.kind))

@@ -37,10 +37,13 @@ def to_pil(image: np.ndarray):
 
 
 def to_images(x: torch.Tensor, vae=None) -> np.ndarray:
-    """Model-space samples -> uint8 (B, H, W, C), decoding latents with ``vae`` when given."""
-    if vae is not None:
-        from sitcli.autoencoder import decode
+    """Model-space samples -> uint8 (B, H, W, C), decoding latents with ``vae`` when given (an
+    ``autoencoder.Autoencoder``, or a diffusers AutoencoderKL on SD-VAE's road)."""
+    from sitcli.autoencoder import Autoencoder, decode
 
+    if isinstance(vae, Autoencoder):
+        x = vae.decode(x)
+    elif vae is not None:
         x = decode(vae, x)
     return to_uint8(x).numpy()
 

@@ -11,6 +11,7 @@ Accepted (``src_format`` names the format where it cannot be detected):
                Decoupled MeanFlow's .pt (``formats.dmf``), which needs ``dmf_depth`` where it does not record it
     dit        the DiT code's .pt: the same layout, trained as a DDPM (``sitcli.transport.ddpm``)
     diffusers  a diffusers folder of diffusers' ``DiTTransformer2DModel`` or sitcli's ``SiTTransformer2DModel``
+    rae        RAE's stage-2 .pt (a DiT^DH, ``sitcli.ddt``; bare or {"ema", "model", ...}), detected by its keys
 
 The architecture always comes from the tensors' shapes (``formats.architecture``); the transport
 and data settings from what the file records (a run's config.json, the official training args,
@@ -32,11 +33,12 @@ from sitcli.formats import Checkpoint
 from sitcli.formats.architecture import assumed_latent_space, model_with_weights, registry_name
 from sitcli.formats.diffusers import model_folder, read_diffusers
 from sitcli.formats.official import read_official
+from sitcli.formats.rae import build_ddt
 from sitcli.formats.sitrun import TRANSPORT_KEYS, is_sit_source, read_sit, run_config
 from sitcli.transport import Transport
 from sitcli.transport.ddpm import DIT_NUM_TIMESTEPS, dit_transport, timestep_from_time
 
-FORMATS = ("sit", "official", "dit", "diffusers")
+FORMATS = ("sit", "official", "dit", "diffusers", "rae")
 
 
 @dataclass
@@ -79,7 +81,7 @@ def _read_checkpoint(path: Path, src_format: str | None, num_heads: int | None) 
             f"{path} does not exist: pass a run folder, a checkpoint folder or file, or a diffusers folder"
         )
     if path.is_dir():
-        if src_format in ("official", "dit"):
+        if src_format in ("official", "dit", "rae"):
             raise InputError(f"--from {src_format} expects a .pt file, but {path} is a folder")
         if src_format in (None, "diffusers") and model_folder(path) is not None:
             return read_diffusers(path)
@@ -96,7 +98,12 @@ def _read_checkpoint(path: Path, src_format: str | None, num_heads: int | None) 
     if src_format == "sit":
         raise InputError(f"--from sit expects a run folder, checkpoint folder or .safetensors file, not {path.name}")
     kind = {"official": "sit", "dit": "dit"}.get(src_format or "")
-    return read_official(path, kind, num_heads)
+    checkpoint = read_official(path, kind, num_heads)
+    if src_format == "rae" and checkpoint.format != "rae":
+        raise InputError(f"--from rae: {path} holds no DiT^DH (RAE stage-2) weights; drop --from")
+    if src_format in ("official", "dit") and checkpoint.format == "rae":
+        raise InputError(f"--from {src_format}: {path} holds RAE's DiT^DH weights; pass --from rae or drop --from")
+    return checkpoint
 
 
 def load_model(
@@ -124,7 +131,7 @@ def load_model(
         found = config.model or "custom architecture (not in the size table)"
         raise InputError(f"{ckpt} holds a {found}, not a {model}; drop --model")
     settings = _transport_settings(checkpoint, config, transport, str(ckpt))
-    net: nn.Module = model_with_weights(checkpoint.arch, checkpoint.state_dict(ema)).requires_grad_(False)
+    net: nn.Module = build_network(checkpoint.arch, checkpoint.state_dict(ema)).requires_grad_(False)
     if checkpoint.kind == "dit":
         net = DiscreteTimestepModel(net, settings["num_timesteps"])
         tr = dit_transport(
@@ -139,6 +146,11 @@ def load_model(
     return Loaded(net.eval(), tr, config, weights, checkpoint)
 
 
+def build_network(arch: dict, state_dict: dict) -> nn.Module:
+    """The network of ``arch`` holding exactly these tensors: a DiT^DH (``sitcli.ddt``, RAE's names) or a SiT."""
+    return build_ddt(arch, state_dict) if "head_width" in arch else model_with_weights(arch, state_dict)
+
+
 def _config(checkpoint: Checkpoint, source: str) -> TrainConfig:
     """The training settings: a sit run's own, else what a converted run of it would record."""
     if checkpoint.run_config is not None:
@@ -150,13 +162,14 @@ def _config(checkpoint: Checkpoint, source: str) -> TrainConfig:
     return TrainConfig(
         data=EXTERNAL,
         model=None,
-        learn_sigma=arch["learn_sigma"],
+        learn_sigma=arch.get("learn_sigma", False),
         in_channels=arch["in_channels"],
         input_size=arch["input_size"],
         num_classes=arch["num_classes"],
         image_size=checkpoint.extra.get("image_size") or image_size,
         latent_scale=checkpoint.extra.get("latent_scale") or latent_scale,
         vae=checkpoint.extra.get("vae"),
+        time_shift=checkpoint.extra.get("time_shift", 1.0),
     )
 
 

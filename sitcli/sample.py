@@ -24,7 +24,8 @@ from sitcli.config import PROVENANCE, UNUSED_BY, SampleConfig
 from sitcli.errors import InputError
 from sitcli.formats import nonfinite_tensors
 from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
-from sitcli.images import make_grid, open_vae, read_png, to_images, to_pil
+from sitcli.images import make_grid, read_png, to_images, to_pil
+from sitcli.latent_space import model_autoencoder, pixel_channels
 from sitcli.loading import Loaded, load_model
 from sitcli.locks import LOCK
 from sitcli.outputs import Kind, Output, check_outputs, json_object
@@ -32,11 +33,12 @@ from sitcli.runtime import autocast_model, check_device_precision, compiled
 from sitcli.session import Session, session
 from sitcli.seeds import check_balanced, index_generator, labels_and_noise
 from sitcli.solver_file import file_sha256, read_solver
-from sitcli.transport import sample_meanflow, sample_ode, sample_sde
+from sitcli.transport import ODE_METHODS, sample_meanflow, sample_ode, sample_sde
 from sitcli.transport.meanflow import meanflow_time_grid
 from sitcli.transport.samplers import ode_time_grid, sde_time_grid
 from sitcli.transport.searched import SearchedSolver, check_solver, model_fingerprint
 from sitcli.transport.time_conventions import interval_in_time
+from sitcli.transport.time_grids import describe_time_shift, resolve_time_shift
 
 SETTINGS_FILE = "sample.json"
 GRIDS = ".grids.json"  # the --grid files drawn from the folder, with their sha256: the ones a rerun may replace
@@ -117,7 +119,8 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     model = loaded.model.to(dist.device)
     if cfg.compile:
         model = compiled(model, dist.device)
-    vae = open_vae(tcfg.latent_scale, cfg.vae or tcfg.vae, dist.device)
+    vae = model_autoencoder(tcfg, dist.device, cfg.vae, cfg.rae_encoder, cfg.rae_decoder, cfg.latent_stats)
+    _resolve_time_shift(cfg, tcfg, dist.is_main)
     if cfg.labels == "balanced":
         check_balanced(cfg.num, max(tcfg.num_classes, 1))
     fn, guide = guided_model(cfg, loaded, model, dist.device)
@@ -145,7 +148,7 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     all_labels, _ = labels_and_noise(cfg.seed, list(range(cfg.num)), (0,), max(tcfg.num_classes, 1), cfg.class_labels,
                                      cfg.labels, cfg.num)
     side = None if vae is not None else tcfg.input_size  # a VAE's output size is its own
-    mode = "RGB" if vae is not None or tcfg.in_channels == 3 else "L"
+    mode = "RGB" if pixel_channels(vae, tcfg.in_channels) == 3 else "L"
     todo = [i for i in range(cfg.num) if not is_finished(names[i], side, mode)]
     fresh = [i for i in todo if not names[i].exists()]
     redo = len(todo) - len(fresh)
@@ -318,6 +321,19 @@ def write_extras(job: SampleJob, result: SampleResult) -> None:
         record = json_object(job.out / GRIDS) or {}
         record[str(result.grid.resolve())] = runs.file_digest(result.grid)
         atomic.write_json(job.out / GRIDS, record)
+
+
+def _resolve_time_shift(cfg: SampleConfig, tcfg, show: bool) -> None:
+    """``cfg.time_shift`` as a number: the one given ("dimension": RAE's, of the model's latent shape), else
+    the run's training shift for the fixed-grid samplers (1 for adaptive methods and mean-flow jumps)."""
+    shape = (tcfg.in_channels, tcfg.input_size, tcfg.input_size)
+    setting, from_run = cfg.time_shift, cfg.time_shift is None
+    if from_run:
+        adaptive = cfg.sampler == "ode" and ODE_METHODS[cfg.method].kind == "adaptive"
+        setting = 1.0 if adaptive or cfg.sampler == "meanflow" else getattr(tcfg, "time_shift", 1.0)
+    cfg.time_shift = resolve_time_shift(setting, shape)
+    if show and cfg.time_shift != 1.0:
+        print(describe_time_shift(setting, shape) + (", the run's training shift" if from_run else ""))
 
 
 def time_grid(cfg: SampleConfig, transport, solver: SearchedSolver | None = None) -> torch.Tensor:

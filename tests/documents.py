@@ -31,6 +31,12 @@ NOT_RUN = {
     "torchrun --nproc_per_node=K": "a template (K, ...), not a command",
     "sit <command>": "a template, not a command",
     "sit train --fused-adamw": "a flag named in prose",
+    "sit latent-stats CACHE": "a template (upper-case placeholder), not a command",
+    "sit latent-stats DATA": "a template (upper-case placeholder), not a command",
+    "torchrun --nnodes=8": "eight nodes of 8 GPUs (the same flags on the digits: examples/rae_digits.py)",
+    "torchrun --nproc_per_node=8 -m sitcli sample --ckpt /runs/ditdh-xl": "samples the 64-GPU run above",
+    "torchrun --nproc_per_node=8 -m sitcli train-decoder":
+        "a ViT-XL decoder with LPIPS and rFID on ImageNet (these flags on stand-ins: tests/test_train_decoder.py)",
     "sit fid --fast": "a flag named in prose",
 }
 
@@ -85,12 +91,18 @@ def shrunk(command: str, world: Path) -> list[str]:
         if flag in small and word.isdigit():
             word = str(min(int(word), small[flag]))
         elif flag == "--model" and word.startswith("SiT-"):
-            word = "SiT-Ti/2"
+            word = "SiT-Ti/1" if word.endswith("/1") else "SiT-Ti/2"
+        elif flag == "--model" and word.startswith("DiTDH-"):
+            word = "DiTDH-Ti"
+        elif flag == "--decoder-size":
+            word = "ViT-Ti"
         elif word.startswith("/"):
             word = str(world / word.lstrip("/"))
         out.append(word)
     if job == "train":
         steps = "4" if "--resume" in out or "--ema-snapshots-every" in out else "2"  # 4 snapshot steps: sit ema fits
+        if "--epochs" in out:  # a recipe's epochs of ImageNet: steps here
+            del out[out.index("--epochs") : out.index("--epochs") + 2]
         if "--steps" in out:
             out[out.index("--steps") + 1] = steps
         else:
@@ -108,6 +120,11 @@ def shrunk(command: str, world: Path) -> list[str]:
                 for x in (flag, value)]
     if job == "cache-latents" and "--num-workers" not in out:
         out += ["--num-workers", "0"]
+    if job == "train-decoder":
+        for flag in ("--epochs", "--steps"):
+            if flag in out:
+                del out[out.index(flag) : out.index(flag) + 2]
+        out += ["--steps", "2", "--threads", "1"] + ([] if "--batch-size" in out else ["--batch-size", "4"])
     return [job, *out]
 
 
@@ -126,6 +143,42 @@ def build_world(world: Path) -> None:
     for name, seed in (("SiT-XL-2-256x256.pt", 0), ("DiT-XL-2-256x256.pt", 1)):
         model = random_sit(seed, input_size=8, in_channels=4, hidden_size=96, depth=4, num_heads=4, num_classes=1000)
         torch.save(model.state_dict(), world / name)
+    rae_stand_ins(world)
     hub = world / "torch-home" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
     torch.save(random_inception_state(), hub / "pt_inception-2015-12-05-6726825d.pth")
+
+
+def rae_stand_ins(world: Path) -> None:
+    """The RAE files the documents name, for 16-pixel images: a 2-layer DINOv2 with registers (patch 4, so a 16
+    pixel image with RAE's 16-pixel decoder patches is one 32-wide token), RAE's decoder and statistics, a
+    DiT^DH-Ti as RAE's stage-2 files, and an f16 VAE with 32 latent channels; plus the image folder."""
+    from diffusers import AutoencoderKL
+
+    from helpers import dinov2_folder, image_folder
+    from sitcli.autoencoder.rae_decoder import RAEDecoder, decoder_config
+    from sitcli.ddt import DDT_models
+
+    image_folder(world / "data" / "imgs", per_class=5, size=(16, 16))
+    image_folder(world / "data" / "imagenet" / "val", per_class=3, size=(16, 16))
+    dinov2_folder(world / "models" / "dinov2-reg-base", registers=4)
+    (world / "models" / "rae").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(RAEDecoder(decoder_config("ViT-Ti", 32, 1, 16)).state_dict(), world / "models" / "rae" / "decoder.pt")
+    stats = {"mean": torch.randn(32, 1, 1) * 0.1, "var": torch.rand(32, 1, 1) + 0.5}  # RAE's stat.pt layout
+    torch.save(stats, world / "models" / "rae" / "stat.pt")
+    ddt = DDT_models["DiTDH-Ti"](input_size=1, in_channels=32, num_classes=1000)
+    from torchvision.models.vgg import cfgs, make_layers
+
+    (world / "models" / "lpips").mkdir()  # random VGG16 features and LPIPS heads, in their files' layouts
+    torch.save({f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()},
+               world / "models" / "lpips" / "vgg16-397923af.pth")
+    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) * 0.1 for k, c in enumerate((64, 128, 256, 512, 512))},
+               world / "models" / "lpips" / "vgg.pth")
+    torch.save(random_inception_state(), world / "models" / "pt_inception-2015-12-05-6726825d.pth")
+    for path in (world / "stage2_model.pt", world / "models" / "rae" / "DiTDH-XL.pt"):
+        torch.save({"ema": ddt.state_dict()}, path)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 5,
+                  up_block_types=("UpDecoderBlock2D",) * 5, block_out_channels=(8,) * 5, layers_per_block=1,
+                  latent_channels=32, norm_num_groups=4, sample_size=32).save_pretrained(world / "models" /
+                                                                                         "f16c32-vae")

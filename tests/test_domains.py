@@ -12,14 +12,16 @@ import torch
 
 from sitcli.cli import convert as convert_cli, ema as ema_cli, evaluate as evaluate_cli, sample as sample_cli, \
     train as train_cli
-from sitcli.cli import solvers as solvers_cli
+from sitcli.cli import decoder as decoder_cli, latents as latents_cli, solvers as solvers_cli
 from sitcli.config import SAMPLE_DOMAINS, SAMPLE_FLAGS, TRAIN_DOMAINS, SampleConfig, TrainConfig
 from sitcli.convert import CONVERT_DOMAINS, ConvertConfig
 from sitcli.ema import EMA_DOMAINS, EmaConfig
 from sitcli.evaluate.suite import FID_DOMAINS, FidConfig
 from sitcli.data.latent_cache import CACHE_DOMAINS, CacheConfig
+from sitcli.latent_stats import STATS_DOMAINS, LatentStatsConfig
 from sitcli.nll import NLL_DOMAINS, NllConfig
 from sitcli.search_solver import SEARCH_DOMAINS, SearchConfig
+from sitcli.training.decoder import DECODER_DOMAINS, DecoderTrainConfig
 from sitcli.domains import Domain
 from sitcli.errors import InputError
 from sitcli.training.presets import apply_presets
@@ -63,6 +65,8 @@ COMMANDS = {
     "cache-latents": (convert_cli.cache_latents, CacheConfig, CACHE_DOMAINS),
     "ema": (ema_cli.ema, EmaConfig, EMA_DOMAINS),
     "search-solver": (solvers_cli.search_solver, SearchConfig, SEARCH_DOMAINS),
+    "latent-stats": (latents_cli.latent_stats, LatentStatsConfig, STATS_DOMAINS),
+    "train-decoder": (decoder_cli.train_decoder, DecoderTrainConfig, DECODER_DOMAINS),
 }
 
 
@@ -96,6 +100,8 @@ REQUIRED = {
     "convert": dict(src="a.pt", dst="b.pt"),
     "cache-latents": dict(data="data", vae="vae", out="out"),
     "search-solver": dict(ckpt="run", nfe=5),
+    "latent-stats": dict(data="data", out="stats.safetensors"),
+    "train-decoder": dict(rae_encoder="dinov2"),
 }
 
 
@@ -113,6 +119,9 @@ TABLE = [
                                                                           "search-solver")),
     ("ema", lambda name, value: EmaConfig(**{"run": "run", "sigma_rel": 0.05, "out": "out", name: value}), EMA_DOMAINS,
      {}),
+    *((command, _job(command), COMMANDS[command][2], {}) for command in ("fid", "convert", "cache-latents")),
+    ("latent-stats", _job("latent-stats"), STATS_DOMAINS, {"num": "--num-images"}),
+    ("train-decoder", _job("train-decoder"), DECODER_DOMAINS, {}),
 ]
 
 

@@ -126,4 +126,5 @@ def test_every_documented_torchrun_command_runs_on_two_ranks(tmp_path):
     assert proc.returncode == 0, commands.read_text() + proc.stderr[-3000:]
     samples = next(tmp_path.glob("samples/*"))
     assert len(list(samples.glob("*.png"))) == 10 and (samples / "samples.npz").is_file()
-    assert len(list(tmp_path.glob("**/checkpoints/0000002"))) == 2  # the README's and the recipe's runs
+    # The README's and the SiT recipe's runs, and the RAE recipe's DiT^DH-XL, DiT^DH-S, decoder and f16c32 runs.
+    assert len(list(tmp_path.glob("**/checkpoints/0000002"))) == 6

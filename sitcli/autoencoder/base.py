@@ -6,9 +6,10 @@
 
 ``encode_raw`` / ``decode_raw`` are the network's own latents (a VAE posterior sample; RAE's
 normalised DINOv2 tokens); ``normalization`` (``normalization.LatentNormalization``) maps them to
-the space a SiT is trained in. A latent cache stores the raw latents with ``normalization`` beside
-them, or (SD-VAE caches made before statistics existed) the scaled ones; ``identity`` is what a
-cache manifest records so that training can refuse latents of another autoencoder.
+the space a SiT is trained in. A latent cache (``sitcli.data.latent_cache``) stores the raw latents
+times the VAE's scaling factor (1 for an RAE), as SD-VAE caches always have, with its statistics in
+a file beside them; ``sitcli.latent_space.identity`` is what a cache manifest and a run record so
+that training can refuse latents of another autoencoder.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from sitcli.cli import convert, ema, evaluate, sample, solvers, train
+from sitcli.cli import convert, decoder, ema, evaluate, latents, sample, solvers, train
 from sitcli.cli.errors import user_errors
 
 app = typer.Typer(
@@ -37,7 +37,8 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 for name, command in (("train", train.train), ("sample", sample.sample), ("nll", evaluate.nll),
                       ("cache-latents", convert.cache_latents), ("fid", evaluate.fid), ("convert", convert.convert),
-                      ("ema", ema.ema), ("search-solver", solvers.search_solver)):
+                      ("ema", ema.ema), ("search-solver", solvers.search_solver),
+                      ("latent-stats", latents.latent_stats), ("train-decoder", decoder.train_decoder)):
     app.command(name)(user_errors(command))
 app.command("methods")(sample.methods)
 app.command("recipes")(sample.recipes)

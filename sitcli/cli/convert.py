@@ -12,8 +12,9 @@ def convert(
     src: str = typer.Argument(..., metavar="SRC", help="A .pt file, a sit run, checkpoint or .safetensors, or a "
                               "diffusers folder."),
     dst: str = typer.Argument(..., metavar="DST", help="File (official, dit) or folder (sit, diffusers) to create."),
-    src_format: str | None = typer.Option(None, "--from", help="sit | official | dit | diffusers (default: detected)."),
-    dst_format: str | None = typer.Option(None, "--to", help="sit | official | dit | diffusers (.pt: official)."),
+    src_format: str | None = typer.Option(None, "--from",
+                                          help="sit | official | dit | diffusers | rae (default: detected)."),
+    dst_format: str | None = typer.Option(None, "--to", help="sit | official | dit | diffusers | rae (.pt: official)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="The EMA weights or the raw ones (a sit run keeps both)."),
     diffusers_class: str = typer.Option("auto", "--diffusers-class", help="--to diffusers: dit | sit | auto."),
     num_heads: int | None = typer.Option(None, "--num-heads", help="Attention heads, for a width not in the table."),
@@ -56,7 +57,7 @@ def convert(
 
 def cache_latents(
     data: str = typer.Option(..., "--data", help="Image folder with one sub-folder per class."),
-    vae: str = typer.Option(..., "--vae", help="Local diffusers AutoencoderKL folder."),
+    vae: str | None = typer.Option(None, "--vae", help="Local diffusers AutoencoderKL folder."),
     out: str = typer.Option(..., "--out", help="Folder for the cache; then `sit train --data OUT`."),
     image_size: int = typer.Option(256, "--image-size", help="Side of the center-cropped images."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per VAE forward pass."),
@@ -68,9 +69,19 @@ def cache_latents(
                                                   help="Also store this encoder's patch tokens (repeatable)."),
     repa_grid: int | None = typer.Option(None, "--repa-grid", help="Token grid side of them (latent side // 2)."),
     repa_dtype: str = typer.Option("float16", "--repa-dtype", help="float16 (half the disk) or float32."),
+    rae_encoder: str | None = typer.Option(None, "--rae-encoder", help="Instead of --vae: an RAE's DINOv2 "
+                                           "(transformers folder or hub .pth)."),
+    rae_patch: int | None = typer.Option(None, "--rae-patch", help="The RAE decoder's patch in pixels (16)."),
+    latent_stats: str | None = typer.Option(None, "--latent-stats", help="Statistics to record beside the cache "
+                                            "(sit's, RAE's stat.pt)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
 ) -> None:
     """Encode an image folder once with the VAE (each image and its mirror), and REPA encoders' features if asked.
+
+    --rae-encoder stores an RAE's raw latents (its DINOv2's patch tokens, final LayerNorm without affine) instead:
+    768 x 16 x 16 float16 for DINOv2-B at 256 pixels, 0.8 MB per image and mirror (about 1 TB for ImageNet;
+    RAE itself encodes on the fly, `sit train --data IMAGES --rae-encoder ...`). Such latents need statistics:
+    --latent-stats FILE copies a file beside the cache, or `sit latent-stats CACHE` computes them.
 
     Under `torchrun --nproc_per_node=K -m sitcli cache-latents ...` the K ranks encode disjoint shards (the cache
     is bit for bit the one-process cache); run the same command again after an interruption and only unfinished

@@ -33,6 +33,15 @@ def sample(
     vae: str | None = typer.Option(
         None, "--vae", rich_help_panel=CKPT, help="VAE folder of a latent model (default: the run's)."
     ),
+    rae_encoder: str | None = typer.Option(
+        None, "--rae-encoder", rich_help_panel=CKPT, help="An RAE model's DINOv2 (default: the run's)."
+    ),
+    rae_decoder: str | None = typer.Option(
+        None, "--rae-decoder", rich_help_panel=CKPT, help="An RAE model's decoder (default: the run's)."
+    ),
+    latent_stats: str | None = typer.Option(
+        None, "--latent-stats", rich_help_panel=CKPT, help="Latent statistics, for a model that records none."
+    ),
     interpolant: Interpolant | None = typer.Option(
         None,
         "--interpolant",
@@ -98,11 +107,11 @@ def sample(
         rich_help_panel=SAMPLER,
         help="Time grid of fixed-step methods (uniform; adams: cosine).",
     ),
-    time_shift: float = typer.Option(
-        1.0,
+    time_shift: str | None = typer.Option(
+        None,
         "--time-shift",
         rich_help_panel=SAMPLER,
-        help="SD3's shift S of the time grid; S > 1: more steps near noise.",
+        help="SD3's shift S of the grid (S > 1: more steps near noise), or dimension (the run's).",
     ),
     edm_rho: float = typer.Option(7.0, "--edm-rho", rich_help_panel=SAMPLER, help="rho of --spacing edm (7)."),
     solver: str | None = typer.Option(

@@ -9,6 +9,7 @@ from sitcli.cli.choices import (Interpolant, LabelSampling, LossWeight, Objectiv
 from sitcli.cli.errors import console
 
 DATA, MODEL, TRANSPORT, MEANFLOW = "Data and run", "Model", "Transport", "Few-step objectives"
+LATENT = "Latent space (RAE, statistics)"
 OPTIM, REPA, LOGS, SPEED = "Optimisation", "Representation alignment", "Logs, checkpoints and evaluation", "Speed"
 
 
@@ -37,8 +38,32 @@ def train(
     device: str | None = typer.Option(
         None, "--device", rich_help_panel=DATA, help="cpu or cuda (default: cuda if available)."
     ),
+    rae_encoder: str | None = typer.Option(
+        None, "--rae-encoder", rich_help_panel=LATENT, help="Instead of --vae: an RAE's DINOv2 (folder or hub .pth)."
+    ),
+    rae_decoder: str | None = typer.Option(
+        None, "--rae-decoder", rich_help_panel=LATENT, help="Its decoder (RAE's model.pt or a train-decoder run)."
+    ),
+    rae_patch: int | None = typer.Option(
+        None, "--rae-patch", rich_help_panel=LATENT, help="The RAE decoder's patch, when no decoder is given (16)."
+    ),
+    latent_stats: str | None = typer.Option(
+        None, "--latent-stats", rich_help_panel=LATENT, help="Latent statistics (sit latent-stats; RAE's stat.pt)."
+    ),
+    time_shift: str | None = typer.Option(
+        None, "--time-shift", rich_help_panel=LATENT, help="Shift training times by S, or 'dimension' (RAE's)."
+    ),
     model: str | None = typer.Option(
-        None, "--model", rich_help_panel=MODEL, help="SiT-{Ti,S,B,L,XL}/{2,4,8} (SiT-Ti/4 on digits, else SiT-XL/2)."
+        None,
+        "--model",
+        rich_help_panel=MODEL,
+        help="SiT-{Ti,S,B,L,XL}/{1,2,4,8} or DiTDH-{Ti,S,XL} (SiT-Ti/4 on digits, else SiT-XL/2).",
+    ),
+    head_width: int | None = typer.Option(
+        None, "--head-width", rich_help_panel=MODEL, help="DiTDH-*: width of the DDT head (2048)."
+    ),
+    head_depth: int | None = typer.Option(
+        None, "--head-depth", rich_help_panel=MODEL, help="DiTDH-*: blocks of the DDT head (2)."
     ),
     class_dropout_prob: float | None = typer.Option(
         None, "--class-dropout-prob", rich_help_panel=MODEL, help="Label dropout for classifier-free guidance (0.1)."
@@ -243,8 +268,12 @@ def train(
     data shape and transport must be the run's); dmf, imf and alphaflow are meant to fine-tune one. --dmf-depth
     counts the blocks that see t (DMF's meaning: DMF-XL/2 uses 20 of 28); the rest and the final layer see r.
     REPA's encoders are local transformers folders (e.g. DINOv2) or torch hub's DINOv2 .pth files
-    (pip install 'sit[repa]'); on a latent cache, the features it stores. --log-to is spelled --log outside
-    torchrun, which takes --log for its --log-dir.
+    (pip install 'sit[repa]'); on a latent cache, the features it stores.
+    RAE: --rae-encoder DINOV2 --latent-stats STATS (RAE's stat.pt, or `sit latent-stats`) trains in its
+    latent space, encoding on the fly (or --data a cache from `sit cache-latents --rae-encoder`);
+    --time-shift dimension shifts the training times by RAE's sqrt(C*H*W/4096) (6.928 for 768x16x16), which
+    `sit sample` then uses by default; --model DiTDH-XL is RAE's DiT with the wide DDT head. --log-to is spelled
+    --log outside torchrun, which takes --log for its --log-dir.
     """
     flags = plain({k: v for k, v in locals().items() if k not in ("resume", "device")})  # first: only the flags
     from sitcli.training import TrainingDiverged, config_from_flags

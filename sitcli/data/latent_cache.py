@@ -20,10 +20,19 @@ encoder's patch tokens of the image and of its mirror, ``encoder.features(x, rep
 as ``repa_features_K.npy`` (N, 2, tokens, width) in ``repa_dtype`` beside the latents and listed in
 the manifest under ``repa_features`` (path, sha256 of the files, pixels fed, token grid, dtype), so
 that ``sit train --data CACHE --repa-encoder PATH`` reads them instead of running the encoder.
+
+Other autoencoders (``sitcli.latent_space``): with ``rae_encoder`` instead of ``vae`` the cache holds an RAE's
+raw latents (its encoder's normalised DINOv2 tokens, deterministic: no posterior noise). Every cache stores
+``latent_scale`` x the raw latents (the VAE's scaling factor; 1 for an RAE), so raw = stored / latent_scale,
+and records in its manifest the autoencoder (``autoencoder``: kind, source, sha256 of its files, latent shape)
+and its statistics (``normalization``: a file beside the cache, ``latent_stats.safetensors``, and its sha256;
+null until ``sit latent-stats CACHE`` computes them or ``latent_stats`` names them). A reader then feeds the
+model stats.normalize(raw); without statistics it feeds the stored latents, as every cache before them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -36,13 +45,16 @@ import numpy as np
 import torch
 
 from sitcli import atomic, distributed
-from sitcli.autoencoder import encode, latent_scale, latent_shape, load_vae
+from sitcli.autoencoder import encode
+from sitcli.autoencoder.files import STATS_FILE, load_normalization, save_normalization
 from sitcli.data.images import DataInfo, ImageFolderDataset, to_unit_range
 from sitcli.domains import COUNT, COUNT_OR_ZERO, SEED, check_domains
 from sitcli.errors import InputError
 from sitcli.locks import LOCK
 from sitcli.outputs import Kind, Output, check_outputs
 from sitcli.runtime import check_workers
+from sitcli.latent_space import AutoencoderSpec, statistics_identity
+from sitcli.latent_space import identity as autoencoder_identity
 from sitcli.seeds import index_normal
 from sitcli.session import session
 
@@ -66,7 +78,7 @@ class CacheConfig:
     """
 
     data: str
-    vae: str
+    vae: str | None
     out: str
     image_size: int = 256
     batch_size: int = 64
@@ -77,6 +89,10 @@ class CacheConfig:
     repa_encoder: list[str] = field(default_factory=list)
     repa_grid: int | None = None
     repa_dtype: str = "float16"
+    # Another autoencoder (sitcli.latent_space): an RAE's encoder instead of vae, and statistics to record.
+    rae_encoder: str | None = None
+    rae_patch: int | None = None  # the RAE decoder's patch (16): the encoder sees image_size / rae_patch * 14
+    latent_stats: str | None = None  # copied beside the cache as latent_stats.safetensors
 
     def __post_init__(self):
         self.repa_encoder = [str(p) for p in self.repa_encoder or []]
@@ -89,10 +105,17 @@ class CacheConfig:
         if not self.repa_encoder and (self.repa_grid is not None or self.repa_dtype != "float16"):
             flag = "--repa-grid" if self.repa_grid is not None else "--repa-dtype"
             raise InputError(f"{flag} has no effect without --repa-encoder PATH: add it or drop {flag}")
+        self.autoencoder().check()
+        if not self.autoencoder().kind:
+            raise InputError("sit cache-latents needs an autoencoder: pass --vae FOLDER or --rae-encoder DINOV2")
+
+    def autoencoder(self) -> AutoencoderSpec:
+        return AutoencoderSpec(vae=self.vae, rae_encoder=self.rae_encoder, rae_patch=self.rae_patch,
+                               latent_stats=self.latent_stats)
 
 
 CACHE_DOMAINS = dict(image_size=COUNT, batch_size=COUNT, num_workers=COUNT_OR_ZERO, seed=SEED, shard_size=COUNT,
-                     repa_grid=COUNT)
+                     repa_grid=COUNT, rae_patch=COUNT)
 
 
 @dataclass
@@ -117,17 +140,22 @@ def cache_latents(cfg: CacheConfig, progress: bool = True, device: str | None = 
         dist = job.dist
         job.hold(out_dir, "sit cache-latents")  # one extraction per folder; held before the data is listed
         dataset = ImageFolderDataset(cfg.data, cfg.image_size)
-        model = load_vae(cfg.vae, dist.device)
-        _, side = latent_shape(model, cfg.image_size)  # refuses a size the VAE cannot encode, before any write
+        spec = cfg.autoencoder()
+        model = dataclasses.replace(spec, latent_stats=None).open(cfg.image_size, dist.device, decoder=False)
+        _, side, _ = model.latent_shape(cfg.image_size)  # refuses a size it cannot encode, before any write
+        if cfg.latent_stats:
+            load_normalization(cfg.latent_stats).check_shape(model.latent_shape(cfg.image_size), "--latent-stats")
         settings = {
             "data": str(Path(cfg.data).resolve()),
-            "vae": str(Path(cfg.vae).resolve()),
+            "vae": str(Path(cfg.vae).resolve()) if cfg.vae else None,
             "image_size": cfg.image_size,
             "seed": cfg.seed,
             "shard_size": cfg.shard_size,
             "batch_size": cfg.batch_size,
             "count": len(dataset),
         }
+        if spec.kind != "kl":  # a VAE cache's settings stay what they were (its shards can still be reused)
+            settings["autoencoder"] = autoencoder_identity(model, cfg.image_size)
         encoders = _open_encoders(cfg.repa_encoder, dist.device)
         if encoders:
             grid = cfg.repa_grid or max(1, side // 2)
@@ -149,6 +177,7 @@ def cache_latents(cfg: CacheConfig, progress: bool = True, device: str | None = 
             dataset,
             model,
             cfg.image_size,
+            dist.device,
             shards,
             todo[dist.rank :: dist.world_size],
             cfg.shard_size,
@@ -160,7 +189,9 @@ def cache_latents(cfg: CacheConfig, progress: bool = True, device: str | None = 
             settings,
         )
         distributed.barrier()  # all shards are on disk
-        count = _assemble(out_dir, shards, total, dataset, settings, latent_scale(model)) if dist.is_main else 0
+        scale = model.normalization.scale
+        count = _assemble(out_dir, shards, total, dataset, settings, scale, model, cfg.latent_stats) \
+            if dist.is_main else 0
         return CacheResult(out_dir, count, total, total - len(todo), dist.is_main)
 
 
@@ -183,7 +214,7 @@ def _check_out(out_dir: Path, overwrite: bool) -> None:
             f"{out_dir} already holds a latent cache; train on it with --data {out_dir}, pass --overwrite "
             "to replace it, or pick a new --out"
         )
-    resumable = {SHARDS, "latents.npy.tmp", "labels.npy.tmp", LOCK}  # what an interrupted extraction leaves
+    resumable = {SHARDS, "latents.npy.tmp", "labels.npy.tmp", STATS_FILE, LOCK}  # what an interrupted extraction leaves
     joining = (out_dir / SHARDS).is_dir()  # interrupted while joining the shards, before the manifest
     if joining:
         resumable |= {"latents.npy", "labels.npy"}
@@ -302,6 +333,7 @@ def _encode_shards(
     dataset,
     vae,
     image_size: int,
+    device,
     shards: Path,
     mine: list[int],
     shard_size: int,
@@ -320,15 +352,20 @@ def _encode_shards(
     ranges = {k: range(k * shard_size, min((k + 1) * shard_size, n)) for k in mine}
     plan = [list(r[i : i + batch_size]) for r in ranges.values() for i in range(0, len(r), batch_size)]
     loader = DataLoader(_Images(dataset, image_size), batch_sampler=plan, num_workers=num_workers)
-    device = next(vae.parameters()).device
-    channels, side = latent_shape(vae, image_size)
+    channels, side, _ = vae.latent_shape(image_size)
+    noisy = vae.kind == "kl"  # a VAE's posterior sample; an RAE's encoder is deterministic
     entries = (settings or {}).get("repa_features", [])
+    device = torch.device(device)
     parts: list[tuple[np.ndarray, ...]] = []
     for x, y, idx in track(loader, total=len(plan), description="encoding", disable=not progress):
         # Each image's own noise: [0] for the image, [1] for its mirror image.
-        noise = torch.stack([index_normal(seed, i, (2, channels, side, side)) for i in idx.tolist()]).to(device)
         x = x.to(device)
-        both = torch.stack([encode(vae, x, noise=noise[:, 0]), encode(vae, x.flip(-1), noise=noise[:, 1])], dim=1)
+        if noisy:
+            noise = torch.stack([index_normal(seed, i, (2, channels, side, side)) for i in idx.tolist()]).to(device)
+            vae_ = vae.vae  # SD-VAE's road: autoencoder.encode, z * scaling_factor
+            both = torch.stack([encode(vae_, x, noise=noise[:, 0]), encode(vae_, x.flip(-1), noise=noise[:, 1])], dim=1)
+        else:
+            both = torch.stack([vae.encode_raw(x), vae.encode_raw(x.flip(-1))], dim=1)
         features = [
             torch.stack([enc.features(x, e["requested_grid"]), enc.features(x.flip(-1), e["requested_grid"])], dim=1)
             .cpu()
@@ -349,7 +386,8 @@ def _encode_shards(
             parts = []
 
 
-def _assemble(out_dir: Path, shards: Path, total: int, dataset, settings: dict, scale: float) -> int:
+def _assemble(out_dir: Path, shards: Path, total: int, dataset, settings: dict, scale: float, model=None,
+              latent_stats: str | None = None) -> int:
     """Join the shards into latents.npy / labels.npy (and the encoders' repa_features_K.npy)
     without the unreadable images, write the manifest last (it marks the cache complete), then
     remove the shards; returns the image count."""
@@ -373,6 +411,14 @@ def _assemble(out_dir: Path, shards: Path, total: int, dataset, settings: dict, 
         "skipped": [str(dataset.files[i][0]) for i in np.flatnonzero(~keep)],
         "seed": settings["seed"],
     }
+    if model is not None:
+        manifest["autoencoder"] = settings.get("autoencoder") or autoencoder_identity(model, settings["image_size"])
+        manifest["normalization"] = None
+        (out_dir / STATS_FILE).unlink(missing_ok=True)  # an old cache's statistics (--overwrite) are not these
+        if latent_stats:  # copied beside the cache in sit's format, so that the cache carries what it records
+            save_normalization(out_dir / STATS_FILE, load_normalization(latent_stats))
+            manifest["normalization"] = {**statistics_identity(out_dir / STATS_FILE), "file": STATS_FILE,
+                                         "from": str(Path(latent_stats).resolve())}
     if entries:
         manifest["repa_features"] = entries
     atomic.write_text(out_dir / LATENT_MANIFEST, json.dumps(manifest, indent=2))
@@ -429,6 +475,7 @@ class LatentDataset:
     flip = True
     features: tuple = ()
     feature_files: list = []
+    normalization = None  # LatentNormalization of the raw latents, or None: the stored latents are the model's
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -446,6 +493,16 @@ class LatentDataset:
             latent_scale=manifest["latent_scale"],
         )
         self.manifest = manifest
+        self.autoencoder = manifest.get("autoencoder")  # None: a cache made before caches recorded it
+        self.statistics = manifest.get("normalization")
+        if self.statistics:
+            self.use_normalization(load_normalization(self.root / self.statistics["file"]))
+
+    def use_normalization(self, norm) -> None:
+        """Feed the model norm.normalize(raw latents) from here on (raw = stored / latent_scale)."""
+        norm.check_shape(tuple(self.latents.shape[2:]), f"the statistics of {self.root}")
+        self.normalization = norm
+        self.info.latent_scale = norm.scale
 
     def use_features(self, identities: list[str], paths: list[str]) -> list[dict]:
         """Read the cached features of the encoders with these sha256 ``identities`` (given as
@@ -461,7 +518,7 @@ class LatentDataset:
                 m = self.manifest
                 raise InputError(
                     f"latent cache {self.root} has no features of encoder {path} (it holds: {held}); build "
-                    f"a cache with them: sit cache-latents --data {m['data']} --vae {m['vae']} --image-size "
+                    f"a cache with them: sit cache-latents --data {m['data']} {cache_flags(m)} --image-size "
                     f"{m['image_size']} --seed {m['seed']} --out NEW --repa-encoder {path}"
                 )
         entries = [stored[i] for i in identities]
@@ -508,6 +565,9 @@ class LatentDataset:
         idx = np.array([i for i, _ in items])
         flips = np.array([int(f) for _, f in items])
         x = torch.from_numpy(np.ascontiguousarray(self.latents[idx, flips])).float()
+        if self.normalization is not None:
+            scale = self.manifest["latent_scale"]
+            x = self.normalization.normalize(x if scale == 1 else x / scale)
         y = torch.from_numpy(np.asarray(self.labels[idx], dtype=np.int64))
         if not self.features:
             return x, y
@@ -519,7 +579,7 @@ def _damaged(root: Path, what: str, manifest: dict | None = None) -> InputError:
     m = manifest or {}
     redo = (
         (
-            f"sit cache-latents --data {m['data']} --vae {m['vae']} --image-size {m['image_size']} --seed "
+            f"sit cache-latents --data {m['data']} {cache_flags(m)} --image-size {m['image_size']} --seed "
             f"{m.get('seed', 0)} --out {root} --overwrite"
         )
         if {"data", "vae", "image_size"} <= set(m)
@@ -562,6 +622,14 @@ def _open_cache(root: Path) -> tuple[dict, np.ndarray, np.ndarray]:
             f"{len(latents)} latents, {len(labels)} labels, {manifest['count']} in {LATENT_MANIFEST}", manifest
         )
     return manifest, latents, labels
+
+
+def cache_flags(manifest: dict) -> str:
+    """The autoencoder flags of the command that made a cache: --vae V, or --rae-encoder E."""
+    ae = manifest.get("autoencoder") or {}
+    if ae.get("kind") == "rae":
+        return f"--rae-encoder {ae['source']}"
+    return f"--vae {manifest['vae']}"
 
 
 def is_latent_cache(path: str | Path) -> bool:

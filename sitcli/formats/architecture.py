@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sitcli.autoencoder import DEFAULT_LATENT_SCALE
+from sitcli.ddt import DDT_SIZES
 from sitcli.errors import InputError
 from sitcli.models import PATCH_SIZES, SIZES, SiT, model_name
 
@@ -145,7 +146,13 @@ def _describe(value: Any) -> str:
 
 
 def registry_name(arch: dict[str, Any]) -> str | None:
-    """The ``SiT_models`` key of an architecture, or None when the table has no such model."""
+    """The ``SiT_models`` key of an architecture, or None when the table has no such model; for a DiT^DH
+    (``sitcli.ddt``) the ``DDT_models`` key of its trunk (its head may differ: ``ddt_head``)."""
+    if "head_width" in arch:
+        for size, (depth, hidden, heads, *_) in DDT_SIZES.items():
+            if (arch["depth"], arch["hidden_size"], arch["num_heads"]) == (depth, hidden, heads):
+                return f"DiTDH-{size}"
+        return None
     for size, (depth, hidden, heads) in SIZES.items():
         if (arch["depth"], arch["hidden_size"], arch["num_heads"]) == (depth, hidden, heads) and arch["mlp_ratio"] == 4:
             if arch["patch_size"] in PATCH_SIZES:
@@ -153,9 +160,21 @@ def registry_name(arch: dict[str, Any]) -> str | None:
     return None
 
 
+def ddt_head(arch: dict[str, Any]) -> dict[str, int]:
+    """A DiT^DH's head_width / head_depth where they differ from its size's (what a run config records)."""
+    name = registry_name(arch)
+    _, _, _, depth, width, _ = DDT_SIZES[name.removeprefix("DiTDH-")]
+    return {k: arch[k] for k, v in (("head_width", width), ("head_depth", depth)) if arch[k] != v}
+
+
 def describe(arch: dict[str, Any]) -> str:
     """One line naming an architecture, e.g. "SiT-XL/2 layout: 28 blocks, hidden 1152, 16 heads, ..."."""
     name = registry_name(arch) or "custom"
+    if "head_width" in arch:
+        return (f"{name} (DiT^DH) layout: trunk {arch['depth']} blocks, hidden {arch['hidden_size']}, "
+                f"{arch['num_heads']} heads; head {arch['head_depth']} blocks, width {arch['head_width']}, "
+                f"{arch['head_heads']} heads; input {arch['in_channels']}x{arch['input_size']}x{arch['input_size']}, "
+                f"{arch['num_classes']} classes")
     return (f"{name} layout: {arch['depth']} blocks, hidden {arch['hidden_size']}, {arch['num_heads']} heads, patch "
             f"{arch['patch_size']}, input {arch['in_channels']}x{arch['input_size']}x{arch['input_size']}, "
             f"{arch['num_classes']} classes, learn_sigma={arch['learn_sigma']}"
@@ -183,12 +202,15 @@ def is_fewstep(arch: dict[str, Any]) -> bool:
                 or arch.get("dmf_depth") is not None)
 
 
-def assumed_latent_space(in_channels: int, input_size: int) -> tuple[int, float | None]:
+def assumed_latent_space(in_channels: int, input_size: int) -> tuple[int | None, float | None]:
     """(image_size, latent_scale) of a checkpoint that does not record them.
 
     4 input channels are taken as the official checkpoints' SD-VAE latents (8x downsampling,
-    scaling factor 0.18215); 1 or 3 channels as pixels (no latent scale).
+    scaling factor 0.18215); 1 or 3 channels as pixels (no latent scale). Any other count (an f16
+    VAE's 32, an RAE's 768) is not assumed: (None, None), and sampling asks for the autoencoder.
     """
     if in_channels == 4:
         return input_size * 8, DEFAULT_LATENT_SCALE
-    return input_size, None
+    if in_channels in (1, 3):
+        return input_size, None
+    return None, None

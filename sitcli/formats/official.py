@@ -9,6 +9,7 @@ it runs. The SiT and DiT layouts are identical, so which one a raw file holds is
 (``SiT-…`` / ``DiT-…``) or by ``--from``; a training checkpoint tells by its ``args``. REPA's files
 (the same layout plus ``projectors.*``) are told by those keys or their args and read into sit's
 time by ``formats.repa``; Decoupled MeanFlow's (``logvar_linear.*``, or args with ``dmf_depth``) by ``formats.dmf``.
+RAE's stage-2 files (DiT^DH, told by ``s_embedder.*``) are read by ``formats.rae``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sitcli.errors import InputError
 from sitcli.formats import DIT_TRANSPORT, SIT_DEFAULT_TRANSPORT, Checkpoint, StateDict, strip_prefixes
 from sitcli.formats.architecture import heads_from_model_name, infer_architecture
 from sitcli.formats.dmf import dmf_depth_from, dmf_to_sit, is_dmf
+from sitcli.formats.rae import is_ddt, rae_checkpoint
 from sitcli.formats.repa import is_repa, repa_transport, to_sit_time
 
 ALLOWED_CLASSES = [argparse.Namespace]
@@ -128,6 +130,8 @@ def read_official(path: Path, kind: str | None = None, num_heads: int | None = N
         )
     args = vars(obj.get("args")) if shape == "training" and isinstance(obj.get("args"), argparse.Namespace) else {}
     first_weights = (obj.get("ema") or obj.get("model")) if shape == "training" else obj
+    if is_ddt(strip_prefixes(first_weights or {})):  # RAE's stage-2 DiT^DH (formats.rae)
+        return rae_checkpoint(obj, path, num_heads)
     dmf = is_dmf(strip_prefixes(first_weights or {}), args)
     repa = not dmf and is_repa(strip_prefixes(first_weights or {}), args)
     if repa or dmf:

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from sitcli.autoencoder.rae_decoder import RAEDecoder, decoder_config_from_state_dict
+from sitcli.autoencoder.rae_decoder import DecoderConfig, RAEDecoder, decoder_config_from_state_dict
 from sitcli.ddt import DDT_SIZES, DiTwDDTHead
 from sitcli.errors import InputError
-from sitcli.formats import strip_prefixes
+from sitcli.formats import Checkpoint, strip_prefixes
 from sitcli.formats.architecture import StateDict
 
 HEADS_BY_WIDTH = {w: h for _, w, h, _, _, _ in DDT_SIZES.values()} | {
@@ -140,14 +140,45 @@ def load_ddt(path: str | Path, prefer: str = "ema", **heads) -> DiTwDDTHead:
     return build_ddt(ddt_architecture(state, where=str(path), **heads), state, str(path))
 
 
+def rae_checkpoint(obj: dict, path: str | Path, num_heads: int | None = None) -> Checkpoint:
+    """A loaded RAE stage-2 file as a ``Checkpoint``: its "ema" and "model" weights (or the bare state dict
+    as "ema"), the architecture from the shapes, RAE's transport (linear, velocity) and its time shift,
+    sqrt(C H W / 4096) ("dimension", which every RAE config sets)."""
+    weights = {k: strip_prefixes(v) for k in ("ema", "model") if isinstance(v := obj.get(k), dict) and v}
+    if not weights:
+        weights = {"ema": strip_prefixes({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)})}
+    weights = {k: {n: t for n, t in v.items() if isinstance(t, torch.Tensor)} for k, v in weights.items()}
+    first = next(iter(weights.values()))
+    arch = ddt_architecture(first, num_heads=num_heads, where=str(path))
+    for name, state in weights.items():
+        if set(state) != set(first):
+            raise InputError(f"{path}: its {name!r} weights have different keys from its other weights")
+    return Checkpoint(weights, arch, "sit", {"interpolant": "linear", "prediction": "velocity"},
+                      source=f"{path} (RAE stage-2 DiT^DH)", format="rae", extra={"time_shift": "dimension"})
+
+
+def write_rae(ckpt: Checkpoint, path: Path) -> None:
+    """An RAE stage-2 file: {"ema": ..., "model": ...} (RAE's loader takes "ema", strictly)."""
+    ema = ckpt.state_dict(ema=True)
+    out = {"ema": {k: v.detach().contiguous() for k, v in ema.items()}}
+    if "model" in ckpt.weights:
+        out["model"] = {k: v.detach().contiguous() for k, v in ckpt.weights["model"].items()}
+    torch.save(out, path)
+
+
 def load_decoder(path: str | Path, num_heads: int | None = None) -> RAEDecoder:
     """An RAE decoder file (``model.pt``), its shape read from the tensors, loaded strictly."""
-    state = read_state_dict(path)
-    config = decoder_config_from_state_dict(state, num_heads)
+    return build_decoder(read_state_dict(path), str(path), num_heads=num_heads)
+
+
+def build_decoder(state: StateDict, where: str = "decoder", config: DecoderConfig | None = None,
+                  num_heads: int | None = None) -> RAEDecoder:
+    """An ``RAEDecoder`` holding exactly these tensors (strict), its shape ``config`` or read from them."""
+    config = config or decoder_config_from_state_dict(state, num_heads)
     with torch.device("meta"):
         decoder = RAEDecoder(config)
     try:
         decoder.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
-        raise InputError(f"{path} does not fit RAE's decoder layout: {str(err).splitlines()[1:3]}") from None
+        raise InputError(f"{where} does not fit RAE's decoder layout: {str(err).splitlines()[1:3]}") from None
     return decoder.eval()

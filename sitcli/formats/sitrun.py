@@ -25,11 +25,13 @@ from sitcli.formats.architecture import (
     FEWSTEP_KEYS,
     assumed_latent_space,
     backbone,
+    ddt_head,
     heads_from_model_name,
     infer_architecture,
     is_fewstep,
     registry_name,
 )
+from sitcli.formats.rae import ddt_architecture, is_ddt
 from sitcli.models import SIZES
 
 TRANSPORT_KEYS = ("interpolant", "prediction", "loss_weight", "train_eps", "sample_eps", "num_timesteps")
@@ -67,7 +69,10 @@ def read_sit(path: Path, num_heads: int | None = None) -> Checkpoint:
     if num_heads is None:
         num_heads = heads_from_model_name(config.get("model"))
     first = next(iter(weights.values()))
-    arch = infer_architecture(first, num_heads, where=str(path))
+    if is_ddt(first):  # a DiT^DH run (sitcli.ddt): RAE's names
+        arch = ddt_architecture(first, head_depth=config.get("head_depth"), where=str(path))
+    else:
+        arch = infer_architecture(first, num_heads, where=str(path))
     if config.get("class_dropout_prob") is not None:
         arch["class_dropout_prob"] = float(config["class_dropout_prob"])
     kind = "dit" if config.get("interpolant") == DIT_TRANSPORT["interpolant"] else "sit"
@@ -76,6 +81,8 @@ def read_sit(path: Path, num_heads: int | None = None) -> Checkpoint:
     else:
         transport = {k: config[k] for k in TRANSPORT_KEYS if config.get(k) is not None} or dict(SIT_DEFAULT_TRANSPORT)
     extra = {k: config[k] for k in ("vae", "latent_scale", "image_size") if config.get(k) is not None}
+    if config.get("time_shift") not in (None, 1.0):
+        extra["time_shift"] = config["time_shift"]
     if config.get("dmf_depth") is not None:  # DMF's form is not in the weights: the run records it
         arch["dmf_depth"] = int(config["dmf_depth"])
     if run is not None:
@@ -118,6 +125,11 @@ def _newest_intact(run: Path) -> Path:
 def run_config(ckpt: Checkpoint, source: str) -> dict[str, Any]:
     """config.json for a converted run: a TrainConfig that rebuilds exactly this model and transport."""
     arch, model = ckpt.arch, registry_name(ckpt.arch)
+    ddt = "head_width" in arch
+    if model is None and ddt:
+        raise InputError(f"{source}: a sit run names its model from the table, and this DiT^DH's trunk (depth "
+                         f"{arch['depth']}, hidden {arch['hidden_size']}, heads {arch['num_heads']}) is none of "
+                         "DiTDH-XL, -S, -Ti: convert --to rae instead")
     if model is None:
         sizes = ", ".join(f"{k} = depth {d}, hidden {h}, heads {n}" for k, (d, h, n) in SIZES.items())
         raise InputError(
@@ -137,12 +149,14 @@ def run_config(ckpt: Checkpoint, source: str) -> dict[str, Any]:
         image_size=ckpt.extra.get("image_size") or image_size,
         vae=ckpt.extra.get("vae"),
         class_dropout_prob=arch.get("class_dropout_prob", 0.1),
-        learn_sigma=arch["learn_sigma"],
+        learn_sigma=arch.get("learn_sigma", False),
         in_channels=arch["in_channels"],
         input_size=arch["input_size"],
         num_classes=arch["num_classes"],
         latent_scale=ckpt.extra.get("latent_scale") or latent_scale,
         steps=0,
+        time_shift=ckpt.extra.get("time_shift", 1.0),
+        **(ddt_head(arch) if ddt else {}),
         **_fewstep_settings(ckpt),
         **transport,
     )

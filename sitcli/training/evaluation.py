@@ -36,8 +36,10 @@ from sitcli.evaluate.inputs import read_stats
 from sitcli.evaluate.metrics import frechet_distance
 from sitcli.evaluate.statistics import GaussianStats, SplitScore
 from sitcli.images import to_images
+from sitcli.latent_space import can_decode, decodes, model_autoencoder
 from sitcli.runtime import tf32
 from sitcli.seeds import labels_and_noise
+from sitcli.training.reports import sampling_shift
 from sitcli.transport import sample_ode
 
 
@@ -78,12 +80,12 @@ class TrainingEval:
 
     def __init__(self, cfg: TrainConfig, dist: Dist, vae=None, batch_size: int = 50):
         self.cfg, self.dist, self.vae, self.batch_size = cfg, dist, vae, batch_size
-        if self.vae is None and cfg.latent_scale is not None:  # a latent cache: decode with the VAE it names
-            if not cfg.vae:
-                raise InputError("--eval-every on latents needs the VAE that decodes them: pass --vae FOLDER")
-            from sitcli.autoencoder import load_vae
-
-            self.vae = load_vae(cfg.vae, dist.device)
+        if cfg.latent_scale is not None and not can_decode(cfg):
+            raise InputError("--eval-every on latents needs what decodes them: pass --vae FOLDER, or --rae-decoder "
+                             "for RAE latents")
+        if cfg.latent_scale is not None and (self.vae is None or not decodes(self.vae)):
+            self.vae = model_autoencoder(cfg, dist.device)  # a latent cache: decode with the autoencoder it names
+        self.time_shift = sampling_shift(cfg, cfg.eval_method)
         self.metrics = eval_metrics(cfg.eval_metrics)
         self.outputs = (
             "pool",
@@ -131,7 +133,8 @@ class TrainingEval:
             y, x0 = labels_and_noise(cfg.seed, indices[start : start + self.batch_size], shape, classes, None,
                                      cfg.eval_labels, cfg.eval_num)
             kwargs = {"y": y.to(device) if cfg.num_classes > 0 else None}
-            x, _ = sample_ode(self.transport, ema, x0.to(device), cfg.eval_method, cfg.eval_steps, model_kwargs=kwargs)
+            x, _ = sample_ode(self.transport, ema, x0.to(device), cfg.eval_method, cfg.eval_steps, model_kwargs=kwargs,
+                              time_shift=self.time_shift)
             images = torch.from_numpy(to_images(x, self.vae)).to(device).permute(0, 3, 1, 2)
             if images.shape[1] == 1:  # grey images as RGB, the way `sit fid` reads a grey PNG
                 images = images.expand(-1, 3, -1, -1)

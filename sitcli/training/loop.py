@@ -75,10 +75,12 @@ def run_loop(p: Prepared, progress: bool) -> TrainResult:
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             features = [f.to(dist.device, non_blocking=True) for f in cached[0]] if cached else None
             pixels = x
-            if p.vae is not None:
-                from sitcli.autoencoder import encode
+            if p.vae is not None and p.vae.kind == "kl" and p.vae.normalization.kind == "scale":
+                from sitcli.autoencoder import encode  # SD-VAE's road, the function it has always called
 
-                x = encode(p.vae, x, p.noise)
+                x = encode(p.vae.vae, x, p.noise)
+            elif p.vae is not None:  # with statistics, or an RAE
+                x = p.vae.encode(x, generator=p.noise)
             for term in p.terms:  # a schedule (AlphaFlow's alpha) follows the step, so a resumed run picks it up
                 term.at_step(p.step, cfg.steps)
             loss, parts = step_loss(p.net, p.transport, p.terms, x, y, p.noise, precision,

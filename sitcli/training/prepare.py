@@ -16,9 +16,13 @@ from pathlib import Path
 import torch
 
 from sitcli import atomic, distributed, runs
-from sitcli.config import EXTERNAL, RESUMABLE, TrainConfig
+from sitcli.autoencoder.files import load_normalization
+from sitcli.config import EXTERNAL, RESUMABLE, TrainConfig, parse_time_shift
 from sitcli.data import DIGITS, batches, check_batch_size, is_latent_cache, open_dataset
+from sitcli.ddt import DDT_models
+from sitcli.encoders import encoder_identity
 from sitcli.errors import InputError
+from sitcli.latent_space import STATS_COMMAND, identity, require_statistics, statistics_identity
 from sitcli.locks import LOCK
 from sitcli.models import model_shape
 from sitcli.runtime import check_device_precision, compiled
@@ -32,6 +36,7 @@ from sitcli.training.presets import apply_presets
 from sitcli.training.reports import EVAL_LOG, TrainingPreview, truncate_log, write_best
 from sitcli.training.state import restore_rng_state
 from sitcli.transport import Transport
+from sitcli.transport.time_grids import describe_time_shift
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Prepared:
 
 DATA_FIELDS = ("num_classes", "in_channels", "input_size")  # what the data decides about the model
 REPA_DIGESTS = "repa_encoder_sha256"  # the key of a checkpoint's state.json that records its REPA encoders
+LATENT_FIELDS = ("kind", "sha256", "latent_shape", "encoder_input_size", "image_size")  # the autoencoder's identity
 
 
 def resume_config(run: str | Path, given: dict | None = None) -> TrainConfig:
@@ -79,6 +85,8 @@ def resume_config(run: str | Path, given: dict | None = None) -> TrainConfig:
             continue
         if name not in {f.name for f in fields(TrainConfig)}:
             raise InputError(f"unknown setting {name!r}")
+        if name == "time_shift":  # as given on the command line ("2"), compared as the config holds it (2.0)
+            value = parse_time_shift(value)
         if name in RESUMABLE:
             setattr(saved, name, value)
         elif value != getattr(saved, name):
@@ -146,6 +154,11 @@ def check_out(cfg: TrainConfig, resume: bool) -> Path | None:
 def check_resumed_data(cfg: TrainConfig, saved: dict, dataset, latest: Path) -> None:
     """A resumed run's data must give the model it was trained with; a change of size changes the data order."""
     changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in DATA_FIELDS if saved[k] != getattr(cfg, k)]
+    before, now = saved.get("autoencoder"), cfg.autoencoder or {}
+    if before:  # a run from before runs recorded it is not checked
+        changed += [f"autoencoder {k} differs" for k in LATENT_FIELDS if before.get(k) != now.get(k)]
+        stats = [(d.get("normalization") or {}).get("sha256") for d in (before, now)]
+        changed += ["statistics differ"] if stats[0] != stats[1] else []
     if changed:
         raise InputError(
             f"--resume {cfg.out}: the data {cfg.data} no longer matches the run ({', '.join(changed)}); "
@@ -175,7 +188,7 @@ def check_resumed_encoders(cfg: TrainConfig, digests: list[str] | None, latest: 
 
 
 def open_data(cfg: TrainConfig, device: torch.device):
-    """(dataset, vae): the data, and the VAE that encodes it when pixels are trained in latent space.
+    """(dataset, vae): the data, and the autoencoder that encodes it when pixels are trained in latent space.
     Fills the data-derived fields of ``cfg`` (shape, classes, latent space)."""
     dataset = open_dataset(cfg.data, None if is_latent_cache(cfg.data) else cfg.image_size)
     info = dataset.info
@@ -184,13 +197,22 @@ def open_data(cfg: TrainConfig, device: torch.device):
         raise InputError(
             "the digits are 1-channel 8x8 images, too small for a VAE: drop --vae and train in pixel space"
         )
-    if cfg.vae is not None and not info.latent:
-        from sitcli.autoencoder import latent_scale, latent_shape, load_vae
-
-        vae = load_vae(cfg.vae, device)
-        channels, size = latent_shape(vae, info.image_size)
-        cfg.in_channels, cfg.input_size, cfg.latent_scale = channels, size, latent_scale(vae)
+    spec = cfg.autoencoder_spec()
+    if (spec.kind or cfg.latent_stats) and not info.latent:
+        vae = spec.open(info.image_size, device, image_channels=info.channels)
+        require_statistics(vae, f"training on {cfg.data} in this latent space", STATS_COMMAND)
+        channels, size, _ = vae.latent_shape(info.image_size)
+        cfg.in_channels, cfg.input_size, cfg.latent_scale = channels, size, vae.normalization.scale
+        cfg.autoencoder = {**identity(vae, info.image_size), "image_channels": info.channels,
+                           "normalization": statistics_identity(cfg.latent_stats) if cfg.latent_stats else None}
+    elif info.latent and dataset.autoencoder is not None:
+        _cache_latent_space(cfg, dataset)
+        cfg.in_channels, cfg.input_size, cfg.latent_scale = info.channels, info.size, info.latent_scale
+        cfg.image_size = info.image_size
     else:
+        if info.latent and (spec.kind == "rae" or cfg.latent_stats):
+            raise InputError(f"latent cache {cfg.data} was made before caches recorded their autoencoder: it holds "
+                             "SD-VAE latents; drop --rae-encoder and --latent-stats, or encode it again")
         cfg.in_channels, cfg.input_size, cfg.latent_scale = info.channels, info.size, info.latent_scale
         cfg.vae = cfg.vae or info.vae
         cfg.image_size = info.image_size
@@ -198,11 +220,49 @@ def open_data(cfg: TrainConfig, device: torch.device):
     check_batch_size(len(dataset), cfg.batch_size, distributed.world_size())
     if cfg.epochs is not None:
         cfg.steps = cfg.epochs * (len(dataset) // cfg.batch_size)
-    if cfg.input_size % model_shape(cfg.model)[3]:
+    if cfg.input_size % patch_size(cfg.model):
         raise InputError(
             f"{cfg.model} needs an input size divisible by its patch size; the data gives {cfg.input_size}"
         )
     return dataset, vae
+
+
+def _cache_latent_space(cfg: TrainConfig, dataset) -> None:
+    """A cache that records its autoencoder: refuse flags naming another one or other statistics, take its
+    statistics (or the ones given, for a cache without), refuse latents that need statistics without any."""
+    recorded, where = dataset.autoencoder, f"latent cache {cfg.data}"
+    given = cfg.autoencoder_spec()
+    if given.kind and given.kind != recorded["kind"]:
+        raise InputError(f"{where} holds latents of a {recorded['kind']} autoencoder ({recorded['source']}); drop "
+                         f"--{'vae' if given.kind == 'kl' else 'rae-encoder'}")
+    path = cfg.vae if recorded["kind"] == "kl" else cfg.rae_encoder
+    if path and encoder_identity(path) != recorded["sha256"]:
+        raise InputError(f"{where} was encoded by {recorded['source']}, whose files differ from {path}: pass that "
+                         "autoencoder, or make a cache with this one")
+    if recorded["kind"] == "kl":
+        cfg.vae = path or recorded["source"]
+    else:
+        cfg.rae_encoder = path or recorded["source"]
+    stats = dataset.statistics
+    if stats and cfg.latent_stats and encoder_identity(cfg.latent_stats) != stats["sha256"]:
+        raise InputError(f"{where} records its statistics ({stats['file']}); --latent-stats {cfg.latent_stats} "
+                         "holds others: drop --latent-stats, or recompute the cache's with sit latent-stats "
+                         "--overwrite")
+    if stats:
+        cfg.latent_stats = str((dataset.root / stats["file"]).resolve())
+    elif cfg.latent_stats:
+        dataset.use_normalization(load_normalization(cfg.latent_stats))
+        stats = statistics_identity(cfg.latent_stats)
+    elif recorded["kind"] == "rae" or recorded.get("downsampling", 8) > 8:
+        kind = "RAE" if recorded["kind"] == "rae" else f"f{recorded['downsampling']} VAE"
+        raise InputError(f"{where} holds {kind} latents without statistics: compute them with `{STATS_COMMAND} "
+                         f"{cfg.data}` (or pass --latent-stats FILE, e.g. RAE's stat.pt)")
+    cfg.autoencoder = {**recorded, "image_channels": 3, "normalization": stats}
+
+
+def patch_size(model: str) -> int:
+    """The patch of a model name (DiT^DH: 1)."""
+    return 1 if model in DDT_models else model_shape(model)[3]
 
 
 def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
@@ -214,7 +274,7 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
     check_device_precision(cfg.precision, dist.device)
     session.set_threads(cfg.threads)
     run = Path(cfg.out)
-    saved = {k: getattr(cfg, k) for k in DATA_FIELDS}
+    saved = {k: getattr(cfg, k) for k in (*DATA_FIELDS, "autoencoder")}
     dataset, vae = open_data(cfg, dist.device)
     guided = {"meanflow": cfg.meanflow_omega != 1, "dmf": cfg.meanflow_omega != 1,
               "alphaflow": cfg.meanflow_omega != 1, "imf": cfg.imf_omega_max > 1}.get(cfg.objective, False)
@@ -224,6 +284,8 @@ def prepare(cfg: TrainConfig, resume: bool, session: Session) -> Prepared:
             f"{flag} folds classifier-free guidance into the target, which needs class labels and "
             "--class-dropout-prob > 0 (the unconditional velocity is learnt from dropped labels)"
         )
+    if dist.is_main and cfg.time_shift != 1.0:
+        print(f"training times: {describe_time_shift(cfg.time_shift, cfg.latent_shape())}")
     if cfg.eval_every and cfg.eval_labels == "balanced":
         check_balanced(cfg.eval_num, max(cfg.num_classes, 1), "--eval-num", "--eval-labels")
     if cfg.objective == "alphaflow" and cfg.alphaflow_end is None:

@@ -15,8 +15,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from sitcli import atomic
 from sitcli.config import TrainConfig
 from sitcli.images import make_grid, to_images
+from sitcli.latent_space import can_decode, decodes, model_autoencoder
 from sitcli.seeds import labels_and_noise
-from sitcli.transport import sample_ode
+from sitcli.transport import ODE_METHODS, sample_ode
 
 TIMING_COLUMNS = ("steps_per_s", "images_per_s", "elapsed_s")
 OPTIMISER_COLUMNS = ("grad_norm", "lr")  # the gradient norm before clipping; the learning rate
@@ -257,6 +258,12 @@ def plot_loss(rows: list[dict], path: Path) -> Path | None:
     return Path(path)
 
 
+def sampling_shift(cfg: TrainConfig, method: str) -> float:
+    """The time shift of a run's own samples (previews, evaluations): its training shift, as RAE samples with
+    the shift it trains with; 1 for adaptive methods, which choose their own steps."""
+    return 1.0 if ODE_METHODS[method].kind == "adaptive" else cfg.resolved_time_shift()
+
+
 class TrainingPreview:
     """EMA sample grids during training: the same noise and labels every time, so progress shows."""
 
@@ -274,18 +281,18 @@ class TrainingPreview:
             classes,
             ",".join(str(i % classes) for i in range(n)) if classes <= 16 else None,
         )
-        if self.vae is None and cfg.latent_scale is not None and cfg.vae:
-            from sitcli.autoencoder import load_vae
-
-            self.vae = load_vae(cfg.vae)
+        if cfg.latent_scale is not None and can_decode(cfg) and (self.vae is None or not decodes(self.vae)):
+            self.vae = model_autoencoder(cfg)  # a latent cache: decode with the autoencoder it names
+        self.time_shift = sampling_shift(cfg, "heun")
 
     @torch.no_grad()
     def save(self, ema: torch.nn.Module, step: int) -> Path | None:
-        if self.cfg.latent_scale is not None and self.vae is None:
+        if self.cfg.latent_scale is not None and (self.vae is None or not decodes(self.vae)):
             return None  # latents without a VAE to decode them: nothing to look at
         device = next(ema.parameters()).device
         kwargs = {"y": self.y.to(device) if self.cfg.num_classes > 0 else None}
-        x, _ = sample_ode(self.cfg.transport(), ema, self.x0.to(device), "heun", self.steps, model_kwargs=kwargs)
+        x, _ = sample_ode(self.cfg.transport(), ema, self.x0.to(device), "heun", self.steps, model_kwargs=kwargs,
+                          time_shift=self.time_shift)
         path = self.folder / f"{step:07d}.png"
         atomic.save_image(path, make_grid(to_images(x, self.vae), ncol=self.ncol))
         return path

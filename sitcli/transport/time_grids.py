@@ -152,6 +152,15 @@ def resolve_time_shift(time_shift: float | str, latent_shape: tuple[int, ...] | 
     return float(time_shift)
 
 
+def describe_time_shift(time_shift: float | str, latent_shape: tuple[int, ...] | None = None) -> str:
+    """The shift and where it comes from, e.g. "time shift 6.928 = sqrt(768*16*16/4096)"."""
+    value = resolve_time_shift(time_shift, latent_shape)
+    if time_shift == "dimension":
+        dims = "*".join(str(int(d)) for d in latent_shape)
+        return f"time shift {value:.4g} = sqrt({dims}/{DIMENSION_SHIFT_BASE})"
+    return f"time shift {value:g}"
+
+
 def training_grid(t0: float, t1: float, num_timesteps: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """The T = ``num_timesteps`` evenly spaced training times of discrete time, from t0 to t1."""
     return torch.linspace(t0, t1, num_timesteps, device=device, dtype=dtype)

@@ -177,6 +177,15 @@ class TrainConfig:
             if self.repa_weight < 0 or self.repa_projector_dim < 1:
                 raise InputError("--repa-weight must be >= 0 and --repa-projector-dim >= 1")
         self._check_objective()
+        if self.eval_method not in ODE_METHODS:
+            raise InputError(
+                f"--eval-method {self.eval_method!r} is not an ODE method; choose one of {', '.join(ODE_METHODS)}"
+            )
+        if ODE_METHODS[self.eval_method].kind == "searched":
+            raise InputError("--eval-method searched needs a solver searched for fixed weights, and training changes "
+                             "them: pick another method (dpm++2m, unipc, adams)")
+        if self.eval_labels not in LABEL_SAMPLINGS:
+            raise InputError(f"unknown --eval-labels {self.eval_labels!r}; choose one of {', '.join(LABEL_SAMPLINGS)}")
         self._check_without_effect(RESUMABLE if resumed else None)
         # The transport raises InputError for an invalid interpolant / prediction / loss-weight / density.
         transport = self.transport()
@@ -191,15 +200,6 @@ class TrainConfig:
                 "--eval-every N needs --eval-ref STATS.npz (from `sit fid REF --save-stats STATS.npz`), "
                 "--eval-num of at least 2 and --eval-steps of at least 1"
             )
-        if self.eval_method not in ODE_METHODS:
-            raise InputError(
-                f"--eval-method {self.eval_method!r} is not an ODE method; choose one of {', '.join(ODE_METHODS)}"
-            )
-        if ODE_METHODS[self.eval_method].kind == "searched":
-            raise InputError("--eval-method searched needs a solver searched for fixed weights, and training changes "
-                             "them: pick another method (dpm++2m, unipc, adams)")
-        if self.eval_labels not in LABEL_SAMPLINGS:
-            raise InputError(f"unknown --eval-labels {self.eval_labels!r}; choose one of {', '.join(LABEL_SAMPLINGS)}")
         if self.eval_every:  # the evaluations' time grid, built now: it cannot fail at the first evaluation
             try:
                 ode_time_grid(transport, self.eval_method, self.eval_steps)
@@ -631,7 +631,7 @@ class SampleConfig:
         if self.edm_rho != 7.0 and self.spacing != "edm":
             raise InputError(f"--edm-rho {self.edm_rho}: pass it together with --spacing edm")
         if self.sampler == "ode" and ODE_METHODS[self.method].kind == "searched" and (
-            self.time_shift != 1.0 or self.spacing is not None
+            self.time_shift not in (None, 1.0) or self.spacing is not None
         ):
             raise InputError(
                 "--method searched steps on the times in its --solver file: drop --time-shift and --spacing"

@@ -264,6 +264,7 @@ DESTINATIONS = {
     "sit": Kind("a sit run folder (config.json, checkpoints/)", lambda p: p.is_dir() and runs.is_run(p)),
     "official": Kind("a .pt file that torch.save wrote", _is_torch_file),
     "dit": Kind("a .pt file that torch.save wrote", _is_torch_file),
+    "rae": Kind("a .pt file that torch.save wrote", _is_torch_file),
     "diffusers": Kind("a diffusers model folder (config.json with _class_name)", _is_diffusers_folder),
 }
 

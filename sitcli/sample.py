@@ -120,12 +120,14 @@ def prepare(cfg: SampleConfig, session: Session) -> SampleJob:
     if cfg.compile:
         model = compiled(model, dist.device)
     vae = model_autoencoder(tcfg, dist.device, cfg.vae, cfg.rae_encoder, cfg.rae_decoder, cfg.latent_stats)
-    _resolve_time_shift(cfg, tcfg, dist.is_main)
+    shift = _resolve_time_shift(cfg, tcfg)
     if cfg.labels == "balanced":
         check_balanced(cfg.num, max(tcfg.num_classes, 1))
     fn, guide = guided_model(cfg, loaded, model, dist.device)
     solver = searched_solver(cfg, loaded, guide) if cfg.sampler == "ode" and cfg.method == "searched" else None
     grid = time_grid(cfg, loaded.transport, solver)
+    if shift is not None and dist.is_main:  # told once the grid it shifts is accepted
+        print(shift)
     out = Path(cfg.out or _default_out(cfg.ckpt))
     atomic.check_can_create(out, "--out")
     if cfg.grid:  # written last, after all the sampling: refuse a --grid under a file, or a folder, now
@@ -323,17 +325,19 @@ def write_extras(job: SampleJob, result: SampleResult) -> None:
         atomic.write_json(job.out / GRIDS, record)
 
 
-def _resolve_time_shift(cfg: SampleConfig, tcfg, show: bool) -> None:
+def _resolve_time_shift(cfg: SampleConfig, tcfg) -> str | None:
     """``cfg.time_shift`` as a number: the one given ("dimension": RAE's, of the model's latent shape), else
-    the run's training shift for the fixed-grid samplers (1 for adaptive methods and mean-flow jumps)."""
+    the run's training shift for the fixed-grid samplers (1 for adaptive and searched methods, whose grids are
+    their own, and for mean-flow jumps). Returns the line that tells a shift other than 1, else None."""
     shape = (tcfg.in_channels, tcfg.input_size, tcfg.input_size)
     setting, from_run = cfg.time_shift, cfg.time_shift is None
     if from_run:
-        adaptive = cfg.sampler == "ode" and ODE_METHODS[cfg.method].kind == "adaptive"
-        setting = 1.0 if adaptive or cfg.sampler == "meanflow" else getattr(tcfg, "time_shift", 1.0)
+        own_grid = cfg.sampler == "ode" and ODE_METHODS[cfg.method].kind in ("adaptive", "searched")
+        setting = 1.0 if own_grid or cfg.sampler == "meanflow" else getattr(tcfg, "time_shift", 1.0)
     cfg.time_shift = resolve_time_shift(setting, shape)
-    if show and cfg.time_shift != 1.0:
-        print(describe_time_shift(setting, shape) + (", the run's training shift" if from_run else ""))
+    if cfg.time_shift == 1.0:
+        return None
+    return describe_time_shift(setting, shape) + (", the run's training shift" if from_run else "")
 
 
 def time_grid(cfg: SampleConfig, transport, solver: SearchedSolver | None = None) -> torch.Tensor:

@@ -35,13 +35,15 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def compiled(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``torch.compile(model)``. On a CPU whose compiled code would be AVX2 (an AVX2 machine, or
-    ``ATEN_CPU_CAPABILITY=avx2``), inductor's loops are left scalar: torch 2.14's AVX2 vector code computes a SiT's
-    forward wrong (NaN, or 1e15 where eager gives 0.1; the scalar and AVX-512 code agree with eager to 1e-7)."""
+    """``torch.compile(model)``. On a CPU whose compiled code would be AVX2 or plain C++ (an AVX2 machine, one
+    without AVX2, or ``ATEN_CPU_CAPABILITY=avx2|default``), inductor's loops are left scalar: torch 2.14's AVX2 vector
+    code computes a SiT's forward wrong (NaN, or 1e15 where eager gives 0.1), and without a vector ISA it still
+    writes vector code that does not compile. Scalar loops and the AVX-512 code agree with eager to 1e-7."""
     if device.type == "cpu":
         from torch._inductor import config, cpu_vec_isa
 
-        if str(cpu_vec_isa.pick_vec_isa()) == "avx2":
+        isa = cpu_vec_isa.pick_vec_isa()
+        if not isa or str(isa) == "avx2":
             config.cpp.vec_isa_ok = False
     return torch.compile(model)
 

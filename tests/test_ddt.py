@@ -166,7 +166,7 @@ def test_a_state_dict_in_raes_names_loads_strictly_and_gives_raes_output():
         ours = model.forward_native(x, tau, y)
         ref = reference_forward(sd, x, tau, y, TINY)
     assert ours.shape == x.shape and ref.abs().mean() > 0.1  # nothing zeroed out
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)  # float32, another op order: kernels differ
 
 
 def test_float64_outputs_agree_to_1e_10():
@@ -259,7 +259,7 @@ def test_architecture_is_read_from_the_shapes_and_files_load_strictly(tmp_path):
     for name in ("ep-0000010.pt", "stage2_model.pt"):
         model = load_ddt(tmp_path / name)
         with torch.no_grad():
-            torch.testing.assert_close(-model(x, t, y), want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(-model(x, t, y), want, rtol=1e-4, atol=1e-4)
     raw = read_state_dict(tmp_path / "ep-0000010.pt", prefer="model")
     assert set(raw) == set(sd) and torch.equal(raw["pos_embed"], sd["pos_embed"] + 1)
 

@@ -2,9 +2,10 @@
 
     presets.py   defaults chosen by the data (the digits quickstart, the paper's ImageNet settings)
     prepare.py   checks, the run folder, data, model, EMA, optimiser and RNG streams before step 1
+    terms.py     what a step hands its loss terms, and the interface of a term
     losses.py    the loss as named terms (the interpolant's regression loss first)
     fewstep_losses.py  objectives fine-tuning a flow SiT into a few-step model (DMF, iMF, AlphaFlow)
-    init_from.py  a few-step model started from a trained flow SiT's weights
+    init_from.py  --init-from: the source checkpoint read and checked, a model started from its weights
     loop.py      the loop: step -> log -> save, and the two halves of a step
     state.py     EMA update, RNG states, the stop request of Ctrl-C / SIGTERM
     reports.py   progress bar, log.csv, loss.png, EMA sample grids, eval.csv / best.json

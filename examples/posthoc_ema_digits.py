@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 
 from sitcli import runs
-from sitcli.config import SampleConfig, TrainConfig
+from sitcli.config import TrainConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.ema import EmaConfig, reconstruct
 from sitcli.evaluate.digits import DigitsJudge
 from sitcli.sample import sample

@@ -43,7 +43,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sitcli.config import SampleConfig, TrainConfig
+from sitcli.config import TrainConfig
+
+from sitcli.sample_config import SampleConfig
 from sitcli.data import DigitsDataset
 from sitcli.evaluate.digits import DigitsJudge, real_digits
 

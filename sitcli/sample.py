@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sitcli import atomic, distributed, runs
-from sitcli.config import PROVENANCE, UNUSED_BY, SampleConfig
+from sitcli.sample_config import PROVENANCE, UNUSED_BY, SampleConfig
 from sitcli.errors import InputError
 from sitcli.formats import nonfinite_tensors
 from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance

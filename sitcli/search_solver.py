@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sitcli import atomic, runs
-from sitcli.config import SampleConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.domains import COUNT, COUNT_OR_ZERO, FINITE, POSITIVE, SEED, Domain, check_domains
 from sitcli.errors import InputError
 from sitcli.loading import load_model

@@ -11,7 +11,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from sitcli.config import SampleConfig, TrainConfig
+from sitcli.config import TrainConfig
+
+from sitcli.sample_config import SampleConfig
 from sitcli.encoders import load_encoder
 from sitcli.models import SiT
 from sitcli.sample import sample

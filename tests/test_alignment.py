@@ -8,7 +8,7 @@ import torch
 from transformers import ViTConfig, ViTModel
 
 from sitcli import runs
-from sitcli.config import SampleConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.convert import ConvertConfig, convert
 from sitcli.encoders import load_encoder, match_grid
 from sitcli.errors import InputError

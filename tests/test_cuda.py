@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from sitcli import runs
 from sitcli.cli import app
-from sitcli.config import SampleConfig, TrainConfig
+from sitcli.config import TrainConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.sample import sample
 from sitcli.training import loop, resume_config, train
 

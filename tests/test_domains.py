@@ -1,5 +1,5 @@
-"""Declared numeric domains (sitcli/domains.py, the tables in sitcli/config.py): every numeric setting of every
-command has one, and values outside it are refused up front naming the flag and the domain.
+"""Declared numeric domains (sitcli/domains.py, the tables in sitcli/config.py and sitcli/sample_config.py): every
+numeric setting of every command has one, and values outside it are refused up front naming the flag and the domain.
 
 The bad values are generated from the declarations, so a newly declared field gets its checks: one table-driven
 test walks every command's settings."""
@@ -13,7 +13,8 @@ import torch
 from sitcli.cli import convert as convert_cli, ema as ema_cli, evaluate as evaluate_cli, sample as sample_cli, \
     train as train_cli
 from sitcli.cli import decoder as decoder_cli, latents as latents_cli, solvers as solvers_cli
-from sitcli.config import SAMPLE_DOMAINS, SAMPLE_FLAGS, TRAIN_DOMAINS, SampleConfig, TrainConfig
+from sitcli.config import TRAIN_DOMAINS, TrainConfig
+from sitcli.sample_config import SAMPLE_DOMAINS, SAMPLE_FLAGS, SampleConfig
 from sitcli.convert import CONVERT_DOMAINS, ConvertConfig
 from sitcli.ema import EMA_DOMAINS, EmaConfig
 from sitcli.evaluate.suite import FID_DOMAINS, FidConfig

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from helpers import assert_same_state, final_state, pngs, random_sit, tiny
 from sitcli.cli import app
-from sitcli.config import SampleConfig, TrainConfig
+from sitcli.config import TrainConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.errors import InputError
 from sitcli.loading import load_model
 from sitcli.sample import sample

@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from sitcli.cli import app
-from sitcli.config import SampleConfig, TrainConfig
+from sitcli.config import TrainConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.errors import InputError
 from sitcli.formats.architecture import infer_architecture
 from sitcli.loading import load_model

@@ -7,7 +7,7 @@ from dataclasses import fields
 import pytest
 import torch
 
-from sitcli.config import SampleConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.errors import InputError
 from sitcli.guidance import AutoGuidance, ClassifierFreeGuidance
 from sitcli.recipes import RECIPES, as_flags, expand, get_recipe, lightningdit_time_shift, rae_time_shift

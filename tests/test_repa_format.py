@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from sitcli.config import SampleConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.convert import ConvertConfig, convert
 from sitcli.loading import load_model
 from sitcli.sample import sample

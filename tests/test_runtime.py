@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from sitcli import runs
 from sitcli.cli import app
-from sitcli.config import SampleConfig, TrainConfig
+from sitcli.config import TrainConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.errors import InputError
 from sitcli.runtime import tf32
 from sitcli.sample import sample

@@ -15,7 +15,7 @@ from sitcli.cli import app
 from sitcli.errors import InputError
 from sitcli.models import SiT_models
 from sitcli.images import make_grid
-from sitcli.config import SampleConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.sample import sample
 from sitcli.seeds import labels_and_noise
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from sitcli.config import SampleConfig, TrainConfig
+from sitcli.config import TrainConfig
+
+from sitcli.sample_config import SampleConfig
 from sitcli.errors import InputError
 from sitcli.sample import sample
 from sitcli.seeds import balanced_labels

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sitcli.cli import app
-from sitcli.config import SampleConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.errors import InputError
 from sitcli.recipes import RECIPES
 

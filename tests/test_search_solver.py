@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import sitcli.search_solver as job
 from helpers import pngs
 from sitcli.cli import app
-from sitcli.config import SampleConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.errors import InputError
 from sitcli.models import SiT_models
 from sitcli.sample import sample

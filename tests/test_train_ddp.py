@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sitcli import runs
-from sitcli.config import SampleConfig
+from sitcli.sample_config import SampleConfig
 from sitcli.sample import sample
 from helpers import assert_same_images, assert_same_state, pngs, torchrun
 

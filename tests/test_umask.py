@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sitcli.config import SampleConfig, TrainConfig
+from sitcli.config import TrainConfig
+
+from sitcli.sample_config import SampleConfig
 from sitcli.convert import ConvertConfig, convert
 from sitcli.evaluate import FidConfig, evaluate
 from sitcli.sample import sample

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 
-from sitcli.config import OBJECTIVES, SAMPLERS
+from sitcli.config import OBJECTIVES
+
+from sitcli.sample_config import SAMPLERS
 from sitcli.recipes import RECIPES
 from sitcli.runtime import PRECISIONS
 from sitcli.seeds import LABEL_SAMPLINGS

@@ -207,7 +207,7 @@ def sample(
     solver searched for these weights by `sit search-solver` (--solver FILE; its steps and times are in the file).
     """
     flags = plain({k: v for k, v in locals().items() if k not in ("device", "ctx", "recipe")})  # first: the flags
-    from sitcli.config import SampleConfig
+    from sitcli.sample_config import SampleConfig
     from sitcli.sample import sample as run_sampling
 
     if recipe is None:

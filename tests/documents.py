@@ -38,6 +38,10 @@ NOT_RUN = {
     "torchrun --nproc_per_node=8 -m sitcli train-decoder":
         "a ViT-XL decoder with LPIPS and rFID on ImageNet (these flags on stand-ins: tests/test_train_decoder.py)",
     "sit fid --fast": "a flag named in prose",
+    "sit train --init-from SiT-XL-2-256x256.pt": "fine-tunes the released SiT-XL/2 on ImageNet latents (the same flags "
+                                                 "on the digits just above)",
+    "sit search-solver --ckpt RUN": "a template (upper-case placeholders), not a command",
+    "sit sample --method searched --solver FILE": "a template (upper-case placeholder), not a command",
 }
 
 

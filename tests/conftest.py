@@ -69,3 +69,14 @@ def stand_in(monkeypatch):
     monkeypatch.setattr(inception, "load_inception", lambda path=None, device="cpu": net)
     monkeypatch.setattr(inception, "find_inception_weights", lambda path=None: "stand-in")
     return net
+
+
+@pytest.fixture
+def fresh_wandb():
+    """wandb keeps one setup per process (its mode, its key) from the first run that starts it: a test that starts
+    wandb gets a setup from its own environment, and leaves none behind."""
+    import wandb
+
+    wandb.teardown()
+    yield
+    wandb.teardown()

@@ -20,7 +20,7 @@ from sitcli.cli import app
 pytestmark = pytest.mark.slow
 
 
-def test_every_documented_command_runs_on_tiny_stand_ins(tmp_path, monkeypatch, one_thread):
+def test_every_documented_command_runs_on_tiny_stand_ins(tmp_path, monkeypatch, one_thread, fresh_wandb):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     runner, failed, skipped, ran = CliRunner(), [], [], 0

@@ -198,14 +198,11 @@ def test_a_broken_logger_install_is_refused_before_config_json(tmp_path, monkeyp
     assert not out.exists()
 
 
-def test_wandb_without_a_key_is_refused_before_config_json(tmp_path, monkeypatch):
+def test_wandb_without_a_key_is_refused_before_config_json(tmp_path, monkeypatch, fresh_wandb):
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DISABLED"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no wandb settings
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / "wandb"))
-    import wandb
-
-    wandb.teardown()  # wandb keeps the settings of an earlier run in this process (offline mode) until torn down
     out = tmp_path / "t"
     result = runner.invoke(app, ["train", "--out", str(out), "--steps", "1", "--batch-size", "16", "--log", "wandb"])
     assert result.exit_code == 2

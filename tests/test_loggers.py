@@ -34,7 +34,7 @@ def wandb_records(path: Path):
 
 
 @pytest.mark.slow
-def test_tensorboard_and_offline_wandb_hold_the_numbers_of_log_csv(tmp_path, monkeypatch, one_thread):
+def test_tensorboard_and_offline_wandb_hold_the_numbers_of_log_csv(tmp_path, monkeypatch, one_thread, fresh_wandb):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from sitcli import atomic
 from sitcli.errors import InputError
+from sitcli.locks import LOCK
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
@@ -249,3 +250,11 @@ def list_ema_snapshots(run: str | Path) -> list[tuple[int, float, Path]]:
 
 def load_ema_snapshot(path: str | Path) -> dict[str, torch.Tensor]:
     return load_file(path)
+
+
+def check_new_run(run: Path) -> None:
+    """Refuse to start a new run in ``run`` when it holds a run, or anything but a folder lock."""
+    if is_run(run):
+        raise InputError(f"{run} is already a run; continue it with --resume {run}, or pick a new --out")
+    if run.exists() and (not run.is_dir() or any(p.name != LOCK for p in run.iterdir())):
+        raise InputError(f"--out {run} exists and is not an empty folder; pick a new --out")

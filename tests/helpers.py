@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -219,3 +220,9 @@ def torchrun(*args, cwd):
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its digest: what a refusal must leave as it was."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}

@@ -18,7 +18,7 @@ from sitcli.cli import app
 from sitcli.data import open_dataset
 from sitcli.errors import InputError
 from sitcli.training import train
-from helpers import assert_same_state, final_state, tiny  # a checkpoint every 2 steps
+from helpers import assert_same_state, final_state, snapshot, tiny  # tiny: a checkpoint every 2 steps
 
 runner = CliRunner()
 KINDS = ("zero", "truncated", "corrupt")
@@ -35,10 +35,6 @@ def damage(path: Path, kind: str) -> None:
     path.write_bytes({"zero": b"", "truncated": data[:mid],
                       "corrupt": data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:]}[kind])
 
-
-def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

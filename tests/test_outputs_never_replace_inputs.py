@@ -8,8 +8,6 @@ or --json naming an input (with and without --overwrite: no --overwrite advice),
 other output; `sit convert --overwrite` over a folder or file of another kind; `sit cache-latents --out` naming
 --data or holding it, or replacing a file that is not part of a cache."""
 
-import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,17 +16,14 @@ from typer.testing import CliRunner
 
 from sitcli.cli import app
 
+from helpers import snapshot
+
 runner = CliRunner()
 
 
 def sit(*args):
     return runner.invoke(app, [str(a) for a in args])
 
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` with its digest: what a refusal must leave as it was."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def refused(result, *words: str) -> str:

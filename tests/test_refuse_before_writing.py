@@ -9,8 +9,6 @@ exactly u + s (c - u)) or with a flow model as its guide (refused before sample.
 --num-timesteps 10 --sample-every 10` (works: the EMA grid takes the steps that fit) and with --eval-every
 (refused before config.json, naming --eval-steps)."""
 
-import hashlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +20,8 @@ from sitcli.config import TrainConfig
 from sitcli.guidance import ClassifierFreeGuidance
 from sitcli.training import train
 
+from helpers import snapshot
+
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,10 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def sit(*args):
     return runner.invoke(app, [str(a) for a in args])
 
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def refused(result, *words: str) -> str:

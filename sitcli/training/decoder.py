@@ -47,7 +47,6 @@ from sitcli.data import DIGITS, batches, check_batch_size, to_uint8
 from sitcli.data.images import DigitsDataset, ImageFolderDataset
 from sitcli.domains import COUNT, COUNT_OR_ZERO, NON_NEGATIVE, POSITIVE, SEED, Domain, check_domains
 from sitcli.errors import InputError
-from sitcli.locks import LOCK
 from sitcli.runtime import autocast, check_device_precision, check_precision
 from sitcli.session import session
 from sitcli.training.reports import TrainLog, truncate_log
@@ -311,10 +310,7 @@ def _check_out(run: Path, resume: bool, steps: int) -> Path | None:
             raise InputError(f"--resume {run}: the run already finished at step {int(latest.name)}; pass --steps N "
                              "with a larger N")
         return latest
-    if runs.is_run(run):
-        raise InputError(f"{run} is already a run; continue it with --resume {run}, or pick a new --out")
-    if run.exists() and (not run.is_dir() or any(p.name != LOCK for p in run.iterdir())):
-        raise InputError(f"--out {run} exists and is not an empty folder; pick a new --out")
+    runs.check_new_run(run)
     return None
 
 

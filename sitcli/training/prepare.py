@@ -144,10 +144,7 @@ def check_out(cfg: TrainConfig, resume: bool) -> Path | None:
                 f"pass --steps N with N > {done} to train further"
             )
         return latest
-    if runs.is_run(run):
-        raise InputError(f"{run} is already a run; continue it with --resume {run}, or pick a new --out")
-    if run.exists() and (not run.is_dir() or any(p.name != LOCK for p in run.iterdir())):
-        raise InputError(f"--out {run} exists and is not an empty folder; pick a new --out")
+    runs.check_new_run(run)
     return None
 
 
